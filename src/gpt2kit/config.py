@@ -1,0 +1,94 @@
+"""The model's shape: a small frozen dataclass and the four published presets."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    n_vocab: int = 50257
+    n_ctx: int = 1024
+    n_embd: int = 768
+    n_head: int = 12
+    n_layer: int = 12
+    dropout: float = 0.0  # GPT-2 was trained with 0.1; 0 for inference and by default for fine-tuning
+    layer_norm_epsilon: float = 1e-5
+
+    def __post_init__(self) -> None:
+        for name in ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"model size {name}={getattr(self, name)} must be positive")
+        if self.n_embd % self.n_head:
+            raise UserError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+
+    def replace(self, **changes) -> "GPTConfig":
+        return dataclasses.replace(self, **changes)
+
+    # OpenAI's hparams.json names are the same as ours (n_vocab, n_ctx, n_embd, n_head, n_layer).
+    def to_hparams(self) -> dict:
+        return {k: getattr(self, k) for k in ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer")}
+
+    # Hugging Face's config.json for GPT2LMHeadModel, so transformers opens our folders.
+    def to_hf_config(self) -> dict:
+        return {
+            "architectures": ["GPT2LMHeadModel"],
+            "model_type": "gpt2",
+            "vocab_size": self.n_vocab,
+            "n_positions": self.n_ctx,
+            "n_ctx": self.n_ctx,
+            "n_embd": self.n_embd,
+            "n_head": self.n_head,
+            "n_layer": self.n_layer,
+            "n_inner": None,
+            "activation_function": "gelu_new",
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "resid_pdrop": self.dropout,
+            "embd_pdrop": self.dropout,
+            "attn_pdrop": self.dropout,
+            "bos_token_id": 50256,
+            "eos_token_id": 50256,
+            "tie_word_embeddings": True,
+            "scale_attn_weights": True,
+            "torch_dtype": "float32",
+        }
+
+    @classmethod
+    def from_hf_config(cls, cfg: dict) -> "GPTConfig":
+        if cfg.get("model_type", "gpt2") != "gpt2":
+            raise UserError(f"config.json describes a {cfg.get('model_type')!r} model, not GPT-2")
+        if cfg.get("n_inner") not in (None, 4 * cfg["n_embd"]):
+            raise UserError("config.json sets n_inner to something other than 4*n_embd; gpt2kit loads GPT-2's own shape only")
+        return cls(
+            n_vocab=cfg["vocab_size"],
+            n_ctx=cfg.get("n_positions", cfg.get("n_ctx", 1024)),
+            n_embd=cfg["n_embd"],
+            n_head=cfg["n_head"],
+            n_layer=cfg["n_layer"],
+            layer_norm_epsilon=cfg.get("layer_norm_epsilon", 1e-5),
+        )
+
+
+PRESETS: dict[str, GPTConfig] = {
+    "124M": GPTConfig(n_layer=12, n_embd=768, n_head=12),
+    "355M": GPTConfig(n_layer=24, n_embd=1024, n_head=16),
+    "774M": GPTConfig(n_layer=36, n_embd=1280, n_head=20),
+    "1558M": GPTConfig(n_layer=48, n_embd=1600, n_head=25),
+}
+
+# Old and Hugging Face names of the same four models.
+ALIASES: dict[str, str] = {
+    "117M": "124M", "345M": "355M",
+    "gpt2": "124M", "gpt2-medium": "355M", "gpt2-large": "774M", "gpt2-xl": "1558M",
+    "openai-community/gpt2": "124M", "openai-community/gpt2-medium": "355M",
+    "openai-community/gpt2-large": "774M", "openai-community/gpt2-xl": "1558M",
+}
+
+
+def canonical_name(name: str) -> str | None:
+    """'117M' -> '124M'; None when `name` is not one of the published models."""
+    if name in PRESETS:
+        return name
+    return ALIASES.get(name)

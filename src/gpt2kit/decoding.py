@@ -1,0 +1,125 @@
+"""The token loop: a batch of prompts of any lengths, decoded step by step with a KV cache.
+
+Prompts are left-padded so every row's next token sits in the last column; padding is masked
+out of attention and positions start at 0 at each row's first real token, so a padded row
+computes exactly what it would alone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .model import GPT, KVCache
+from .sampling import SamplingSettings, draw, process_logits
+
+
+@dataclass
+class StepResult:
+    row: int  # the caller's row id
+    token: int
+    logprob: float | None = None  # log-probability of `token` under the model's raw distribution
+    top: list[tuple[int, float]] | None = None  # the top-N alternatives (token, logprob)
+
+
+class BatchDecoder:
+    def __init__(self, model: GPT, prompts: list[list[int]], *, settings: SamplingSettings,
+                 generators: list[torch.Generator], max_new: int | None, pad_id: int,
+                 logprobs: int = 0, sliding: bool = True):
+        self.model, self.settings, self.generators = model, settings, list(generators)
+        self.n_ctx = model.config.n_ctx
+        self.max_new, self.pad_id, self.logprobs, self.sliding = max_new, pad_id, logprobs, sliding
+        self.device = model.wte.weight.device
+        self.rows = list(range(len(prompts)))  # caller's ids of the rows still decoding
+        self.tokens = [list(p) for p in prompts]  # every row's real tokens so far
+        self.generated = 0
+        V = model.config.n_vocab
+        B = len(prompts)
+        track_seen = settings.repetition_penalty != 1.0
+        track_counts = settings.presence_penalty != 0.0 or settings.frequency_penalty != 0.0
+        self.seen = torch.zeros(B, V, dtype=torch.bool, device=self.device) if track_seen else None
+        self.counts = torch.zeros(B, V, dtype=torch.int32, device=self.device) if track_counts else None
+        if self.seen is not None:
+            for i, p in enumerate(prompts):
+                self.seen[i, torch.tensor(p, dtype=torch.long, device=self.device)] = True
+        self._logits = self._prefill([list(p) for p in prompts])
+
+    @property
+    def active(self) -> bool:
+        return bool(self.rows) and (self.max_new is None or self.generated < self.max_new)
+
+    def _prefill(self, prompts: list[list[int]]) -> torch.Tensor:
+        """Run the prompts through the model into a fresh cache; returns each row's last logits (B, V)."""
+        T = max(len(p) for p in prompts)
+        B = len(prompts)
+        room = self.n_ctx if self.max_new is None else min(self.n_ctx, T + self.max_new - self.generated)
+        self.cache = KVCache(self.model.config, B, max(room, T), self.device, self.model.wte.weight.dtype)
+        idx = torch.full((B, T), self.pad_id, dtype=torch.long)
+        positions = torch.zeros(B, T, dtype=torch.long)
+        for i, p in enumerate(prompts):
+            pad = T - len(p)
+            idx[i, pad:] = torch.tensor(p)
+            positions[i, pad:] = torch.arange(len(p))
+            self.cache.valid[i, :pad] = False
+        self.cache.padded = any(len(p) != T for p in prompts)
+        self.offsets = torch.tensor([len(p) - T for p in prompts])  # position = cache index + offset
+        with torch.inference_mode():
+            logits = self.model(idx.to(self.device), cache=self.cache, positions=positions.to(self.device))
+        return logits[:, -1, :]
+
+    def finish(self, row: int) -> None:
+        """Stop decoding caller's row `row` (it hit a stop string, or its client left)."""
+        if row not in self.rows:
+            return
+        keep = [i for i, r in enumerate(self.rows) if r != row]
+        self.rows = [self.rows[i] for i in keep]
+        self.tokens = [self.tokens[i] for i in keep]
+        self.generators = [self.generators[i] for i in keep]
+        if not self.rows:
+            return
+        sel = torch.tensor(keep, device=self.device)
+        self.cache.select(sel)
+        self.offsets = self.offsets[keep]
+        self._logits = self._logits[sel]
+        if self.seen is not None:
+            self.seen = self.seen[sel]
+        if self.counts is not None:
+            self.counts = self.counts[sel]
+
+    def step(self) -> list[StepResult]:
+        """Draw one token for every active row and feed it back in."""
+        raw = self._logits
+        logits = process_logits(raw, self.settings, self.seen, self.counts)
+        next_tokens = draw(logits, self.settings.temperature, self.generators)  # (B,)
+        results = [StepResult(r, int(t)) for r, t in zip(self.rows, next_tokens.tolist())]
+        if self.logprobs:
+            lp = raw.float().log_softmax(-1)
+            chosen = lp.gather(-1, next_tokens.unsqueeze(-1)).squeeze(-1).tolist()
+            top = torch.topk(lp, min(self.logprobs, lp.size(-1)), dim=-1)
+            for i, res in enumerate(results):
+                res.logprob = chosen[i]
+                res.top = list(zip(top.indices[i].tolist(), top.values[i].tolist()))
+        for i, t in enumerate(next_tokens.tolist()):
+            self.tokens[i].append(t)
+        if self.seen is not None:
+            self.seen.scatter_(1, next_tokens.unsqueeze(-1), True)
+        if self.counts is not None:
+            self.counts.scatter_add_(1, next_tokens.unsqueeze(-1), torch.ones_like(next_tokens, dtype=torch.int32).unsqueeze(-1))
+        self.generated += 1
+        if self.active:
+            self._advance(next_tokens)
+        return results
+
+    def _advance(self, next_tokens: torch.Tensor) -> None:
+        if self.cache.length >= self.cache.max_len:
+            if not self.sliding or self.cache.max_len < self.n_ctx:
+                self.rows = []  # the context is full and no sliding window was asked for
+                return
+            # Beyond n_ctx: keep the last half of the context and re-encode it (a sliding window
+            # recomputed every n_ctx/2 tokens rather than every token).
+            keep = self.n_ctx // 2
+            self._logits = self._prefill([t[-keep:] for t in self.tokens])
+            return
+        positions = (self.cache.length + self.offsets).clamp(min=0).unsqueeze(-1).to(self.device)  # (B, 1)
+        with torch.inference_mode():
+            self._logits = self.model(next_tokens.unsqueeze(-1).to(self.device), cache=self.cache, positions=positions)[:, -1, :]

@@ -1,0 +1,90 @@
+"""Hugging Face folders (GPT2LMHeadModel.save_pretrained), which are also gpt2kit's own layout.
+
+config.json with model.safetensors, sharded safetensors with model.safetensors.index.json, or
+pytorch_model.bin. HF's GPT-2 uses Conv1D with weights (in, out); ours are nn.Linear (out, in).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..config import GPTConfig
+from ..errors import UserError
+
+TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+SKIPPED = ("lm_head.weight", ".attn.bias", ".attn.masked_bias")  # tied head; causal-mask buffers
+
+
+def is_hf_folder(folder: Path) -> bool:
+    return (folder / "config.json").is_file()
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    if (folder / "model.safetensors").is_file():
+        return [folder / "model.safetensors"]
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = folder / index_name
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (ValueError, KeyError) as e:
+                raise UserError(f"{index} is not a valid weight index ({e})") from None
+            missing = [s for s in shards if not (folder / s).is_file()]
+            if missing:
+                raise UserError(f"{folder} lacks the shard(s) {', '.join(missing)} named by {index_name}")
+            return [folder / s for s in shards]
+    if (folder / "pytorch_model.bin").is_file():
+        return [folder / "pytorch_model.bin"]
+    raise UserError(f"{folder} has config.json but no model.safetensors, sharded safetensors or pytorch_model.bin")
+
+
+def _read(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(path)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (SafetensorError, RuntimeError, OSError, EOFError, ValueError) as e:
+        raise UserError(f"{path} is truncated or corrupted ({str(e).splitlines()[0][:120]}); download or copy it again") from None
+
+
+def load_hf(folder: Path) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
+    try:
+        config = GPTConfig.from_hf_config(json.loads((folder / "config.json").read_text()))
+    except (ValueError, KeyError) as e:
+        raise UserError(f"{folder / 'config.json'} is not a GPT-2 config ({e})") from None
+    sd: dict[str, torch.Tensor] = {}
+    for path in _weight_files(folder):
+        for key, t in _read(path).items():
+            if any(key.endswith(s) for s in SKIPPED):
+                continue
+            key = key.removeprefix("transformer.")
+            t = t.float()
+            if key.endswith(TRANSPOSED):
+                t = t.t().contiguous()
+            sd[key] = t
+    return config, sd
+
+
+def save_hf(folder: Path, config: GPTConfig, state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None = None) -> None:
+    """Write config.json + model.safetensors that transformers' GPT2LMHeadModel opens as they are."""
+    out = {}
+    for key, t in state_dict.items():
+        t = t.detach().to("cpu")
+        if dtype is not None:
+            t = t.to(dtype)
+        if key.endswith(TRANSPOSED):
+            t = t.t()
+        out["transformer." + key] = t.contiguous()
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / "model.safetensors.tmp"
+    save_file(out, tmp, metadata={"format": "pt", "written_by": "gpt2kit"})
+    os.replace(tmp, folder / "model.safetensors")
+    cfg = config.to_hf_config()
+    if dtype is not None:
+        cfg["torch_dtype"] = str(dtype).removeprefix("torch.")
+    (folder / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")

@@ -1,0 +1,103 @@
+"""OpenAI's TensorFlow model folders, and gpt-2-simple / nshepperd fine-tuning runs.
+
+OpenAI (download_model.py): checkpoint, hparams.json, encoder.json, vocab.bpe, model.ckpt.{index,data,meta}.
+gpt-2-simple: checkpoint/run1 with `checkpoint`, model-N.{index,data,meta}, `counter`, and copies of
+hparams.json, encoder.json, vocab.bpe. nshepperd's train.py writes the same without hparams.json
+(and with Adam slot variables, which are skipped here).
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import GPTConfig
+from ..errors import UserError
+from .tf_checkpoint import TFCheckpoint
+
+# Conv1D weights are stored (1, in, out) by OpenAI's model.py; ours are nn.Linear (out, in).
+_LINEAR = ("attn/c_attn", "attn/c_proj", "mlp/c_fc", "mlp/c_proj")
+
+
+def is_tf_folder(folder: Path) -> bool:
+    return (folder / "checkpoint").is_file() or any(folder.glob("*.index"))
+
+
+def checkpoint_prefix(folder: Path, checkpoint: str | None) -> Path:
+    """Which checkpoint in the folder: `checkpoint` (e.g. 'model-500'), else the newest named by the `checkpoint` file."""
+    if checkpoint:
+        prefix = folder / Path(checkpoint).name.removesuffix(".index")
+        if not Path(str(prefix) + ".index").is_file():
+            have = sorted(p.name.removesuffix(".index") for p in folder.glob("*.index"))
+            raise UserError(f"no checkpoint {checkpoint!r} in {folder}; it has: {', '.join(have) or 'none'}")
+        return prefix
+    state = folder / "checkpoint"
+    if state.is_file():
+        m = re.search(r'^model_checkpoint_path:\s*"(.*)"', state.read_text(errors="replace"), re.M)
+        if m:
+            # Paths may be absolute from the machine that trained; the files sit beside `checkpoint`.
+            prefix = folder / Path(m.group(1)).name
+            if Path(str(prefix) + ".index").is_file():
+                return prefix
+    indexes = sorted(folder.glob("*.index"), key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)])
+    if not indexes:
+        raise UserError(f"{folder} has a `checkpoint` file but no .index/.data files beside it; copy the whole folder")
+    return Path(str(indexes[-1]).removesuffix(".index"))
+
+
+def _infer_config(ckpt: TFCheckpoint, folder: Path, notes: list[str]) -> GPTConfig:
+    shapes = {k: e.shape for k, e in ckpt.entries.items()}
+    if "model/wte" not in shapes or "model/wpe" not in shapes:
+        raise UserError(f"{ckpt.prefix}.index has no model/wte or model/wpe: it is not a GPT-2 checkpoint")
+    n_vocab, n_embd = shapes["model/wte"]
+    n_ctx = shapes["model/wpe"][0]
+    n_layer = len({int(m.group(1)) for k in shapes if (m := re.match(r"model/h(\d+)/", k))})
+    hparams_path = folder / "hparams.json"
+    if hparams_path.is_file():
+        try:
+            hp = json.loads(hparams_path.read_text())
+            config = GPTConfig(n_vocab=hp["n_vocab"], n_ctx=hp["n_ctx"], n_embd=hp["n_embd"], n_head=hp["n_head"], n_layer=hp["n_layer"])
+        except (ValueError, KeyError) as e:
+            raise UserError(f"{hparams_path} is not a valid GPT-2 hparams.json ({e})") from None
+        found = dict(n_vocab=n_vocab, n_ctx=n_ctx, n_embd=n_embd, n_layer=n_layer)
+        wrong = {k: (getattr(config, k), v) for k, v in found.items() if getattr(config, k) != v}
+        if wrong:
+            detail = ", ".join(f"{k}={a} but the tensors say {b}" for k, (a, b) in wrong.items())
+            raise UserError(f"{hparams_path} does not match the checkpoint: {detail}")
+        return config
+    # nshepperd's runs carry no hparams.json. Every published GPT-2 uses 64-wide heads.
+    n_head = max(1, n_embd // 64)
+    notes.append(f"no hparams.json: sizes inferred from the tensors (n_head = n_embd / 64 = {n_head})")
+    return GPTConfig(n_vocab=n_vocab, n_ctx=n_ctx, n_embd=n_embd, n_head=n_head, n_layer=n_layer)
+
+
+def load_tf(folder: Path, checkpoint: str | None, notes: list[str]) -> tuple[GPTConfig, dict[str, torch.Tensor], str]:
+    prefix = checkpoint_prefix(folder, checkpoint)
+    ckpt = TFCheckpoint(prefix)
+    config = _infer_config(ckpt, folder, notes)
+    sd: dict[str, torch.Tensor] = {}
+
+    def get(name: str) -> np.ndarray:
+        if name not in ckpt.entries:
+            raise UserError(f"{prefix}.index lacks the variable {name}: the checkpoint is incomplete")
+        return ckpt.read(name)
+
+    sd["wte.weight"] = torch.from_numpy(get("model/wte").astype(np.float32))
+    sd["wpe.weight"] = torch.from_numpy(get("model/wpe").astype(np.float32))
+    for i in range(config.n_layer):
+        for ln in ("ln_1", "ln_2"):
+            sd[f"h.{i}.{ln}.weight"] = torch.from_numpy(get(f"model/h{i}/{ln}/g").astype(np.float32))
+            sd[f"h.{i}.{ln}.bias"] = torch.from_numpy(get(f"model/h{i}/{ln}/b").astype(np.float32))
+        for lin in _LINEAR:
+            w = get(f"model/h{i}/{lin}/w").astype(np.float32)
+            sd[f"h.{i}.{lin.replace('/', '.')}.weight"] = torch.from_numpy(np.ascontiguousarray(w.squeeze(0).T))  # (out, in)
+            sd[f"h.{i}.{lin.replace('/', '.')}.bias"] = torch.from_numpy(get(f"model/h{i}/{lin}/b").astype(np.float32))
+    sd["ln_f.weight"] = torch.from_numpy(get("model/ln_f/g").astype(np.float32))
+    sd["ln_f.bias"] = torch.from_numpy(get("model/ln_f/b").astype(np.float32))
+    counter = folder / "counter"
+    if counter.is_file():
+        notes.append(f"gpt-2-simple/nshepperd run at step {counter.read_text().strip()}")
+    return config, sd, prefix.name

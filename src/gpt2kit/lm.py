@@ -1,0 +1,118 @@
+"""`load` a model from anywhere and the `LM` handle that generates with it."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from .config import GPTConfig, canonical_name
+from .devices import resolve_device, resolve_dtype
+from .errors import UserError
+from .formats import FORMATS_HELP, build_model, read_checkpoint
+from .generation import Piece, Sample, iter_samples, new_seed
+from .model import GPT
+from .sampling import SamplingSettings
+from .tokenizer import Tokenizer
+
+log = logging.getLogger("gpt2kit")
+BUNDLED_DIR = Path(__file__).parent / "assets" / "bundled"
+
+
+@dataclass
+class LM:
+    model: GPT
+    tokenizer: Tokenizer
+    info: dict = field(default_factory=dict)
+
+    @property
+    def config(self) -> GPTConfig:
+        return self.model.config
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.wte.weight.device
+
+    def generate(self, prompt: str | list[str] | None = None, *, length: int | None = None,
+                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
+                 stop: str | list[str] | None = None, seed: int | None = None, nsamples: int = 1,
+                 batch_size: int = 1, truncate: str | None = None, include_prefix: bool = True,
+                 stop_at_eot: bool = True) -> list[str]:
+        """One string per sample, in prompt order (all samples of the first prompt, then the next)."""
+        if nsamples < 1:
+            raise UserError("nsamples must be at least 1 here; only the CLI runs forever with 0")
+        return [ev.text for ev in self.samples(prompt, length=length, temperature=temperature, top_k=top_k, top_p=top_p,
+                                               repetition_penalty=repetition_penalty, stop=stop, seed=seed,
+                                               nsamples=nsamples, batch_size=batch_size, truncate=truncate,
+                                               include_prefix=include_prefix, stop_at_eot=stop_at_eot)
+                if isinstance(ev, Sample)]
+
+    def stream(self, prompt: str | None = None, **options) -> Iterator[str]:
+        """The text pieces of one sample as they are generated (the continuation only)."""
+        options = {**options, "nsamples": 1, "batch_size": 1}
+        for ev in self.samples(prompt, **options):
+            if isinstance(ev, Piece):
+                yield ev.text
+
+    def samples(self, prompt: str | list[str] | None = None, *, length: int | None = None,
+                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
+                presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
+                stop: str | list[str] | None = None, seed: int | None = None, nsamples: int = 1,
+                batch_size: int = 1, truncate: str | None = None, include_prefix: bool = True,
+                stop_at_eot: bool = True, logprobs: int = 0) -> Iterator[Piece | Sample]:
+        """Streamed Pieces and finished Samples (with seeds, token counts, logprobs) in output order."""
+        prompts = prompt if isinstance(prompt, list) else [prompt]
+        if not prompts:
+            raise UserError("no prompts given")
+        settings = SamplingSettings(temperature=temperature, top_k=top_k, top_p=top_p,
+                                    repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
+                                    frequency_penalty=frequency_penalty)
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        return iter_samples(self.model, self.tokenizer, prompts, length=length, settings=settings, stop=stops,
+                            seed=new_seed() if seed is None else seed, nsamples=nsamples, batch_size=batch_size,
+                            truncate=truncate, include_prefix=include_prefix, stop_at_eot=stop_at_eot,
+                            logprobs=logprobs)
+
+    @torch.inference_mode()
+    def next_token_probs(self, prompt: str | None, top: int = 20) -> list[tuple[int, float]]:
+        """The model's top next tokens after `prompt` with their probabilities."""
+        from .generation import encode_prompt
+        ids = encode_prompt(self.tokenizer, prompt, self.config.n_ctx)
+        logits = self.model(torch.tensor([ids], device=self.device))[0, -1].float()
+        probs = logits.softmax(-1)
+        p, i = torch.topk(probs, min(top, probs.numel()))
+        return list(zip(i.tolist(), p.tolist()))
+
+
+def resolve_model_path(name: str | Path | None, *, offline: bool | None = None) -> Path:
+    """A model name or path -> the folder to read. None is the small model bundled in the package."""
+    if name is None:
+        if not (BUNDLED_DIR / "config.json").is_file():
+            raise UserError("this installation has no bundled model; pass --model PATH or a published name like 124M")
+        return BUNDLED_DIR
+    path = Path(name).expanduser()
+    if path.exists():
+        return path
+    published = canonical_name(str(name))
+    if published:
+        from . import hub
+        return hub.ensure_model(published, offline=offline)
+    raise UserError(f"no model folder {str(name)!r}, and it is not a published name (124M, 355M, 774M, 1558M). {FORMATS_HELP}")
+
+
+def load(name: str | Path | None = None, *, device: str = "auto", dtype: str = "auto",
+         checkpoint: str | None = None, offline: bool | None = None) -> LM:
+    """Load any GPT-2 people have on disk (or a published name, downloaded on first use)."""
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    folder = resolve_model_path(name, offline=offline)
+    ck = read_checkpoint(folder, checkpoint)
+    for note in ck.notes:
+        log.info("%s: %s", ck.path, note)
+    model = build_model(ck.config, ck.state_dict, ck.path).to(device=dev, dtype=torch_dtype).eval()
+    info = {"format": ck.format, "path": str(ck.path), "checkpoint": ck.checkpoint, "notes": ck.notes,
+            "bundled": folder == BUNDLED_DIR, "device": str(dev), "dtype": str(torch_dtype).removeprefix("torch."),
+            "name": str(name) if name is not None else "bundled"}
+    return LM(model, ck.tokenizer, info)

@@ -1,0 +1,153 @@
+"""GPT-2 in PyTorch, numerically OpenAI's model, with a preallocated KV cache.
+
+Parameter names are GPT-2's own (wte, wpe, h.N.ln_1, attn.c_attn, attn.c_proj, mlp.c_fc,
+mlp.c_proj, ln_f), so every checkpoint format maps onto it key for key. Linear weights are
+stored PyTorch-style as (out, in); the formats module transposes TF's and HF's (in, out).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from .config import GPTConfig
+
+
+class KVCache:
+    """Keys and values of every layer for up to `max_len` positions, allocated once.
+
+    `valid` marks the real (non left-padding) positions of each row, so prompts of different
+    lengths can share one batch.
+    """
+
+    def __init__(self, config: GPTConfig, batch: int, max_len: int, device, dtype):
+        hs = config.n_embd // config.n_head
+        shape = (config.n_layer, batch, config.n_head, max_len, hs)  # (L, B, nh, S, hs)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.valid = torch.ones(batch, max_len, device=device, dtype=torch.bool)
+        self.length = 0
+        self.max_len = max_len
+        self.padded = False  # True once some row has padding: then masks are needed
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only `rows` of the batch (finished samples leave, the rest go on)."""
+        self.k, self.v, self.valid = self.k[:, rows], self.v[:, rows], self.valid[rows]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.dropout = config.dropout
+
+    def forward(self, x, cache: KVCache | None, layer: int, mask):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if cache is not None:
+            start = cache.length
+            cache.k[layer, :, :, start:start + T] = k
+            cache.v[layer, :, :, start:start + T] = v
+            k = cache.k[layer, :, :, :start + T]  # (B, nh, S, hs)
+            v = cache.v[layer, :, :, :start + T]
+        dropout = self.dropout if self.training else 0.0
+        if mask is not None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        elif cache is not None and T == 1:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)  # one query sees all keys
+        else:
+            # Without padding the prefix of the cache is empty, so plain causal masking is right.
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return F.dropout(self.c_proj(y), dropout, self.training)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.dropout = config.dropout
+
+    def forward(self, x):
+        # GPT-2 uses the tanh approximation of GELU (OpenAI's model.py `gelu`).
+        x = self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+        return F.dropout(x, self.dropout, self.training)
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cache=None, layer=0, mask=None):
+        x = x + self.attn(self.ln_1(x), cache, layer, mask)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.n_vocab, config.n_embd)
+        self.wpe = nn.Embedding(config.n_ctx, config.n_embd)
+        self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.gradient_checkpointing = False
+
+    def init_weights(self, generator: torch.Generator | None = None) -> None:
+        """GPT-2's initialisation: N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layer)."""
+        for name, p in self.named_parameters():
+            if name.endswith("bias"):
+                nn.init.zeros_(p)
+            elif ".ln_" in name or name.startswith("ln_f"):
+                nn.init.ones_(p)
+            else:
+                std = 0.02 / math.sqrt(2 * self.config.n_layer) if name.endswith("c_proj.weight") else 0.02
+                with torch.no_grad():
+                    p.normal_(0.0, std, generator=generator)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, idx: torch.Tensor, *, cache: KVCache | None = None,
+                positions: torch.Tensor | None = None, hidden_only: bool = False) -> torch.Tensor:
+        """idx (B, T) token ids -> logits (B, T, n_vocab), or the final hidden states (B, T, C)."""
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        if positions is None:
+            positions = torch.arange(start, start + T, device=idx.device).unsqueeze(0)  # (1, T)
+        x = self.wte(idx) + self.wpe(positions)  # (B, T, C)
+        x = F.dropout(x, self.config.dropout, self.training)
+        mask = None
+        if cache is not None and cache.padded:
+            # Row b's query at cache position q sees key j iff j <= q and j is not padding.
+            q_idx = torch.arange(start, start + T, device=idx.device)
+            k_idx = torch.arange(start + T, device=idx.device)
+            causal = k_idx[None, :] <= q_idx[:, None]  # (T, S)
+            # A padding query still sees itself, so no softmax row is empty (that would be NaN).
+            itself = k_idx[None, :] == q_idx[:, None]  # (T, S)
+            mask = causal[None] & (cache.valid[:, None, :start + T] | itself[None])  # (B, T, S)
+            mask = mask.unsqueeze(1)  # (B, 1, T, S)
+        for layer, block in enumerate(self.h):
+            if self.gradient_checkpointing and self.training:
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x, cache, layer, mask)
+        if cache is not None:
+            cache.length += T
+        x = self.ln_f(x)
+        if hidden_only:
+            return x
+        return F.linear(x, self.wte.weight)  # the output head is tied to wte, as in GPT-2

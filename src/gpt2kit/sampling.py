@@ -1,0 +1,111 @@
+"""Sampling as small pure functions: logits -> logits, then one draw per row.
+
+Each row draws from its own torch.Generator, so a sample's text depends on its seed alone,
+not on the batch it shares or on the global RNG.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1.0 = off
+    repetition_penalty: float = 1.0  # CTRL's penalty; 1.0 = off
+    presence_penalty: float = 0.0  # OpenAI's additive penalties
+    frequency_penalty: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0:
+            raise UserError(f"temperature must be 0 (greedy) or more, got {self.temperature}")
+        if self.top_k < 0:
+            raise UserError(f"top_k must be 0 (off) or a positive number of tokens, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not self.repetition_penalty > 0:
+            raise UserError(f"repetition_penalty must be positive (1.0 = off), got {self.repetition_penalty}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                raise UserError(f"{name} must be between -2 and 2, got {getattr(self, name)}")
+
+
+def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    return logits / temperature if temperature not in (0.0, 1.0) else logits
+
+
+def apply_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k largest logits of each row (B, V)."""
+    if k <= 0 or k >= logits.size(-1):
+        return logits
+    kth = torch.topk(logits, k, dim=-1).values[:, -1:]  # (B, 1)
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def apply_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus sampling: keep the smallest set of tokens whose probability reaches p."""
+    if p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+    cum = sorted_logits.softmax(-1).cumsum(-1)
+    drop = cum - sorted_logits.softmax(-1) >= p  # mass before this token already reaches p; the top token always stays
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL (Keskar et al. 2019): seen tokens' positive logits / penalty, negative ones * penalty.
+
+    seen: (B, V) bool, the tokens of each row's prompt and output so far.
+    """
+    if penalty == 1.0:
+        return logits
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalised, logits)
+
+
+def apply_presence_frequency(logits: torch.Tensor, counts: torch.Tensor, presence: float, frequency: float) -> torch.Tensor:
+    """OpenAI's penalties: minus presence once per generated token type, minus frequency per occurrence."""
+    if presence == 0.0 and frequency == 0.0:
+        return logits
+    return logits - presence * (counts > 0).to(logits.dtype) - frequency * counts.to(logits.dtype)
+
+
+def process_logits(logits: torch.Tensor, s: SamplingSettings, seen: torch.Tensor | None,
+                   counts: torch.Tensor | None) -> torch.Tensor:
+    """Every filter in the order the other tools apply them: penalties, temperature, top-k, top-p."""
+    logits = logits.float()
+    if seen is not None:
+        logits = apply_repetition_penalty(logits, seen, s.repetition_penalty)
+    if counts is not None:
+        logits = apply_presence_frequency(logits, counts, s.presence_penalty, s.frequency_penalty)
+    if s.temperature == 0:
+        return logits
+    logits = apply_temperature(logits, s.temperature)
+    logits = apply_top_k(logits, s.top_k)
+    return apply_top_p(logits, s.top_p)
+
+
+def draw(logits: torch.Tensor, temperature: float, generators: list[torch.Generator]) -> torch.Tensor:
+    """One token per row (B,). Greedy at temperature 0; else inverse-CDF with each row's own generator."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = logits.softmax(-1)  # (B, V)
+    u = torch.stack([torch.rand((), generator=g) for g in generators]).to(probs.device)  # (B,)
+    cdf = probs.cumsum(-1)
+    u = u * cdf[:, -1]  # the cumsum's last value is 1 up to rounding
+    tokens = torch.searchsorted(cdf, u.unsqueeze(-1)).squeeze(-1)
+    # Rounding can land on a zero-probability token past the end; the argmax is the safe choice then.
+    bad = (tokens >= probs.size(-1)) | (probs.gather(-1, tokens.clamp(max=probs.size(-1) - 1).unsqueeze(-1)).squeeze(-1) == 0)
+    return torch.where(bad, probs.argmax(-1), tokens.clamp(max=probs.size(-1) - 1))
+
+
+def make_generator(seed: int) -> torch.Generator:
+    g = torch.Generator(device="cpu")
+    g.manual_seed(seed)
+    return g

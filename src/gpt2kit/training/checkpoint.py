@@ -1,0 +1,78 @@
+"""Run folders: every checkpoint a complete model folder plus the whole training state.
+
+    checkpoint/run1/
+      latest                  the name of the newest step folder (replaced atomically)
+      step-000500/            config.json, model.safetensors, vocabulary: opens in gpt2kit and transformers
+        training_state.pt     optimizer moments, schedule position, step, every RNG, sampler position
+      metrics.csv, loss.png
+
+A step folder is written under a temporary name and renamed when complete, and `latest` moves
+only after that, so a kill -9 mid-save never leaves a broken newest checkpoint.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..config import GPTConfig
+from ..formats import RUN_POINTER, save_hf, write_vocab
+from ..tokenizer import Tokenizer
+
+STATE_FILE = "training_state.pt"
+STATE_VERSION = 1
+
+
+def step_folders(run_dir: Path) -> list[Path]:
+    return sorted((p for p in run_dir.glob("step-*") if p.is_dir() and re.fullmatch(r"step-\d+", p.name)),
+                  key=lambda p: int(p.name[5:]))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    pointer = run_dir / RUN_POINTER
+    if pointer.is_file():
+        folder = run_dir / pointer.read_text().strip()
+        if (folder / STATE_FILE).is_file():
+            return folder
+    done = [p for p in step_folders(run_dir) if (p / STATE_FILE).is_file()]
+    return done[-1] if done else None
+
+
+def save_checkpoint(run_dir: Path, step: int, *, config: GPTConfig, model_state: dict, tokenizer: Tokenizer,
+                    training_state: dict, max_checkpoints: int) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    final = run_dir / f"step-{step:06d}"
+    tmp = run_dir / f".tmp-step-{step:06d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_hf(tmp, config, model_state)
+    write_vocab(tmp, tokenizer)
+    torch.save({"version": STATE_VERSION, **training_state}, tmp / STATE_FILE)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    pointer_tmp = run_dir / f".{RUN_POINTER}.tmp"
+    pointer_tmp.write_text(final.name + "\n")
+    os.replace(pointer_tmp, run_dir / RUN_POINTER)
+    for old in step_folders(run_dir)[:-max_checkpoints]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in run_dir.glob(".tmp-step-*"):  # left by a save that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def load_training_state(folder: Path) -> dict | None:
+    path = folder / STATE_FILE
+    if not path.is_file():
+        return None
+    from ..errors import UserError
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a torn or foreign file: say which one
+        raise UserError(f"{path} is corrupted ({type(e).__name__}); restore from an older step folder with --restore-from") from None
+    if state.get("version") != STATE_VERSION:
+        raise UserError(f"{path} has training-state version {state.get('version')}; this gpt2kit reads {STATE_VERSION}")
+    return state

@@ -1,0 +1,61 @@
+"""metrics.csv and the loss-curve PNG in the run folder, updated as training goes."""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+FIELDS = ["step", "elapsed_s", "loss", "avg_loss", "lr", "tokens_per_s", "val_loss", "val_ppl"]
+
+
+def append_metrics(run_dir: Path, row: dict) -> None:
+    path = run_dir / "metrics.csv"
+    new = not path.is_file()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        if new:
+            w.writeheader()
+        w.writerow({k: row.get(k, "") for k in FIELDS})
+
+
+def truncate_metrics(run_dir: Path, step: int) -> None:
+    """On resume, drop rows past the restored step (they belong to the part that was lost)."""
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def plot_losses(run_dir: Path, title: str = "") -> Path | None:
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    train = [(int(r["step"]), float(r["avg_loss"])) for r in rows if r["avg_loss"]]
+    val = [(int(r["step"]), float(r["val_loss"])) for r in rows if r["val_loss"]]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    if train:
+        ax.plot(*zip(*train), label="train (running average)")
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = run_dir / "loss.png"
+    tmp = run_dir / ".loss.tmp.png"
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out

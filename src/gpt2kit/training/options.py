@@ -1,0 +1,98 @@
+"""Every fine-tuning option and its default, in one place (the CLI reads its defaults from here)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from ..errors import UserError
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    # length of training
+    steps: int | None = None  # the total to reach (resuming continues to the same end); default 1000
+    epochs: float | None = None  # or: passes over the training tokens
+    # batch and optimiser
+    batch_size: int = 2  # windows per step on each process
+    context_length: int | None = None  # window length; default the model's n_ctx
+    learning_rate: float = 1e-4  # gpt-2-simple's and nshepperd's default for fine-tuning
+    accumulate_gradients: int = 1
+    optimizer: str = "adamw"  # adamw | adam | sgd
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    lr_schedule: str = "constant"  # constant | cosine | linear (decay to 10% at the last step)
+    grad_clip: float = 1.0  # 0 = off
+    dropout: float = 0.0
+    noise: float = 0.0  # nshepperd's --noise: probability of replacing an input token by a random one
+    seed: int = 1234
+    # memory and speed
+    gradient_checkpointing: bool = False
+    only_train_transformer_layers: bool = False
+    freeze_layers: int = 0
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16: mixed precision with fp32 master weights
+    compile: bool = False
+    device: str = "auto"
+    # from scratch
+    from_scratch: bool = False
+    n_layer: int = 6
+    n_embd: int = 384
+    n_head: int = 6
+    n_ctx: int = 256
+    # run folder
+    checkpoint_dir: str = "checkpoint"
+    restore_from: str = "latest"  # latest | fresh | PATH
+    overwrite: bool = False
+    save_every: int = 500
+    max_checkpoints: int = 3
+    # samples, validation, logging
+    sample_every: int = 0  # 0 = off
+    sample_length: int = 100
+    sample_num: int = 1
+    sample_prefix: str | None = None
+    sample_dir: str = "samples"
+    val_dataset: str | None = None
+    val_fraction: float = 0.0
+    val_every: int = 100
+    val_batch_count: int = 20
+    print_every: int = 10
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        positive = ["batch_size", "accumulate_gradients", "save_every", "max_checkpoints", "val_every",
+                    "val_batch_count", "print_every", "n_layer", "n_embd", "n_head", "n_ctx", "sample_num"]
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise UserError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.steps is not None and self.steps < 1:
+            raise UserError(f"steps must be at least 1, got {self.steps}")
+        if self.epochs is not None and not self.epochs > 0:
+            raise UserError(f"epochs must be positive, got {self.epochs}")
+        if not self.learning_rate > 0:
+            raise UserError(f"learning-rate must be positive, got {self.learning_rate}")
+        if self.optimizer not in ("adamw", "adam", "sgd"):
+            raise UserError(f"optimizer must be adamw, adam or sgd, got {self.optimizer!r}")
+        if self.lr_schedule not in ("constant", "cosine", "linear"):
+            raise UserError(f"lr-schedule must be constant, cosine or linear, got {self.lr_schedule!r}")
+        if not 0 <= self.noise < 1 or not 0 <= self.dropout < 1:
+            raise UserError("noise and dropout must be in [0, 1)")
+        if not 0 <= self.val_fraction < 1:
+            raise UserError(f"val-fraction must be in [0, 1), got {self.val_fraction}")
+        for name in ("warmup_steps", "freeze_layers", "sample_every", "grad_clip", "weight_decay", "sample_length"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
+        if self.context_length is not None and self.context_length < 2:
+            raise UserError(f"context-length must be at least 2, got {self.context_length}")
+
+    @classmethod
+    def from_kwargs(cls, **options) -> "TrainOptions":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise UserError(f"unknown fine-tuning option(s): {', '.join(unknown)}")
+        return cls(**options)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+DEFAULT_STEPS = 1000

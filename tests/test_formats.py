@@ -1,0 +1,128 @@
+"""Every on-disk format against an independent reference: TensorFlow for OpenAI/gpt-2-simple/nshepperd
+checkpoints (fixtures written by real TensorFlow, scripts/make_tf_fixtures.py), transformers for HF."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import gpt2kit
+from gpt2kit.errors import UserError
+
+from conftest import FIXTURES
+
+TF_CASES = [
+    ("openai_tiny", None, "logits", "greedy"),
+    ("gpt2_simple_run/run1", None, "logits", "greedy"),  # `checkpoint` names the newest: model-20
+    ("gpt2_simple_run/run1", "model-10", "logits_10", "greedy_10"),
+    ("nshepperd_run/run1", None, "logits", "greedy"),  # no hparams.json: sizes inferred
+]
+
+
+@pytest.mark.parametrize("folder,checkpoint,logits_key,greedy_key", TF_CASES)
+def test_tf_checkpoints_match_tensorflow(folder, checkpoint, logits_key, greedy_key):
+    path = FIXTURES / folder
+    expected = np.load(path / "expected.npz")
+    lm = gpt2kit.load(path, device="cpu", dtype="float32", checkpoint=checkpoint)
+    ids = expected["ids"].astype(np.int64)
+    with torch.no_grad():
+        logits = lm.model(torch.from_numpy(ids)[None])[0].numpy()
+    assert np.abs(logits - expected[logits_key]).max() < 1e-4
+    prompt = lm.tokenizer.decode(ids.tolist())
+    assert lm.tokenizer.encode(prompt) == ids.tolist()  # the folder's own (tiny) vocabulary is used
+    sample = [s for s in lm.samples(prompt, length=8, temperature=0, stop_at_eot=False) if hasattr(s, "tokens")][0]
+    assert sample.tokens == expected[greedy_key].tolist()
+
+
+def test_nshepperd_sizes_are_inferred_and_said():
+    lm = gpt2kit.load(FIXTURES / "nshepperd_run/run1", device="cpu")
+    assert lm.config.n_head == 1 and lm.config.n_embd == 64
+    assert any("inferred" in n for n in lm.info["notes"])
+
+
+def test_hf_logits_and_greedy_match_transformers(hf_tiny, lm_tiny):
+    from transformers import GPT2LMHeadModel
+    ref = GPT2LMHeadModel.from_pretrained(hf_tiny).eval()
+    idx = torch.randint(0, 50257, (3, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (ref(idx).logits - lm_tiny.model(idx)).abs().max() < 1e-4
+    prompt = "The meaning of life is"
+    ids = torch.tensor([lm_tiny.tokenizer.encode(prompt)])
+    out = ref.generate(ids, max_new_tokens=20, do_sample=False, pad_token_id=50256)[0, ids.size(1):].tolist()
+    sample = [s for s in lm_tiny.samples(prompt, length=20, temperature=0, stop_at_eot=False) if hasattr(s, "tokens")][0]
+    assert sample.tokens == out
+
+
+@pytest.mark.parametrize("variant", ["sharded", "bin"])
+def test_hf_sharded_and_bin(hf_tiny, lm_tiny, tmp_path, variant):
+    from transformers import GPT2LMHeadModel
+    ref = GPT2LMHeadModel.from_pretrained(hf_tiny)
+    if variant == "sharded":
+        ref.save_pretrained(tmp_path / "m", max_shard_size="500KB")
+        assert (tmp_path / "m" / "model.safetensors.index.json").is_file()
+    else:
+        (tmp_path / "m").mkdir()
+        ref.config.save_pretrained(tmp_path / "m")
+        torch.save(ref.state_dict(), tmp_path / "m" / "pytorch_model.bin")
+    lm = gpt2kit.load(tmp_path / "m", device="cpu")
+    idx = torch.randint(0, 50257, (1, 16))
+    with torch.no_grad():
+        assert (lm.model(idx) - lm_tiny.model(idx)).abs().max() < 1e-5
+
+
+def test_convert_tf_to_hf_opens_in_transformers(tmp_path):
+    from transformers import GPT2LMHeadModel
+    out = gpt2kit.convert(FIXTURES / "openai_tiny", tmp_path / "hf")
+    expected = np.load(FIXTURES / "openai_tiny" / "expected.npz")
+    ref = GPT2LMHeadModel.from_pretrained(out).eval()
+    with torch.no_grad():
+        logits = ref(torch.from_numpy(expected["ids"].astype(np.int64))[None]).logits[0].numpy()
+    assert np.abs(logits - expected["logits"]).max() < 1e-4
+    for f in ("vocab.json", "merges.txt", "encoder.json", "vocab.bpe"):
+        assert (out / f).is_file()
+    with pytest.raises(UserError, match="not empty"):
+        gpt2kit.convert(FIXTURES / "openai_tiny", tmp_path / "hf")
+
+
+def test_truncated_tf_data_file_is_named(tmp_path):
+    folder = tmp_path / "m"
+    shutil.copytree(FIXTURES / "openai_tiny", folder)
+    data = folder / "model.ckpt.data-00000-of-00001"
+    data.write_bytes(data.read_bytes()[:1000])
+    with pytest.raises(UserError, match="model.ckpt.data-00000-of-00001 is truncated"):
+        gpt2kit.load(folder, device="cpu")
+
+
+def test_corrupted_index_and_safetensors(tmp_path, hf_tiny):
+    folder = tmp_path / "m"
+    shutil.copytree(FIXTURES / "openai_tiny", folder)
+    (folder / "model.ckpt.index").write_bytes(b"garbage" * 10)
+    with pytest.raises(UserError, match="model.ckpt.index"):
+        gpt2kit.load(folder, device="cpu")
+    hf = tmp_path / "hf"
+    shutil.copytree(hf_tiny, hf)
+    st = hf / "model.safetensors"
+    st.write_bytes(st.read_bytes()[: st.stat().st_size // 2])
+    with pytest.raises(UserError, match="model.safetensors is truncated or corrupted"):
+        gpt2kit.load(hf, device="cpu")
+
+
+def test_hparams_that_do_not_match(tmp_path):
+    folder = tmp_path / "m"
+    shutil.copytree(FIXTURES / "openai_tiny", folder)
+    hp = json.loads((folder / "hparams.json").read_text())
+    hp["n_layer"] = 5
+    (folder / "hparams.json").write_text(json.dumps(hp))
+    with pytest.raises(UserError, match="n_layer=5 but the tensors say 2"):
+        gpt2kit.load(folder, device="cpu")
+
+
+def test_missing_and_unrecognised_folders(tmp_path):
+    with pytest.raises(UserError, match="no model folder"):
+        gpt2kit.load(tmp_path / "nope", device="cpu")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no GPT-2 checkpoint"):
+        gpt2kit.load(tmp_path / "empty", device="cpu")
+    with pytest.raises(UserError, match="no checkpoint 'model-99'"):
+        gpt2kit.load(FIXTURES / "gpt2_simple_run/run1", device="cpu", checkpoint="model-99")
