@@ -106,15 +106,14 @@ class BatchDecoder:
         if self.counts is not None:
             self.counts.scatter_add_(1, next_tokens.unsqueeze(-1), torch.ones_like(next_tokens, dtype=torch.int32).unsqueeze(-1))
         self.generated += 1
-        if self.active:
+        if not self.sliding and self.cache.length + 1 >= self.n_ctx:
+            self.rows = []  # the context is full: without --length there is no sliding window
+        elif self.active:
             self._advance(next_tokens)
         return results
 
     def _advance(self, next_tokens: torch.Tensor) -> None:
         if self.cache.length >= self.cache.max_len:
-            if not self.sliding or self.cache.max_len < self.n_ctx:
-                self.rows = []  # the context is full and no sliding window was asked for
-                return
             # Beyond n_ctx: keep the last half of the context and re-encode it (a sliding window
             # recomputed every n_ctx/2 tokens rather than every token).
             keep = self.n_ctx // 2

@@ -108,6 +108,8 @@ def encode_dataset(inputs: list[str | Path] | str | Path, output: str | Path, *,
         for path in files:
             doc_chars, doc_to_val = 0, None
             for text, ends in _file_pieces(path, opts):
+                if ends and doc_chars == 0 and not text.strip():
+                    continue  # an empty document teaches nothing but a stray <|endoftext|>
                 if doc_to_val is None:
                     # Whole documents go to validation, every ~1/fraction-th by size, so the split is
                     # spread through the inputs and a document never straddles it.

@@ -1,0 +1,136 @@
+"""Fine-tuning on tiny models: the loss falls, resume is exact, signals save, DDP matches one process."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import gpt2kit
+from gpt2kit.errors import UserError
+
+from conftest import ROOT, run_cli
+
+TINY = dict(from_scratch=True, n_layer=2, n_embd=32, n_head=2, n_ctx=32, batch_size=4, learning_rate=3e-3,
+            progress=False, print_every=5)
+TEXT = ("The quick brown fox jumps over the lazy dog. " * 30 + "\n") * 4
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    (tmp_path / "posts").mkdir()
+    for i in range(4):
+        (tmp_path / "posts" / f"post{i}.md").write_text(f"# Post {i}\n\n" + TEXT)
+    out = tmp_path / "data.tokens"
+    gpt2kit.encode_dataset([tmp_path / "posts"], out, progress=False)
+    return out
+
+
+def weights(folder: Path) -> dict:
+    return load_file(folder / "model.safetensors")
+
+
+def test_loss_falls_and_checkpoint_is_a_model_folder(corpus, tmp_path):
+    final = gpt2kit.finetune(dataset=corpus, checkpoint_dir=tmp_path / "ck", steps=30, val_fraction=0.1,
+                             val_every=10, **TINY)
+    rows = (tmp_path / "ck" / "run1" / "metrics.csv").read_text().splitlines()
+    losses = [float(r.split(",")[2]) for r in rows[1:] if r.split(",")[2]]
+    assert losses[-1] < losses[0] - 1.0
+    assert (tmp_path / "ck" / "run1" / "loss.png").stat().st_size > 1000
+    # every checkpoint is a complete model folder that transformers opens
+    from transformers import GPT2LMHeadModel
+    ref = GPT2LMHeadModel.from_pretrained(final).eval()
+    lm = gpt2kit.load(tmp_path / "ck" / "run1", device="cpu")
+    idx = torch.randint(0, 50257, (1, 10))
+    with torch.no_grad():
+        assert (ref(idx).logits - lm.model(idx)).abs().max() < 1e-4
+
+
+def test_resume_is_exact_with_dropout_and_noise(corpus, tmp_path):
+    opts = dict(TINY, dropout=0.1, noise=0.05, lr_schedule="constant", save_every=1000)
+    straight = gpt2kit.finetune(dataset=corpus, checkpoint_dir=tmp_path / "a", steps=12, **opts)
+    gpt2kit.finetune(dataset=corpus, checkpoint_dir=tmp_path / "b", steps=5, **opts)
+    resumed = gpt2kit.finetune(dataset=corpus, checkpoint_dir=tmp_path / "b", steps=12, **opts)
+    a, b = weights(straight), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigint_saves_and_the_same_command_resumes_exactly(corpus, tmp_path):
+    args = ["finetune", "--dataset", corpus, "--from-scratch", "--n-layer", "2", "--n-embd", "32", "--n-head", "2",
+            "--n-ctx", "32", "--batch-size", "4", "--steps", "60", "--print-every", "1", "--no-progress",
+            "--lr-schedule", "cosine", "--warmup-steps", "5", "--dropout", "0.1", "--save-every", "1000"]
+    ref = run_cli(*args, "--checkpoint-dir", tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr
+    env = {**os.environ, "GPT2KIT_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "gpt2kit", *map(str, args), "--checkpoint-dir", str(tmp_path / "int")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    metrics = tmp_path / "int" / "run1" / "metrics.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) > 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "interrupted: saved" in err
+    saved = sorted((tmp_path / "int" / "run1").glob("step-*"))
+    assert len(saved) == 1 and saved[0].name != "step-000060"
+    again = run_cli(*args, "--checkpoint-dir", tmp_path / "int")
+    assert again.returncode == 0, again.stderr
+    assert "resuming from" in again.stderr
+    a, b = weights(tmp_path / "ref/run1/step-000060"), weights(tmp_path / "int/run1/step-000060")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ddp_two_processes_match_one_with_the_same_global_batch(corpus, tmp_path):
+    common = ["--dataset", str(corpus), "--from-scratch", "--n-layer", "2", "--n-embd", "32", "--n-head", "2",
+              "--n-ctx", "32", "--steps", "6", "--no-progress", "--device", "cpu", "--learning-rate", "0.003"]
+    one = run_cli("finetune", *common, "--batch-size", "4", "--checkpoint-dir", tmp_path / "one")
+    assert one.returncode == 0, one.stderr
+    env = {**os.environ, "GPT2KIT_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+                          "-m", "gpt2kit", "finetune", *common, "--batch-size", "2", "--checkpoint-dir", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = weights(tmp_path / "one/run1/step-000006"), weights(tmp_path / "two/run1/step-000006")
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    # and it is not trivially equal: a different global batch gives different weights
+    other = run_cli("finetune", *common, "--batch-size", "2", "--checkpoint-dir", tmp_path / "other")
+    c = weights(tmp_path / "other/run1/step-000006")
+    assert not all(torch.allclose(a[k], c[k], atol=1e-5) for k in a)
+
+
+def test_short_dataset_trains_on_shorter_windows(tmp_path):
+    (tmp_path / "tiny.txt").write_text("Just a few words here.")
+    final = gpt2kit.finetune(dataset=[tmp_path / "tiny.txt"], checkpoint_dir=tmp_path / "ck", steps=3,
+                             **{**TINY, "n_ctx": 64})
+    assert (final / "model.safetensors").is_file()
+
+
+def test_empty_dataset_refused_before_training(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    r = run_cli("finetune", "--dataset", tmp_path / "empty.txt", "--from-scratch", "--checkpoint-dir", tmp_path / "ck",
+                env={"GPT2KIT_HOME": str(tmp_path / "home")})
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "no text" in r.stderr
+    assert not (tmp_path / "ck").exists()
+
+
+def test_existing_run_is_not_overwritten_by_fresh(corpus, tmp_path):
+    gpt2kit.finetune(dataset=corpus, checkpoint_dir=tmp_path / "ck", steps=2, **TINY)
+    with pytest.raises(UserError, match="--overwrite"):
+        gpt2kit.finetune(dataset=corpus, checkpoint_dir=tmp_path / "ck", steps=2, restore_from="fresh", **TINY)
+
+
+def test_a_save_killed_midway_never_breaks_the_newest(corpus, tmp_path):
+    gpt2kit.finetune(dataset=corpus, checkpoint_dir=tmp_path / "ck", steps=3, **TINY)
+    run = tmp_path / "ck" / "run1"
+    stale = run / ".tmp-step-000004-999"  # what a kill -9 during the next save leaves
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half")
+    lm = gpt2kit.load(run, device="cpu")
+    assert lm.info["checkpoint"] == "step-000003"
+    gpt2kit.finetune(dataset=corpus, checkpoint_dir=tmp_path / "ck", steps=4, **TINY)
+    assert not stale.exists()
