@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import errno
 import hashlib
+import http.client
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ HF_REPOS = {"124M": "openai-community/gpt2", "355M": "openai-community/gpt2-medi
 COMPLETE = ".complete"
 RETRIES = 5
 CHUNK = 1 << 20
+FIRST_RETRY_DELAY = float(os.environ.get("GPT2KIT_RETRY_DELAY", "1.0"))  # seconds, doubling each try
 
 
 def home() -> Path:
@@ -123,7 +125,7 @@ def fetch(url: str, dest: Path, *, progress: bool = True, retries: int = RETRIES
     if dest.is_file():
         return dest
     part = dest.with_name(dest.name + ".part")
-    delay = 1.0
+    delay = FIRST_RETRY_DELAY
     for attempt in range(1, retries + 1):
         have = part.stat().st_size if part.is_file() else 0
         req = urllib.request.Request(url, headers={"User-Agent": "gpt2kit", **({"Range": f"bytes={have}-"} if have else {})})
@@ -154,6 +156,8 @@ def fetch(url: str, dest: Path, *, progress: bool = True, retries: int = RETRIES
                 raise UserError(f"{url} answered {e.code} {e.reason}: check the model name and the mirror "
                                 f"(GPT2KIT_OPENAI_URL / HF_ENDPOINT)") from None
             error = f"HTTP {e.code}"
+        except http.client.HTTPException as e:  # e.g. IncompleteRead when the connection drops
+            error = type(e).__name__
         except OSError as e:
             if isinstance(e, PermissionError):
                 raise UserError(f"no permission to write {part}") from None
