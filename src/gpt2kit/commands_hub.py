@@ -39,3 +39,11 @@ def cmd_models(args) -> int:
     for r in rows:
         print(f"{r['name']:<28} {r['format']:<12} {r['bytes'] / 1e6:>8.1f}MB  {r['path']}")
     return 0
+
+
+def cmd_serve(args) -> int:
+    from .server import serve
+    serve(args.model, host=args.host, port=args.port, api_key=args.api_key, device=args.device, dtype=args.dtype,
+          model_name=args.served_name, max_batch=args.max_batch, max_queue=args.max_queue,
+          max_tokens_limit=args.max_tokens_limit, offline=args.offline)
+    return 0

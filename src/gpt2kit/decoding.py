@@ -23,10 +23,12 @@ class StepResult:
 
 
 class BatchDecoder:
-    def __init__(self, model: GPT, prompts: list[list[int]], *, settings: SamplingSettings,
+    def __init__(self, model: GPT, prompts: list[list[int]], *, settings: SamplingSettings | list[SamplingSettings],
                  generators: list[torch.Generator], max_new: int | None, pad_id: int,
                  logprobs: int = 0, sliding: bool = True):
-        self.model, self.settings, self.generators = model, settings, list(generators)
+        """settings: one for every row, or one per row (the server batches requests that differ)."""
+        rows_settings = settings if isinstance(settings, list) else [settings] * len(prompts)
+        self.model, self.row_settings, self.generators = model, list(rows_settings), list(generators)
         self.n_ctx = model.config.n_ctx
         self.max_new, self.pad_id, self.logprobs, self.sliding = max_new, pad_id, logprobs, sliding
         self.device = model.wte.weight.device
@@ -35,8 +37,8 @@ class BatchDecoder:
         self.generated = 0
         V = model.config.n_vocab
         B = len(prompts)
-        track_seen = settings.repetition_penalty != 1.0
-        track_counts = settings.presence_penalty != 0.0 or settings.frequency_penalty != 0.0
+        track_seen = any(s.repetition_penalty != 1.0 for s in self.row_settings)
+        track_counts = any(s.presence_penalty != 0.0 or s.frequency_penalty != 0.0 for s in self.row_settings)
         self.seen = torch.zeros(B, V, dtype=torch.bool, device=self.device) if track_seen else None
         self.counts = torch.zeros(B, V, dtype=torch.int32, device=self.device) if track_counts else None
         if self.seen is not None:
@@ -75,6 +77,7 @@ class BatchDecoder:
         self.rows = [self.rows[i] for i in keep]
         self.tokens = [self.tokens[i] for i in keep]
         self.generators = [self.generators[i] for i in keep]
+        self.row_settings = [self.row_settings[i] for i in keep]
         if not self.rows:
             return
         sel = torch.tensor(keep, device=self.device)
@@ -89,8 +92,15 @@ class BatchDecoder:
     def step(self) -> list[StepResult]:
         """Draw one token for every active row and feed it back in."""
         raw = self._logits
-        logits = process_logits(raw, self.settings, self.seen, self.counts)
-        next_tokens = draw(logits, self.settings.temperature, self.generators)  # (B,)
+        first = self.row_settings[0]
+        if all(s == first for s in self.row_settings):
+            logits = process_logits(raw, first, self.seen, self.counts)
+            next_tokens = draw(logits, first.temperature, self.generators)  # (B,)
+        else:  # rows with different settings: the same functions, one row at a time
+            next_tokens = torch.cat([
+                draw(process_logits(raw[i:i + 1], s, None if self.seen is None else self.seen[i:i + 1],
+                                    None if self.counts is None else self.counts[i:i + 1]), s.temperature, [g])
+                for i, (s, g) in enumerate(zip(self.row_settings, self.generators))])
         results = [StepResult(r, int(t)) for r, t in zip(self.rows, next_tokens.tolist())]
         if self.logprobs:
             lp = raw.float().log_softmax(-1)

@@ -38,9 +38,26 @@ class Sample:
 
 @dataclass
 class Piece:
-    """A piece of streamed text of sample `index`."""
+    """A piece of streamed text of sample `index`, with the token steps it came from."""
     index: int
     text: str
+    steps: list[StepResult] = field(default_factory=list)
+
+
+@dataclass
+class Job:
+    """One sample to generate: the unit the decoder batches (the CLI's samples, the server's requests)."""
+    index: int
+    prompt: str | None
+    ids: list[int]
+    seed: int
+    settings: SamplingSettings
+    max_new: int | None = None
+    stops: list[str] = field(default_factory=list)
+    include_prefix: bool = True
+    stop_at_eot: bool = True
+    logprobs: int = 0
+    cancelled: bool = False  # set from another thread (a client that left); the row stops at the next step
 
 
 def sample_seed(seed: int, index: int) -> int:
@@ -107,7 +124,7 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str | None, n_ctx: int) -> list[
 def iter_samples(model: GPT, tokenizer: Tokenizer, prompts: list[str | None], *, length: int | None,
                  settings: SamplingSettings, stop: list[str], seed: int, nsamples: int, batch_size: int,
                  truncate: str | None, include_prefix: bool, stop_at_eot: bool = True,
-                 logprobs: int = 0, first_index: int = 0) -> Iterator[Piece | Sample]:
+                 logprobs: int = 0) -> Iterator[Piece | Sample]:
     """Yield streamed Pieces and finished Samples, in output order. nsamples=0 runs forever."""
     if length is not None and length < 0:
         raise UserError(f"length must be 0 or more new tokens, got {length}")
@@ -118,12 +135,14 @@ def iter_samples(model: GPT, tokenizer: Tokenizer, prompts: list[str | None], *,
     stops = list(stop) + ([truncate] if truncate else [])  # gpt-2-simple's truncate cuts like a stop string
     encoded = [encode_prompt(tokenizer, p, model.config.n_ctx) for p in prompts]
 
-    def jobs():
-        k = first_index
+    def jobs() -> Iterator[Job]:
+        k = 0
         while True:
             for pi, p in enumerate(prompts):
                 for _ in range(nsamples if nsamples else 1):
-                    yield k, pi
+                    yield Job(index=k, prompt=p, ids=encoded[pi], seed=sample_seed(seed, k), settings=settings,
+                              max_new=length, stops=stops, include_prefix=include_prefix,
+                              stop_at_eot=stop_at_eot, logprobs=logprobs)
                     k += 1
             if nsamples:
                 return
@@ -133,70 +152,96 @@ def iter_samples(model: GPT, tokenizer: Tokenizer, prompts: list[str | None], *,
         batch = [j for _, j in zip(range(batch_size), it)]
         if not batch:
             return
-        yield from _run_batch(model, tokenizer, prompts, encoded, batch, length=length, settings=settings,
-                              stops=stops, seed=seed, include_prefix=include_prefix, stop_at_eot=stop_at_eot,
-                              logprobs=logprobs)
+        yield from run_jobs(model, tokenizer, batch)
 
 
-def _run_batch(model, tokenizer, prompts, encoded, batch, *, length, settings, stops, seed, include_prefix,
-               stop_at_eot, logprobs) -> Iterator[Piece | Sample]:
-    seeds = [sample_seed(seed, k) for k, _ in batch]
-    decoder = BatchDecoder(model, [encoded[pi] for _, pi in batch], settings=settings,
-                           generators=[make_generator(s) for s in seeds], max_new=length,
-                           pad_id=tokenizer.eot_id, logprobs=logprobs, sliding=length is not None)
-    streams = [_TextStream(tokenizer, stops) for _ in batch]
+def run_jobs(model: GPT, tokenizer: Tokenizer, jobs: list[Job], *, ordered: bool = True) -> Iterator[Piece | Sample]:
+    """Decode `jobs` as one batch. ordered: release samples in job order, the current one streaming
+    live (the CLI); otherwise every piece as soon as it exists (the server)."""
+    max_new = None if any(j.max_new is None for j in jobs) else max(j.max_new for j in jobs)
+    decoder = BatchDecoder(model, [j.ids for j in jobs], settings=[j.settings for j in jobs],
+                           generators=[make_generator(j.seed) for j in jobs], max_new=max_new,
+                           pad_id=tokenizer.eot_id, logprobs=max(j.logprobs for j in jobs),
+                           sliding=max_new is not None)
+    streams = [_TextStream(tokenizer, j.stops) for j in jobs]
+    tokens: list[list[int]] = [[] for _ in jobs]
+    steps: list[list[StepResult]] = [[] for _ in jobs]
+    pending_steps: list[list[StepResult]] = [[] for _ in jobs]
+    reasons = ["length"] * len(jobs)
     done: dict[int, Sample] = {}
-    tokens: list[list[int]] = [[] for _ in batch]
-    steps: list[list[StepResult]] = [[] for _ in batch]
-    reasons = ["length"] * len(batch)
-    next_out = 0  # samples are released in order; the one being released streams live
-    buffered: list[list[str]] = [[] for _ in batch]
+    buffered: list[list[Piece]] = [[] for _ in jobs]
+    next_out = 0
+
+    finished: set[int] = set()
 
     def finish(row: int) -> None:
-        k, pi = batch[row]
+        if row in finished:
+            return
+        finished.add(row)
+        job = jobs[row]
         tail = streams[row].close()
-        if tail:
-            buffered[row].append(tail)
-        prefix = prompts[pi] or ""
+        if tail or pending_steps[row]:
+            buffered[row].append(Piece(job.index, tail, pending_steps[row]))
+            pending_steps[row] = []
+        prefix = job.prompt or ""
         completion = streams[row].text
-        done[row] = Sample(index=k, prompt=prefix, text=(prefix + completion) if include_prefix else completion,
-                           completion=completion, seed=seeds[row], prompt_tokens=len(encoded[pi]),
-                           tokens=tokens[row], finish_reason=reasons[row], steps=steps[row])
+        done[row] = Sample(index=job.index, prompt=prefix, text=(prefix + completion) if job.include_prefix else completion,
+                           completion=completion, seed=job.seed, prompt_tokens=len(job.ids), tokens=tokens[row],
+                           finish_reason=reasons[row], steps=steps[row])
 
     def release() -> Iterator[Piece | Sample]:
         nonlocal next_out
-        while next_out < len(batch):
-            for piece in buffered[next_out]:
-                yield Piece(batch[next_out][0], piece)
+        if not ordered:
+            for row in range(len(jobs)):
+                yield from buffered[row]
+                buffered[row] = []
+                if row in done:
+                    yield done.pop(row)
+            return
+        while next_out < len(jobs):
+            yield from buffered[next_out]
             buffered[next_out] = []
             if next_out not in done:
                 return
             yield done.pop(next_out)
             next_out += 1
 
-    if length == 0:
-        for row in range(len(batch)):
+    for row, job in enumerate(jobs):
+        if job.max_new == 0:
+            decoder.finish(row)
             finish(row)
     while decoder.active:
+        for row, job in enumerate(jobs):
+            if job.cancelled and row not in finished:
+                reasons[row] = "cancelled"
+                decoder.finish(row)
+                finish(row)
+        if not decoder.active:
+            break
         for res in decoder.step():
             row = res.row
-            if stop_at_eot and res.token == tokenizer.eot_id:
+            job = jobs[row]
+            if job.stop_at_eot and res.token == tokenizer.eot_id:
                 reasons[row] = "stop"
                 decoder.finish(row)
                 finish(row)
                 continue
             tokens[row].append(res.token)
-            if logprobs:
+            if job.logprobs:
                 steps[row].append(res)
+                pending_steps[row].append(res)
             piece = streams[row].push(res.token)
             if piece:
-                buffered[row].append(piece)
+                buffered[row].append(Piece(job.index, piece, pending_steps[row]))
+                pending_steps[row] = []
             if streams[row].stopped:
                 reasons[row] = "stop"
                 decoder.finish(row)
                 finish(row)
+            elif job.max_new is not None and len(tokens[row]) >= job.max_new:
+                decoder.finish(row)
+                finish(row)
         yield from release()
-    for row in range(len(batch)):
-        if row not in done:
-            finish(row)
+    for row in range(len(jobs)):
+        finish(row)
     yield from release()

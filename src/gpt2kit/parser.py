@@ -75,4 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     from . import commands_hub as h
     h.add_hub_commands(sub)
+
+    p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible API with a web playground")
+    p.add_argument("--model", "--model_name", dest="model", help="a folder or published name (default: the bundled model)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", help="require Authorization: Bearer KEY (or set GPT2KIT_API_KEY)")
+    p.add_argument("--served-name", help="the model id clients send (default: the folder's name)")
+    p.add_argument("--max-batch", type=int, default=16, help="requests decoded together")
+    p.add_argument("--max-queue", type=int, default=64, help="requests waiting before 429")
+    p.add_argument("--max-tokens-limit", type=int, default=1024, help="the largest max_tokens a request may ask")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--offline", action="store_true", default=None)
+    p.set_defaults(func=h.cmd_serve)
     return parser

@@ -1,0 +1,28 @@
+"""`gpt2kit serve`: the model behind an OpenAI-compatible API and a web playground."""
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger("gpt2kit")
+
+
+def serve(model: str | None = None, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+          device: str = "auto", dtype: str = "auto", model_name: str | None = None, max_batch: int = 16,
+          max_queue: int = 64, max_tokens_limit: int = 1024, offline: bool | None = None) -> None:
+    """Serve until interrupted. The model loads in the background; /health says 503 until it is in."""
+    import uvicorn
+
+    from ..lm import load, resolve_model_path
+    from .api import create_app
+    from .engine import Engine
+
+    folder = resolve_model_path(model, offline=offline)  # fail fast, before binding, on a bad path
+    api_key = api_key or os.environ.get("GPT2KIT_API_KEY") or None
+    name = model_name or (os.path.basename(os.path.normpath(str(model))) if model else "gpt2kit-bundled")
+    engine = Engine(lambda: load(folder, device=device, dtype=dtype), max_batch=max_batch, max_queue=max_queue)
+    app = create_app(engine, model_name=name, api_key=api_key, max_tokens_limit=max_tokens_limit)
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        log.warning("serving on %s without --api-key: anyone who can reach this machine can use the model", host)
+    log.info("serving %s on http://%s:%d (playground at /, API at /v1/completions)", name, host, port)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

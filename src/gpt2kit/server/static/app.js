@@ -1,0 +1,131 @@
+// The playground: streams /v1/completions (server-sent events) and shows each token's alternatives.
+"use strict";
+const $ = (id) => document.getElementById(id);
+const tokens = [];  // {text, logprob, top: [[token, logprob], ...]} per generated token
+let controller = null;
+
+function headers() {
+  const h = { "Content-Type": "application/json" };
+  const key = $("api_key").value.trim();
+  if (key) h["Authorization"] = "Bearer " + key;
+  return h;
+}
+
+function showError(message) { $("error").textContent = message || ""; }
+
+function percent(p) { return p >= 0.01 ? (p * 100).toFixed(1) + "%" : (p * 100).toPrecision(2) + "%"; }
+
+function visible(s) { return s.replace(/\n/g, "\u21b5\n").replace(/ /g, "\u00b7"); }
+
+function renderAlternatives(title, rows, chosen) {
+  $("explorer-title").textContent = title;
+  $("explorer-hint").textContent = "";
+  const list = $("alternatives");
+  list.innerHTML = "";
+  for (const [tok, prob] of rows) {
+    const li = document.createElement("li");
+    if (tok === chosen) li.className = "chosen";
+    const t = document.createElement("span"); t.className = "tok"; t.textContent = visible(tok);
+    const p = document.createElement("span"); p.className = "prob"; p.textContent = percent(prob);
+    const bar = document.createElement("span"); bar.className = "bar"; bar.style.width = Math.max(1, prob * 100) + "%";
+    li.append(t, p, bar);
+    list.append(li);
+  }
+}
+
+function selectToken(i, span) {
+  document.querySelectorAll(".token.selected").forEach((el) => el.classList.remove("selected"));
+  span.classList.add("selected");
+  const tok = tokens[i];
+  const rows = tok.top.map(([t, lp]) => [t, Math.exp(lp)]);
+  if (!rows.some(([t]) => t === tok.text)) rows.push([tok.text, Math.exp(tok.logprob)]);
+  renderAlternatives(`"${visible(tok.text)}" (${percent(Math.exp(tok.logprob))})`, rows, tok.text);
+}
+
+function addTokens(logprobs, text) {
+  const out = $("output");
+  if (!logprobs || !logprobs.tokens.length) { if (text) out.append(document.createTextNode(text)); return; }
+  logprobs.tokens.forEach((t, k) => {
+    const i = tokens.length;
+    const top = Object.entries(logprobs.top_logprobs[k] || {}).sort((a, b) => b[1] - a[1]);
+    tokens.push({ text: t, logprob: logprobs.token_logprobs[k], top });
+    const span = document.createElement("span");
+    span.className = "token" + (Math.exp(logprobs.token_logprobs[k]) < 0.05 ? " unlikely" : "");
+    span.dataset.index = i;
+    // the piece's text is what to show; a token split across pieces shows in the piece that completes it
+    span.textContent = logprobs.tokens.length === 1 ? text : t;
+    span.addEventListener("click", () => selectToken(i, span));
+    out.append(span);
+  });
+}
+
+async function generate() {
+  showError("");
+  tokens.length = 0;
+  const out = $("output");
+  out.innerHTML = "";
+  const echo = document.createElement("span"); echo.id = "echo"; echo.textContent = $("prompt").value; out.append(echo);
+  $("usage").textContent = "";
+  const body = {
+    prompt: $("prompt").value, stream: true, logprobs: 10,
+    max_tokens: +$("max_tokens").value, temperature: +$("temperature").value,
+    top_k: +$("top_k").value, top_p: +$("top_p").value, repetition_penalty: +$("repetition_penalty").value,
+  };
+  if ($("seed").value !== "") body.seed = +$("seed").value;
+  controller = new AbortController();
+  $("generate").disabled = true; $("stop").disabled = false;
+  try {
+    const resp = await fetch("/v1/completions", { method: "POST", headers: headers(), body: JSON.stringify(body), signal: controller.signal });
+    if (!resp.ok) { const e = await resp.json().catch(() => ({})); throw new Error((e.error && e.error.message) || resp.statusText); }
+    const reader = resp.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      let cut;
+      while ((cut = buffer.indexOf("\n\n")) >= 0) {
+        const line = buffer.slice(0, cut).trim();
+        buffer = buffer.slice(cut + 2);
+        if (!line.startsWith("data:")) continue;
+        const data = line.slice(5).trim();
+        if (data === "[DONE]") continue;
+        const msg = JSON.parse(data);
+        if (msg.error) throw new Error(msg.error.message);
+        for (const c of msg.choices) addTokens(c.logprobs, c.text);
+        if (msg.usage) $("usage").textContent = `${msg.usage.prompt_tokens} prompt tokens, ${msg.usage.completion_tokens} generated`;
+      }
+    }
+  } catch (e) {
+    if (e.name !== "AbortError") showError(e.message);
+  } finally {
+    $("generate").disabled = false; $("stop").disabled = true; controller = null;
+  }
+}
+
+async function nextToken() {
+  showError("");
+  try {
+    const resp = await fetch("/v1/next_token", { method: "POST", headers: headers(), body: JSON.stringify({ prompt: $("prompt").value, top: 20 }) });
+    const data = await resp.json();
+    if (!resp.ok) throw new Error(data.error ? data.error.message : resp.statusText);
+    renderAlternatives("Next token after the prompt", data.tokens.map((t) => [t.token, t.prob]), null);
+  } catch (e) { showError(e.message); }
+}
+
+async function status() {
+  try {
+    const resp = await fetch("/health");
+    const data = await resp.json();
+    $("status").textContent = data.status === "ok" ? "ready" : data.status;
+    if (data.model) $("model-name").textContent = data.model;
+    if (data.status === "loading") setTimeout(status, 1000);
+  } catch (e) { $("status").textContent = "offline"; setTimeout(status, 2000); }
+}
+
+$("generate").addEventListener("click", generate);
+$("stop").addEventListener("click", () => controller && controller.abort());
+$("next").addEventListener("click", nextToken);
+$("prompt").addEventListener("keydown", (e) => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) generate(); });
+status();

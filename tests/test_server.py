@@ -1,0 +1,184 @@
+"""The HTTP API through the official `openai` client against a live server on 127.0.0.1."""
+import concurrent.futures
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from conftest import ROOT
+
+openai = pytest.importorskip("openai")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model, *extra):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "gpt2kit", "serve", "--model", str(model), "--port", str(port), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                if json.load(r)["status"] == "ok":
+                    return proc, url
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("server did not start: " + proc.stdout.read())
+
+
+@pytest.fixture(scope="module")
+def server(hf_tiny):
+    proc, url = start_server(hf_tiny, "--max-queue", "200")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server + "/v1", api_key="unused")
+
+
+def health(url):
+    with urllib.request.urlopen(url + "/health") as r:
+        return json.load(r)
+
+
+def test_models_and_plain_completion(client, lm_tiny):
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+    r = client.completions.create(model="tiny", prompt="Hello there", max_tokens=8, temperature=0)
+    assert r.usage.prompt_tokens == 2 and r.usage.completion_tokens == 8 and r.usage.total_tokens == 10
+    expected = lm_tiny.generate("Hello there", length=8, temperature=0, include_prefix=False, stop_at_eot=False)[0]
+    assert r.choices[0].text == expected and r.choices[0].finish_reason == "length"
+
+
+def test_streaming_matches_plain_and_ends_with_done(client, server):
+    plain = client.completions.create(model="tiny", prompt="Once", max_tokens=12, seed=3)
+    chunks = list(client.completions.create(model="tiny", prompt="Once", max_tokens=12, seed=3, stream=True))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == plain.choices[0].text
+    assert chunks[-1].usage.completion_tokens == 12
+    raw = urllib.request.urlopen(urllib.request.Request(server + "/v1/completions", method="POST",
+                                 data=json.dumps({"prompt": "x", "max_tokens": 2, "stream": True}).encode(),
+                                 headers={"Content-Type": "application/json"})).read().decode()
+    assert raw.rstrip().endswith("data: [DONE]")
+
+
+def test_logprobs_layout_and_values(client, lm_tiny):
+    import torch
+    r = client.completions.create(model="tiny", prompt="The cat", max_tokens=3, temperature=0, logprobs=5, echo=True)
+    lp = r.choices[0].logprobs
+    ids = lm_tiny.tokenizer.encode("The cat")
+    assert r.choices[0].text.startswith("The cat")
+    assert len(lp.tokens) == len(ids) + 3 and lp.token_logprobs[0] is None
+    assert lp.text_offset[len(ids)] == len("The cat")
+    with torch.no_grad():
+        ref = lm_tiny.model(torch.tensor([ids]))[0, -1].log_softmax(-1)
+    first_new = len(ids)
+    assert abs(lp.token_logprobs[first_new] - ref.max().item()) < 1e-3  # greedy: the top token
+    assert len(lp.top_logprobs[first_new]) == 5
+    assert max(lp.top_logprobs[first_new].values()) == pytest.approx(ref.max().item(), abs=1e-3)
+
+
+def test_list_of_prompts_and_n(client):
+    r = client.completions.create(model="tiny", prompt=["One", "Two"], max_tokens=4, n=2, seed=5)
+    assert [c.index for c in r.choices] == [0, 1, 2, 3]
+    assert r.choices[0].text != r.choices[1].text
+    assert r.usage.completion_tokens == 16
+
+
+def test_stop_and_penalties(client):
+    base = client.completions.create(model="tiny", prompt="A", max_tokens=20, temperature=0).choices[0].text
+    stop = base.split(" ")[2]
+    r = client.completions.create(model="tiny", prompt="A", max_tokens=20, temperature=0, stop=[stop])
+    assert r.choices[0].text == base[: base.index(stop)] and r.choices[0].finish_reason == "stop"
+    r = client.completions.create(model="tiny", prompt="A", max_tokens=20, temperature=0, frequency_penalty=2.0)
+    assert r.choices[0].text != base
+
+
+@pytest.mark.parametrize("kwargs,status", [
+    (dict(model="tiny", prompt="x", temperature=-1), 400),
+    (dict(model="tiny", prompt="x", top_p=0), 400),
+    (dict(model="tiny", prompt="x", max_tokens=100000), 400),
+    (dict(model="other", prompt="x"), 404),
+    (dict(model="tiny", prompt="word " * 100), 413),
+])
+def test_errors_in_openai_shape(client, kwargs, status):
+    with pytest.raises(openai.APIStatusError) as e:
+        client.completions.create(**kwargs)
+    assert e.value.status_code == status
+    assert e.value.body["message"]
+
+
+def test_batched_requests_finish_faster_than_one_by_one(client, server):
+    def one(i):
+        return client.completions.create(model="tiny", prompt=f"Request {i}", max_tokens=48, seed=i, temperature=1.0)
+
+    t = time.time()
+    sequential = [one(i) for i in range(8)]
+    t_seq = time.time() - t
+    before = health(server)["batches"]
+    t = time.time()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(one, range(8)))
+    t_par = time.time() - t
+    batches = health(server)["batches"] - before
+    assert [r.choices[0].text for r in together] == [r.choices[0].text for r in sequential]  # seeds hold across batching
+    assert batches < 8  # requests shared forward passes
+    assert t_par < 0.75 * t_seq, (t_par, t_seq)
+
+
+def test_a_client_that_leaves_stops_its_generation(client, server):
+    before = health(server)["cancelled_rows"]
+    stream = client.completions.create(model="tiny", prompt="Long", max_tokens=1000, stream=True)
+    for i, _ in enumerate(stream):
+        if i == 3:
+            break
+    stream.close()
+    deadline = time.time() + 20
+    while time.time() < deadline and health(server)["cancelled_rows"] == before:
+        time.sleep(0.1)
+    assert health(server)["cancelled_rows"] > before
+
+
+def test_api_key_required(hf_tiny):
+    proc, url = start_server(hf_tiny, "--api-key", "sekret")
+    try:
+        bad = openai.OpenAI(base_url=url + "/v1", api_key="wrong")
+        with pytest.raises(openai.AuthenticationError):
+            bad.completions.create(model="tiny", prompt="x", max_tokens=1)
+        good = openai.OpenAI(base_url=url + "/v1", api_key="sekret")
+        assert good.completions.create(model="tiny", prompt="x", max_tokens=1).usage.completion_tokens == 1
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_queue_full_is_429(hf_tiny):
+    proc, url = start_server(hf_tiny, "--max-queue", "1", "--max-batch", "1")
+    try:
+        c = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+
+        def one(i):
+            try:
+                c.completions.create(model="tiny", prompt="x", max_tokens=200, seed=i)
+                return 200
+            except openai.APIStatusError as e:
+                return e.status_code
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(one, range(8)))
+        assert 429 in codes and 200 in codes
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
