@@ -87,7 +87,7 @@ def cmd_perplexity(args) -> int:
     import torch
     from .data.tokens import is_token_file, read_tokens
     from .lm import load
-    from .training.loop import evaluate
+    from .training.loop import strided_loss
     import numpy as np
     lm = load(args.model, device=args.device, dtype=args.dtype, checkpoint=args.checkpoint, offline=args.offline)
     window = min(args.context_length or lm.config.n_ctx, lm.config.n_ctx)
@@ -105,24 +105,6 @@ def cmd_perplexity(args) -> int:
             tokens = np.asarray(ids, dtype=np.int64)
         if tokens.size < 2:
             raise UserError(f"{path} has fewer than 2 tokens")
-        loss = _strided_loss(lm.model, tokens, window, lm.device)
+        loss = strided_loss(lm.model, tokens, window, lm.device)
         print(f"{path}: {tokens.size:,} tokens, loss {loss:.4f} nats/token, perplexity {math.exp(loss):.2f}")
     return 0
-
-
-def _strided_loss(model, tokens, window: int, device) -> float:
-    """Mean loss over non-overlapping windows covering the whole text: every token scored once."""
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-    total, count = 0.0, 0
-    T = min(window, tokens.size - 1)
-    starts = list(range(0, tokens.size - 1, T))
-    with torch.inference_mode():
-        for s in starts:
-            chunk = torch.from_numpy(np.asarray(tokens[s:s + T + 1], dtype=np.int64))
-            x, y = chunk[:-1].unsqueeze(0).to(device), chunk[1:].unsqueeze(0).to(device)
-            logits = model(x)
-            total += F.cross_entropy(logits.float()[0], y[0], reduction="sum").item()
-            count += y.numel()
-    return total / count

@@ -279,6 +279,21 @@ def evaluate(model: GPT, tokens, window: int, batch_size: int, batches: int, dev
     return total / max(count, 1)
 
 
+@torch.no_grad()
+def strided_loss(model: GPT, tokens, window: int, device) -> float:
+    """Mean loss over non-overlapping windows covering all of `tokens`: every token scored once."""
+    import numpy as np
+    model.eval()
+    T = min(window, tokens.size - 1)
+    total, count = 0.0, 0
+    for s in range(0, tokens.size - 1, T):
+        chunk = torch.from_numpy(np.asarray(tokens[s:s + T + 1], dtype=np.int64))
+        x, y = chunk[:-1].unsqueeze(0).to(device), chunk[1:].unsqueeze(0).to(device)
+        total += F.cross_entropy(model(x).float()[0], y[0], reduction="sum").item()
+        count += y.numel()
+    return total / count
+
+
 def write_samples(model: GPT, tokenizer, opts: TrainOptions, run_name: str, step: int) -> list[str]:
     """Training-time samples through the one generation path, with their own seeds (never the training RNG)."""
     was_training = model.training
