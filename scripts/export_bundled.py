@@ -36,6 +36,8 @@ def main(run_dir: str, val_path: str, out: str) -> None:
     val_loss = strided_loss(lm.model, val, lm.config.n_ctx, lm.device)
     samples = [lm.generate(p, length=80, top_k=40, temperature=0.9, seed=i)[0] for i, p in enumerate(PROMPTS)]
     opts = state["options"]
+    from gpt2kit.data.encode import decode_dataset
+    held_out = [d.strip().splitlines()[0].title() for d in "".join(decode_dataset(val_path)).split("<|endoftext|>") if d.strip()]
     train = dataset_info(Path(val_path).with_name(Path(val_path).name.replace(".val", "")))
     figures = {
         "parameters": lm.model.num_params(), "n_layer": lm.config.n_layer, "n_embd": lm.config.n_embd,
@@ -46,7 +48,7 @@ def main(run_dir: str, val_path: str, out: str) -> None:
         "val_loss": round(val_loss, 4), "val_ppl": round(math.exp(val_loss), 2),
         "weights_bytes": (tmp / "model.safetensors").stat().st_size, "options": opts,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-        "date": time.strftime("%Y-%m-%d"),
+        "date": time.strftime("%Y-%m-%d"), "held_out": held_out,
     }
     (tmp / "training.json").write_text(json.dumps(figures, indent=2) + "\n")
     (tmp / "MODEL_CARD.md").write_text(card(figures, samples), encoding="utf-8")
@@ -89,7 +91,9 @@ Exactly these public-domain texts, {f['train_tokens'] + f['val_tokens']:,} token
   `bible-kjv` (`bible -l0 "Gen1:1-Rev22:21"`, leading spaces stripped), one verse per line, 4.24 MB;
   public domain.
 
-`gpt2kit encode --val-fraction 0.05` held out whole documents for validation: {f['val_tokens']:,} tokens.
+`gpt2kit encode --val-fraction 0.05` held out whole documents for validation ({f['val_tokens']:,} tokens):
+{', '.join(f['held_out'])}. These are all Shakespeare, two of them poetry, so the validation loss is
+that of unseen Shakespeare, not of the Bible-heavy training mix.
 Training used the remaining {f['train_tokens']:,} tokens.
 
 ## Reproduce

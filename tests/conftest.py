@@ -31,5 +31,13 @@ def lm_tiny(hf_tiny):
 def run_cli(*args, input=None, cwd=None, env=None, timeout=300):
     """The real `gpt2kit` program in a subprocess."""
     full_env = {**os.environ, "GPT2KIT_OFFLINE": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "gpt2kit", *map(str, args)], input=input, capture_output=True,
+    # input="" rather than inheriting stdin: a piped stdin is read as a prompt, and must not hang
+    return subprocess.run([sys.executable, "-m", "gpt2kit", *map(str, args)], input=input if input is not None else "",
+                          capture_output=True,
                           text=True, cwd=cwd, env=full_env, timeout=timeout)
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Tests never write to the user's ~/.cache/gpt2kit."""
+    monkeypatch.setenv("GPT2KIT_HOME", str(tmp_path_factory.getbasetemp() / "gpt2kit-home"))

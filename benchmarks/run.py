@@ -1,0 +1,250 @@
+"""gpt2kit against Hugging Face transformers, side by side in one run on this machine.
+
+    python benchmarks/run.py                 # writes benchmarks/results.json and benchmarks/RESULTS.md
+
+Every case runs in its own process (so each one's peak memory is its own) on the same 124M-shaped
+GPT-2 with random weights, built once by transformers and loaded into both libraries. Also measures
+this machine's read bandwidth and matmul speed, the bounds each result is compared with.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+PROMPT_TOKENS, NEW_TOKENS, TOP_K = 32, 128, 40
+TRAIN_B, TRAIN_T = 4, 256
+
+
+# --- the cases, each run in a child process -------------------------------------------------------
+
+def case_machine(args) -> dict:
+    import torch
+    x = torch.ones(256 * 1024 * 1024 // 4 * 4, dtype=torch.float32)  # 1 GiB
+    x.sum()
+    t = time.perf_counter()
+    for _ in range(5):
+        x.sum()
+    bandwidth = 5 * x.numel() * 4 / (time.perf_counter() - t) / 1e9
+    out = {"read_GBps": bandwidth}
+    for dtype in ("float32", "bfloat16"):
+        a = torch.randn(2048, 2048).to(getattr(torch, dtype))
+        b = torch.randn(2048, 2048).to(getattr(torch, dtype))
+        a @ b
+        t = time.perf_counter()
+        n = 5 if dtype == "float32" else 2
+        for _ in range(n):
+            a @ b
+        out[f"matmul_{dtype}_GFLOPs"] = n * 2 * 2048 ** 3 / (time.perf_counter() - t) / 1e9
+    from gpt2kit.devices import cpu_has_fast_bf16
+    out["fast_bf16"] = cpu_has_fast_bf16()
+    return out
+
+
+def _prompt_ids(batch: int):
+    import torch
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 50000, (batch, PROMPT_TOKENS), generator=g)
+
+
+def case_gen_hf(args) -> dict:
+    import torch
+    from transformers import GPT2LMHeadModel
+    model = GPT2LMHeadModel.from_pretrained(args.model).eval()
+    ids = _prompt_ids(args.batch)
+    kw = dict(do_sample=True, top_k=TOP_K, pad_token_id=50256, attention_mask=torch.ones_like(ids))
+    with torch.inference_mode():
+        model.generate(ids, max_new_tokens=8, min_new_tokens=8, **kw)
+        t = time.perf_counter()
+        out = model.generate(ids, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, **kw)
+        dt = time.perf_counter() - t
+    assert out.shape[1] == PROMPT_TOKENS + NEW_TOKENS
+    return {"tokens_per_s": args.batch * NEW_TOKENS / dt}
+
+
+def case_gen_gpt2kit(args) -> dict:
+    import gpt2kit
+    lm = gpt2kit.load(args.model, device="cpu", dtype=args.dtype)
+    prompts = [lm.tokenizer.decode(row) for row in _prompt_ids(args.batch).tolist()]
+    kw = dict(top_k=TOP_K, stop_at_eot=False, batch_size=args.batch, seed=1)
+    lm.generate(prompts, length=8, **kw)
+    t = time.perf_counter()
+    lm.generate(prompts, length=NEW_TOKENS, **kw)
+    dt = time.perf_counter() - t
+    return {"tokens_per_s": args.batch * NEW_TOKENS / dt, "dtype": lm.info["dtype"]}
+
+
+def _random_tokens(path: Path, n: int = 400_000) -> Path:
+    import numpy as np
+    from gpt2kit.data.tokens import TokenWriter
+    w = TokenWriter(path, 50257)
+    w.write(np.random.default_rng(0).integers(0, 50257, n))
+    w.close()
+    return path
+
+
+def case_train_gpt2kit(args) -> dict:
+    import gpt2kit
+    from gpt2kit.training.checkpoint import latest_checkpoint, load_training_state
+    with tempfile.TemporaryDirectory() as d:
+        data = _random_tokens(Path(d) / "data.tokens")
+        common = dict(dataset=data, model=args.model, batch_size=TRAIN_B, context_length=TRAIN_T,
+                      checkpoint_dir=Path(d) / "ck", progress=False, save_every=1000)
+        gpt2kit.finetune(steps=2, **common)  # warm-up steps, then resume: elapsed counts step time only
+        before = load_training_state(latest_checkpoint(Path(d) / "ck" / "run1"))["elapsed"]
+        gpt2kit.finetune(steps=2 + args.steps, **common)
+        after = load_training_state(latest_checkpoint(Path(d) / "ck" / "run1"))["elapsed"]
+    return {"tokens_per_s": args.steps * TRAIN_B * TRAIN_T / (after - before)}
+
+
+def case_train_hf(args) -> dict:
+    import torch
+    from transformers import GPT2LMHeadModel
+    model = GPT2LMHeadModel.from_pretrained(args.model).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    g = torch.Generator().manual_seed(0)
+
+    def step():
+        x = torch.randint(0, 50257, (TRAIN_B, TRAIN_T), generator=g)
+        loss = model(x, labels=x).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(2):
+        step()
+    t = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    return {"tokens_per_s": args.steps * TRAIN_B * TRAIN_T / (time.perf_counter() - t)}
+
+
+def _bench_text() -> str:
+    root = HERE.parent
+    parts = [p.read_text(encoding="utf-8") for p in sorted(root.rglob("*")) if p.suffix in (".md", ".py", ".txt")
+             and p.is_file() and ".git" not in p.parts and "fixtures" not in p.parts and p.stat().st_size < 200_000]
+    text = "\n".join(parts)
+    return (text * (4_000_000 // len(text) + 1))[:4_000_000]
+
+
+def case_tokenizer(args) -> dict:
+    from transformers import GPT2TokenizerFast
+    from gpt2kit.tokenizer import ASSETS, gpt2_tokenizer
+    text = _bench_text()
+    docs = [text[i:i + 4000] for i in range(0, len(text), 4000)]
+    mb = len(text.encode()) / 1e6
+    ours = gpt2_tokenizer()
+    hf = GPT2TokenizerFast(vocab_file=str(ASSETS / "encoder.json"), merges_file=str(ASSETS / "vocab.bpe"))
+    t = time.perf_counter()
+    a = ours.encode_batch(docs)
+    t_ours = time.perf_counter() - t
+    t = time.perf_counter()
+    b = hf(docs)["input_ids"]
+    t_hf = time.perf_counter() - t
+    assert a == b, "token ids differ"
+    with tempfile.TemporaryDirectory() as d:
+        src = Path(d) / "corpus.txt"
+        src.write_text(text, encoding="utf-8")
+        import gpt2kit
+        t = time.perf_counter()
+        gpt2kit.encode_dataset([src], Path(d) / "out.tokens", progress=False)
+        t_encode = time.perf_counter() - t
+    return {"MB": mb, "gpt2kit_MBps": mb / t_ours, "hf_MBps": mb / t_hf, "encode_MBps": mb / t_encode}
+
+
+def case_quality(args) -> dict:
+    """Reduced precision against fp32 on held-out text of a trained model (the bundled one)."""
+    import torch
+    import gpt2kit
+    text = (HERE.parent / "tests" / "fixtures" / "heldout_phoenix_and_the_turtle.txt").read_text()
+    ref = gpt2kit.load(None, device="cpu", dtype="float32")
+    ids = torch.tensor([ref.tokenizer.encode(text)[: ref.config.n_ctx]])
+    with torch.inference_mode():
+        base = ref.model(ids)[0].float()
+    base_loss = torch.nn.functional.cross_entropy(base[:-1], ids[0, 1:]).item()
+    out = {"float32_loss": base_loss}
+    for dtype in ("bfloat16", "float16"):
+        lm = gpt2kit.load(None, device="cpu", dtype=dtype)
+        with torch.inference_mode():
+            logits = lm.model(ids)[0].float()
+        out[f"{dtype}_top1_agreement"] = (logits.argmax(-1) == base.argmax(-1)).float().mean().item()
+        out[f"{dtype}_loss"] = torch.nn.functional.cross_entropy(logits[:-1], ids[0, 1:]).item()
+    return out
+
+
+CASES = {"machine": case_machine, "gen-hf": case_gen_hf, "gen-gpt2kit": case_gen_gpt2kit,
+         "train-gpt2kit": case_train_gpt2kit, "train-hf": case_train_hf, "tokenizer": case_tokenizer,
+         "quality": case_quality}
+
+
+# --- the driver -----------------------------------------------------------------------------------
+
+def run_case(name: str, **kw) -> dict:
+    cmd = [sys.executable, __file__, "--case", name] + [f"--{k}={v}" for k, v in kw.items()]
+    t = time.time()
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        print(r.stderr[-3000:], file=sys.stderr)
+        raise SystemExit(f"benchmark case {name} {kw} failed")
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    print(f"  {name} {kw}: {json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()})} "
+          f"({time.time() - t:.0f} s)", file=sys.stderr)
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--case")
+    p.add_argument("--model")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--out", default=str(HERE / "results.json"))
+    args = p.parse_args()
+    if args.case:
+        result = CASES[args.case](args)
+        result["peak_rss_MB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(result))
+        return
+    from bench_report import report
+    import torch
+    with tempfile.TemporaryDirectory() as d:
+        model = Path(d) / "gpt2-124M-random"
+        subprocess.run([sys.executable, "-c", f"""
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+torch.manual_seed(0)
+GPT2LMHeadModel(GPT2Config()).save_pretrained({str(model)!r})
+"""], check=True, capture_output=True)
+        results = {"machine": run_case("machine")}
+        fast_bf16 = results["machine"]["fast_bf16"]
+        dtypes = ["auto", "float32"] + (["bfloat16"] if fast_bf16 else [])
+        for b in (1, 8):
+            results[f"gen_hf_b{b}"] = run_case("gen-hf", model=model, batch=b)
+            for dt in dtypes:
+                results[f"gen_gpt2kit_{dt}_b{b}"] = run_case("gen-gpt2kit", model=model, batch=b, dtype=dt)
+        results["train_hf"] = run_case("train-hf", model=model)
+        results["train_gpt2kit"] = run_case("train-gpt2kit", model=model)
+    results["tokenizer"] = run_case("tokenizer")
+    from gpt2kit.lm import BUNDLED_DIR
+    if (BUNDLED_DIR / "config.json").is_file():
+        results["quality"] = run_case("quality")
+    results["meta"] = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": platform.processor() or platform.machine(),
+                       "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+                       "fast_bf16": fast_bf16}
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    table = report(results)
+    (HERE / "RESULTS.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
