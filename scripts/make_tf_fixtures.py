@@ -52,18 +52,22 @@ def make_variables(hp, rng, adam=False):
 
 
 def tf_forward(hp, v, tokens):
-    """GPT-2's forward pass written with TF ops, independent of gpt2kit's PyTorch code."""
+    """GPT-2's forward pass written with TF ops, independent of gpt2kit's PyTorch code.
+
+    One graph for any sequence length: `tokens` is a placeholder fed at run time.
+    """
+    T = tf.shape(tokens)[0]
+    C, H = hp["n_embd"], hp["n_head"]
+
     def norm(x, g, b):
         mean, var = tf.nn.moments(x, axes=[-1], keepdims=True)
         return (x - mean) * tf.math.rsqrt(var + 1e-5) * g + b
 
     def conv(x, w, b):
-        return tf.tensordot(x, w[0], axes=[[1], [0]]) + b
+        return tf.matmul(x, w[0]) + b
 
-    T = tokens.shape[0]
-    C, H = hp["n_embd"], hp["n_head"]
     x = tf.gather(v["model/wte"], tokens) + v["model/wpe"][:T]
-    mask = np.tril(np.ones((T, T), np.float32))
+    mask = tf.linalg.band_part(tf.ones([T, T]), -1, 0)
     for i in range(hp["n_layer"]):
         p = f"model/h{i}/"
         a = conv(norm(x, v[p + "ln_1/g"], v[p + "ln_1/b"]), v[p + "attn/c_attn/w"], v[p + "attn/c_attn/b"])
@@ -72,8 +76,7 @@ def tf_forward(hp, v, tokens):
         q, k, val = heads(q), heads(k), heads(val)
         w = tf.matmul(q, k, transpose_b=True) / np.sqrt(C // H)
         w = w * mask - 1e10 * (1 - mask)
-        y = tf.matmul(tf.nn.softmax(w, axis=-1), val)
-        y = tf.reshape(tf.transpose(y, [1, 0, 2]), [T, C])
+        y = tf.reshape(tf.transpose(tf.matmul(tf.nn.softmax(w, axis=-1), val), [1, 0, 2]), [T, C])
         x = x + conv(y, v[p + "attn/c_proj/w"], v[p + "attn/c_proj/b"])
         m = conv(norm(x, v[p + "ln_2/g"], v[p + "ln_2/b"]), v[p + "mlp/c_fc/w"], v[p + "mlp/c_fc/b"])
         m = 0.5 * m * (1 + tf.tanh(np.sqrt(2 / np.pi) * (m + 0.044715 * tf.pow(m, 3))))
@@ -85,22 +88,23 @@ def tf_forward(hp, v, tokens):
 def write_checkpoint(folder: Path, hp, values, prefix: str, step=None, adam=False, extra_steps=()):
     """Save `values` with tf.compat.v1.train.Saver; returns TF's logits and greedy tokens."""
     tf.compat.v1.reset_default_graph()
-    tvars = {k: tf.compat.v1.get_variable(k, initializer=val) for k, val in values.items()}
+    tvars = {k: tf.compat.v1.get_variable(k, shape=val.shape, dtype=tf.float32) for k, val in values.items()}
+    # Values are fed through placeholders, not baked into the graph as constants: keeps .meta small.
+    feeds = {k: tf.compat.v1.placeholder(tf.float32, val.shape) for k, val in values.items()}
+    assigns = [tvars[k].assign(feeds[k]) for k in values]
     ids = np.array([5, 300, 17, 256, 900, 42, 7, 600], np.int32)
-    logits = tf_forward(hp, tvars, tf.constant(ids))
-    extra = []
+    window = tf.compat.v1.placeholder(tf.int32, [None])
+    logits = tf_forward(hp, tvars, window)
     if adam:  # gpt-2-simple and nshepperd save the optimiser's slots too; readers must skip them
-        opt = tf.compat.v1.train.AdamOptimizer(1e-4)
-        loss = tf.reduce_mean(logits)
-        train = opt.minimize(loss, var_list=list(tvars.values()))
-        extra.append(train)
+        tf.compat.v1.train.AdamOptimizer(1e-4).minimize(tf.reduce_mean(logits), var_list=list(tvars.values()))
     saver = tf.compat.v1.train.Saver(max_to_keep=5)
     with tf.compat.v1.Session() as sess:
         sess.run(tf.compat.v1.global_variables_initializer())
-        ref = sess.run(logits)
+        sess.run(assigns, {feeds[k]: v for k, v in values.items()})
+        ref = sess.run(logits, {window: ids})
         seq = list(ids)
         for _ in range(8):  # greedy continuation, by TF, recomputing the whole prefix each time
-            out = sess.run(tf_forward(hp, tvars, tf.constant(np.array(seq, np.int32))))
+            out = sess.run(logits, {window: np.array(seq, np.int32)})
             seq.append(int(out[-1].argmax()))
         saver.save(sess, str(folder / prefix), global_step=step)
     return ids, ref, np.array(seq[len(ids):])
