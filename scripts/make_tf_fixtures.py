@@ -111,8 +111,8 @@ def write_checkpoint(folder: Path, hp, values, prefix: str, step=None, adam=Fals
 
 
 def main():
-    if OUT.exists():
-        shutil.rmtree(OUT)
+    for name in ("openai_tiny", "gpt2_simple_run", "nshepperd_run"):
+        shutil.rmtree(OUT / name, ignore_errors=True)
     rng = np.random.default_rng(0)
     # 1. OpenAI's layout (models/124M as download_model.py writes it).
     openai = OUT / "openai_tiny"
