@@ -134,3 +134,23 @@ def test_a_save_killed_midway_never_breaks_the_newest(corpus, tmp_path):
     assert lm.info["checkpoint"] == "step-000003"
     gpt2kit.finetune(dataset=corpus, checkpoint_dir=tmp_path / "ck", steps=4, **TINY)
     assert not stale.exists()
+
+
+def test_samples_and_validation_do_not_disturb_training(corpus, tmp_path):
+    opts = dict(TINY, dropout=0.1, steps=8)
+    plain = gpt2kit.finetune(dataset=corpus, checkpoint_dir=tmp_path / "a", **opts)
+    busy = gpt2kit.finetune(dataset=corpus, checkpoint_dir=tmp_path / "b", sample_every=3, sample_length=8,
+                            sample_dir=tmp_path / "samples", val_dataset=corpus, val_every=2, **opts)
+    a, b = weights(plain), weights(busy)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len(list((tmp_path / "samples" / "run1").glob("step-*.txt"))) == 2
+
+
+def test_freezing(corpus, tmp_path):
+    start = gpt2kit.finetune(dataset=corpus, checkpoint_dir=tmp_path / "base", steps=1, **TINY)
+    frozen = gpt2kit.finetune(dataset=corpus, model=start, checkpoint_dir=tmp_path / "f", steps=3,
+                              freeze_layers=1, **{k: v for k, v in TINY.items() if k != "from_scratch"})
+    a, b = weights(start), weights(frozen)
+    assert torch.equal(a["transformer.wte.weight"], b["transformer.wte.weight"])
+    assert torch.equal(a["transformer.h.0.mlp.c_fc.weight"], b["transformer.h.0.mlp.c_fc.weight"])
+    assert not torch.equal(a["transformer.h.1.mlp.c_fc.weight"], b["transformer.h.1.mlp.c_fc.weight"])
