@@ -37,7 +37,10 @@ class Request:
     prompt_results: list = field(default_factory=list)
 
     def put(self, item) -> None:
-        self.loop.call_soon_threadsafe(self.sink.put_nowait, item)
+        try:
+            self.loop.call_soon_threadsafe(self.sink.put_nowait, item)
+        except RuntimeError:  # the event loop is gone (server shutting down): nobody is listening
+            self.cancel()
 
     def cancel(self) -> None:
         for j in self.jobs:
