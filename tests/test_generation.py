@@ -107,3 +107,17 @@ def test_draw_follows_the_distribution():
 def test_bad_parameters_are_user_errors(lm_tiny, bad):
     with pytest.raises(UserError):
         lm_tiny.generate("Hi", **bad)
+
+
+def test_int8_weights_stay_close_to_float32():
+    import gpt2kit
+    from conftest import FIXTURES
+    a = gpt2kit.load(FIXTURES / "openai_tiny", device="cpu")
+    b = gpt2kit.load(FIXTURES / "openai_tiny", device="cpu", dtype="int8")
+    assert b.info["dtype"] == "int8"
+    idx = torch.randint(0, 1000, (4, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        x, y = a.model(idx), b.model(idx)
+    assert (x.argmax(-1) == y.argmax(-1)).float().mean() > 0.9
+    assert (x - y).abs().max() < 0.05 * x.abs().max()
+    assert b.generate("Hello", length=5, seed=1)  # and it generates

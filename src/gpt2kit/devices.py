@@ -56,5 +56,5 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
             return torch.bfloat16
         return torch.float32
     if dtype not in DTYPES:
-        raise UserError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16 (fp32, bf16, fp16)")
+        raise UserError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16, float16 (fp32, bf16, fp16) or int8")
     return DTYPES[dtype]

@@ -106,13 +106,19 @@ def load(name: str | Path | None = None, *, device: str = "auto", dtype: str = "
          checkpoint: str | None = None, offline: bool | None = None) -> LM:
     """Load any GPT-2 people have on disk (or a published name, downloaded on first use)."""
     dev = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, dev)
+    int8 = dtype == "int8"
+    if int8 and dev.type != "cpu":
+        raise UserError("--dtype int8 is weight-only quantization for CPUs; on a GPU use bfloat16 or float16")
+    torch_dtype = torch.float32 if int8 else resolve_dtype(dtype, dev)
     folder = resolve_model_path(name, offline=offline)
     ck = read_checkpoint(folder, checkpoint)
     for note in ck.notes:
         log.info("%s: %s", ck.path, note)
     model = build_model(ck.config, ck.state_dict, ck.path).to(device=dev, dtype=torch_dtype).eval()
+    if int8:
+        from .quantize import quantize_int8
+        quantize_int8(model)
     info = {"format": ck.format, "path": str(ck.path), "checkpoint": ck.checkpoint, "notes": ck.notes,
-            "bundled": folder == BUNDLED_DIR, "device": str(dev), "dtype": str(torch_dtype).removeprefix("torch."),
+            "bundled": folder == BUNDLED_DIR, "device": str(dev), "dtype": "int8" if int8 else str(torch_dtype).removeprefix("torch."),
             "name": str(name) if name is not None else "bundled"}
     return LM(model, ck.tokenizer, info)

@@ -105,6 +105,7 @@ class GPT(nn.Module):
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.gradient_checkpointing = False
+        self.head: nn.Module | None = None  # a replacement output head (int8); None = tied to wte
 
     def init_weights(self, generator: torch.Generator | None = None) -> None:
         """GPT-2's initialisation: N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layer)."""
@@ -150,4 +151,6 @@ class GPT(nn.Module):
         x = self.ln_f(x)
         if hidden_only:
             return x
+        if self.head is not None:
+            return self.head(x)
         return F.linear(x, self.wte.weight)  # the output head is tied to wte, as in GPT-2
