@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 PARAMS = 124_439_808  # GPT-2 124M, tied head counted once
-BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 1}
 TARGETS = {"gen_b1_default": 2.5, "gen_b1_best": 4.0, "gen_b8_default": 2.5, "train": 3.5, "bound_b1": 0.6}
 
 
@@ -50,7 +50,7 @@ def report(r: dict) -> str:
         q = r["quality"]
         lines += ["", "Reduced precision against fp32 on held-out text, bundled model (`tests/fixtures/heldout_*`): "
                   + "; ".join(f"{d}: top-1 agreement {100 * q[f'{d}_top1_agreement']:.1f}%, loss {q[f'{d}_loss']:.4f} vs {q['float32_loss']:.4f}"
-                              for d in ("bfloat16", "float16"))]
+                              for d in ("bfloat16", "float16", "int8"))]
     lines += ["", "| target | met | measured |", "| --- | --- | --- |"]
     lines += [f"| {name} | {'yes' if ok else '**no**'} | {val} |" for name, ok, val in checks]
     return "\n".join(lines) + "\n"
