@@ -71,6 +71,12 @@ def load_hf(folder: Path) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
     return config, sd
 
 
+def _readable_by_umask(path: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def save_hf(folder: Path, config: GPTConfig, state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None = None) -> None:
     """Write config.json + model.safetensors that transformers' GPT2LMHeadModel opens as they are."""
     out = {}
@@ -84,6 +90,7 @@ def save_hf(folder: Path, config: GPTConfig, state_dict: dict[str, torch.Tensor]
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / "model.safetensors.tmp"
     save_file(out, tmp, metadata={"format": "pt", "written_by": "gpt2kit"})
+    _readable_by_umask(tmp)  # safetensors writes 0600; a model folder is meant to be shared like any file
     os.replace(tmp, folder / "model.safetensors")
     cfg = config.to_hf_config()
     if dtype is not None:
