@@ -47,7 +47,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="look for published models in DIR/<name> (OpenAI's layout), as download_model.py writes them")
     p.add_argument("--checkpoint", default=None, help="which checkpoint in a run folder: model-N (TF runs) or step-N (gpt2kit runs)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (auto: cuda, then mps, then cpu)")
-    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16 (or fp32, bf16, fp16)")
+    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16 (or fp32, bf16, fp16) | int8 (CPU: int8 weights, a quarter of the bytes)")
     p.add_argument("--offline", action="store_true", default=None, help="never download; fail if the model is not here")
 
 
