@@ -1,4 +1,4 @@
-"""Token ids against OpenAI's algorithm as transformers' slow GPT2Tokenizer implements it."""
+"""Token ids against transformers' GPT2Tokenizer (Hugging Face tokenizers, a BPE engine independent of tiktoken)."""
 import pytest
 
 from gpt2kit.tokenizer import ASSETS, gpt2_tokenizer

@@ -118,6 +118,10 @@ def load(name: str | Path | None = None, *, device: str = "auto", dtype: str = "
     if int8:
         from .quantize import quantize_int8
         quantize_int8(model)
+    elif dev.type == "cpu":
+        from .cpu_inference import speed_up_for_cpu
+        with torch.no_grad():
+            speed_up_for_cpu(model)
     info = {"format": ck.format, "path": str(ck.path), "checkpoint": ck.checkpoint, "notes": ck.notes,
             "bundled": folder == BUNDLED_DIR, "device": str(dev), "dtype": "int8" if int8 else str(torch_dtype).removeprefix("torch."),
             "name": str(name) if name is not None else "bundled"}

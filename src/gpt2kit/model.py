@@ -120,7 +120,10 @@ class GPT(nn.Module):
                     p.normal_(0.0, std, generator=generator)
 
     def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        """GPT-2's parameter count (wte counted once), also after inference swaps Linears for int8/oneDNN."""
+        C, L = self.config.n_embd, self.config.n_layer
+        # Per block: ln_1 2C, c_attn 3C^2+3C, c_proj C^2+C, ln_2 2C, c_fc 4C^2+4C, mlp.c_proj 4C^2+C.
+        return (self.config.n_vocab + self.config.n_ctx) * C + L * (12 * C * C + 13 * C) + 2 * C
 
     def forward(self, idx: torch.Tensor, *, cache: KVCache | None = None,
                 positions: torch.Tensor | None = None, hidden_only: bool = False) -> torch.Tensor:
@@ -154,3 +157,4 @@ class GPT(nn.Module):
         if self.head is not None:
             return self.head(x)
         return F.linear(x, self.wte.weight)  # the output head is tied to wte, as in GPT-2
+
