@@ -11,7 +11,7 @@ def report(r: dict) -> str:
     lines = [f"Measured {meta['date']} on {meta['cores']} cores ({meta['cpu']}), torch {meta['torch']}, "
              f"Python {meta['python']}; AVX512-BF16/AMX: {'yes' if meta['fast_bf16'] else 'no'}. "
              f"Read bandwidth {m['read_GBps']:.1f} GB/s; matmul {m['matmul_float32_GFLOPs']:.0f} GFLOP/s fp32, "
-             f"{m['matmul_bfloat16_GFLOPs']:.0f} bf16.", "",
+             f"{m['matmul_bfloat16_GFLOPs']:.1f} bf16.", "",
              "| measurement | gpt2kit | transformers | gpt2kit / transformers | bound | gpt2kit % of bound | peak RSS gpt2kit / transformers |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     checks = []
@@ -44,7 +44,7 @@ def report(r: dict) -> str:
     checks.append(("fine-tuning with defaults >= 3.5x", ratio >= 3.5, f"{ratio:.2f}x"))
     t = r["tokenizer"]
     lines.append(f"| tokenizer, {t['MB']:.1f} MB of text, MB/s | {t['gpt2kit_MBps']:.1f} | {t['hf_MBps']:.1f} "
-                 f"(GPT2TokenizerFast) | **{t['gpt2kit_MBps'] / t['hf_MBps']:.2f}x** | | | |")
+                 f"({t.get('hf_class', 'GPT2TokenizerFast')}) | **{t['gpt2kit_MBps'] / t['hf_MBps']:.2f}x** | | | |")
     lines.append(f"| `gpt2kit encode` (read, encode, write), MB/s | {t['encode_MBps']:.1f} | | | | | {t['peak_rss_MB']:.0f} MB |")
     if "quality" in r:
         q = r["quality"]
