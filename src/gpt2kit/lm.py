@@ -114,7 +114,9 @@ def load(name: str | Path | None = None, *, device: str = "auto", dtype: str = "
     ck = read_checkpoint(folder, checkpoint)
     for note in ck.notes:
         log.info("%s: %s", ck.path, note)
-    model = build_model(ck.config, ck.state_dict, ck.path).to(device=dev, dtype=torch_dtype).eval()
+    model = build_model(ck.config, ck.state_dict, ck.path, share=True)
+    ck.state_dict.clear()  # the model owns those tensors now; no second reference keeps old copies alive
+    model = model.to(device=dev, dtype=torch_dtype).eval()
     if int8:
         from .quantize import quantize_int8
         quantize_int8(model)

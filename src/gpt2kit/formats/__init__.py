@@ -81,8 +81,13 @@ def read_checkpoint(path: str | Path, checkpoint: str | None = None) -> Checkpoi
     return Checkpoint(config, sd, tokenizer, fmt, folder, name, notes)
 
 
-def build_model(config: GPTConfig, state_dict: dict[str, torch.Tensor], source: Path | str) -> GPT:
-    """A GPT with `state_dict` loaded, every tensor's name and shape checked first."""
+def build_model(config: GPTConfig, state_dict: dict[str, torch.Tensor], source: Path | str, *,
+                share: bool = False) -> GPT:
+    """A GPT with `state_dict` loaded, every tensor's name and shape checked first.
+
+    share=True makes the model's parameters the state_dict's own tensors instead of copies, so loading
+    holds the weights once, not twice; the caller must not use `state_dict` afterwards.
+    """
     with torch.device("meta"):
         model = GPT(config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -92,6 +97,9 @@ def build_model(config: GPTConfig, state_dict: dict[str, torch.Tensor], source: 
     for k, shape in expected.items():
         if tuple(state_dict[k].shape) != shape:
             raise UserError(f"{source}: {k} has shape {tuple(state_dict[k].shape)}, expected {shape}; the config does not match the weights")
+    if share:
+        model.load_state_dict({k: state_dict[k].contiguous() for k in expected}, strict=True, assign=True)
+        return model
     model = model.to_empty(device="cpu")
     model.load_state_dict({k: state_dict[k] for k in expected}, strict=True)
     return model
