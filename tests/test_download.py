@@ -120,3 +120,26 @@ def test_model_by_name_downloads_first_unless_offline(env, server):
 def test_unknown_name():
     r = run_cli("download", "999M")
     assert r.returncode == 2 and "not a published GPT-2 model" in r.stderr
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/dev/full"), reason="needs Linux's /dev/full")
+def test_a_full_disk_is_a_clear_error_and_the_rerun_resumes(env, server):
+    """/dev/full answers every write with ENOSPC, as a full disk does: the .part file is linked to it."""
+    folder = hub.models_root() / "124M"
+    folder.mkdir(parents=True)
+    part = folder / "model.ckpt.data-00000-of-00001.part"
+    part.symlink_to("/dev/full")
+    r = run_cli("download", "124M", env=env)
+    assert r.returncode == 2 and "no space left" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()[-1]) < 300
+    part.unlink()  # space freed: the same command finishes the job
+    r = run_cli("download", "124M", env=env)
+    assert r.returncode == 0, r.stderr
+    assert expected_logits(gpt2kit.load("124M")) < 1e-4
+
+
+def test_a_read_only_place_is_a_clear_error(env, server, tmp_path):
+    """/proc/self is not writable by anyone, root included."""
+    r = run_cli("download", "124M", "--models-dir", "/proc/self/gpt2kit-models", env=env)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "/proc/self/gpt2kit-models" in r.stderr

@@ -88,8 +88,9 @@ def download(*names: str, source: str = "openai", models_dir: str | Path | None 
             urls = {f: f"{base}/{HF_REPOS[name]}/resolve/main/{f}" for f in HF_FILES}
         try:
             folder.mkdir(parents=True, exist_ok=True)
-        except PermissionError:
-            raise UserError(f"no permission to write {folder}; set GPT2KIT_HOME or --models-dir to a folder you own") from None
+        except OSError as e:
+            raise UserError(f"cannot create {folder} ({e.strerror}); set GPT2KIT_HOME or --models-dir to a folder "
+                            f"you can write") from None
         for fname, url in urls.items():
             fetch(url, folder / fname, progress=progress)
         (folder / COMPLETE).write_text(json.dumps({"source": source, "time": time.time()}))
@@ -159,9 +160,10 @@ def fetch(url: str, dest: Path, *, progress: bool = True, retries: int = RETRIES
         except http.client.HTTPException as e:  # e.g. IncompleteRead when the connection drops
             error = type(e).__name__
         except OSError as e:
-            if isinstance(e, PermissionError):
-                raise UserError(f"no permission to write {part}") from None
-            if e.errno == errno.ENOSPC:
+            if isinstance(e, PermissionError) or e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise UserError(f"no permission to write {part}; set GPT2KIT_HOME or --models-dir to a folder "
+                                f"you can write") from None
+            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 raise UserError(f"no space left on the disk while writing {part}; free some space and run again "
                                 f"(the download resumes)") from None
             error = str(getattr(e, "reason", e))
