@@ -182,3 +182,12 @@ def test_queue_full_is_429(hf_tiny):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_model_that_cannot_load_stops_the_server_with_one_line(tmp_path):
+    """The files exist but are corrupt: the server says why and exits 2 instead of answering 503 forever."""
+    (tmp_path / "config.json").write_text('{"n_embd": 4')
+    r = subprocess.run([sys.executable, "-m", "gpt2kit", "serve", "--model", str(tmp_path), "--port", str(free_port())],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and "config.json" in r.stderr.strip().splitlines()[-1]

@@ -4,6 +4,8 @@ from __future__ import annotations
 import logging
 import os
 
+from ..errors import UserError
+
 log = logging.getLogger("gpt2kit")
 
 
@@ -20,9 +22,21 @@ def serve(model: str | None = None, *, host: str = "127.0.0.1", port: int = 8000
     folder = resolve_model_path(model, offline=offline)  # fail fast, before binding, on a bad path
     api_key = api_key or os.environ.get("GPT2KIT_API_KEY") or None
     name = model_name or (os.path.basename(os.path.normpath(str(model))) if model else "gpt2kit-bundled")
-    engine = Engine(lambda: load(folder, device=device, dtype=dtype), max_batch=max_batch, max_queue=max_queue)
+    server: uvicorn.Server | None = None
+
+    def stop(error: str) -> None:
+        # A model that cannot load is the user's to fix: stop serving rather than answer 503 forever.
+        if server is not None:
+            server.should_exit = True
+
+    engine = Engine(lambda: load(folder, device=device, dtype=dtype), max_batch=max_batch, max_queue=max_queue,
+                    on_load_error=stop)
     app = create_app(engine, model_name=name, api_key=api_key, max_tokens_limit=max_tokens_limit)
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         log.warning("serving on %s without --api-key: anyone who can reach this machine can use the model", host)
-    log.info("serving %s on http://%s:%d (playground at /, API at /v1/completions)", name, host, port)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    if engine.load_error is None:
+        log.info("serving %s on http://%s:%d (playground at /, API at /v1/completions)", name, host, port)
+        server.run()
+    if engine.load_error is not None:
+        raise UserError(f"could not load the model {folder}: {engine.load_error}")

@@ -48,8 +48,10 @@ class Request:
 
 
 class Engine:
-    def __init__(self, loader: Callable[[], LM], *, max_batch: int = 16, max_queue: int = 64):
+    def __init__(self, loader: Callable[[], LM], *, max_batch: int = 16, max_queue: int = 64,
+                 on_load_error: Callable[[str], None] | None = None):
         self.lm: LM | None = None
+        self.on_load_error = on_load_error
         self.load_error: str | None = None
         self.max_batch, self.max_queue = max_batch, max_queue
         self._queue: queue.Queue[Request] = queue.Queue()
@@ -96,7 +98,10 @@ class Engine:
             self.lm = loader()
         except Exception as e:  # reported by /health and every request (503)
             self.load_error = str(e)
-            log.error("could not load the model: %s", e)
+            if self.on_load_error is not None:
+                self.on_load_error(self.load_error)
+            else:
+                log.error("could not load the model: %s", e)
             return
         while True:
             batch = self._take_batch()
