@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .model import GPT
+from .model import GPT, swap_matrices
 
 
 class OneDNNLinear(nn.Module):
@@ -37,13 +37,7 @@ class OneDNNLinear(nn.Module):
 
 def use_onednn(model: GPT) -> GPT:
     """Every Linear, and the tied output head, through oneDNN (in place). Costs one extra copy of wte."""
-    for block in model.h:
-        for parent, name in ((block.attn, "c_attn"), (block.attn, "c_proj"), (block.mlp, "c_fc"), (block.mlp, "c_proj")):
-            lin = getattr(parent, name)
-            setattr(parent, name, OneDNNLinear(lin.weight, lin.bias))
-    # The head stays tied in meaning: the same values as wte, which the embedding lookup still reads.
-    model.head = OneDNNLinear(model.wte.weight, None)
-    return model.eval()
+    return swap_matrices(model, OneDNNLinear)
 
 
 def store_input_major(model: GPT) -> GPT:

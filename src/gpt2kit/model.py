@@ -158,3 +158,17 @@ class GPT(nn.Module):
             return self.head(x)
         return F.linear(x, self.wte.weight)  # the output head is tied to wte, as in GPT-2
 
+
+
+def swap_matrices(model: GPT, make) -> GPT:
+    """Replace every Linear, and the tied output head, by make(weight (out, in), bias or None) (in place).
+
+    For inference-only kernels (int8, oneDNN): the embedding lookup keeps reading wte as it is.
+    """
+    for block in model.h:
+        for parent, name in ((block.attn, "c_attn"), (block.attn, "c_proj"), (block.mlp, "c_fc"), (block.mlp, "c_proj")):
+            lin = getattr(parent, name)
+            setattr(parent, name, make(lin.weight, lin.bias))
+    # The head reads all of wte (a third of 124M's bytes) each token; the embedding lookup reads one row.
+    model.head = make(model.wte.weight, None)
+    return model.eval()

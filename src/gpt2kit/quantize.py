@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .model import GPT
+from .model import GPT, swap_matrices
 
 
 def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,10 +39,4 @@ class Int8Linear(nn.Module):
 
 def quantize_int8(model: GPT) -> GPT:
     """Replace every Linear and the tied output head with int8 weights (in place; inference only)."""
-    for block in model.h:
-        for parent, name in ((block.attn, "c_attn"), (block.attn, "c_proj"), (block.mlp, "c_fc"), (block.mlp, "c_proj")):
-            lin = getattr(parent, name)
-            setattr(parent, name, Int8Linear(lin.weight, lin.bias))
-    # The head reads all of wte (a third of 124M's bytes) each token; the embedding lookup reads one row.
-    model.head = Int8Linear(model.wte.weight, None)
-    return model.eval()
+    return swap_matrices(model, Int8Linear)
