@@ -20,10 +20,11 @@ def report(r: dict) -> str:
         for key in sorted(k for k in r if k.startswith("gen_gpt2kit_") and k.endswith(f"_b{b}")):
             g = r[key]
             label = key.removeprefix("gen_gpt2kit_").removesuffix(f"_b{b}")
-            dt = g.get("dtype", label)
+            dt = g.get("dtype", label.removesuffix("-pytorch"))
             ratio = g["tokens_per_s"] / hf["tokens_per_s"]
             bound = m["read_GBps"] * 1e9 / (PARAMS * BYTES.get(dt, 4)) * b
-            lines.append(f"| generate, batch {b}, `--dtype {label}` ({dt}), tokens/s | {g['tokens_per_s']:.1f} | "
+            shown = f"`--dtype {label.removesuffix('-pytorch')}`" + (", GPT2KIT_NATIVE=0" if label.endswith("-pytorch") else "")
+            lines.append(f"| generate, batch {b}, {shown} ({dt}), tokens/s | {g['tokens_per_s']:.1f} | "
                          f"{hf['tokens_per_s']:.1f} | **{ratio:.2f}x** | {bound:.0f} | {100 * g['tokens_per_s'] / bound:.0f}% | "
                          f"{g['peak_rss_MB']:.0f} / {hf['peak_rss_MB']:.0f} MB |")
             if label == "auto":
@@ -50,7 +51,7 @@ def report(r: dict) -> str:
         q = r["quality"]
         lines += ["", "Reduced precision against fp32 on held-out text, bundled model (`tests/fixtures/heldout_*`): "
                   + "; ".join(f"{d}: top-1 agreement {100 * q[f'{d}_top1_agreement']:.1f}%, loss {q[f'{d}_loss']:.4f} vs {q['float32_loss']:.4f}"
-                              for d in ("bfloat16", "float16", "int8"))]
+                              for d in ("bfloat16", "float16", "int8") if f"{d}_loss" in q)]
     lines += ["", "| target | met | measured |", "| --- | --- | --- |"]
     lines += [f"| {name} | {'yes' if ok else '**no**'} | {val} |" for name, ok, val in checks]
     return "\n".join(lines) + "\n"

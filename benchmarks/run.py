@@ -192,10 +192,10 @@ CASES = {"machine": case_machine, "gen-hf": case_gen_hf, "gen-gpt2kit": case_gen
 
 # --- the driver -----------------------------------------------------------------------------------
 
-def run_case(name: str, **kw) -> dict:
+def run_case(name: str, env: dict | None = None, **kw) -> dict:
     cmd = [sys.executable, __file__, "--case", name] + [f"--{k}={v}" for k, v in kw.items()]
     t = time.time()
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     if r.returncode != 0:
         print(r.stderr[-3000:], file=sys.stderr)
         raise SystemExit(f"benchmark case {name} {kw} failed")
@@ -232,11 +232,17 @@ GPT2LMHeadModel(GPT2Config()).save_pretrained({str(model)!r})
         results = {"machine": run_case("machine")}
         fast_bf16 = results["machine"]["fast_bf16"]
         # bf16 only where the CPU runs it natively: elsewhere it is emulated, dozens of times slower.
-        dtypes = ["auto", "float32", "int8"] + (["bfloat16"] if fast_bf16 else [])
+        # float16 where gpt2kit's AVX2 kernels run it (fp16 weights, fp32 arithmetic); without them
+        # PyTorch's CPU fp16 is emulated too.
+        from gpt2kit import native
+        dtypes = ["auto", "float32", "int8"] + (["float16"] if native.library() else []) + (["bfloat16"] if fast_bf16 else [])
         for b in (1, 8):
             results[f"gen_hf_b{b}"] = run_case("gen-hf", model=model, batch=b)
             for dt in dtypes:
                 results[f"gen_gpt2kit_{dt}_b{b}"] = run_case("gen-gpt2kit", model=model, batch=b, dtype=dt)
+            if native.library():  # the same defaults on PyTorch's kernels alone: what kernels/*.c add
+                results[f"gen_gpt2kit_auto-pytorch_b{b}"] = run_case("gen-gpt2kit", env={"GPT2KIT_NATIVE": "0"},
+                                                                     model=model, batch=b, dtype="auto")
         results["train_hf"] = run_case("train-hf", model=model)
         results["train_gpt2kit"] = run_case("train-gpt2kit", model=model)
     results["tokenizer"] = run_case("tokenizer")
@@ -245,7 +251,7 @@ GPT2LMHeadModel(GPT2Config()).save_pretrained({str(model)!r})
         results["quality"] = run_case("quality")
     results["meta"] = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": platform.processor() or platform.machine(),
                        "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-                       "fast_bf16": fast_bf16}
+                       "fast_bf16": fast_bf16, "cpu_flags": sorted(f for f in native.cpu_flags() if "avx" in f or "amx" in f)}
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     table = report(results)
     (HERE / "RESULTS.md").write_text(table)

@@ -66,7 +66,7 @@ class BatchDecoder:
         self.cache.padded = any(len(p) != T for p in prompts)
         self.offsets = torch.tensor([len(p) - T for p in prompts])  # position = cache index + offset
         with torch.inference_mode():
-            logits = self.model(idx.to(self.device), cache=self.cache, positions=positions.to(self.device))
+            logits = self.model(idx.to(self.device), cache=self.cache, positions=positions.to(self.device), last_only=True)
         return logits[:, -1, :]
 
     def finish(self, row: int) -> None:
@@ -131,4 +131,5 @@ class BatchDecoder:
             return
         positions = (self.cache.length + self.offsets).clamp(min=0).unsqueeze(-1).to(self.device)  # (B, 1)
         with torch.inference_mode():
-            self._logits = self.model(next_tokens.unsqueeze(-1).to(self.device), cache=self.cache, positions=positions)[:, -1, :]
+            self._logits = self.model(next_tokens.unsqueeze(-1).to(self.device), cache=self.cache, positions=positions,
+                                      last_only=True)[:, -1, :]

@@ -8,6 +8,7 @@ from typing import Iterator
 
 import torch
 
+from . import native
 from .config import GPTConfig, canonical_name
 from .devices import resolve_device, resolve_dtype
 from .errors import UserError
@@ -80,7 +81,7 @@ class LM:
         """The model's top next tokens after `prompt` with their probabilities."""
         from .generation import encode_prompt
         ids = encode_prompt(self.tokenizer, prompt, self.config.n_ctx)
-        logits = self.model(torch.tensor([ids], device=self.device))[0, -1].float()
+        logits = self.model(torch.tensor([ids], device=self.device), last_only=True)[0, -1].float()
         probs = logits.softmax(-1)
         p, i = torch.topk(probs, min(top, probs.numel()))
         return list(zip(i.tolist(), p.tolist()))
@@ -116,13 +117,19 @@ def load(name: str | Path | None = None, *, device: str = "auto", dtype: str = "
         log.info("%s: %s", ck.path, note)
     model = build_model(ck.config, ck.state_dict, ck.path, share=True)
     ck.state_dict.clear()  # the model owns those tensors now; no second reference keeps old copies alive
-    model = model.to(device=dev, dtype=torch_dtype).eval()
-    if int8:
-        from .quantize import quantize_int8
-        quantize_int8(model)
-    elif dev.type == "cpu":
-        from .cpu_inference import speed_up_for_cpu
-        with torch.no_grad():
+    # On CPUs with gpt2kit's AVX2 kernels, fp16 and int8 are weight formats: the matrices are stored
+    # that way and read by the kernels, while activations, LayerNorm and attention stay fp32.
+    native_weights = dev.type == "cpu" and (int8 or torch_dtype == torch.float16) and native.library() is not None
+    model = model.to(device=dev, dtype=torch.float32 if native_weights else torch_dtype).eval()
+    with torch.no_grad():
+        if native_weights:
+            from .cpu_inference import use_native
+            use_native(model, torch.int8 if int8 else torch.float16)
+        elif int8:
+            from .quantize import quantize_int8
+            quantize_int8(model)
+        elif dev.type == "cpu":
+            from .cpu_inference import speed_up_for_cpu
             speed_up_for_cpu(model)
     info = {"format": ck.format, "path": str(ck.path), "checkpoint": ck.checkpoint, "notes": ck.notes,
             "bundled": folder == BUNDLED_DIR, "device": str(dev), "dtype": "int8" if int8 else str(torch_dtype).removeprefix("torch."),

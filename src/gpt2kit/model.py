@@ -106,6 +106,8 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.gradient_checkpointing = False
         self.head: nn.Module | None = None  # a replacement output head (int8); None = tied to wte
+        # A replacement for whole one-token decoding steps (cpu_inference.NativeStep); None = PyTorch.
+        self.step_kernel = None
 
     def init_weights(self, generator: torch.Generator | None = None) -> None:
         """GPT-2's initialisation: N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layer)."""
@@ -126,12 +128,19 @@ class GPT(nn.Module):
         return (self.config.n_vocab + self.config.n_ctx) * C + L * (12 * C * C + 13 * C) + 2 * C
 
     def forward(self, idx: torch.Tensor, *, cache: KVCache | None = None,
-                positions: torch.Tensor | None = None, hidden_only: bool = False) -> torch.Tensor:
-        """idx (B, T) token ids -> logits (B, T, n_vocab), or the final hidden states (B, T, C)."""
+                positions: torch.Tensor | None = None, hidden_only: bool = False,
+                last_only: bool = False) -> torch.Tensor:
+        """idx (B, T) token ids -> logits (B, T, n_vocab), or the final hidden states (B, T, C).
+
+        last_only: only the last position's (B, 1, ...), as sampling needs; the output head is a
+        third of 124M's weights, so a prompt's prefill skips it for all other positions.
+        """
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         if positions is None:
             positions = torch.arange(start, start + T, device=idx.device).unsqueeze(0)  # (1, T)
+        if self.step_kernel is not None and cache is not None and T == 1 and not hidden_only and not self.training:
+            return self.step_kernel(idx, positions, cache)  # (B, 1, n_vocab)
         x = self.wte(idx) + self.wpe(positions)  # (B, T, C)
         x = F.dropout(x, self.config.dropout, self.training)
         mask = None
@@ -151,6 +160,8 @@ class GPT(nn.Module):
                 x = block(x, cache, layer, mask)
         if cache is not None:
             cache.length += T
+        if last_only:
+            x = x[:, -1:]  # (B, 1, C)
         x = self.ln_f(x)
         if hidden_only:
             return x

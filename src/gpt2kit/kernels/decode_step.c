@@ -1,0 +1,144 @@
+/* One decoding step of GPT-2 (one new token for each of B rows) in a single call.
+
+   At batch 1 the matrices of 124M take 7-20 ms a token with matvec.c, and driving the ~300 small
+   PyTorch operations around them from Python (LayerNorm, attention, residuals, ~20 us each) took
+   another 5-7 ms. Here the whole step is one C call: the same arithmetic as gpt2kit/model.py
+   (LayerNorm, attention over the KV cache with its padding mask, tanh GELU, tied output head), in
+   fp32, with the matrices through gpt2kit_linear. Prompts (many tokens at once) still go through
+   PyTorch, which fills the same cache. */
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+int gpt2kit_linear(const float *x, int64_t M, int64_t K, const void *W, int64_t N, int kind,
+                   const float *scale, const float *bias, int gelu, float *y, int threads);
+
+/* One matrix of the model: weight (N, K) of `kind`, per-row scale (int8 only), bias (or NULL). */
+typedef struct {
+    const void *weight;
+    const float *scale;
+    const float *bias;
+} matrix;
+
+typedef struct {
+    const float *ln_1_w, *ln_1_b;
+    matrix c_attn, attn_c_proj;
+    const float *ln_2_w, *ln_2_b;
+    matrix c_fc, mlp_c_proj;
+} layer;
+
+/* Field order and types mirror the ctypes Structure in gpt2kit/native.py. */
+typedef struct {
+    int64_t n_layer, n_embd, n_head, n_vocab;
+    int64_t kind;           /* 0 fp32, 1 fp16, 2 int8: the matrices' storage */
+    float eps;              /* LayerNorm epsilon */
+    const float *wte, *wpe; /* (n_vocab, C), (n_ctx, C), fp32 */
+    const float *ln_f_w, *ln_f_b;
+    matrix head;            /* (n_vocab, C) */
+    const layer *h;         /* n_layer of them */
+} model;
+
+static inline float dot(const float *a, const float *b, int64_t n) {
+    __m256 acc = _mm256_setzero_ps();
+    int64_t d = 0;
+    for (; d + 8 <= n; d += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), _mm256_loadu_ps(b + d), acc);
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    float total = _mm_cvtss_f32(s);
+    for (; d < n; d++) total += a[d] * b[d];
+    return total;
+}
+
+static void layer_norm(const float *x, const float *w, const float *b, float eps, int64_t B, int64_t C, float *out) {
+    for (int64_t i = 0; i < B; i++) {
+        const float *xi = x + i * C;
+        float mean = 0.0f, var = 0.0f;
+        for (int64_t c = 0; c < C; c++) mean += xi[c];
+        mean /= (float)C;
+        for (int64_t c = 0; c < C; c++) var += (xi[c] - mean) * (xi[c] - mean);
+        float rstd = 1.0f / sqrtf(var / (float)C + eps);
+        for (int64_t c = 0; c < C; c++) out[i * C + c] = (xi[c] - mean) * rstd * w[c] + b[c];
+    }
+}
+
+static int linear(const model *m, const matrix *mat, const float *x, int64_t B, int64_t K, int64_t N, int gelu,
+                  float *y, int threads) {
+    return gpt2kit_linear(x, B, K, mat->weight, N, (int)m->kind, mat->scale, mat->bias, gelu, y, threads);
+}
+
+/* tokens, positions: (B,). k_cache, v_cache: (n_layer, B, n_head, S, hs) fp32, written at index
+   `length`. valid: (B, S) bytes, 0 at left padding. logits: (B, n_vocab) out. Returns 0 on success. */
+int gpt2kit_decode_step(const model *m, const int64_t *tokens, const int64_t *positions, int64_t B,
+                        float *k_cache, float *v_cache, const uint8_t *valid, int64_t S, int64_t length,
+                        float *logits, int threads) {
+    const int64_t C = m->n_embd, nh = m->n_head, hs = C / nh, L = m->n_layer;
+    if (B <= 0 || length < 0 || length >= S || C % nh != 0) return 1;
+    float *x = malloc(sizeof(float) * B * C);       /* the residual stream (B, C) */
+    float *h = malloc(sizeof(float) * B * C);       /* LayerNorm output, then attention output */
+    float *qkv = malloc(sizeof(float) * B * 3 * C); /* (B, 3C): q | k | v */
+    float *f = malloc(sizeof(float) * B * 4 * C);   /* the MLP's hidden layer (B, 4C) */
+    float *y = malloc(sizeof(float) * B * C);
+    float *att = malloc(sizeof(float) * B * nh * (length + 1)); /* attention weights (B, nh, length+1) */
+    int rc = 0;
+    if (!x || !h || !qkv || !f || !y || !att) { rc = 2; goto done; }
+    const float scale = 1.0f / sqrtf((float)hs);
+
+    for (int64_t i = 0; i < B; i++)
+        for (int64_t c = 0; c < C; c++)
+            x[i * C + c] = m->wte[tokens[i] * C + c] + m->wpe[positions[i] * C + c];
+
+    for (int64_t l = 0; l < L; l++) {
+        const layer *ly = &m->h[l];
+        layer_norm(x, ly->ln_1_w, ly->ln_1_b, m->eps, B, C, h);
+        if ((rc = linear(m, &ly->c_attn, h, B, C, 3 * C, 0, qkv, threads))) goto done;
+        /* Store this token's keys and values at cache index `length`. */
+        for (int64_t i = 0; i < B; i++)
+            for (int64_t hd = 0; hd < nh; hd++) {
+                size_t at = ((((size_t)l * B + i) * nh + hd) * S + length) * hs;
+                memcpy(k_cache + at, qkv + i * 3 * C + C + hd * hs, sizeof(float) * hs);
+                memcpy(v_cache + at, qkv + i * 3 * C + 2 * C + hd * hs, sizeof(float) * hs);
+            }
+        /* Attention of the one query over keys 0..length: key j counts when it is not padding
+           (the query always sees itself, as in model.py's mask). Result into h (B, C). */
+        #pragma omp parallel for schedule(static) num_threads(threads)
+        for (int64_t bh = 0; bh < B * nh; bh++) {
+            int64_t i = bh / nh, hd = bh % nh;
+            const float *q = qkv + i * 3 * C + hd * hs;
+            const float *kb = k_cache + (((size_t)l * B + i) * nh + hd) * S * hs;
+            const float *vb = v_cache + (((size_t)l * B + i) * nh + hd) * S * hs;
+            float *w = att + bh * (length + 1);
+            float top = -INFINITY;
+            for (int64_t j = 0; j <= length; j++) {
+                if (j != length && !valid[i * S + j]) { w[j] = -INFINITY; continue; }
+                w[j] = dot(q, kb + j * hs, hs) * scale;
+                if (w[j] > top) top = w[j];
+            }
+            float sum = 0.0f;
+            for (int64_t j = 0; j <= length; j++) {
+                w[j] = w[j] == -INFINITY ? 0.0f : expf(w[j] - top);
+                sum += w[j];
+            }
+            float *out = h + i * C + hd * hs;
+            for (int64_t d = 0; d < hs; d++) out[d] = 0.0f;
+            for (int64_t j = 0; j <= length; j++) {
+                float p = w[j] / sum;
+                if (p == 0.0f) continue;
+                for (int64_t d = 0; d < hs; d++) out[d] += p * vb[j * hs + d];
+            }
+        }
+        if ((rc = linear(m, &ly->attn_c_proj, h, B, C, C, 0, y, threads))) goto done;
+        for (int64_t e = 0; e < B * C; e++) x[e] += y[e];
+        layer_norm(x, ly->ln_2_w, ly->ln_2_b, m->eps, B, C, h);
+        if ((rc = linear(m, &ly->c_fc, h, B, C, 4 * C, 1, f, threads))) goto done;
+        if ((rc = linear(m, &ly->mlp_c_proj, f, B, 4 * C, C, 0, y, threads))) goto done;
+        for (int64_t e = 0; e < B * C; e++) x[e] += y[e];
+    }
+    layer_norm(x, m->ln_f_w, m->ln_f_b, m->eps, B, C, h);
+    rc = linear(m, &m->head, h, B, C, m->n_vocab, 0, logits, threads);
+done:
+    free(x); free(h); free(qkv); free(f); free(y); free(att);
+    return rc;
+}
