@@ -49,9 +49,14 @@ def report(r: dict) -> str:
     lines.append(f"| `gpt2kit encode` (read, encode, write), MB/s | {t['encode_MBps']:.1f} | | | | | {t['peak_rss_MB']:.0f} MB |")
     if "quality" in r:
         q = r["quality"]
-        lines += ["", "Reduced precision against fp32 on held-out text, bundled model (`tests/fixtures/heldout_*`): "
-                  + "; ".join(f"{d}: top-1 agreement {100 * q[f'{d}_top1_agreement']:.1f}%, loss {q[f'{d}_loss']:.4f} vs {q['float32_loss']:.4f}"
-                              for d in ("bfloat16", "float16", "int8") if f"{d}_loss" in q)]
+        for label, what in (("bundled", "the bundled model (its weights are stored in fp16)"),
+                            ("finetuned", "the bundled model fine-tuned 40 steps in fp32")):
+            if f"{label}_float32_loss" not in q:
+                continue
+            lines += ["", f"Reduced precision against fp32 on held-out text (`tests/fixtures/heldout_*`), {what}: "
+                      + "; ".join(f"{d}: top-1 agreement {100 * q[f'{label}_{d}_top1_agreement']:.1f}%, loss "
+                                  f"{q[f'{label}_{d}_loss']:.4f} vs {q[f'{label}_float32_loss']:.4f}"
+                                  for d in ("bfloat16", "float16", "int8") if f"{label}_{d}_loss" in q)]
     lines += ["", "| target | met | measured |", "| --- | --- | --- |"]
     lines += [f"| {name} | {'yes' if ok else '**no**'} | {val} |" for name, ok, val in checks]
     return "\n".join(lines) + "\n"

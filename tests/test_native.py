@@ -23,13 +23,13 @@ def test_the_kernels_build_on_this_machine():
 
 @needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.int8])
-@pytest.mark.parametrize("M,K,N", [(1, 768, 50), (2, 37, 19), (3, 64, 7), (8, 96, 301), (33, 40, 11)])
+@pytest.mark.parametrize("M,K,N", [(1, 768, 50), (2, 37, 19), (3, 64, 7), (5, 96, 301), (8, 3072, 9), (33, 40, 11)])
 def test_linear_matches_torch(dtype, M, K, N):
     g = torch.Generator().manual_seed(M * 1000 + K)
     w, b, x = torch.randn(N, K, generator=g), torch.randn(N, generator=g), torch.randn(M, K, generator=g)
     lin = NativeLinear(w, b, dtype)
     ref = F.linear(x, lin.dense_weight(), b)  # the same stored (rounded) weights, PyTorch's product
-    got = native.linear(x, lin.weight, lin.scales, lin.bias)
+    got = native.linear(x, lin.weight, lin.kind, lin.scales, lin.bias)
     assert got.shape == (M, N)
     assert (got - ref).abs().max() < 1e-4 * max(1.0, ref.abs().max().item())
     assert (lin(x.view(M, 1, K)).view(M, N) - ref).abs().max() < 1e-4 * max(1.0, ref.abs().max().item())

@@ -37,6 +37,7 @@ class NativeLinear(nn.Module):
         super().__init__()
         w = weight.detach().float()
         scales = None
+        self.kind = {torch.float32: native.FP32, torch.float16: native.FP16, torch.int8: native.INT8}[dtype]
         if dtype == torch.int8:
             w, scales = quantize_weight(w)
         self.register_buffer("weight", w.to(dtype).contiguous())  # fp32: the same tensor, no copy
@@ -44,6 +45,7 @@ class NativeLinear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
 
     def dense_weight(self) -> torch.Tensor:
+        """The weight as fp32 (N, K): exactly the values the kernels multiply by."""
         w = self.weight.float()
         return w * self.scales[:, None] if self.scales is not None else w
 
@@ -51,7 +53,7 @@ class NativeLinear(nn.Module):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).float().contiguous()  # (M, K)
         if x2.shape[0] <= NATIVE_MAX_ROWS:
-            y = native.linear(x2, self.weight, self.scales, self.bias)
+            y = native.linear(x2, self.weight, self.kind, self.scales, self.bias)
         else:
             y = F.linear(x2, self.dense_weight(), self.bias)
         return y.view(*shape[:-1], -1)
@@ -91,7 +93,7 @@ class NativeStep:
         cfg = model.config
 
         def mat(lin: NativeLinear) -> native.MatrixStruct:
-            return native.MatrixStruct(lin.weight.data_ptr(), native._ptr(lin.scales), native._ptr(lin.bias))
+            return native.MatrixStruct(lin.weight.data_ptr(), native._ptr(lin.scales), native._ptr(lin.bias), lin.kind)
 
         def ptr(t: torch.Tensor) -> int:
             assert t.dtype == torch.float32 and t.is_contiguous()
@@ -102,8 +104,7 @@ class NativeStep:
                                ptr(b.ln_2.weight), ptr(b.ln_2.bias), mat(b.mlp.c_fc), mat(b.mlp.c_proj))
             for b in model.h])
         self.struct = native.ModelStruct(
-            cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.n_vocab, native.KINDS[model.head.weight.dtype],
-            cfg.layer_norm_epsilon, ptr(model.wte.weight), ptr(model.wpe.weight), ptr(model.ln_f.weight),
+            cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.n_vocab, cfg.layer_norm_epsilon, ptr(model.wte.weight), ptr(model.wpe.weight), ptr(model.ln_f.weight),
             ptr(model.ln_f.bias), mat(model.head), self.layers)
         self.n_vocab = cfg.n_vocab
 

@@ -10,7 +10,7 @@ import torch
 
 from . import native
 from .config import GPTConfig, canonical_name
-from .devices import resolve_device, resolve_dtype
+from .devices import cpu_has_fast_bf16, resolve_device, resolve_dtype
 from .errors import UserError
 from .formats import FORMATS_HELP, build_model, read_checkpoint
 from .generation import Piece, Sample, iter_samples, new_seed
@@ -107,6 +107,11 @@ def load(name: str | Path | None = None, *, device: str = "auto", dtype: str = "
          checkpoint: str | None = None, offline: bool | None = None) -> LM:
     """Load any GPT-2 people have on disk (or a published name, downloaded on first use)."""
     dev = resolve_device(device)
+    if dtype == "auto" and dev.type == "cpu" and not cpu_has_fast_bf16() and native.library() is not None:
+        # Decoding reads every weight once per token: fp16 weights halve those bytes (1.6-1.9x the
+        # tokens/s of fp32 here), while the arithmetic stays fp32. Measured against fp32 on held-out
+        # text: 100% top-1 agreement, the same loss to 4 decimals (README, Speed). --dtype float32 opts out.
+        dtype = "float16"
     int8 = dtype == "int8"
     if int8 and dev.type != "cpu":
         raise UserError("--dtype int8 is weight-only quantization for CPUs; on a GPU use bfloat16 or float16")

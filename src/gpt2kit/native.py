@@ -27,7 +27,8 @@ log = logging.getLogger("gpt2kit")
 SOURCES = [Path(__file__).parent / "kernels" / name for name in ("matvec.c", "decode_step.c")]
 FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC"]
 LIBS = ["-lm"]
-KINDS = {torch.float32: 0, torch.float16: 1, torch.int8: 2}
+# gpt2kit_linear's weight formats (kernels/matvec.c).
+FP32, FP16, INT8 = 0, 1, 2
 
 
 def cpu_flags() -> set[str]:
@@ -91,19 +92,20 @@ def library() -> ctypes.CDLL | None:
     return lib
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
-    """x (M, K) fp32 @ weight (N, K)^T [* scale (N,)] + bias (N,) -> (M, N) fp32, all contiguous on the CPU.
+def linear(x: torch.Tensor, weight: torch.Tensor, kind: int, scale: torch.Tensor | None,
+           bias: torch.Tensor | None) -> torch.Tensor:
+    """x (M, K) fp32 @ weight (N, K)^T + bias (N,) -> (M, N) fp32, all contiguous on the CPU.
 
-    weight is fp32, fp16, or int8 with its per-row fp32 scale.
+    weight is fp32 (FP32), fp16 (FP16), or int8 with one fp32 scale per row, scale (N,) (INT8).
     """
     lib = library()
     M, K = x.shape
     N = weight.shape[0]
     y = torch.empty(M, N, dtype=torch.float32)
-    rc = lib.gpt2kit_linear(x.data_ptr(), M, K, weight.data_ptr(), N, KINDS[weight.dtype], _ptr(scale), _ptr(bias),
+    rc = lib.gpt2kit_linear(x.data_ptr(), M, K, weight.data_ptr(), N, kind, _ptr(scale), _ptr(bias),
                             0, y.data_ptr(), torch.get_num_threads())
     if rc != 0:
-        raise ValueError(f"gpt2kit_linear rejected shapes x {tuple(x.shape)} weight {tuple(weight.shape)}")
+        raise ValueError(f"gpt2kit_linear failed ({rc}): x {tuple(x.shape)}, weight {tuple(weight.shape)} kind {kind}")
     return y
 
 
@@ -113,7 +115,8 @@ def _ptr(t: torch.Tensor | None) -> int | None:
 
 # The structs of kernels/decode_step.c, field for field.
 class MatrixStruct(ctypes.Structure):
-    _fields_ = [("weight", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("bias", ctypes.c_void_p)]
+    _fields_ = [("weight", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("bias", ctypes.c_void_p),
+                ("kind", ctypes.c_int64)]
 
 
 class LayerStruct(ctypes.Structure):
@@ -124,6 +127,6 @@ class LayerStruct(ctypes.Structure):
 
 class ModelStruct(ctypes.Structure):
     _fields_ = [("n_layer", ctypes.c_int64), ("n_embd", ctypes.c_int64), ("n_head", ctypes.c_int64),
-                ("n_vocab", ctypes.c_int64), ("kind", ctypes.c_int64), ("eps", ctypes.c_float),
+                ("n_vocab", ctypes.c_int64), ("eps", ctypes.c_float),
                 ("wte", ctypes.c_void_p), ("wpe", ctypes.c_void_p), ("ln_f_w", ctypes.c_void_p),
                 ("ln_f_b", ctypes.c_void_p), ("head", MatrixStruct), ("h", ctypes.POINTER(LayerStruct))]

@@ -15,11 +15,13 @@
 int gpt2kit_linear(const float *x, int64_t M, int64_t K, const void *W, int64_t N, int kind,
                    const float *scale, const float *bias, int gelu, float *y, int threads);
 
-/* One matrix of the model: weight (N, K) of `kind`, per-row scale (int8 only), bias (or NULL). */
+/* One matrix of the model: weight (N, K) stored as `kind` (gpt2kit_linear's), its scales (int8
+   only) and bias (or NULL). */
 typedef struct {
     const void *weight;
     const float *scale;
     const float *bias;
+    int64_t kind;
 } matrix;
 
 typedef struct {
@@ -32,7 +34,6 @@ typedef struct {
 /* Field order and types mirror the ctypes Structure in gpt2kit/native.py. */
 typedef struct {
     int64_t n_layer, n_embd, n_head, n_vocab;
-    int64_t kind;           /* 0 fp32, 1 fp16, 2 int8: the matrices' storage */
     float eps;              /* LayerNorm epsilon */
     const float *wte, *wpe; /* (n_vocab, C), (n_ctx, C), fp32 */
     const float *ln_f_w, *ln_f_b;
@@ -66,7 +67,8 @@ static void layer_norm(const float *x, const float *w, const float *b, float eps
 
 static int linear(const model *m, const matrix *mat, const float *x, int64_t B, int64_t K, int64_t N, int gelu,
                   float *y, int threads) {
-    return gpt2kit_linear(x, B, K, mat->weight, N, (int)m->kind, mat->scale, mat->bias, gelu, y, threads);
+    (void)m;
+    return gpt2kit_linear(x, B, K, mat->weight, N, (int)mat->kind, mat->scale, mat->bias, gelu, y, threads);
 }
 
 /* tokens, positions: (B,). k_cache, v_cache: (n_layer, B, n_head, S, hs) fp32, written at index
