@@ -47,7 +47,7 @@ def test_download_openai_layout_then_load_by_name(env, server):
     assert r.returncode == 0, r.stderr
     folder = hub.models_root() / "124M"
     assert (folder / hub.COMPLETE).is_file() and not list(folder.glob("*.part"))
-    lm = gpt2kit.load("124M", device="cpu", offline=True)
+    lm = gpt2kit.load("124M", device="cpu", dtype="float32", offline=True)
     assert expected_logits(lm) < 1e-4
     listed = run_cli("models", env=env)
     assert "124M" in listed.stdout and "openai-tf" in listed.stdout
@@ -58,7 +58,7 @@ def test_download_openai_layout_then_load_by_name(env, server):
 def test_download_from_huggingface_checks_the_sha256_etag(env, server, lm_tiny):
     r = run_cli("download", "gpt2", "--source", "huggingface", env=env)
     assert r.returncode == 0, r.stderr
-    lm = gpt2kit.load("124M", device="cpu", offline=True)
+    lm = gpt2kit.load("124M", device="cpu", dtype="float32", offline=True)
     idx = torch.randint(0, 50257, (1, 8))
     with torch.no_grad():
         assert (lm.model(idx) - lm_tiny.model(idx)).abs().max() < 1e-5
@@ -70,7 +70,7 @@ def test_a_cut_connection_resumes_with_range(env, server):
     hub.download("124M", progress=False)
     ranges = [rng for p, rng in server.log if p == path]
     assert ranges[0] is None and ranges[1].startswith("bytes=") and ranges[1] != "bytes=0-"
-    assert expected_logits(gpt2kit.load("124M", device="cpu", offline=True)) < 1e-4
+    assert expected_logits(gpt2kit.load("124M", device="cpu", dtype="float32", offline=True)) < 1e-4
 
 
 def test_a_partial_file_from_an_earlier_run_resumes(env, server):
@@ -135,7 +135,7 @@ def test_a_full_disk_is_a_clear_error_and_the_rerun_resumes(env, server):
     part.unlink()  # space freed: the same command finishes the job
     r = run_cli("download", "124M", env=env)
     assert r.returncode == 0, r.stderr
-    assert expected_logits(gpt2kit.load("124M")) < 1e-4
+    assert expected_logits(gpt2kit.load("124M", dtype="float32")) < 1e-4
 
 
 def test_a_read_only_place_is_a_clear_error(env, server, tmp_path):

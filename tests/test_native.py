@@ -105,3 +105,16 @@ def test_without_the_kernels_pytorch_does_the_work(hf_tiny, monkeypatch):
     assert (out["1", "float32"] - out["0", "float32"]).abs().max() < 1e-4
     # int8 without the kernels is PyTorch's own int8 matmul on bf16 activations: close, not equal.
     assert (out["1", "int8"].argmax(-1) == out["0", "int8"].argmax(-1)).float().mean() > 0.9
+
+
+@needs_kernels
+def test_the_cpu_default_is_fp16_weights_close_to_fp32(hf_tiny):
+    import gpt2kit
+    default = gpt2kit.load(hf_tiny, device="cpu")
+    full = gpt2kit.load(hf_tiny, device="cpu", dtype="float32")
+    assert default.info["dtype"] == "float16" and default.model.head.weight.dtype == torch.float16
+    idx = torch.randint(0, 50257, (2, 40), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        a, b = default.model(idx), full.model(idx)
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 0.99
+    assert (a - b).abs().max() < 1e-2 * b.abs().max()

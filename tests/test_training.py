@@ -44,7 +44,7 @@ def test_loss_falls_and_checkpoint_is_a_model_folder(corpus, tmp_path):
     # every checkpoint is a complete model folder that transformers opens
     from transformers import GPT2LMHeadModel
     ref = GPT2LMHeadModel.from_pretrained(final).eval()
-    lm = gpt2kit.load(tmp_path / "ck" / "run1", device="cpu")
+    lm = gpt2kit.load(tmp_path / "ck" / "run1", device="cpu", dtype="float32")
     idx = torch.randint(0, 50257, (1, 10))
     with torch.no_grad():
         assert (ref(idx).logits - lm.model(idx)).abs().max() < 1e-4

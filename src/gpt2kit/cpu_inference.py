@@ -86,11 +86,13 @@ def use_onednn(model: GPT) -> GPT:
 class NativeStep:
     """GPT.step_kernel: a whole one-token decoding step in one call to kernels/decode_step.c.
 
-    Holds raw pointers to the model's tensors, so the model must not be moved or changed after.
+    Holds raw pointers to the model's tensors (and references, so they stay alive): the model must
+    not be moved to another device or dtype after.
     """
 
     def __init__(self, model: GPT):
         cfg = model.config
+        self.tensors = [t for t in model.state_dict(keep_vars=True).values()]  # keeps the pointed-to memory alive
 
         def mat(lin: NativeLinear) -> native.MatrixStruct:
             return native.MatrixStruct(lin.weight.data_ptr(), native._ptr(lin.scales), native._ptr(lin.bias), lin.kind)
