@@ -4,14 +4,15 @@
 
 Decoding multiplies B rows of activations by each weight matrix once per token; the head is the
 largest (154 MB in fp32). Prints milliseconds and effective GB/s of weight read for each way
-PyTorch offers to do it, at batch 1 and 8.
+PyTorch offers to do it, and for gpt2kit's own kernels (kernels/matvec.c), at batch 1 and 8.
 """
 import time
 
 import torch
 import torch.nn.functional as F
 
-from gpt2kit.cpu_inference import OneDNNLinear
+from gpt2kit import native
+from gpt2kit.cpu_inference import NativeLinear, OneDNNLinear
 from gpt2kit.quantize import quantize_weight
 
 
@@ -31,10 +32,14 @@ def main() -> None:
     ways = {
         "fp32, MKL, (out, in) order (PyTorch's default)": (lambda x: F.linear(x, W), 4),
         "fp32, MKL, (in, out) order": (lambda x, Wt=W.t().contiguous().t(): F.linear(x, Wt), 4),
-        "fp32, oneDNN (gpt2kit's CPU default)": (lambda x, lin=OneDNNLinear(W, None): lin(x), 4),
-        "int8 weights, bf16 activations (--dtype int8)": (
+        "fp32, oneDNN on prepacked weights": (lambda x, lin=OneDNNLinear(W, None): lin(x), 4),
+        "int8 weights, bf16 activations (PyTorch's int8)": (
             lambda x: torch._weight_int8pack_mm(x.to(torch.bfloat16), q, scales), 1),
     }
+    if native.library() is not None:
+        for dtype, nbytes in ((torch.float32, 4), (torch.float16, 2), (torch.int8, 1)):
+            ways[f"{str(dtype).removeprefix('torch.')}, gpt2kit's kernels/matvec.c"] = (
+                lambda x, lin=NativeLinear(W, None, dtype): lin(x), nbytes)
     if torch.backends.cpu.get_cpu_capability() != "AVX2":  # bf16 is emulated, dozens of times slower, on AVX2
         ways["bf16, (out, in)"] = (lambda x, Wb=W.bfloat16(): F.linear(x.bfloat16(), Wb), 2)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}")

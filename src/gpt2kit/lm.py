@@ -108,7 +108,7 @@ def load(name: str | Path | None = None, *, device: str = "auto", dtype: str = "
     """Load any GPT-2 people have on disk (or a published name, downloaded on first use)."""
     dev = resolve_device(device)
     if dtype == "auto" and dev.type == "cpu" and not cpu_has_fast_bf16() and native.library() is not None:
-        # Decoding reads every weight once per token: fp16 weights halve those bytes (1.6-1.9x the
+        # Decoding reads every weight once per token: fp16 weights halve those bytes (1.4-1.9x the
         # tokens/s of fp32 here), while the arithmetic stays fp32. Measured against fp32 on held-out
         # text: 100% top-1 agreement, the same loss to 4 decimals (README, Speed). --dtype float32 opts out.
         dtype = "float16"

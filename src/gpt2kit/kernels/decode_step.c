@@ -2,7 +2,7 @@
 
    At batch 1 the matrices of 124M take 7-20 ms a token with matvec.c, and driving the ~300 small
    PyTorch operations around them from Python (LayerNorm, attention, residuals, ~20 us each) took
-   another 5-7 ms. Here the whole step is one C call: the same arithmetic as gpt2kit/model.py
+   another 5 ms. Here the whole step is one C call: the same arithmetic as gpt2kit/model.py
    (LayerNorm, attention over the KV cache with its padding mask, tanh GELU, tied output head), in
    fp32, with the matrices through gpt2kit_linear. Prompts (many tokens at once) still go through
    PyTorch, which fills the same cache. */
