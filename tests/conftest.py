@@ -37,6 +37,18 @@ def run_cli(*args, input=None, cwd=None, env=None, timeout=300):
                           text=True, cwd=cwd, env=full_env, timeout=timeout)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache_for_the_session(tmp_path_factory):
+    """Session fixtures (models loaded once, which build the CPU kernels) use the private cache too."""
+    old = os.environ.get("GPT2KIT_HOME")
+    os.environ["GPT2KIT_HOME"] = str(tmp_path_factory.getbasetemp() / "gpt2kit-home")
+    yield
+    if old is None:
+        os.environ.pop("GPT2KIT_HOME", None)
+    else:
+        os.environ["GPT2KIT_HOME"] = old
+
+
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path_factory, monkeypatch):
     """Tests never write to the user's ~/.cache/gpt2kit."""

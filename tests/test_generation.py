@@ -4,7 +4,8 @@ import torch
 
 from gpt2kit.errors import UserError
 from gpt2kit.generation import Sample
-from gpt2kit.sampling import apply_repetition_penalty, apply_top_k, apply_top_p, draw, make_generator
+from gpt2kit.sampling import (SamplingSettings, apply_repetition_penalty, apply_top_k, apply_top_p, draw, draw_top_k,
+                              make_generator, process_logits)
 
 
 def finished(events):
@@ -93,6 +94,18 @@ def test_repetition_penalty_is_ctrl():
     logits = torch.tensor([[2.0, -2.0, 1.0]])
     seen = torch.tensor([[True, True, False]])
     assert apply_repetition_penalty(logits, seen, 2.0).tolist() == [[1.0, -4.0, 1.0]]
+
+
+@pytest.mark.parametrize("settings", [SamplingSettings(top_k=40), SamplingSettings(top_k=7, top_p=0.9, temperature=0.7),
+                                      SamplingSettings(top_k=1)])
+def test_top_k_fast_path_draws_what_the_full_definition_draws(settings):
+    """draw_top_k (the decoder's shortcut) picks the token draw(process_logits(...)) picks, seed for seed."""
+    logits = torch.randn(6, 50257, generator=torch.Generator().manual_seed(0)) * 3
+    for seed in range(50):
+        full = draw(process_logits(logits, settings, None, None), settings.temperature,
+                    [make_generator(seed * 6 + i) for i in range(6)])
+        fast = draw_top_k(logits, settings, [make_generator(seed * 6 + i) for i in range(6)])
+        assert fast.tolist() == full.tolist()
 
 
 def test_draw_follows_the_distribution():

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from .model import GPT, KVCache
-from .sampling import SamplingSettings, draw, process_logits
+from .sampling import SamplingSettings, draw, draw_top_k, process_logits
 
 
 @dataclass
@@ -93,7 +93,10 @@ class BatchDecoder:
         """Draw one token for every active row and feed it back in."""
         raw = self._logits
         first = self.row_settings[0]
-        if all(s == first for s in self.row_settings):
+        if all(s == first for s in self.row_settings) and first.top_k > 0 and first.temperature > 0 \
+                and self.seen is None and self.counts is None:
+            next_tokens = draw_top_k(raw, first, self.generators)  # (B,)
+        elif all(s == first for s in self.row_settings):
             logits = process_logits(raw, first, self.seen, self.counts)
             next_tokens = draw(logits, first.temperature, self.generators)  # (B,)
         else:  # rows with different settings: the same functions, one row at a time
