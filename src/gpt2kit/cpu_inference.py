@@ -5,8 +5,9 @@ default CPU path for that (MKL's gemv/gemm on small M) reaches only 13 GB/s on t
 these figures come from, against 25-38 GB/s the memory can give. The levers, best first:
 
 - gpt2kit's own AVX2 kernels (kernels/matvec.c via native.py): fp32, fp16 or int8 weights streamed
-  once in their own order, activations in fp32. A 124M token's matrices in 20-23 ms (fp32),
-  11-12 ms (fp16), 7 ms (int8), against 27 ms for PyTorch's default path.
+  once in their own order, activations in fp32. A 124M token's matrices at batch 1 in 20-23 ms
+  (fp32), 9-11 ms (fp16, 27 GB/s), 5-6 ms (int8), against 27 ms for PyTorch's default path; and
+  kernels/decode_step.c runs the rest of the token step too, so no Python runs inside a step.
 - oneDNN's inner product (the kernels PyTorch ships as `mkldnn`), on weights reordered once into
   its own blocked layout: the 154 MB output head at batch 1 in 5.2 ms against 12.1 ms.
 - where neither is there, (in, out) memory order for every matrix (the same (out, in) tensor,
