@@ -96,7 +96,7 @@ class NativeStep:
         self.tensors = [t for t in model.state_dict(keep_vars=True).values()]  # keeps the pointed-to memory alive
 
         def mat(lin: NativeLinear) -> native.MatrixStruct:
-            return native.MatrixStruct(lin.weight.data_ptr(), native._ptr(lin.scales), native._ptr(lin.bias), lin.kind)
+            return native.MatrixStruct(lin.weight.data_ptr(), native.address(lin.scales), native.address(lin.bias), lin.kind)
 
         def ptr(t: torch.Tensor) -> int:
             assert t.dtype == torch.float32 and t.is_contiguous()

@@ -102,14 +102,15 @@ def linear(x: torch.Tensor, weight: torch.Tensor, kind: int, scale: torch.Tensor
     M, K = x.shape
     N = weight.shape[0]
     y = torch.empty(M, N, dtype=torch.float32)
-    rc = lib.gpt2kit_linear(x.data_ptr(), M, K, weight.data_ptr(), N, kind, _ptr(scale), _ptr(bias),
+    rc = lib.gpt2kit_linear(x.data_ptr(), M, K, weight.data_ptr(), N, kind, address(scale), address(bias),
                             0, y.data_ptr(), torch.get_num_threads())
     if rc != 0:
         raise ValueError(f"gpt2kit_linear failed ({rc}): x {tuple(x.shape)}, weight {tuple(weight.shape)} kind {kind}")
     return y
 
 
-def _ptr(t: torch.Tensor | None) -> int | None:
+def address(t: torch.Tensor | None) -> int | None:
+    """A tensor's data pointer for ctypes, NULL for None."""
     return None if t is None else t.data_ptr()
 
 
