@@ -121,3 +121,14 @@ def test_the_cpu_default_is_fp16_weights_close_to_fp32(hf_tiny):
         a, b = default.model(idx), full.model(idx)
     assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 0.99
     assert (a - b).abs().max() < 1e-2 * b.abs().max()
+
+
+def test_a_compiler_that_fails_falls_back_and_says_why(hf_tiny, tmp_path):
+    """No working C compiler: generation still works (PyTorch's kernels) and `info` says why."""
+    from conftest import run_cli
+    env = {"CC": "false", "GPT2KIT_HOME": str(tmp_path / "home")}  # `false`: a compiler that always fails
+    r = run_cli("info", hf_tiny, env=env)
+    assert r.returncode == 0 and "cpu kernels not in use: could not build them with false" in r.stdout
+    r = run_cli("generate", "Hi", "--model", hf_tiny, "--length", "3", "--seed", "1", env=env)
+    assert r.returncode == 0 and r.stdout.strip() and "Traceback" not in r.stderr
+    assert not list((tmp_path / "home" / "kernels").glob("*.so"))

@@ -168,9 +168,10 @@ def cmd_info(args) -> int:
     ck = read_checkpoint(folder, args.checkpoint)
     c = ck.config
     n_params = sum(t.numel() for t in ck.state_dict.values())
+    from . import native
     info = {"path": str(ck.path), "format": ck.format, "checkpoint": ck.checkpoint, "parameters": n_params,
             "n_layer": c.n_layer, "n_embd": c.n_embd, "n_head": c.n_head, "n_ctx": c.n_ctx, "n_vocab": c.n_vocab,
-            "vocabulary": ck.tokenizer.source, "notes": ck.notes}
+            "vocabulary": ck.tokenizer.source, "notes": ck.notes, "cpu_kernels": native.status()}
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -182,6 +183,7 @@ def cmd_info(args) -> int:
     print(f"vocabulary  {c.n_vocab} tokens, from {ck.tokenizer.source}")
     for note in ck.notes:
         print(f"note        {note}")
+    print(f"cpu kernels {info['cpu_kernels']}")
     return 0
 
 

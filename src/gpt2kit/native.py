@@ -59,20 +59,33 @@ def kernels_dir() -> Path:
     return home() / "kernels"
 
 
+_why_not = "not tried yet"  # why library() is None, for `gpt2kit info`
+
+
+def status() -> str:
+    """One line for people: are the kernels in use here, and if not, why."""
+    lib = library()
+    return f"in use ({lib._name})" if lib is not None else f"not in use: {_why_not}"
+
+
+def _unavailable(why: str) -> None:
+    global _why_not
+    _why_not = why
+    log.debug("CPU kernels not in use (%s): PyTorch's kernels do the work", why)
+
+
 @lru_cache(maxsize=None)
 def library() -> ctypes.CDLL | None:
-    """The compiled kernels, or None where they cannot be had here (the reason is logged)."""
+    """The compiled kernels, or None where they cannot be had here (status() says why)."""
     if os.environ.get("GPT2KIT_NATIVE", "1").lower() in ("0", "false", "no"):
-        return None
+        return _unavailable("GPT2KIT_NATIVE=0")
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
-        return None
+        return _unavailable(f"they are for x86-64 Linux, this is {platform.machine()} {platform.system()}")
     if not {"avx2", "fma", "f16c"} <= cpu_flags():
-        log.debug("this CPU lacks AVX2/FMA/F16C: using PyTorch's kernels")
-        return None
+        return _unavailable("this CPU lacks AVX2, FMA or F16C")
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
-        log.debug("no C compiler found: using PyTorch's kernels (install gcc for faster CPU decoding)")
-        return None
+        return _unavailable("no C compiler found; install gcc for faster CPU generation")
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES) + " ".join([compiler, *FLAGS]).encode())
     so = kernels_dir() / f"gpt2kit-{digest.hexdigest()[:16]}.so"
     try:
@@ -81,9 +94,8 @@ def library() -> ctypes.CDLL | None:
             _build(so, compiler)
         lib = ctypes.CDLL(str(so))
     except (OSError, subprocess.SubprocessError) as e:
-        detail = getattr(e, "stderr", b"") or b""
-        log.debug("could not build the CPU kernels (%s %s): using PyTorch's kernels", e, detail.decode(errors="replace")[:200])
-        return None
+        detail = (getattr(e, "stderr", b"") or b"").decode(errors="replace").strip().splitlines()
+        return _unavailable(f"could not build them with {compiler}: {detail[0] if detail else e}")
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.gpt2kit_linear.argtypes = [p, i64, i64, p, i64, ctypes.c_int, p, p, ctypes.c_int, p, ctypes.c_int]
     lib.gpt2kit_linear.restype = ctypes.c_int
