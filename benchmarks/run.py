@@ -256,7 +256,7 @@ GPT2LMHeadModel(GPT2Config()).save_pretrained({str(model)!r})
         results["train_hf"] = run_case("train-hf", model=model)
         results["train_gpt2kit"] = run_case("train-gpt2kit", model=model)
     results["tokenizer"] = run_case("tokenizer")
-    from gpt2kit.lm import BUNDLED_DIR
+    from gpt2kit.paths import BUNDLED_DIR
     if (BUNDLED_DIR / "config.json").is_file():
         results["quality"] = run_case("quality")
     results["meta"] = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": platform.processor() or platform.machine(),

@@ -3,7 +3,7 @@ import json
 import math
 
 import gpt2kit
-from gpt2kit.lm import BUNDLED_DIR
+from gpt2kit.paths import BUNDLED_DIR
 
 from conftest import FIXTURES, run_cli
 

@@ -31,7 +31,6 @@ def env(server, tmp_path, monkeypatch):
          "HF_ENDPOINT": server.url, "GPT2KIT_OFFLINE": "0", "GPT2KIT_RETRY_DELAY": "0.05"}
     for k, v in e.items():
         monkeypatch.setenv(k, v)
-    monkeypatch.setattr(hub, "FIRST_RETRY_DELAY", 0.05)
     return e
 
 

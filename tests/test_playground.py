@@ -3,7 +3,7 @@ import shutil
 
 import pytest
 
-from gpt2kit.lm import BUNDLED_DIR
+from gpt2kit.paths import BUNDLED_DIR
 from test_server import start_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

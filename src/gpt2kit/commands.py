@@ -163,7 +163,7 @@ def cmd_interactive(args) -> int:
 
 def cmd_info(args) -> int:
     from .formats import read_checkpoint
-    from .lm import resolve_model_path
+    from .hub import resolve_model_path
     folder = resolve_model_path(args.model_path if args.model_path else None, offline=args.offline)
     ck = read_checkpoint(folder, args.checkpoint)
     c = ck.config

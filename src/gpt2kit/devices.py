@@ -1,12 +1,13 @@
-"""Which device and dtype to run on; 'auto' decides from what the hardware runs fast."""
-from __future__ import annotations
+"""Which device and dtype to run on; 'auto' decides from what the hardware runs fast.
 
-import platform
-from functools import lru_cache
-from pathlib import Path
+The one home of the PyTorch-level auto rule, for training and for inference off the CPU kernels.
+(On CPUs, inference's `--dtype auto` is decided by measurement in gpt2kit.cpu.policy.)
+"""
+from __future__ import annotations
 
 import torch
 
+from .cpu.features import CpuInfo, detect
 from .errors import UserError
 
 DTYPES = {
@@ -16,20 +17,13 @@ DTYPES = {
 }
 
 
-@lru_cache(maxsize=None)
-def cpu_has_fast_bf16() -> bool:
+def cpu_has_fast_bf16(cpu: CpuInfo | None = None) -> bool:
     """True when the CPU has native bf16 matmuls (AVX512-BF16 or AMX).
 
     Without them PyTorch emulates bf16 and runs dozens of times slower than fp32, so we read the
     CPU's flags rather than assume.
     """
-    if platform.system() != "Linux":
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return (cpu or detect()).native_bf16
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -48,13 +42,19 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+def auto_dtype(device: torch.device, cpu: CpuInfo | None = None) -> torch.dtype:
+    """PyTorch's compute dtype for 'auto': bf16 where the hardware runs it natively, else fp16 on
+    older GPUs, else fp32."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_has_fast_bf16(cpu):
+        return torch.bfloat16
+    return torch.float32
+
+
+def resolve_dtype(dtype: str, device: torch.device, cpu: CpuInfo | None = None) -> torch.dtype:
     if dtype == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        if device.type == "cpu" and cpu_has_fast_bf16():
-            return torch.bfloat16
-        return torch.float32
+        return auto_dtype(device, cpu)
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16, float16 (fp32, bf16, fp16) or int8")
     return DTYPES[dtype]

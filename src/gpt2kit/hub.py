@@ -23,6 +23,8 @@ from pathlib import Path
 
 from .config import canonical_name
 from .errors import UserError
+from .formats import FORMATS_HELP, detect_format
+from .paths import BUNDLED_DIR, home, models_root  # noqa: F401 (home: part of hub's API)
 
 log = logging.getLogger("gpt2kit")
 OPENAI_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"
@@ -35,15 +37,13 @@ HF_REPOS = {"124M": "openai-community/gpt2", "355M": "openai-community/gpt2-medi
 COMPLETE = ".complete"
 RETRIES = 5
 CHUNK = 1 << 20
-FIRST_RETRY_DELAY = float(os.environ.get("GPT2KIT_RETRY_DELAY", "1.0"))  # seconds, doubling each try
 
 
-def home() -> Path:
-    return Path(os.environ.get("GPT2KIT_HOME", Path.home() / ".cache" / "gpt2kit")).expanduser()
+def first_retry_delay() -> float:
+    """Seconds before the first retry, doubling each try (GPT2KIT_RETRY_DELAY, read at call time)."""
+    return float(os.environ.get("GPT2KIT_RETRY_DELAY", "1.0"))
 
 
-def models_root() -> Path:
-    return home() / "models"
 
 
 def is_offline(offline: bool | None) -> bool:
@@ -126,7 +126,7 @@ def fetch(url: str, dest: Path, *, progress: bool = True, retries: int = RETRIES
     if dest.is_file():
         return dest
     part = dest.with_name(dest.name + ".part")
-    delay = FIRST_RETRY_DELAY
+    delay = first_retry_delay()
     for attempt in range(1, retries + 1):
         have = part.stat().st_size if part.is_file() else 0
         req = urllib.request.Request(url, headers={"User-Agent": "gpt2kit", **({"Range": f"bytes={have}-"} if have else {})})
@@ -199,8 +199,6 @@ def _size(path: Path) -> int:
 
 def list_models() -> list[dict]:
     """The bundled model and everything in the cache."""
-    from .formats import detect_format
-    from .lm import BUNDLED_DIR
     rows = []
     if (BUNDLED_DIR / "config.json").is_file():
         rows.append({"name": "bundled (default)", "format": "huggingface", "bytes": _size(BUNDLED_DIR), "path": str(BUNDLED_DIR)})
@@ -219,3 +217,18 @@ def remove_model(name: str) -> int:
     freed = _size(folder)
     shutil.rmtree(folder)
     return freed
+
+
+def resolve_model_path(name: str | Path | None, *, offline: bool | None = None) -> Path:
+    """A model name or path -> the folder to read. None is the small model bundled in the package."""
+    if name is None:
+        if not (BUNDLED_DIR / "config.json").is_file():
+            raise UserError("this installation has no bundled model; pass --model PATH or a published name like 124M")
+        return BUNDLED_DIR
+    path = Path(name).expanduser()
+    if path.exists():
+        return path
+    published = canonical_name(str(name))
+    if published:
+        return ensure_model(published, offline=offline)
+    raise UserError(f"no model folder {str(name)!r}, and it is not a published name (124M, 355M, 774M, 1558M). {FORMATS_HELP}")

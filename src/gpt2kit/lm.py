@@ -12,14 +12,15 @@ from . import native
 from .config import GPTConfig, canonical_name
 from .devices import cpu_has_fast_bf16, resolve_device, resolve_dtype
 from .errors import UserError
-from .formats import FORMATS_HELP, build_model, read_checkpoint
+from .formats import build_model, read_checkpoint
+from .hub import resolve_model_path
+from .paths import BUNDLED_DIR
 from .generation import Piece, Sample, iter_samples, new_seed
 from .model import GPT
 from .sampling import SamplingSettings
 from .tokenizer import Tokenizer
 
 log = logging.getLogger("gpt2kit")
-BUNDLED_DIR = Path(__file__).parent / "assets" / "bundled"
 
 
 @dataclass
@@ -85,22 +86,6 @@ class LM:
         probs = logits.softmax(-1)
         p, i = torch.topk(probs, min(top, probs.numel()))
         return list(zip(i.tolist(), p.tolist()))
-
-
-def resolve_model_path(name: str | Path | None, *, offline: bool | None = None) -> Path:
-    """A model name or path -> the folder to read. None is the small model bundled in the package."""
-    if name is None:
-        if not (BUNDLED_DIR / "config.json").is_file():
-            raise UserError("this installation has no bundled model; pass --model PATH or a published name like 124M")
-        return BUNDLED_DIR
-    path = Path(name).expanduser()
-    if path.exists():
-        return path
-    published = canonical_name(str(name))
-    if published:
-        from . import hub
-        return hub.ensure_model(published, offline=offline)
-    raise UserError(f"no model folder {str(name)!r}, and it is not a published name (124M, 355M, 774M, 1558M). {FORMATS_HELP}")
 
 
 def load(name: str | Path | None = None, *, device: str = "auto", dtype: str = "auto",

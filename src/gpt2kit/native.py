@@ -55,8 +55,8 @@ def _build(so: Path, compiler: str) -> None:
 
 
 def kernels_dir() -> Path:
-    from .hub import home
-    return home() / "kernels"
+    from .paths import kernels_dir as _k
+    return _k()
 
 
 _why_not = "not tried yet"  # why library() is None, for `gpt2kit info`

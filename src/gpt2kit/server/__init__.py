@@ -15,7 +15,8 @@ def serve(model: str | None = None, *, host: str = "127.0.0.1", port: int = 8000
     """Serve until interrupted. The model loads in the background; /health says 503 until it is in."""
     import uvicorn
 
-    from ..lm import load, resolve_model_path
+    from ..hub import resolve_model_path
+    from ..lm import load
     from .api import create_app
     from .engine import Engine
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..devices import cpu_has_fast_bf16, resolve_device
+from ..devices import resolve_device, resolve_dtype
 from ..errors import UserError
 from ..formats import build_model, read_checkpoint
 from ..generation import Sample, iter_samples
@@ -30,11 +30,6 @@ log = logging.getLogger("gpt2kit")
 
 
 def _train_dtype(opts: TrainOptions, device: torch.device) -> torch.dtype:
-    if opts.dtype == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if device.type == "cpu" and cpu_has_fast_bf16() else torch.float32
-    from ..devices import resolve_dtype
     dt = resolve_dtype(opts.dtype, device)
     if dt == torch.float16 and device.type != "cuda":
         raise UserError("float16 mixed precision needs a CUDA GPU; use --dtype bfloat16 or float32 here")
@@ -43,7 +38,7 @@ def _train_dtype(opts: TrainOptions, device: torch.device) -> torch.dtype:
 
 def _starting_point(model_name, run_dir: Path, opts: TrainOptions, is_main: bool):
     """-> (config, state_dict or None, tokenizer, training state or None, where it came from)."""
-    from ..lm import resolve_model_path
+    from ..hub import resolve_model_path
     if opts.restore_from == "latest":
         folder = latest_checkpoint(run_dir)
         if folder is not None:

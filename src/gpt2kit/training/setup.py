@@ -12,15 +12,12 @@ import torch
 
 from ..config import GPTConfig
 from ..errors import UserError
+from ..paths import datasets_dir
 from ..data.tokens import is_token_file, read_tokens
 from ..tokenizer import Tokenizer
 from .options import TrainOptions
 
 log = logging.getLogger("gpt2kit")
-
-
-def cache_home() -> Path:
-    return Path(os.environ.get("GPT2KIT_HOME", Path.home() / ".cache" / "gpt2kit")).expanduser()
 
 
 def prepare_dataset(dataset, opts: TrainOptions, tokenizer: Tokenizer, is_main: bool) -> tuple[np.ndarray, np.ndarray | None]:
@@ -45,7 +42,7 @@ def prepare_dataset(dataset, opts: TrainOptions, tokenizer: Tokenizer, is_main: 
         with open(f, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
-    cached = cache_home() / "datasets" / f"{h.hexdigest()[:20]}.tokens"
+    cached = datasets_dir() / f"{h.hexdigest()[:20]}.tokens"
     if is_main and not cached.is_file():
         log.info("encoding %d file(s) into %s", len(files), cached)
         encode_dataset(files, cached, val_fraction=opts.val_fraction, tokenizer=tokenizer, progress=opts.progress)
