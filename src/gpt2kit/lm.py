@@ -8,14 +8,17 @@ from typing import Iterator
 
 import torch
 
-from . import native
+from . import cpu
 from .config import GPTConfig, canonical_name
-from .devices import cpu_has_fast_bf16, resolve_device, resolve_dtype
+from .cpu.candidates import for_dtype
+from .cpu.runner import CpuGPT
+from .cpu.tuning import PROBE_TOKENS
+from .devices import resolve_device, resolve_dtype
 from .errors import UserError
 from .formats import build_model, read_checkpoint
 from .hub import resolve_model_path
-from .paths import BUNDLED_DIR
-from .generation import Piece, Sample, iter_samples, new_seed
+from .paths import BUNDLED_DIR, HELDOUT_TEXT
+from .generation import Piece, Sample, encode_prompt, iter_samples, new_seed
 from .model import GPT
 from .sampling import SamplingSettings
 from .tokenizer import Tokenizer
@@ -25,7 +28,7 @@ log = logging.getLogger("gpt2kit")
 
 @dataclass
 class LM:
-    model: GPT
+    model: GPT | CpuGPT  # CpuGPT after a CPU load (gpt2kit.cpu), else the plain reference GPT
     tokenizer: Tokenizer
     info: dict = field(default_factory=dict)
 
@@ -80,7 +83,6 @@ class LM:
     @torch.inference_mode()
     def next_token_probs(self, prompt: str | None, top: int = 20) -> list[tuple[int, float]]:
         """The model's top next tokens after `prompt` with their probabilities."""
-        from .generation import encode_prompt
         ids = encode_prompt(self.tokenizer, prompt, self.config.n_ctx)
         logits = self.model(torch.tensor([ids], device=self.device), last_only=True)[0, -1].float()
         probs = logits.softmax(-1)
@@ -90,38 +92,35 @@ class LM:
 
 def load(name: str | Path | None = None, *, device: str = "auto", dtype: str = "auto",
          checkpoint: str | None = None, offline: bool | None = None) -> LM:
-    """Load any GPT-2 people have on disk (or a published name, downloaded on first use)."""
+    """Load any GPT-2 people have on disk (or a published name, downloaded on first use).
+
+    On a CPU, `lm.model` is a `gpt2kit.cpu.CpuGPT`: the reference GPT on the path gpt2kit.cpu chose
+    for this CPU and `dtype` (`lm.info["cpu_path"]` names it). Elsewhere it is the plain `GPT`.
+    """
     dev = resolve_device(device)
-    if dtype == "auto" and dev.type == "cpu" and not cpu_has_fast_bf16() and native.library() is not None:
-        # Decoding reads every weight once per token: fp16 weights halve those bytes (1.4-1.9x the
-        # tokens/s of fp32 here), while the arithmetic stays fp32. Measured against fp32 on held-out
-        # text: 100% top-1 agreement, the same loss to 4 decimals (README, Speed). --dtype float32 opts out.
-        dtype = "float16"
-    int8 = dtype == "int8"
-    if int8 and dev.type != "cpu":
+    if dtype == "int8" and dev.type != "cpu":
         raise UserError("--dtype int8 is weight-only quantization for CPUs; on a GPU use bfloat16 or float16")
-    torch_dtype = torch.float32 if int8 else resolve_dtype(dtype, dev)
+    torch_dtype = torch.float32 if dev.type == "cpu" else resolve_dtype(dtype, dev)
+    if dev.type == "cpu":
+        for_dtype(dtype if dtype != "auto" else "float32", None)  # a bad --dtype fails before the load
     folder = resolve_model_path(name, offline=offline)
     ck = read_checkpoint(folder, checkpoint)
     for note in ck.notes:
         log.info("%s: %s", ck.path, note)
-    model = build_model(ck.config, ck.state_dict, ck.path, share=True)
+    gpt = build_model(ck.config, ck.state_dict, ck.path, share=True)
     ck.state_dict.clear()  # the model owns those tensors now; no second reference keeps old copies alive
-    # On CPUs with gpt2kit's AVX2 kernels, fp16 and int8 are weight formats: the matrices are stored
-    # that way and read by the kernels, while activations, LayerNorm and attention stay fp32.
-    native_weights = dev.type == "cpu" and (int8 or torch_dtype == torch.float16) and native.library() is not None
-    model = model.to(device=dev, dtype=torch.float32 if native_weights else torch_dtype).eval()
-    with torch.no_grad():
-        if native_weights:
-            from .cpu_inference import use_native
-            use_native(model, torch.int8 if int8 else torch.float16)
-        elif int8:
-            from .quantize import quantize_int8
-            quantize_int8(model)
-        elif dev.type == "cpu":
-            from .cpu_inference import speed_up_for_cpu
-            speed_up_for_cpu(model)
+    gpt = gpt.to(device=dev, dtype=torch_dtype).eval()
     info = {"format": ck.format, "path": str(ck.path), "checkpoint": ck.checkpoint, "notes": ck.notes,
-            "bundled": folder == BUNDLED_DIR, "device": str(dev), "dtype": "int8" if int8 else str(torch_dtype).removeprefix("torch."),
-            "name": str(name) if name is not None else "bundled"}
+            "bundled": folder == BUNDLED_DIR, "device": str(dev), "name": str(name) if name is not None else "bundled"}
+    if dev.type != "cpu":
+        return LM(gpt, ck.tokenizer, {**info, "dtype": str(torch_dtype).removeprefix("torch.")})
+    model = cpu.prepare(gpt, dtype, probe=_probe(ck.tokenizer))
+    info.update(dtype=model.path.split("/")[0], cpu_path=model.path)
+    if model.decision is not None:
+        info["cpu_auto"] = model.decision.summary()
     return LM(model, ck.tokenizer, info)
+
+
+def _probe(tokenizer: Tokenizer) -> list[int]:
+    """Held-out token ids `--dtype auto` checks reduced precisions on."""
+    return tokenizer.encode(HELDOUT_TEXT.read_text())[:PROBE_TOKENS]

@@ -105,9 +105,6 @@ class GPT(nn.Module):
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.gradient_checkpointing = False
-        self.head: nn.Module | None = None  # a replacement output head (int8); None = tied to wte
-        # A replacement for whole one-token decoding steps (cpu_inference.NativeStep); None = PyTorch.
-        self.step_kernel = None
 
     def init_weights(self, generator: torch.Generator | None = None) -> None:
         """GPT-2's initialisation: N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layer)."""
@@ -122,7 +119,7 @@ class GPT(nn.Module):
                     p.normal_(0.0, std, generator=generator)
 
     def num_params(self) -> int:
-        """GPT-2's parameter count (wte counted once), also after inference swaps Linears for int8/oneDNN."""
+        """GPT-2's parameter count (wte counted once), from the config: also right after gpt2kit.cpu swaps the matrices."""
         C, L = self.config.n_embd, self.config.n_layer
         # Per block: ln_1 2C, c_attn 3C^2+3C, c_proj C^2+C, ln_2 2C, c_fc 4C^2+4C, mlp.c_proj 4C^2+C.
         return (self.config.n_vocab + self.config.n_ctx) * C + L * (12 * C * C + 13 * C) + 2 * C
@@ -139,8 +136,6 @@ class GPT(nn.Module):
         start = cache.length if cache is not None else 0
         if positions is None:
             positions = torch.arange(start, start + T, device=idx.device).unsqueeze(0)  # (1, T)
-        if self.step_kernel is not None and cache is not None and T == 1 and not hidden_only and not self.training:
-            return self.step_kernel(idx, positions, cache)  # (B, 1, n_vocab)
         x = self.wte(idx) + self.wpe(positions)  # (B, T, C)
         x = F.dropout(x, self.config.dropout, self.training)
         mask = None
@@ -165,21 +160,6 @@ class GPT(nn.Module):
         x = self.ln_f(x)
         if hidden_only:
             return x
-        if self.head is not None:
-            return self.head(x)
         return F.linear(x, self.wte.weight)  # the output head is tied to wte, as in GPT-2
 
 
-
-def swap_matrices(model: GPT, make) -> GPT:
-    """Replace every Linear, and the tied output head, by make(weight (out, in), bias or None) (in place).
-
-    For inference-only kernels (int8, oneDNN): the embedding lookup keeps reading wte as it is.
-    """
-    for block in model.h:
-        for parent, name in ((block.attn, "c_attn"), (block.attn, "c_proj"), (block.mlp, "c_fc"), (block.mlp, "c_proj")):
-            lin = getattr(parent, name)
-            setattr(parent, name, make(lin.weight, lin.bias))
-    # The head reads all of wte (a third of 124M's bytes) each token; the embedding lookup reads one row.
-    model.head = make(model.wte.weight, None)
-    return model.eval()

@@ -1,13 +1,14 @@
-/* Decoding's matrix products on x86 CPUs with AVX2: y (M, N) = x (M, K) W^T (N, K) + b, for small M.
+/* Decoding's matrix products on x86 CPUs: y (M, N) = x (M, K) W^T (N, K) + b, for small M.
 
    Generating a token multiplies one row of activations (M = 1, or the batch) by every weight
    matrix, so the time is reading W: bytes, not FLOPs. These loops stream W once, in its own
-   (out, in) order, for all M rows of x, in fp32, fp16 (8 halves widened with F16C) or int8 with one
-   fp32 scale per output row. Rows of W are split between threads with OpenMP; the library links
-   the same libgomp as PyTorch, so both share one thread pool.
+   (out, in) order, for all M rows of x, in fp32, fp16 (widened with F16C), bf16 (widened by a
+   16-bit shift, exact) or int8 with one fp32 scale per output row. Rows of W are split between
+   threads with OpenMP; the library links the same libgomp as PyTorch, so both share one thread pool.
 
-   Built on first use by gpt2kit/native.py (gcc -O3 -mavx2 -mfma -mf16c -fopenmp) and called
-   through ctypes; src/gpt2kit/cpu_inference.py falls back to oneDNN where this cannot be built. */
+   One source, two instruction sets: gpt2kit/cpu/kernels.py compiles it with -mavx2 -mfma -mf16c,
+   and where the CPU has AVX-512 (F, BW, VL, DQ) also with -mavx512*, which turns on the 16-lane
+   vectors below (__AVX512F__). The arithmetic is the same: fp32 FMAs on widened weights. */
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
@@ -20,25 +21,55 @@
    all measure within noise of each other, 1 KB a little ahead). */
 #define PF 1024
 
-typedef enum { W_F32 = 0, W_F16 = 1, W_I8 = 2 } wkind;
+typedef enum { W_F32 = 0, W_F16 = 1, W_I8 = 2, W_BF16 = 3 } wkind;
 
-static inline __m256 load8(const void *w, int64_t i, wkind kind) {
-    if (kind == W_F32) return _mm256_loadu_ps((const float *)w + i);
-    if (kind == W_F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + i)));
-    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)((const int8_t *)w + i))));
+#if defined(__AVX512F__)
+#define VL 16  /* fp32 lanes of a vector */
+typedef __m512 vec;
+static inline vec vzero(void) { return _mm512_setzero_ps(); }
+static inline vec vloadx(const float *p) { return _mm512_loadu_ps(p); }
+static inline vec vfma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
+static inline vec vadd(vec a, vec b) { return _mm512_add_ps(a, b); }
+static inline float hsum(vec v) { return _mm512_reduce_add_ps(v); }
+static inline vec loadw(const void *w, int64_t i, wkind kind) {
+    if (kind == W_F32) return _mm512_loadu_ps((const float *)w + i);
+    if (kind == W_F16) return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)w + i)));
+    if (kind == W_BF16)
+        return _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)w + i))), 16));
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((const int8_t *)w + i))));
 }
-
-static inline float load1(const void *w, int64_t i, wkind kind) {
-    if (kind == W_F32) return ((const float *)w)[i];
-    if (kind == W_F16) return _cvtsh_ss(((const uint16_t *)w)[i]);
-    return (float)((const int8_t *)w)[i];
-}
-
-static inline float hsum(__m256 v) {
+#else
+#define VL 8
+typedef __m256 vec;
+static inline vec vzero(void) { return _mm256_setzero_ps(); }
+static inline vec vloadx(const float *p) { return _mm256_loadu_ps(p); }
+static inline vec vfma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
+static inline vec vadd(vec a, vec b) { return _mm256_add_ps(a, b); }
+static inline float hsum(vec v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
+}
+static inline vec loadw(const void *w, int64_t i, wkind kind) {
+    if (kind == W_F32) return _mm256_loadu_ps((const float *)w + i);
+    if (kind == W_F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + i)));
+    if (kind == W_BF16)
+        return _mm256_castsi256_ps(_mm256_slli_epi32(
+            _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + i))), 16));
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)((const int8_t *)w + i))));
+}
+#endif
+
+static inline float load1(const void *w, int64_t i, wkind kind) {
+    if (kind == W_F32) return ((const float *)w)[i];
+    if (kind == W_F16) return _cvtsh_ss(((const uint16_t *)w)[i]);
+    if (kind == W_BF16) {
+        union { uint32_t u; float f; } b = { .u = (uint32_t)((const uint16_t *)w)[i] << 16 };
+        return b.f;
+    }
+    return (float)((const int8_t *)w)[i];
 }
 
 /* GPT-2's GELU, the tanh approximation (PyTorch's approximate="tanh"). */
@@ -46,40 +77,40 @@ static inline float gelu_tanh(float x) {
     return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
 }
 
-static inline size_t elem_size(wkind kind) { return kind == W_F32 ? 4 : kind == W_F16 ? 2 : 1; }
+static inline size_t elem_size(wkind kind) { return kind == W_F32 ? 4 : kind == W_I8 ? 1 : 2; }
 
 /* y[m, n0:n0+R] for m in [m0, m0+mt): R rows of W (R <= ROWS) against mt <= MTILE rows of x. */
 static inline __attribute__((always_inline)) void block(const float *x, int64_t m0, int mt, int64_t K, const void *W, int64_t n0, int R,
                          wkind kind, const float *scale, const float *bias, int gelu, float *y, int64_t N) {
-    __m256 acc[ROWS][MTILE];
+    vec acc[ROWS][MTILE];
     for (int r = 0; r < ROWS; r++)
-        for (int j = 0; j < MTILE; j++) acc[r][j] = _mm256_setzero_ps();
+        for (int j = 0; j < MTILE; j++) acc[r][j] = vzero();
     const char *wbase = (const char *)W + (size_t)n0 * K * elem_size(kind);
     int64_t k = 0;
     if (mt == 1) {
         /* One row of x: the second accumulator of each row takes the odd 8-wide steps, so two
            chains of FMAs per row hide the FMA latency. */
-        for (; k + 16 <= K; k += 16) {
-            __m256 x0 = _mm256_loadu_ps(x + m0 * K + k), x1 = _mm256_loadu_ps(x + m0 * K + k + 8);
+        for (; k + 2 * VL <= K; k += 2 * VL) {
+            vec x0 = vloadx(x + m0 * K + k), x1 = vloadx(x + m0 * K + k + VL);
             for (int r = 0; r < ROWS; r++) {
                 if (r >= R) break;
                 const char *wr = wbase + (size_t)r * K * elem_size(kind);
                 _mm_prefetch(wr + k * elem_size(kind) + PF, _MM_HINT_T0);
-                acc[r][0] = _mm256_fmadd_ps(load8(wr, k, kind), x0, acc[r][0]);
-                acc[r][1] = _mm256_fmadd_ps(load8(wr, k + 8, kind), x1, acc[r][1]);
+                acc[r][0] = vfma(loadw(wr, k, kind), x0, acc[r][0]);
+                acc[r][1] = vfma(loadw(wr, k + VL, kind), x1, acc[r][1]);
             }
         }
-        for (int r = 0; r < ROWS; r++) acc[r][0] = _mm256_add_ps(acc[r][0], acc[r][1]);
+        for (int r = 0; r < ROWS; r++) acc[r][0] = vadd(acc[r][0], acc[r][1]);
     }
-    for (; k + 8 <= K; k += 8) {
-        __m256 xv[MTILE];
-        for (int j = 0; j < MTILE; j++) xv[j] = j < mt ? _mm256_loadu_ps(x + (m0 + j) * K + k) : _mm256_setzero_ps();
+    for (; k + VL <= K; k += VL) {
+        vec xv[MTILE];
+        for (int j = 0; j < MTILE; j++) xv[j] = j < mt ? vloadx(x + (m0 + j) * K + k) : vzero();
         for (int r = 0; r < ROWS; r++) {
             if (r >= R) break;
             const char *wr = wbase + (size_t)r * K * elem_size(kind);
             _mm_prefetch(wr + k * elem_size(kind) + PF, _MM_HINT_T0);
-            __m256 wv = load8(wr, k, kind);
-            for (int j = 0; j < mt; j++) acc[r][j] = _mm256_fmadd_ps(wv, xv[j], acc[r][j]);
+            vec wv = loadw(wr, k, kind);
+            for (int j = 0; j < mt; j++) acc[r][j] = vfma(wv, xv[j], acc[r][j]);
         }
     }
     for (int r = 0; r < R; r++) {
@@ -100,18 +131,18 @@ static inline __attribute__((always_inline)) void block(const float *x, int64_t 
 static inline __attribute__((always_inline)) void row1(const float *x, int64_t K, const void *W, int64_t n,
         wkind kind, const float *scale, const float *bias, int gelu, float *y) {
     const char *wr = (const char *)W + (size_t)n * K * elem_size(kind);
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    vec a0 = vzero(), a1 = a0, a2 = a0, a3 = a0;
     int64_t k = 0;
-    for (; k + 32 <= K; k += 32) {
+    for (; k + 4 * VL <= K; k += 4 * VL) {
         _mm_prefetch(wr + k * elem_size(kind) + PF, _MM_HINT_T0);
         if (kind == W_F32) _mm_prefetch(wr + k * elem_size(kind) + PF + 64, _MM_HINT_T0);
-        a0 = _mm256_fmadd_ps(load8(wr, k, kind), _mm256_loadu_ps(x + k), a0);
-        a1 = _mm256_fmadd_ps(load8(wr, k + 8, kind), _mm256_loadu_ps(x + k + 8), a1);
-        a2 = _mm256_fmadd_ps(load8(wr, k + 16, kind), _mm256_loadu_ps(x + k + 16), a2);
-        a3 = _mm256_fmadd_ps(load8(wr, k + 24, kind), _mm256_loadu_ps(x + k + 24), a3);
+        a0 = vfma(loadw(wr, k, kind), vloadx(x + k), a0);
+        a1 = vfma(loadw(wr, k + VL, kind), vloadx(x + k + VL), a1);
+        a2 = vfma(loadw(wr, k + 2 * VL, kind), vloadx(x + k + 2 * VL), a2);
+        a3 = vfma(loadw(wr, k + 3 * VL, kind), vloadx(x + k + 3 * VL), a3);
     }
-    for (; k + 8 <= K; k += 8) a0 = _mm256_fmadd_ps(load8(wr, k, kind), _mm256_loadu_ps(x + k), a0);
-    float s = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; k + VL <= K; k += VL) a0 = vfma(loadw(wr, k, kind), vloadx(x + k), a0);
+    float s = hsum(vadd(vadd(a0, a1), vadd(a2, a3)));
     for (; k < K; k++) s += load1(wr, k, kind) * x[k];
     if (scale) s *= scale[n];
     if (bias) s += bias[n];
@@ -152,8 +183,9 @@ static inline __attribute__((always_inline)) void row1(const float *x, int64_t K
 BLOCK_FOR(W_F32)
 BLOCK_FOR(W_F16)
 BLOCK_FOR(W_I8)
+BLOCK_FOR(W_BF16)
 
-/* kind: 0 fp32, 1 fp16, 2 int8 (scale required). x, W, y contiguous; scale and bias may be NULL.
+/* kind: 0 fp32, 1 fp16, 2 int8 (scale required), 3 bf16. x, W, y contiguous; scale and bias may be NULL.
    gelu: 1 applies GPT-2's GELU to every output (the MLP's first matrix). Returns 0, or 1 on bad arguments. */
 int gpt2kit_linear(const float *x, int64_t M, int64_t K, const void *W, int64_t N, int kind,
                    const float *scale, const float *bias, int gelu, float *y, int threads) {
@@ -161,6 +193,7 @@ int gpt2kit_linear(const float *x, int64_t M, int64_t K, const void *W, int64_t 
     switch (kind) {
     case W_F32: run_W_F32(x, M, K, W, N, NULL, bias, gelu, y, threads); return 0;
     case W_F16: run_W_F16(x, M, K, W, N, NULL, bias, gelu, y, threads); return 0;
+    case W_BF16: run_W_BF16(x, M, K, W, N, NULL, bias, gelu, y, threads); return 0;
     case W_I8: if (!scale) return 1; run_W_I8(x, M, K, W, N, scale, bias, gelu, y, threads); return 0;
     }
     return 1;

@@ -1,0 +1,87 @@
+"""The ways this CPU can run a model's matrices, and building a model on one of them.
+
+A candidate is a weight format (float32, float16, bfloat16, int8) on an engine: gpt2kit's C kernels
+where they build here, else PyTorch's own kernels. `--dtype X` picks X's candidate; `--dtype auto`
+picks among `candidates()` by measurement (tuning.py, policy.py).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from ..errors import UserError
+from ..model import GPT
+from .features import CpuInfo
+from .kernels import Kernels
+from .runner import CpuGPT, MakeLinear, swap_matrices
+from .step import KernelStep
+from .weights import BF16Linear, InputMajorLinear, KernelLinear, OneDNNLinear, TorchInt8Linear, has_onednn
+
+DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
+               "bfloat16": "bfloat16", "bf16": "bfloat16", "int8": "int8"}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    dtype: str  # the weight format: float32, float16, bfloat16, int8
+    engine: str  # "kernels" (gpt2kit's C) or "torch" (PyTorch's own)
+
+    @property
+    def name(self) -> str:
+        return f"{self.dtype}/{self.engine}"
+
+
+def candidates(cpu: CpuInfo, kernels: Kernels | None) -> list[Candidate]:
+    """What `--dtype auto` chooses among on `cpu`."""
+    if kernels is not None:
+        found = [Candidate(d, "kernels") for d in ("float32", "float16", "bfloat16", "int8")]
+    else:
+        found = [Candidate("float32", "torch"), Candidate("int8", "torch")]
+    if cpu.native_bf16:  # bf16 arithmetic through oneDNN: only fast where the CPU has it
+        found.append(Candidate("bfloat16", "torch"))
+    return found
+
+
+def for_dtype(dtype: str, kernels: Kernels | None) -> Candidate:
+    """The candidate an explicit `--dtype` names: the kernels' where they are here."""
+    if dtype not in DTYPE_NAMES:
+        raise UserError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16, float16 (fp32, bf16, fp16) or int8")
+    return Candidate(DTYPE_NAMES[dtype], "kernels" if kernels is not None else "torch")
+
+
+def linear_maker(c: Candidate, kernels: Kernels | None) -> MakeLinear:
+    """make(weight (out, in), bias) -> the module that multiplies by it on candidate `c`."""
+    if c.engine == "kernels":
+        if kernels is None:
+            raise ValueError("the kernels' candidate needs the kernels")
+        return lambda w, b: KernelLinear(kernels, w, b, c.dtype)
+    if c.dtype == "int8":
+        return TorchInt8Linear
+    if c.dtype in ("bfloat16", "float16"):
+        dt = torch.bfloat16 if c.dtype == "bfloat16" else torch.float16
+        return lambda w, b: BF16Linear(w, b, dt)
+    return OneDNNLinear if has_onednn() else InputMajorLinear
+
+
+def build(gpt: GPT, c: Candidate, kernels: Kernels | None) -> CpuGPT:
+    """`gpt` (fp32, on the CPU) on candidate `c`; its matrices are replaced in place."""
+    head = swap_matrices(gpt, linear_maker(c, kernels))
+    step = KernelStep(kernels, gpt, head) if c.engine == "kernels" else None
+    return CpuGPT(gpt, head, step, c.name)
+
+
+@contextlib.contextmanager
+def trial(gpt: GPT, c: Candidate, kernels: Kernels | None) -> Iterator[CpuGPT]:
+    """`gpt` on candidate `c` for the duration of the block, then back as it was (for measuring)."""
+    saved = [(parent, name, getattr(parent, name)) for block in gpt.h
+             for parent, name in ((block.attn, "c_attn"), (block.attn, "c_proj"), (block.mlp, "c_fc"), (block.mlp, "c_proj"))]
+    try:
+        head = swap_matrices(gpt, linear_maker(c, kernels))
+        yield CpuGPT(gpt, head, None, c.name)
+    finally:
+        for parent, name, module in saved:
+            setattr(parent, name, module)
+

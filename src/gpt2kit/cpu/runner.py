@@ -1,0 +1,63 @@
+"""CpuGPT: what `gpt2kit.load` returns as `lm.model` on a CPU.
+
+The reference GPT (gpt2kit/model.py) with its four matrices per block replaced by the chosen
+path's modules (weights.py), an output head of the same kind, and, on the kernels' path, whole
+one-token steps in C (step.py). It takes and returns what GPT does, so decoding, the server and
+the tests call it the same way; `reference` is the GPT inside, `path` says which path it is.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import GPTConfig
+from ..model import GPT, KVCache
+from .step import KernelStep
+
+MakeLinear = Callable[[torch.Tensor, torch.Tensor | None], nn.Module]
+
+
+def swap_matrices(gpt: GPT, make: MakeLinear) -> nn.Module:
+    """Replace every block's Linear by make(weight (out, in), bias or None), in place; returns the
+    output head made the same way from wte (tied, as in GPT-2). The embedding lookup keeps wte as it is."""
+    for block in gpt.h:
+        for parent, name in ((block.attn, "c_attn"), (block.attn, "c_proj"), (block.mlp, "c_fc"), (block.mlp, "c_proj")):
+            lin = getattr(parent, name)
+            setattr(parent, name, make(lin.weight, lin.bias))
+    # The head reads all of wte (a third of 124M's bytes) each token; the embedding lookup reads one row.
+    return make(gpt.wte.weight, None)
+
+
+class CpuGPT(nn.Module):
+    def __init__(self, reference: GPT, head: nn.Module | None, step: KernelStep | None, path: str):
+        super().__init__()
+        self.reference, self.head, self.step, self.path = reference.eval(), head, step, path
+
+    @property
+    def config(self) -> GPTConfig:
+        return self.reference.config
+
+    @property
+    def wte(self) -> nn.Embedding:
+        return self.reference.wte
+
+    def num_params(self) -> int:
+        return self.reference.num_params()
+
+    @torch.no_grad()
+    def forward(self, idx: torch.Tensor, *, cache: KVCache | None = None, positions: torch.Tensor | None = None,
+                hidden_only: bool = False, last_only: bool = False) -> torch.Tensor:
+        """idx (B, T) -> logits (B, T, n_vocab) (or (B, 1, ...) with last_only), as GPT.forward."""
+        if self.step is not None and cache is not None and idx.shape[1] == 1 and not hidden_only:
+            if positions is None:
+                positions = torch.full((1, 1), cache.length, dtype=torch.long)
+            return self.step(idx, positions, cache)  # (B, 1, n_vocab)
+        x = self.reference(idx, cache=cache, positions=positions, hidden_only=True, last_only=last_only)  # (B, T, C)
+        if hidden_only:
+            return x
+        if self.head is None:
+            return F.linear(x, self.reference.wte.weight)
+        return self.head(x)

@@ -1,0 +1,169 @@
+"""Measuring, once per machine and model, which candidate `--dtype auto` takes on a CPU.
+
+- Speed, per machine (CPU model, cores, flags, gpt2kit version, kernels' instruction set) and model
+  shape: one block's four matrices of the model's shape, random weights, timed on each candidate for
+  1 and 8 rows (decoding) and 128 rows (a prompt's prefill). Well under a second for 124M's shape.
+- Fidelity, per model (a fingerprint of its weights): the candidates faster than fp32, fastest first,
+  run on held-out text (assets/heldout.txt) until one meets policy's bar against fp32's logits.
+
+Both are kept in GPT2KIT_HOME/tuning/<machine>.json (written atomically), so later loads decide at once.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from importlib import metadata
+
+import torch
+import torch.nn.functional as F
+
+from ..model import GPT
+from ..paths import tuning_dir
+from .candidates import Candidate, candidates, linear_maker, trial
+from .features import CpuInfo
+from .kernels import Kernels
+from .policy import TIMED_ROWS, Fidelity, by_speed, choose
+
+log = logging.getLogger("gpt2kit")
+FORMAT_VERSION = 1  # of the tuning file
+PROBE_TOKENS = 512  # held-out tokens the fidelity runs on: 1 disagreement in 512 is 99.8%
+
+
+@dataclass
+class Decision:
+    chosen: str  # a Candidate.name
+    timings: dict[str, dict[str, float]]  # name -> {batch1, batch8, prefill: seconds}
+    fidelity: dict[str, Fidelity]  # name -> its fidelity, for those measured
+
+    def summary(self) -> str:
+        base = next(n for n in self.timings if n.startswith("float32/"))
+        parts = []
+        for name in by_speed(self.timings, base):
+            t, b = self.timings[name], self.timings[base]
+            speed = " ".join(f"{k} {b[k] / t[k]:.2f}x" for k in TIMED_ROWS)
+            f = self.fidelity.get(name)
+            fid = "" if f is None else f", top-1 {f.top1:.1%}, loss {f.loss:.4f} vs {f.reference_loss:.4f}"
+            parts.append(f"{name}{' (chosen)' if name == self.chosen else ''}: {speed} fp32's speed{fid}")
+        return "; ".join(parts)
+
+
+def machine_key(cpu: CpuInfo, kernels: Kernels | None) -> str:
+    try:
+        version = metadata.version("gpt2kit")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    raw = json.dumps([cpu.model, cpu.cores, sorted(cpu.flags), version, kernels.isa if kernels else None,
+                      torch.__version__, torch.get_num_threads()])
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def _read(path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+        if data.get("version") == FORMAT_VERSION:
+            return data
+    except (OSError, ValueError):
+        pass  # missing or damaged: measure again
+    return {"version": FORMAT_VERSION, "timings": {}, "fidelity": {}}
+
+
+def _write(path, data: dict) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+        os.replace(tmp, path)
+    except OSError as e:  # a read-only home only costs measuring again next time
+        log.debug("could not keep the CPU tuning in %s: %s", path, e)
+
+
+def _time(fn, min_seconds: float = 0.02) -> float:
+    """Seconds per call: the best of 3 rounds, each repeating `fn` for at least `min_seconds`."""
+    fn()  # warm up (first-touch pages, thread pool)
+    best = float("inf")
+    for _ in range(3):
+        n, start = 0, time.perf_counter()
+        while True:
+            fn()
+            n += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_seconds:
+                break
+        best = min(best, elapsed / n)
+    return best
+
+
+@torch.inference_mode()
+def time_candidate(c: Candidate, kernels: Kernels | None, n_embd: int) -> dict[str, float]:
+    """Seconds for one block's four matrices (of width n_embd) on candidate `c`, per timed shape."""
+    C, g = n_embd, torch.Generator().manual_seed(0)
+    make = linear_maker(c, kernels)
+    mats = [make(torch.randn(n, k, generator=g) * 0.02, torch.zeros(n)) for n, k in ((3 * C, C), (C, C), (4 * C, C), (C, 4 * C))]
+    out = {}
+    for shape, rows in TIMED_ROWS.items():
+        x, x4 = torch.randn(rows, C, generator=g), torch.randn(rows, 4 * C, generator=g)
+        out[shape] = _time(lambda: [m(x4 if m is mats[3] else x) for m in mats])
+    return out
+
+
+def fingerprint(gpt: GPT, probe: list[int]) -> str:
+    """Which model this is, by a sample of its weights (a fine-tuned copy differs) and the probe."""
+    h = hashlib.sha256(json.dumps([asdict(gpt.config), probe]).encode())
+    for t in (gpt.wte.weight, gpt.h[0].attn.c_attn.weight, gpt.h[-1].mlp.c_proj.weight, gpt.ln_f.weight):
+        h.update(t.detach().float().flatten()[::997].contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _windows(probe: list[int], n_ctx: int) -> list[torch.Tensor]:
+    n = min(n_ctx, len(probe))
+    return [torch.tensor(probe[i:i + n]).unsqueeze(0) for i in range(0, len(probe) - 1, n) if len(probe[i:i + n]) > 1]
+
+
+@torch.inference_mode()
+def _logits(model, windows: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [model(w)[0].float() for w in windows]  # each (T, V)
+
+
+def _fidelity(got: list[torch.Tensor], ref: list[torch.Tensor], windows: list[torch.Tensor]) -> Fidelity:
+    agree = torch.cat([(a.argmax(-1) == b.argmax(-1)) for a, b in zip(got, ref)]).float().mean().item()
+
+    def loss(logits):
+        return torch.cat([F.cross_entropy(l[:-1], w[0, 1:], reduction="none") for l, w in zip(logits, windows)]).mean().item()
+    return Fidelity(agree, loss(got), loss(ref))
+
+
+def decide(gpt: GPT, cpu: CpuInfo, kernels: Kernels | None, probe: list[int]) -> Decision:
+    """Time the candidates (once per machine and shape), then check the faster ones' fidelity on
+    `probe` (once per model) until one meets the bar. `gpt` is fp32, unmodified, and comes back so."""
+    path = tuning_dir() / f"{machine_key(cpu, kernels)}.json"
+    data = _read(path)
+    found = {c.name: c for c in candidates(cpu, kernels)}
+    baseline = next(n for n in found if n.startswith("float32/"))
+    shape = str(gpt.config.n_embd)
+    if set(data["timings"].get(shape, {})) != set(found):
+        log.info("timing this CPU's paths for --dtype auto (once per machine and model width)")
+        data["timings"][shape] = {name: time_candidate(c, kernels, gpt.config.n_embd) for name, c in found.items()}
+        _write(path, data)
+    timings = data["timings"][shape]
+    key = fingerprint(gpt, probe)
+    fid = {n: Fidelity(**f) for n, f in data["fidelity"].get(key, {}).items()}
+    windows, reference = _windows(probe, gpt.config.n_ctx), None
+    for name in by_speed(timings, baseline):
+        if name == baseline or (name in fid and fid[name].meets_bar):
+            break
+        if name not in fid and windows:
+            log.info("checking %s against fp32 on held-out text (once per model)", name)
+            reference = reference if reference is not None else _logits(gpt, windows)
+            with trial(gpt, found[name], kernels) as model:
+                fid[name] = _fidelity(_logits(model, windows), reference, windows)
+            data["fidelity"].setdefault(key, {})[name] = asdict(fid[name])
+            _write(path, data)
+            if fid[name].meets_bar:
+                break
+    return Decision(choose(timings, fid, baseline), timings, fid)

@@ -1,0 +1,152 @@
+"""The matrices of a CPU model: the weight formats the C kernels read, and PyTorch's own fast paths.
+
+Decoding multiplies a few rows of activations by every weight matrix, once per token, so it is
+bound by reading the weights: their bytes decide the speed. The formats (kernels/matvec.c's `kind`):
+
+- float32: 4 bytes a weight, exactly the model.
+- float16 / bfloat16: 2 bytes, widened to fp32 in registers (F16C / a 16-bit shift); arithmetic fp32.
+- int8: 1 byte, one fp32 scale per output row (symmetric, round to nearest); arithmetic fp32.
+
+Where the kernels cannot be built, PyTorch does the work: oneDNN's inner product on a pre-reordered
+fp32 copy (the 154 MB output head at batch 1 in 5.2 ms against 12.1 ms for PyTorch's default), or
+PyTorch's int8-weight kernel (`torch._weight_int8pack_mm`, the one gpt-fast uses on CPU).
+
+Inference only: the modules hold no trainable parameters.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .kernels import Kernels
+
+# kernels/matvec.c's weight kinds
+KINDS = {"float32": 0, "float16": 1, "int8": 2, "bfloat16": 3}
+STORAGE = {"float32": torch.float32, "float16": torch.float16, "int8": torch.int8, "bfloat16": torch.bfloat16}
+# Above this many rows (a long prompt's prefill) a blocked GEMM beats streaming the weights per row group.
+KERNEL_MAX_ROWS = 32
+
+
+def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, in) float -> (out, in) int8 and (out,) scales with w ~= q * scales[:, None]."""
+    w = w.detach().float()
+    scales = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+    q = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8)
+    return q, scales
+
+
+def stored(weight: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """weight (out, in) in format `fmt`: (stored tensor, per-row scales or None)."""
+    if fmt == "int8":
+        q, scales = quantize_weight(weight)
+        return q.contiguous(), scales.float().contiguous()
+    return weight.detach().to(STORAGE[fmt]).contiguous(), None  # fp32 in, fp32 out: the same tensor
+
+
+def dense(weight: torch.Tensor, scales: torch.Tensor | None) -> torch.Tensor:
+    """A stored weight back as fp32 (N, K): exactly the values the kernels multiply by."""
+    w = weight.float()
+    return w * scales[:, None] if scales is not None else w
+
+
+class KernelLinear(nn.Module):
+    """y = x W^T + b through kernels/matvec.c, W stored in one of KINDS' formats."""
+
+    def __init__(self, kernels: Kernels, weight: torch.Tensor, bias: torch.Tensor | None, fmt: str):
+        super().__init__()
+        self.kernels, self.fmt, self.kind = kernels, fmt, KINDS[fmt]
+        w, scales = stored(weight, fmt)
+        self.register_buffer("weight", w)
+        self.register_buffer("scales", scales)
+        self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
+
+    def dense_weight(self) -> torch.Tensor:
+        return dense(self.weight, self.scales)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1]).float().contiguous()  # (M, K)
+        if x2.shape[0] <= KERNEL_MAX_ROWS:
+            y = kernel_linear(self.kernels, x2, self.weight, self.kind, self.scales, self.bias)
+        else:
+            y = F.linear(x2, self.dense_weight(), self.bias)
+        return y.view(*shape[:-1], -1)
+
+
+def kernel_linear(kernels: Kernels, x: torch.Tensor, weight: torch.Tensor, kind: int, scales: torch.Tensor | None,
+                  bias: torch.Tensor | None) -> torch.Tensor:
+    """x (M, K) fp32 @ weight (N, K)^T + bias (N,) -> (M, N) fp32, all contiguous on the CPU."""
+    M, K = x.shape
+    N = weight.shape[0]
+    if weight.shape[1] != K or not (x.is_contiguous() and weight.is_contiguous()) or x.dtype != torch.float32:
+        raise ValueError(f"kernel_linear: x {tuple(x.shape)} {x.dtype} against weight {tuple(weight.shape)}")
+    y = torch.empty(M, N, dtype=torch.float32)
+    rc = kernels.lib.gpt2kit_linear(x.data_ptr(), M, K, weight.data_ptr(), N, kind,
+                                    None if scales is None else scales.data_ptr(),
+                                    None if bias is None else bias.data_ptr(), 0, y.data_ptr(), torch.get_num_threads())
+    if rc != 0:
+        raise ValueError(f"gpt2kit_linear failed ({rc}): x {tuple(x.shape)}, weight {tuple(weight.shape)} kind {kind}")
+    return y
+
+
+class TorchInt8Linear(nn.Module):
+    """int8 weights through PyTorch's own int8-weight kernel, fed bf16 activations (its fast x86 path)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        q, scales = quantize_weight(weight)
+        self.register_buffer("weight", q)
+        self.register_buffer("scales", scales.to(torch.bfloat16))
+        self.register_buffer("bias", None if bias is None else bias.detach().float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        y = torch._weight_int8pack_mm(x.reshape(-1, shape[-1]).to(torch.bfloat16), self.weight, self.scales)
+        y = y.to(x.dtype).reshape(*shape[:-1], -1)
+        return y + self.bias if self.bias is not None else y
+
+
+class OneDNNLinear(nn.Module):
+    """y = x W^T + b with W (out, in) kept in oneDNN's blocked layout; x and y are ordinary tensors."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        weight = weight.detach().float().contiguous()
+        # A copy in oneDNN's blocked layout, chosen for one row at a time (decoding's shape).
+        self.register_buffer("weight", torch.ops.mkldnn._reorder_linear_weight(weight, 1))
+        self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.weight, self.bias, "none", [], "")
+
+
+def has_onednn() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise") \
+        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+
+
+class InputMajorLinear(nn.Module):
+    """y = x W^T + b with W (out, in) stored in (in, out) memory order: MKL reads that 1.6x faster at
+    batch 1 than the default order. The last resort, where neither the kernels nor oneDNN are there."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.register_buffer("weight", weight.detach().float().t().contiguous().t())
+        self.register_buffer("bias", None if bias is None else bias.detach().float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class BF16Linear(nn.Module):
+    """bf16 (or fp16) weights and arithmetic through PyTorch (oneDNN, AMX where there): fast only on
+    CPUs with native bf16; activations go in and come out fp32."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype = torch.bfloat16):
+        super().__init__()
+        self.register_buffer("weight", weight.detach().to(dtype).contiguous())
+        self.register_buffer("bias", None if bias is None else bias.detach().to(dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.to(self.weight.dtype), self.weight, self.bias).float()

@@ -1,0 +1,248 @@
+"""gpt2kit.cpu: every CPU-dependent choice for every CPU family, and each kernel variant against PyTorch.
+
+Choices (which kernels build, what `--dtype auto` means) are tested on injected CpuInfo of each
+family, so they are checked on any machine. Kernel arithmetic is tested for each instruction set
+this machine can run; the others say skipped and why.
+"""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import gpt2kit
+from gpt2kit.config import GPTConfig
+from gpt2kit.cpu import features, kernels, policy, prepare
+from gpt2kit.cpu.candidates import Candidate, build, candidates, for_dtype, trial
+from gpt2kit.cpu.policy import Fidelity
+from gpt2kit.cpu.runner import CpuGPT
+from gpt2kit.cpu.weights import KINDS, KernelLinear, kernel_linear
+from gpt2kit.errors import UserError
+from gpt2kit.model import GPT, KVCache
+from gpt2kit.paths import kernels_dir, tuning_dir
+
+HERE = features.detect()
+FAMILIES = ["old_x86", "avx2", "avx512", "avx512_bf16", "amx", "arm"]
+FORMATS = list(KINDS)
+
+
+def isa_cpu(isa: str) -> features.CpuInfo:
+    """This machine narrowed to instruction set `isa`, or a skip saying why it cannot run it."""
+    needed = {"avx2": HERE.avx2, "avx512": HERE.avx512}[isa]
+    if not needed:
+        pytest.skip(f"this CPU ({HERE.describe()}) has no {isa}; that variant is tested on a machine that has it")
+    if isa == "avx2":  # the AVX2 build on an AVX-512 machine too: narrow what gpt2kit believes
+        return features.CpuInfo(HERE.machine, HERE.system, HERE.model, HERE.cores, HERE.flags - features.AVX512)
+    return HERE
+
+
+def loaded(isa: str) -> kernels.Kernels:
+    k = kernels.load(isa_cpu(isa))
+    assert k is not None, kernels.why_not(isa_cpu(isa))  # README's set-up installs gcc
+    assert k.isa == isa
+    return k
+
+
+# --- choices, for every family, on any machine ---------------------------------------------
+
+@pytest.mark.parametrize("family,isa", [("old_x86", None), ("avx2", "avx2"), ("avx512", "avx512"),
+                                        ("avx512_bf16", "avx512"), ("amx", "avx512"), ("arm", None)])
+def test_each_family_builds_the_widest_kernels_it_can_run(family, isa):
+    got = kernels.isa_for(features.info(family))
+    assert (got[0] if got else None) == isa
+    if isa == "avx512":
+        assert "-mavx512f" in got[1] and "-mavx2" in got[1]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_auto_chooses_among_what_each_family_runs_fast(family):
+    cpu = features.info(family)
+    with_kernels = kernels.isa_for(cpu) is not None
+    names = {c.name for c in candidates(cpu, object() if with_kernels else None)}
+    if with_kernels:
+        assert {"float32/kernels", "float16/kernels", "bfloat16/kernels", "int8/kernels"} <= names
+    else:
+        assert names >= {"float32/torch", "int8/torch"}
+    # bf16 arithmetic through PyTorch only where it is native: elsewhere it is emulated, dozens of times slower
+    assert ("bfloat16/torch" in names) == (family in ("avx512_bf16", "amx"))
+
+
+def test_families_the_kernels_cannot_serve_say_why(monkeypatch):
+    assert "lacks AVX2" in kernels.why_not(features.info("old_x86"))
+    assert "x86-64 Linux" in kernels.why_not(features.info("arm"))
+    monkeypatch.setenv("GPT2KIT_NATIVE", "0")
+    assert kernels.load(HERE) is None and kernels.why_not(HERE) == "GPT2KIT_NATIVE=0"
+
+
+def test_flags_can_be_narrowed_never_widened(monkeypatch):
+    monkeypatch.setenv("GPT2KIT_CPU_FLAGS", "avx2 fma f16c avx512f made_up_flag")
+    cpu = features.detect()
+    assert cpu.flags <= HERE.flags and "made_up_flag" not in cpu.flags
+    assert cpu.flags == HERE.flags & {"avx2", "fma", "f16c", "avx512f"}
+    assert not cpu.avx512  # avx512bw/vl/dq narrowed away
+
+
+def fid(top1, loss, ref=5.0):
+    return Fidelity(top1, loss, ref)
+
+
+def test_policy_takes_the_fastest_candidate_that_keeps_fp32s_answers():
+    t = {"float32/kernels": {"batch1": 4.0, "batch8": 8.0, "prefill": 10.0},
+         "float16/kernels": {"batch1": 2.0, "batch8": 6.0, "prefill": 11.0},
+         "int8/kernels": {"batch1": 1.0, "batch8": 5.0, "prefill": 12.0}}
+    good, bad_top1, bad_loss = fid(0.999, 5.001), fid(0.99, 5.0), fid(1.0, 5.01)
+    assert policy.by_speed(t, "float32/kernels") == ["int8/kernels", "float16/kernels", "float32/kernels"]
+    assert policy.choose(t, {"int8/kernels": good, "float16/kernels": good}, "float32/kernels") == "int8/kernels"
+    assert policy.choose(t, {"int8/kernels": bad_top1, "float16/kernels": good}, "float32/kernels") == "float16/kernels"
+    assert policy.choose(t, {"int8/kernels": bad_loss, "float16/kernels": bad_top1}, "float32/kernels") == "float32/kernels"
+    assert policy.choose(t, {}, "float32/kernels") == "float32/kernels"  # unmeasured fidelity never wins
+    slow = {k: {s: 100.0 for s in policy.TIMED_ROWS} for k in t if k != "float32/kernels"}
+    assert policy.choose({**t, **slow}, {"int8/kernels": good}, "float32/kernels") == "float32/kernels"
+
+
+def test_an_unknown_dtype_is_a_user_error():
+    with pytest.raises(UserError, match="unknown dtype"):
+        for_dtype("float64", None)
+
+
+# --- kernel arithmetic, per instruction set this machine has --------------------------------
+
+@pytest.mark.parametrize("isa", ["avx2", "avx512"])
+def test_the_kernels_build_into_the_current_home(isa, tmp_path, monkeypatch):
+    """The library belongs to the GPT2KIT_HOME in force now, whatever an earlier test used."""
+    for home in ("a", "b"):
+        monkeypatch.setenv("GPT2KIT_HOME", str(tmp_path / home))
+        k = loaded(isa)
+        assert k.path.is_file() and k.path.parent == kernels_dir() == tmp_path / home / "kernels"
+        assert k.path.name.startswith(f"gpt2kit-{isa}-")
+
+
+@pytest.mark.parametrize("isa", ["avx2", "avx512"])
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("M,K,N", [(1, 768, 50), (2, 37, 19), (3, 64, 7), (5, 96, 301), (8, 3072, 9), (33, 40, 11)])
+def test_linear_matches_torch(isa, fmt, M, K, N):
+    k = loaded(isa)
+    g = torch.Generator().manual_seed(M * 1000 + K)
+    w, b, x = torch.randn(N, K, generator=g), torch.randn(N, generator=g), torch.randn(M, K, generator=g)
+    lin = KernelLinear(k, w, b, fmt)
+    ref = F.linear(x, lin.dense_weight(), b)  # the same stored (rounded) weights, PyTorch's fp32 product
+    got = kernel_linear(k, x, lin.weight, lin.kind, lin.scales, lin.bias)
+    tol = 1e-4 * max(1.0, ref.abs().max().item())  # fp32 accumulation in another order
+    assert got.shape == (M, N) and (got - ref).abs().max() < tol
+    assert (lin(x.view(M, 1, K)).view(M, N) - ref).abs().max() < tol
+
+
+def random_gpt(n_embd: int, n_head: int, seed: int = 0) -> GPT:
+    model = GPT(GPTConfig(n_vocab=97, n_ctx=48, n_embd=n_embd, n_layer=2, n_head=n_head))
+    model.init_weights(torch.Generator().manual_seed(n_embd + seed))
+    with torch.no_grad():  # LayerNorms away from 1/0, so their arithmetic is tested too
+        for name, p in model.named_parameters():
+            if ".ln_" in name or name.startswith("ln_f"):
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.1)
+    return model.eval()
+
+
+def decode(model, lengths=(10, 7, 4)) -> list[torch.Tensor]:
+    """A padded batch: prefill, then 6 one-token steps, a row leaving after the third."""
+    B, T = len(lengths), max(lengths)
+    idx = torch.randint(0, 97, (B, T), generator=torch.Generator().manual_seed(1))
+    cache = KVCache(model.config, B, 30, "cpu", torch.float32)
+    positions = torch.zeros(B, T, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        cache.valid[i, :T - n] = False
+        positions[i, T - n:] = torch.arange(n)
+    cache.padded = True
+    with torch.inference_mode():
+        steps = [model(idx, cache=cache, positions=positions)[:, -1:]]
+        rows = [0, 1, 2]
+        for t in range(6):
+            if t == 3:  # a row leaves the batch, as a finished sample does
+                cache.select(torch.tensor([0, 2]))
+                rows = [0, 2]
+            p = torch.tensor([[lengths[r] + t] for r in rows])
+            steps.append(model(torch.full((len(rows), 1), 5 + t), cache=cache, positions=p))
+    return steps
+
+
+@pytest.mark.parametrize("isa", ["avx2", "avx512"])
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("n_embd,n_head", [(32, 4), (36, 4)])  # 36: head size 9, rows not multiples of 8
+def test_decode_step_matches_pytorch_on_the_same_weights(isa, fmt, n_embd, n_head):
+    """decode_step.c gives what PyTorch computes with the same stored weights, cache and all."""
+    k = loaded(isa)
+    fast = build(random_gpt(n_embd, n_head), Candidate(fmt, "kernels"), k)
+    assert fast.step is not None
+    slow = CpuGPT(fast.reference, fast.head, None, "the same modules, PyTorch's step")
+    for a, b in zip(decode(fast), decode(slow)):
+        assert a.shape == b.shape and (a - b).abs().max() < 1e-4 * b.abs().max()
+
+
+@pytest.mark.parametrize("fmt,tol", [("float32", 1e-4), ("float16", 2e-3), ("bfloat16", 2e-2), ("int8", 5e-2)])
+def test_each_format_stays_close_to_the_fp32_reference(fmt, tol):
+    """The rounding each weight format costs, on PyTorch's own path (any machine)."""
+    ref = decode(random_gpt(32, 4))
+    got = decode(build(random_gpt(32, 4), Candidate(fmt, "torch" if fmt != "float16" else "torch"), None))
+    for a, b in zip(got, ref):
+        assert (a - b).abs().max() < tol * b.abs().max()
+
+
+def test_trial_leaves_the_model_as_it_was():
+    gpt = random_gpt(32, 4)
+    idx = torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = gpt(idx)
+        with trial(gpt, Candidate("int8", "torch"), None) as m:
+            assert (m(idx) - before).abs().max() > 0  # rounded weights: a different answer
+        assert torch.equal(gpt(idx), before) and isinstance(gpt.h[0].mlp.c_fc, torch.nn.Linear)
+
+
+# --- the whole policy on this machine ---------------------------------------------------------
+
+def test_auto_measures_once_and_its_choice_keeps_fp32s_answers(hf_tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("GPT2KIT_HOME", str(tmp_path))
+    lm = gpt2kit.load(hf_tiny, device="cpu")
+    files = list(tuning_dir().glob("*.json"))
+    assert len(files) == 1 and isinstance(lm.model, CpuGPT) and lm.info["cpu_path"] == lm.model.path
+    data = json.loads(files[0].read_text())
+    decision = lm.model.decision
+    assert set(data["timings"]["32"]) == {c.name for c in candidates(HERE, kernels.load(HERE))}
+    if decision.chosen.startswith("float32/"):
+        assert all(not f.meets_bar for f in decision.fidelity.values())
+    else:
+        assert decision.fidelity[decision.chosen].meets_bar
+    stamp = files[0].stat().st_mtime_ns
+    again = gpt2kit.load(hf_tiny, device="cpu")  # decided from the file: nothing measured again
+    assert files[0].stat().st_mtime_ns == stamp and again.info["cpu_path"] == lm.info["cpu_path"]
+    full = gpt2kit.load(hf_tiny, device="cpu", dtype="float32")
+    idx = torch.randint(0, 50257, (2, 40), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        a, b = lm.model(idx), full.model(idx)
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 0.95
+
+
+def test_without_the_kernels_pytorch_does_the_work(hf_tiny, monkeypatch):
+    """GPT2KIT_NATIVE=0 (or a machine without a compiler) gives the same numbers through PyTorch."""
+    idx = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(0))
+    out = {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv("GPT2KIT_NATIVE", flag)
+        for dtype in ("float32", "int8"):
+            lm = gpt2kit.load(hf_tiny, device="cpu", dtype=dtype)
+            with torch.no_grad():
+                out[flag, dtype] = lm.model(idx)
+            assert lm.generate("Hi", length=3, seed=1)
+            assert lm.model.path.endswith("/torch") == (flag == "0" or not HERE.avx2)
+    assert (out["1", "float32"] - out["0", "float32"]).abs().max() < 1e-4
+    # int8 without the kernels is PyTorch's own int8 matmul on bf16 activations: close, not equal.
+    assert (out["1", "int8"].argmax(-1) == out["0", "int8"].argmax(-1)).float().mean() > 0.9
+
+
+def test_a_compiler_that_fails_falls_back_and_says_why(hf_tiny, tmp_path):
+    """No working C compiler: generation still works (PyTorch's kernels) and `info` says why."""
+    from conftest import run_cli
+    env = {"CC": "false", "GPT2KIT_HOME": str(tmp_path / "home")}  # `false`: a compiler that always fails
+    r = run_cli("info", hf_tiny, env=env)
+    assert r.returncode == 0 and "not in use: could not build them with false" in r.stdout
+    r = run_cli("generate", "Hi", "--model", hf_tiny, "--length", "3", "--seed", "1", env=env)
+    assert r.returncode == 0 and r.stdout.strip() and "Traceback" not in r.stderr
+    assert not list((tmp_path / "home" / "kernels").glob("*.so"))
