@@ -1,18 +1,22 @@
-"""gpt2kit against Hugging Face transformers, side by side in one run on this machine.
+"""gpt2kit against Hugging Face transformers and CTranslate2, side by side in one run on this machine.
 
+    pip install ctranslate2                  # the peer (optional: without it its rows are left out)
     python benchmarks/run.py                 # writes benchmarks/results.json and benchmarks/RESULTS.md
 
 Every case runs in its own process (so each one's peak memory is its own) on the same 124M-shaped
-GPT-2 with random weights, built once by transformers and loaded into both libraries. Also measures
-this machine's read bandwidth and matmul speed, the bounds each result is compared with.
+GPT-2 with random weights, built once by transformers and loaded into every library (CTranslate2
+converts it with its own converter, in int8 and float32). Also measures this machine's read
+bandwidth and matmul speed, the bounds each result is compared with, and records the CPU's flags.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,8 +39,9 @@ def case_machine(args) -> dict:
         x.sum()
     bandwidth = 5 * x.numel() * 4 / (time.perf_counter() - t) / 1e9
     out = {"read_GBps": bandwidth}
-    from gpt2kit.devices import cpu_has_fast_bf16
-    out["fast_bf16"] = cpu_has_fast_bf16()
+    from gpt2kit.cpu import features
+    cpu = features.detect()
+    out.update(fast_bf16=cpu.native_bf16, cpu=cpu.describe(), family=cpu.family)
     for dtype in ("float32", "bfloat16"):
         size = 512 if dtype == "bfloat16" and not out["fast_bf16"] else 2048  # emulated bf16 is that slow
         a = torch.randn(size, size).to(getattr(torch, dtype))
@@ -82,6 +87,28 @@ def case_gen_gpt2kit(args) -> dict:
     return {"tokens_per_s": args.batch * NEW_TOKENS / dt, "dtype": lm.info["dtype"]}
 
 
+def case_gen_ct2(args) -> dict:
+    import ctranslate2
+    with tempfile.TemporaryDirectory() as d:
+        ctranslate2.converters.TransformersConverter(args.model).convert(d, quantization=args.dtype, force=True)
+        gen = ctranslate2.Generator(d, device="cpu", compute_type=args.dtype, intra_threads=os.cpu_count() or 1)
+    from gpt2kit.paths import ASSETS_DIR
+    # CTranslate2 takes token strings: GPT-2's own byte-level ones, from its vocabulary file
+    strings = {i: s for s, i in json.loads((ASSETS_DIR / "encoder.json").read_text()).items()}
+    prompts = [[strings[i] for i in row] for row in _prompt_ids(args.batch).tolist()]
+    kw = dict(sampling_topk=TOP_K, include_prompt_in_result=False, end_token=[])
+
+    def run(n):
+        return gen.generate_batch(prompts, max_length=n, min_length=n, **kw)
+
+    run(8)
+    t = time.perf_counter()
+    out = run(NEW_TOKENS)
+    dt = time.perf_counter() - t
+    assert all(len(r.sequences_ids[0]) == NEW_TOKENS for r in out), [len(r.sequences_ids[0]) for r in out]
+    return {"tokens_per_s": args.batch * NEW_TOKENS / dt, "dtype": args.dtype}
+
+
 def _random_tokens(path: Path, n: int = 400_000) -> Path:
     import numpy as np
     from gpt2kit.data.tokens import TokenWriter
@@ -112,9 +139,12 @@ def case_train_hf(args) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)
 
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")  # its best CPU setting
+
     def step():
         x = torch.randint(0, 50257, (TRAIN_B, TRAIN_T), generator=g)
-        loss = model(x, labels=x).loss
+        with autocast:
+            loss = model(x, labels=x).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -195,7 +225,7 @@ def case_quality(args) -> dict:
     return out
 
 
-CASES = {"machine": case_machine, "gen-hf": case_gen_hf, "gen-gpt2kit": case_gen_gpt2kit,
+CASES = {"machine": case_machine, "gen-hf": case_gen_hf, "gen-gpt2kit": case_gen_gpt2kit, "gen-ct2": case_gen_ct2,
          "train-gpt2kit": case_train_gpt2kit, "train-hf": case_train_hf, "tokenizer": case_tokenizer,
          "quality": case_quality}
 
@@ -239,21 +269,29 @@ from transformers import GPT2Config, GPT2LMHeadModel
 torch.manual_seed(0)
 GPT2LMHeadModel(GPT2Config()).save_pretrained({str(model)!r})
 """], check=True, capture_output=True)
+        from gpt2kit.paths import ASSETS_DIR  # GPT-2's vocabulary beside it, as a Hugging Face folder has
+        shutil.copy(ASSETS_DIR / "encoder.json", model / "vocab.json")
+        shutil.copy(ASSETS_DIR / "vocab.bpe", model / "merges.txt")
         results = {"machine": run_case("machine")}
         fast_bf16 = results["machine"]["fast_bf16"]
-        # bf16 only where the CPU runs it natively: elsewhere it is emulated, dozens of times slower.
-        # float16 where gpt2kit's AVX2 kernels run it (fp16 weights, fp32 arithmetic); without them
-        # PyTorch's CPU fp16 is emulated too.
-        from gpt2kit import native
-        dtypes = ["auto", "float32", "int8"] + (["float16"] if native.library() else []) + (["bfloat16"] if fast_bf16 else [])
+        # fp16 and bf16 are weight formats of gpt2kit's kernels (fp32 arithmetic); without the kernels
+        # PyTorch's CPU fp16/bf16 arithmetic is emulated, dozens of times slower, unless the CPU has native bf16.
+        from gpt2kit.cpu import kernels
+        has_kernels = kernels.load() is not None
+        dtypes = ["auto", "float32", "int8"] + (["float16", "bfloat16"] if has_kernels else ["bfloat16"] if fast_bf16 else [])
+        peers = [] if importlib.util.find_spec("ctranslate2") is None else ["int8", "float32"]
         for b in (1, 8):
             results[f"gen_hf_b{b}"] = run_case("gen-hf", model=model, batch=b)
             for dt in dtypes:
                 results[f"gen_gpt2kit_{dt}_b{b}"] = run_case("gen-gpt2kit", model=model, batch=b, dtype=dt)
-            if native.library():  # the same defaults on PyTorch's kernels alone: what kernels/*.c add
+            if has_kernels:  # the defaults on PyTorch's kernels alone: what kernels/*.c add
                 results[f"gen_gpt2kit_auto-pytorch_b{b}"] = run_case("gen-gpt2kit", env={"GPT2KIT_NATIVE": "0"},
                                                                      model=model, batch=b, dtype="auto")
-        results["train_hf"] = run_case("train-hf", model=model)
+            for dt in peers:
+                results[f"gen_ct2_{dt}_b{b}"] = run_case("gen-ct2", model=model, batch=b, dtype=dt)
+        results["train_hf"] = run_case("train-hf", model=model, dtype="float32")
+        if fast_bf16:
+            results["train_hf_bf16"] = run_case("train-hf", model=model, dtype="bfloat16")
         results["train_gpt2kit"] = run_case("train-gpt2kit", model=model)
     results["tokenizer"] = run_case("tokenizer")
     from gpt2kit.paths import BUNDLED_DIR
@@ -261,7 +299,8 @@ GPT2LMHeadModel(GPT2Config()).save_pretrained({str(model)!r})
         results["quality"] = run_case("quality")
     results["meta"] = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": platform.processor() or platform.machine(),
                        "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-                       "fast_bf16": fast_bf16, "cpu_flags": sorted(f for f in native.cpu_flags() if "avx" in f or "amx" in f)}
+                       "fast_bf16": fast_bf16, "cpu_described": results["machine"]["cpu"],
+                       "family": results["machine"]["family"]}
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     table = report(results)
     (HERE / "RESULTS.md").write_text(table)
