@@ -83,33 +83,40 @@ def _write(path, data: dict) -> None:
         log.debug("could not keep the CPU tuning in %s: %s", path, e)
 
 
-def _time(fn, min_seconds: float = 0.02) -> float:
-    """Seconds per call: the best of 3 rounds, each repeating `fn` for at least `min_seconds`."""
-    fn()  # warm up (first-touch pages, thread pool)
-    best = float("inf")
-    for _ in range(3):
-        n, start = 0, time.perf_counter()
-        while True:
-            fn()
-            n += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= min_seconds:
-                break
-        best = min(best, elapsed / n)
-    return best
+def _seconds(fn, min_seconds: float = 0.005) -> float:
+    """Seconds per call of `fn`, repeated for at least `min_seconds`."""
+    n, start = 0, time.perf_counter()
+    while True:
+        fn()
+        n += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds:
+            return elapsed / n
 
 
 @torch.inference_mode()
-def time_candidate(c: Candidate, kernels: Kernels | None, n_embd: int) -> dict[str, float]:
-    """Seconds for one block's four matrices (of width n_embd) on candidate `c`, per timed shape."""
+def time_candidates(found: dict[str, Candidate], kernels: Kernels | None, n_embd: int, rounds: int = 5) -> dict[str, dict[str, float]]:
+    """Seconds for one block's four matrices (of width n_embd) on each candidate, per timed shape.
+
+    Rounds interleave the candidates and keep each one's fastest, so a burst of load from another
+    process slows one round of every candidate rather than all rounds of one.
+    """
     C, g = n_embd, torch.Generator().manual_seed(0)
-    make = linear_maker(c, kernels)
-    mats = [make(torch.randn(n, k, generator=g) * 0.02, torch.zeros(n)) for n, k in ((3 * C, C), (C, C), (4 * C, C), (C, 4 * C))]
-    out = {}
-    for shape, rows in TIMED_ROWS.items():
-        x, x4 = torch.randn(rows, C, generator=g), torch.randn(rows, 4 * C, generator=g)
-        out[shape] = _time(lambda: [m(x4 if m is mats[3] else x) for m in mats])
-    return out
+    weights = [(torch.randn(n, k, generator=g) * 0.02, torch.zeros(n)) for n, k in ((3 * C, C), (C, C), (4 * C, C), (C, 4 * C))]
+    mats = {name: [linear_maker(c, kernels)(w, b) for w, b in weights] for name, c in found.items()}
+    xs = {shape: (torch.randn(rows, C, generator=g), torch.randn(rows, 4 * C, generator=g)) for shape, rows in TIMED_ROWS.items()}
+
+    def run(ms, x, x4):
+        return [m(x4 if i == 3 else x) for i, m in enumerate(ms)]
+
+    best = {name: {shape: float("inf") for shape in TIMED_ROWS} for name in found}
+    for r in range(rounds + 1):  # round 0 warms up (first-touch pages, thread pool)
+        for name, ms in mats.items():
+            for shape, (x, x4) in xs.items():
+                t = _seconds(lambda: run(ms, x, x4))
+                if r:
+                    best[name][shape] = min(best[name][shape], t)
+    return best
 
 
 def fingerprint(gpt: GPT, probe: list[int]) -> str:
@@ -148,7 +155,7 @@ def decide(gpt: GPT, cpu: CpuInfo, kernels: Kernels | None, probe: list[int]) ->
     shape = str(gpt.config.n_embd)
     if set(data["timings"].get(shape, {})) != set(found):
         log.info("timing this CPU's paths for --dtype auto (once per machine and model width)")
-        data["timings"][shape] = {name: time_candidate(c, kernels, gpt.config.n_embd) for name, c in found.items()}
+        data["timings"][shape] = time_candidates(found, kernels, gpt.config.n_embd)
         _write(path, data)
     timings = data["timings"][shape]
     key = fingerprint(gpt, probe)
