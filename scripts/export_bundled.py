@@ -14,9 +14,9 @@ import torch
 
 import gpt2kit
 from gpt2kit.data.tokens import dataset_info, read_tokens
+from gpt2kit.evaluation import strided_loss
 from gpt2kit.formats import read_checkpoint, save_hf
 from gpt2kit.training.checkpoint import latest_checkpoint, load_training_state
-from gpt2kit.training.loop import strided_loss
 
 PROMPTS = ["ROMEO.", "And God said,", "HAMLET. To be"]
 

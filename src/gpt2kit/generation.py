@@ -6,6 +6,7 @@ gpt-2-simple's post-processing (truncate, include_prefix).
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -111,14 +112,48 @@ class _TextStream:
         return out
 
 
-def encode_prompt(tokenizer: Tokenizer, prompt: str | None, n_ctx: int) -> list[int]:
-    """None or '' starts from <|endoftext|> (OpenAI's generate_unconditional_samples.py)."""
+class PromptTooLong(UserError):
+    """A prompt that leaves no room in the context (the server answers 413 context_length_exceeded)."""
+
+    def __init__(self, tokens: int, n_ctx: int):
+        super().__init__(f"the prompt is {tokens} tokens; this model's context is {n_ctx}")
+        self.tokens, self.n_ctx = tokens, n_ctx
+
+
+def encode_prompt(tokenizer: Tokenizer, prompt: str | None, n_ctx: int, *, truncate: bool = True) -> list[int]:
+    """None or '' starts from <|endoftext|> (OpenAI's generate_unconditional_samples.py).
+
+    A prompt of n_ctx tokens or more keeps its last n_ctx - 1 (one position must stay free for the
+    first new token), or with truncate=False raises PromptTooLong.
+    """
     ids = tokenizer.encode(prompt) if prompt else [tokenizer.eot_id]
     if len(ids) >= n_ctx:
+        if not truncate:
+            raise PromptTooLong(len(ids), n_ctx)
         log.warning("the prompt is %d tokens, longer than the model's context of %d: keeping its last %d tokens",
                     len(ids), n_ctx, n_ctx - 1)
         ids = ids[-(n_ctx - 1):]
     return ids
+
+
+def make_jobs(prompts: list[str | None], encoded: list[list[int]], *, per_prompt: int, seed: int,
+              settings: SamplingSettings, max_new: int | None, stops: list[str], include_prefix: bool,
+              stop_at_eot: bool, logprobs: int, first: int = 0, index_base: int = 0) -> Iterator[Job]:
+    """`per_prompt` jobs for each prompt, in prompt order: the CLI's samples and the server's choices.
+
+    Sample k (counting from `first`) draws from sample_seed(seed, k), so its text depends on the seed
+    and its place alone, never on what shares its batch; its job index is index_base + k (the server
+    offsets indices so concurrent requests never share one).
+    """
+    if max_new is not None and max_new < 0:
+        raise UserError(f"length must be 0 or more new tokens, got {max_new}")
+    k = first
+    for prompt, ids in zip(prompts, encoded):
+        for _ in range(per_prompt):
+            yield Job(index=index_base + k, prompt=prompt, ids=ids, seed=sample_seed(seed, k), settings=settings,
+                      max_new=max_new, stops=stops, include_prefix=include_prefix, stop_at_eot=stop_at_eot,
+                      logprobs=logprobs)
+            k += 1
 
 
 def iter_samples(model: GPT, tokenizer: Tokenizer, prompts: list[str | None], *, length: int | None,
@@ -126,8 +161,6 @@ def iter_samples(model: GPT, tokenizer: Tokenizer, prompts: list[str | None], *,
                  truncate: str | None, include_prefix: bool, stop_at_eot: bool = True,
                  logprobs: int = 0) -> Iterator[Piece | Sample]:
     """Yield streamed Pieces and finished Samples, in output order. nsamples=0 runs forever."""
-    if length is not None and length < 0:
-        raise UserError(f"length must be 0 or more new tokens, got {length}")
     if batch_size < 1:
         raise UserError(f"batch_size must be at least 1, got {batch_size}")
     if nsamples < 0:
@@ -136,16 +169,11 @@ def iter_samples(model: GPT, tokenizer: Tokenizer, prompts: list[str | None], *,
     encoded = [encode_prompt(tokenizer, p, model.config.n_ctx) for p in prompts]
 
     def jobs() -> Iterator[Job]:
-        k = 0
-        while True:
-            for pi, p in enumerate(prompts):
-                for _ in range(nsamples if nsamples else 1):
-                    yield Job(index=k, prompt=p, ids=encoded[pi], seed=sample_seed(seed, k), settings=settings,
-                              max_new=length, stops=stops, include_prefix=include_prefix,
-                              stop_at_eot=stop_at_eot, logprobs=logprobs)
-                    k += 1
-            if nsamples:
-                return
+        # nsamples=0: round after round of one sample per prompt, numbered on from the last round.
+        for round_ in itertools.count() if nsamples == 0 else range(1):
+            yield from make_jobs(prompts, encoded, per_prompt=nsamples or 1, seed=seed, settings=settings,
+                                 max_new=length, stops=stops, include_prefix=include_prefix,
+                                 stop_at_eot=stop_at_eot, logprobs=logprobs, first=round_ * len(prompts))
 
     it = jobs()
     while True:
@@ -158,90 +186,97 @@ def iter_samples(model: GPT, tokenizer: Tokenizer, prompts: list[str | None], *,
 def run_jobs(model: GPT, tokenizer: Tokenizer, jobs: list[Job], *, ordered: bool = True) -> Iterator[Piece | Sample]:
     """Decode `jobs` as one batch. ordered: release samples in job order, the current one streaming
     live (the CLI); otherwise every piece as soon as it exists (the server)."""
-    max_new = None if any(j.max_new is None for j in jobs) else max(j.max_new for j in jobs)
-    decoder = BatchDecoder(model, [j.ids for j in jobs], settings=[j.settings for j in jobs],
-                           generators=[make_generator(j.seed) for j in jobs], max_new=max_new,
-                           pad_id=tokenizer.eot_id, logprobs=max(j.logprobs for j in jobs),
-                           sliding=max_new is not None)
-    streams = [_TextStream(tokenizer, j.stops) for j in jobs]
-    tokens: list[list[int]] = [[] for _ in jobs]
-    steps: list[list[StepResult]] = [[] for _ in jobs]
-    pending_steps: list[list[StepResult]] = [[] for _ in jobs]
-    reasons = ["length"] * len(jobs)
-    done: dict[int, Sample] = {}
-    buffered: list[list[Piece]] = [[] for _ in jobs]
-    next_out = 0
+    yield from _BatchRun(model, tokenizer, jobs, ordered).events()
 
-    finished: set[int] = set()
 
-    def finish(row: int) -> None:
-        if row in finished:
+class _BatchRun:
+    """One batch of jobs being decoded: each row's text stream, tokens and finish reason, and what is
+    ready to hand out (pieces and samples wait here until their turn when the output is ordered)."""
+
+    def __init__(self, model: GPT, tokenizer: Tokenizer, jobs: list[Job], ordered: bool):
+        max_new = None if any(j.max_new is None for j in jobs) else max(j.max_new for j in jobs)
+        self.decoder = BatchDecoder(model, [j.ids for j in jobs], settings=[j.settings for j in jobs],
+                                    generators=[make_generator(j.seed) for j in jobs], max_new=max_new,
+                                    pad_id=tokenizer.eot_id, logprobs=max(j.logprobs for j in jobs),
+                                    sliding=max_new is not None)
+        self.eot_id, self.jobs, self.ordered = tokenizer.eot_id, jobs, ordered
+        self.streams = [_TextStream(tokenizer, j.stops) for j in jobs]
+        self.tokens: list[list[int]] = [[] for _ in jobs]
+        self.steps: list[list[StepResult]] = [[] for _ in jobs]
+        self.pending_steps: list[list[StepResult]] = [[] for _ in jobs]  # steps not yet attached to a Piece
+        self.reasons = ["length"] * len(jobs)
+        self.buffered: list[list[Piece]] = [[] for _ in jobs]
+        self.done: dict[int, Sample] = {}  # finished rows not yet handed out
+        self.finished: set[int] = set()
+        self.next_out = 0  # ordered output: the row now streaming
+
+    def events(self) -> Iterator[Piece | Sample]:
+        for row, job in enumerate(self.jobs):
+            if job.max_new == 0:
+                self.stop(row, "length")
+        while self.decoder.active:
+            for row, job in enumerate(self.jobs):
+                if job.cancelled and row not in self.finished:
+                    self.stop(row, "cancelled")
+            if not self.decoder.active:
+                break
+            for res in self.decoder.step():
+                self.take(res)
+            yield from self.release()
+        for row in range(len(self.jobs)):
+            self.finish(row)
+        yield from self.release()
+
+    def take(self, res: StepResult) -> None:
+        """One new token of row `res.row`: stream its text, and stop the row where it ends."""
+        row, job = res.row, self.jobs[res.row]
+        if job.stop_at_eot and res.token == self.eot_id:
+            return self.stop(row, "stop")
+        self.tokens[row].append(res.token)
+        if job.logprobs:
+            self.steps[row].append(res)
+            self.pending_steps[row].append(res)
+        piece = self.streams[row].push(res.token)
+        if piece:
+            self.buffered[row].append(Piece(job.index, piece, self.pending_steps[row]))
+            self.pending_steps[row] = []
+        if self.streams[row].stopped:
+            self.stop(row, "stop")
+        elif job.max_new is not None and len(self.tokens[row]) >= job.max_new:
+            self.stop(row, "length")
+
+    def stop(self, row: int, reason: str) -> None:
+        self.reasons[row] = reason
+        self.decoder.finish(row)
+        self.finish(row)
+
+    def finish(self, row: int) -> None:
+        if row in self.finished:
             return
-        finished.add(row)
-        job = jobs[row]
-        tail = streams[row].close()
-        if tail or pending_steps[row]:
-            buffered[row].append(Piece(job.index, tail, pending_steps[row]))
-            pending_steps[row] = []
+        self.finished.add(row)
+        job = self.jobs[row]
+        tail = self.streams[row].close()
+        if tail or self.pending_steps[row]:
+            self.buffered[row].append(Piece(job.index, tail, self.pending_steps[row]))
+            self.pending_steps[row] = []
         prefix = job.prompt or ""
-        completion = streams[row].text
-        done[row] = Sample(index=job.index, prompt=prefix, text=(prefix + completion) if job.include_prefix else completion,
-                           completion=completion, seed=job.seed, prompt_tokens=len(job.ids), tokens=tokens[row],
-                           finish_reason=reasons[row], steps=steps[row])
+        completion = self.streams[row].text
+        self.done[row] = Sample(index=job.index, prompt=prefix, text=(prefix + completion) if job.include_prefix else completion,
+                                completion=completion, seed=job.seed, prompt_tokens=len(job.ids), tokens=self.tokens[row],
+                                finish_reason=self.reasons[row], steps=self.steps[row])
 
-    def release() -> Iterator[Piece | Sample]:
-        nonlocal next_out
-        if not ordered:
-            for row in range(len(jobs)):
-                yield from buffered[row]
-                buffered[row] = []
-                if row in done:
-                    yield done.pop(row)
+    def release(self) -> Iterator[Piece | Sample]:
+        if not self.ordered:
+            for row in range(len(self.jobs)):
+                yield from self.buffered[row]
+                self.buffered[row] = []
+                if row in self.done:
+                    yield self.done.pop(row)
             return
-        while next_out < len(jobs):
-            yield from buffered[next_out]
-            buffered[next_out] = []
-            if next_out not in done:
+        while self.next_out < len(self.jobs):
+            yield from self.buffered[self.next_out]
+            self.buffered[self.next_out] = []
+            if self.next_out not in self.done:
                 return
-            yield done.pop(next_out)
-            next_out += 1
-
-    for row, job in enumerate(jobs):
-        if job.max_new == 0:
-            decoder.finish(row)
-            finish(row)
-    while decoder.active:
-        for row, job in enumerate(jobs):
-            if job.cancelled and row not in finished:
-                reasons[row] = "cancelled"
-                decoder.finish(row)
-                finish(row)
-        if not decoder.active:
-            break
-        for res in decoder.step():
-            row = res.row
-            job = jobs[row]
-            if job.stop_at_eot and res.token == tokenizer.eot_id:
-                reasons[row] = "stop"
-                decoder.finish(row)
-                finish(row)
-                continue
-            tokens[row].append(res.token)
-            if job.logprobs:
-                steps[row].append(res)
-                pending_steps[row].append(res)
-            piece = streams[row].push(res.token)
-            if piece:
-                buffered[row].append(Piece(job.index, piece, pending_steps[row]))
-                pending_steps[row] = []
-            if streams[row].stopped:
-                reasons[row] = "stop"
-                decoder.finish(row)
-                finish(row)
-            elif job.max_new is not None and len(tokens[row]) >= job.max_new:
-                decoder.finish(row)
-                finish(row)
-        yield from release()
-    for row in range(len(jobs)):
-        finish(row)
-    yield from release()
+            yield self.done.pop(self.next_out)
+            self.next_out += 1

@@ -5,34 +5,10 @@ not on the batch it shares or on the global RNG.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from .errors import UserError
-
-
-@dataclass(frozen=True)
-class SamplingSettings:
-    temperature: float = 1.0  # 0 = greedy
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1.0 = off
-    repetition_penalty: float = 1.0  # CTRL's penalty; 1.0 = off
-    presence_penalty: float = 0.0  # OpenAI's additive penalties
-    frequency_penalty: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not self.temperature >= 0:
-            raise UserError(f"temperature must be 0 (greedy) or more, got {self.temperature}")
-        if self.top_k < 0:
-            raise UserError(f"top_k must be 0 (off) or a positive number of tokens, got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not self.repetition_penalty > 0:
-            raise UserError(f"repetition_penalty must be positive (1.0 = off), got {self.repetition_penalty}")
-        for name in ("presence_penalty", "frequency_penalty"):
-            if not -2.0 <= getattr(self, name) <= 2.0:
-                raise UserError(f"{name} must be between -2 and 2, got {getattr(self, name)}")
+# Defined beside the other options, free of torch, so the CLI builds its help without loading PyTorch.
+from .options import SamplingSettings  # noqa: F401 (part of this module's API)
 
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -10,6 +10,7 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import UserError
+from ..options import EncodeOptions
 from ..tokenizer import Tokenizer, gpt2_tokenizer
 from .extract import ReadOptions, documents, expand_inputs, read_text
 from .tokens import TokenWriter
@@ -60,18 +61,18 @@ def _file_pieces(path: Path, opts: ReadOptions) -> Iterator[tuple[str, bool]]:
             yield doc, True
 
 
-def encode_dataset(inputs: list[str | Path] | str | Path, output: str | Path, *, val_fraction: float = 0.0,
-                   eot: bool = True, encoding: str = "utf-8", errors: str = "strict", column: str | None = None,
-                   field: str = "text", tokenizer: Tokenizer | None = None, progress: bool = True) -> dict:
+def encode_dataset(inputs: list[str | Path] | str | Path, output: str | Path, *,
+                   val_fraction: float = EncodeOptions.val_fraction, eot: bool = EncodeOptions.eot,
+                   encoding: str = EncodeOptions.encoding, errors: str = EncodeOptions.errors,
+                   column: str | None = EncodeOptions.column, field: str = EncodeOptions.field,
+                   tokenizer: Tokenizer | None = None, progress: bool = EncodeOptions.progress) -> dict:
     """Encode text files, folders and globs into gpt2kit's token format.
 
     Every document ends with <|endoftext|> unless eot=False. With val_fraction, whole documents go to
     a validation file beside the output (corpus.val.tokens), spread through the inputs.
     """
-    if not 0 <= val_fraction < 1:
-        raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    if errors not in ("strict", "replace", "ignore"):
-        raise UserError(f"errors must be strict, replace or ignore, got {errors!r}")
+    EncodeOptions(val_fraction=val_fraction, eot=eot, encoding=encoding, errors=errors, column=column,
+                  field=field, progress=progress)  # the one check of these values
     inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     files = expand_inputs(inputs)
     output = Path(output)

@@ -1,18 +1,30 @@
-"""`gpt2kit serve`: the model behind an OpenAI-compatible API and a web playground."""
+"""`gpt2kit serve`: the model behind an OpenAI-compatible API and a web playground.
+
+    api.py          the HTTP routes (thin): authentication, limits, errors in OpenAI's shape
+    completions.py  a /v1/completions request turned into generation jobs, and results into OpenAI's layout
+    engine.py       the worker thread that owns the model and decodes queued requests in shared batches
+    static/         the playground
+"""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+from pathlib import Path
 
 from ..errors import UserError
+from ..options import ServeOptions
 
 log = logging.getLogger("gpt2kit")
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
-def serve(model: str | None = None, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          device: str = "auto", dtype: str = "auto", model_name: str | None = None, max_batch: int = 16,
-          max_queue: int = 64, max_tokens_limit: int = 1024, offline: bool | None = None) -> None:
-    """Serve until interrupted. The model loads in the background; /health says 503 until it is in."""
+def serve(model: str | Path | None = None, options: ServeOptions | None = None) -> None:
+    """Serve until interrupted. The model loads in the background; /health says 503 until it is in.
+
+    A model that cannot load stops the server: a UserError (bad files) as that error, anything
+    else (a bug) with its traceback.
+    """
     import uvicorn
 
     from ..hub import resolve_model_path
@@ -20,24 +32,28 @@ def serve(model: str | None = None, *, host: str = "127.0.0.1", port: int = 8000
     from .api import create_app
     from .engine import Engine
 
-    folder = resolve_model_path(model, offline=offline)  # fail fast, before binding, on a bad path
-    api_key = api_key or os.environ.get("GPT2KIT_API_KEY") or None
-    name = model_name or (os.path.basename(os.path.normpath(str(model))) if model else "gpt2kit-bundled")
+    options = options or ServeOptions()
+    folder = resolve_model_path(model, offline=options.offline)  # fail fast, before binding, on a bad path
+    # The environment is read here, at call time, never at import.
+    options = dataclasses.replace(options, api_key=options.api_key or os.environ.get("GPT2KIT_API_KEY") or None)
+    name = options.served_name or (os.path.basename(os.path.normpath(str(model))) if model else "gpt2kit-bundled")
     server: uvicorn.Server | None = None
 
-    def stop(error: str) -> None:
-        # A model that cannot load is the user's to fix: stop serving rather than answer 503 forever.
+    def stop(error: BaseException) -> None:
+        # A model that cannot load is not going to: stop serving rather than answer 503 forever.
         if server is not None:
             server.should_exit = True
 
-    engine = Engine(lambda: load(folder, device=device, dtype=dtype), max_batch=max_batch, max_queue=max_queue,
-                    on_load_error=stop)
-    app = create_app(engine, model_name=name, api_key=api_key, max_tokens_limit=max_tokens_limit)
-    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
-        log.warning("serving on %s without --api-key: anyone who can reach this machine can use the model", host)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
-    if engine.load_error is None:
-        log.info("serving %s on http://%s:%d (playground at /, API at /v1/completions)", name, host, port)
+    engine = Engine(lambda: load(folder, **options.load_kwargs()), max_batch=options.max_batch,
+                    max_queue=options.max_queue, on_load_error=stop)
+    app = create_app(engine, model_name=name, options=options)
+    if options.host not in LOCAL_HOSTS and not options.api_key:
+        log.warning("serving on %s without --api-key: anyone who can reach this machine can use the model", options.host)
+    server = uvicorn.Server(uvicorn.Config(app, host=options.host, port=options.port, log_level="warning"))
+    if engine.load_exception is None:
+        log.info("serving %s on http://%s:%d (playground at /, API at /v1/completions)", name, options.host, options.port)
         server.run()
-    if engine.load_error is not None:
-        raise UserError(f"could not load the model {folder}: {engine.load_error}")
+    if isinstance(engine.load_exception, UserError):
+        raise UserError(f"could not load the model {folder}: {engine.load_exception}") from None
+    if engine.load_exception is not None:
+        raise engine.load_exception  # a bug: its traceback is the report

@@ -8,7 +8,6 @@ whose client left is marked cancelled and its rows stop at the next step.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import queue
 import threading
@@ -48,17 +47,16 @@ class Request:
 
 
 class Engine:
-    def __init__(self, loader: Callable[[], LM], *, max_batch: int = 16, max_queue: int = 64,
-                 on_load_error: Callable[[str], None] | None = None):
+    def __init__(self, loader: Callable[[], LM], *, max_batch: int, max_queue: int,
+                 on_load_error: Callable[[BaseException], None] | None = None):
         self.lm: LM | None = None
         self.on_load_error = on_load_error
-        self.load_error: str | None = None
+        self.load_exception: BaseException | None = None  # why the model did not load
         self.max_batch, self.max_queue = max_batch, max_queue
         self._queue: queue.Queue[Request] = queue.Queue()
-        self._calls: queue.Queue = queue.Queue()
         self._waiting = 0
         self._lock = threading.Lock()
-        self._ids = itertools.count()
+        self._next_index = 0
         self.batches_run = 0  # forward-pass batches: fewer than requests when requests shared them
         self.requests_done = 0
         self.cancelled_rows = 0
@@ -69,8 +67,16 @@ class Engine:
     def ready(self) -> bool:
         return self.lm is not None
 
-    def next_index(self) -> int:
-        return next(self._ids)
+    @property
+    def load_error(self) -> str | None:
+        """Why the model did not load, in a line for /health and 503 answers."""
+        return None if self.load_exception is None else str(self.load_exception)
+
+    def reserve(self, count: int) -> int:
+        """The first of `count` consecutive job indices no other request has: results are routed by index."""
+        with self._lock:
+            first, self._next_index = self._next_index, self._next_index + count
+        return first
 
     def submit(self, request: Request) -> None:
         with self._lock:
@@ -96,10 +102,10 @@ class Engine:
     def _run(self, loader: Callable[[], LM]) -> None:
         try:
             self.lm = loader()
-        except Exception as e:  # reported by /health and every request (503)
-            self.load_error = str(e)
+        except Exception as e:  # reported by /health and every request (503), and to whoever started us
+            self.load_exception = e
             if self.on_load_error is not None:
-                self.on_load_error(self.load_error)
+                self.on_load_error(e)
             else:
                 log.error("could not load the model: %s", e)
             return

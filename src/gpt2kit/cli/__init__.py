@@ -1,0 +1,31 @@
+"""The `gpt2kit` command.
+
+    common.py      the parser, flags from options dataclasses, model loading, errors -> exit codes
+    generate.py    generate, interactive
+    info.py        info, convert
+    encode.py      encode, decode
+    finetune.py    finetune
+    perplexity.py  perplexity
+    download.py    download, models
+    serve.py       serve
+
+Each command module has `register(subparsers)` and imports the library inside its command
+functions, so `gpt2kit --help` loads no PyTorch. Imports point one way: this module -> command
+modules -> common -> the library.
+"""
+from __future__ import annotations
+
+import sys
+
+from . import common, download, encode, finetune, generate, info, perplexity, serve
+
+# The order of `gpt2kit --help`.
+COMMANDS = (generate, info, encode, finetune, perplexity, download, serve)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return common.run(argv, COMMANDS)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""What every `gpt2kit` command shares: the parser, flags built from options dataclasses, model
+loading, and `run`, which turns a UserError into one line and exit code 2 (bugs keep their traceback).
+
+This module imports no command module (cli/__init__.py hands the commands to `run`), and nothing
+heavy at the top: `gpt2kit --help` must not pay for PyTorch.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import typing
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Sequence
+
+from .. import __version__
+from ..errors import UserError
+
+log = logging.getLogger("gpt2kit")
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own errors: one line and exit code 2, like ours
+        self.exit(2, f"gpt2kit: {message} (see `{self.prog} --help`)\n")
+
+
+class _Handler(logging.Handler):
+    """Messages to stderr without breaking a progress bar; warnings say who is speaking."""
+
+    def emit(self, record):
+        msg = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            msg = f"gpt2kit: {msg}"
+        try:
+            from tqdm import tqdm
+            tqdm.write(msg, file=sys.stderr)
+        except Exception:
+            print(msg, file=sys.stderr)
+
+
+def build_parser(commands: Sequence[ModuleType]) -> Parser:
+    """The `gpt2kit` parser: each command module adds its subcommands with `register(subparsers)`."""
+    parser = Parser(prog="gpt2kit", description="Run, fine-tune and serve GPT-2.")
+    parser.add_argument("--version", action="version", version=f"gpt2kit {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for command in commands:
+        command.register(sub)
+    return parser
+
+
+def run(argv: list[str] | None, commands: Sequence[ModuleType]) -> int:
+    """Parse, run the chosen command's `func(args)`, and map what it raises to an exit code."""
+    args = build_parser(commands).parse_args(argv)
+    handler = _Handler()
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    try:
+        return args.func(args) or 0
+    except UserError as e:  # a user's mistake: one line; anything else is a bug and keeps its traceback
+        print(f"gpt2kit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `gpt2kit generate ... | head`
+        sys.stderr.close()
+        return 0
+    finally:
+        log.removeHandler(handler)
+
+
+# --- flags from options dataclasses --------------------------------------------------------------
+
+def given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The options the user set, for passing on: unset ones keep the library's defaults."""
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def field_names(options: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(options)]
+
+
+def default_of(options: type, name: str) -> Any:
+    return {f.name: f.default for f in dataclasses.fields(options)}[name]
+
+
+def add_field(p: argparse.ArgumentParser, options: type, name: str, *flags: str, help: str = "",
+              show_default: bool = True, **kwargs: Any) -> None:
+    """A flag for field `name` of the dataclass `options`, which owns its default and its type.
+
+    The flag itself defaults to None, so `given` passes on only what the user set, and the help says
+    the dataclass's default. Flags default to --the-name and, for names with underscores, --the_name
+    (the spelling of OpenAI's scripts and gpt-2-simple).
+    """
+    flags = flags or (f"--{name.replace('_', '-')}",) + ((f"--{name}",) if "_" in name else ())
+    default = default_of(options, name)
+    if show_default and default is not None and default != ():
+        help = f"{help} (default {default})" if help else f"(default {default})"
+    if "action" not in kwargs:
+        hint = typing.get_type_hints(options)[name]
+        base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
+        if base is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = base
+    p.add_argument(*flags, dest=name, default=None, help=help.replace("%", "%%"), **kwargs)  # argparse %-formats help
+
+
+# --- the model a command runs on -----------------------------------------------------------------
+
+LOAD_OPTIONS = ("device", "dtype", "checkpoint", "offline")
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """--model and how it loads. Unset flags are not passed on: `load`'s defaults are the only ones."""
+    p.add_argument("--model", "--model_name", "--model-name", dest="model", default=None,
+                   help="a folder in any GPT-2 format, or 124M/355M/774M/1558M (default: the small bundled model)")
+    p.add_argument("--models-dir", "--models_dir", dest="models_dir", default=None,
+                   help="look for published models in DIR/<name> (OpenAI's layout), as download_model.py writes them")
+    p.add_argument("--checkpoint", default=None, help="which checkpoint in a run folder: model-N (TF runs) or step-N (gpt2kit runs)")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda | mps (auto: cuda, then mps, then cpu)")
+    p.add_argument("--dtype", default=None, help="auto | float32 | bfloat16 | float16 (or fp32, bf16, fp16) | int8 (CPU: int8 weights, a quarter of the bytes)")
+    p.add_argument("--offline", action="store_true", default=None, help="never download; fail if the model is not here")
+
+
+def model_name(args: argparse.Namespace) -> str | None:
+    """--model, looked up in --models-dir first when that holds it (OpenAI's models/<name>/ layout)."""
+    if args.model and getattr(args, "models_dir", None) and not Path(args.model).exists():
+        return str(Path(args.models_dir) / args.model)
+    return args.model
+
+
+def load_model(args: argparse.Namespace):
+    """The model the model flags name, with a word to first-time users who got the bundled one."""
+    from ..lm import load
+    lm = load(model_name(args), **given(args, *LOAD_OPTIONS))
+    if lm.info.get("bundled"):
+        log.warning("using the small model bundled with gpt2kit (Shakespeare and the King James Bible); "
+                    "for real GPT-2 run `gpt2kit download 124M` and pass --model 124M")
+    return lm

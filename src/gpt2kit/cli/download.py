@@ -1,0 +1,43 @@
+"""`gpt2kit download` and `gpt2kit models`: the published models and the local cache."""
+from __future__ import annotations
+
+import argparse
+
+from ..errors import UserError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("download", help="download published GPT-2 models (124M 355M 774M 1558M)")
+    p.add_argument("names", nargs="+")
+    p.add_argument("--source", choices=["openai", "huggingface"], 
+                   help="openai: OpenAI's original TensorFlow files; huggingface: the Hugging Face hub's safetensors")
+    p.add_argument("--models-dir", "--models_dir", dest="models_dir", help="write OpenAI's layout DIR/<name>/ instead of the cache")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("models", help="list the models on this machine; `models rm NAME` deletes one")
+    p.add_argument("action", nargs="?", choices=["list", "rm"], default="list")
+    p.add_argument("names", nargs="*")
+    p.set_defaults(func=cmd_models)
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from ..hub import download
+    source = {"source": args.source} if args.source else {}
+    for path in download(*args.names, models_dir=args.models_dir, **source):
+        print(f"ready: {path}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from ..hub import list_models, remove_model
+    if args.action == "rm":
+        if not args.names:
+            raise UserError("say which model to remove: gpt2kit models rm NAME")
+        for name in args.names:
+            freed = remove_model(name)
+            print(f"removed {name} ({freed / 1e6:.1f} MB freed)")
+        return 0
+    print(f"{'name':<28} {'format':<12} {'size':>10}  path")
+    for r in list_models():
+        print(f"{r['name']:<28} {r['format']:<12} {r['bytes'] / 1e6:>8.1f}MB  {r['path']}")
+    return 0

@@ -1,0 +1,237 @@
+"""`gpt2kit generate` and `gpt2kit interactive`: text from a model, streamed."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, TextIO
+
+from ..errors import UserError
+from ..options import GenerateOptions
+from .common import add_field, add_model_args, field_names, given, load_model, log
+
+SAMPLE_DELIM = "=" * 20 + "\n"  # between samples, as OpenAI's and gpt-2-simple's scripts print them
+PROMPT_FIELD = "prompt"  # a .jsonl prompt file's field unless --prompt-field says otherwise
+SAMPLING = tuple(n for n in field_names(GenerateOptions) if n not in ("presence_penalty", "frequency_penalty", "logprobs"))
+
+
+def register(sub) -> None:
+    p = sub.add_parser("generate", help="generate text (streamed), from prompts, a file, stdin, or unconditionally")
+    p.add_argument("prompt", nargs="*", help="one or more prompts (none: read stdin if piped, else unconditional)")
+    add_model_args(p)
+    add_sampling_args(p)
+    p.add_argument("--prompt-file", help="prompts, one per line (\\n for newlines), or a .jsonl file; - for stdin")
+    p.add_argument("--prompt-field", help=f"the JSONL field holding the prompt (default {PROMPT_FIELD!r})")
+    p.add_argument("--sample-delim", "--sample_delim", dest="sample_delim", default=SAMPLE_DELIM,
+                   help="text between samples (default 20 '=' and a newline)")
+    p.add_argument("--format", choices=["text", "jsonl"], default="text", help="jsonl: one JSON object per sample")
+    p.add_argument("--output", help="write the samples to this file instead of the terminal")
+    p.add_argument("--output-dir", help="one file per sample in this folder (existing files are kept)")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("interactive", help="a prompt loop, like OpenAI's interactive_conditional_samples.py")
+    add_model_args(p)
+    add_sampling_args(p)
+    p.set_defaults(func=cmd_interactive)
+
+
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    G = GenerateOptions
+    add_field(p, G, "length", help="new tokens per sample (default: until <|endoftext|> or the context is full)")
+    add_field(p, G, "temperature", help="0 = greedy")
+    add_field(p, G, "top_k", help="keep the k likeliest tokens; 0 = off")
+    add_field(p, G, "top_p", help="nucleus sampling; 1.0 = off")
+    add_field(p, G, "repetition_penalty", help="CTRL's penalty on tokens already seen; 1.0 = off")
+    add_field(p, G, "stop", "--stop", action="append", help="stop where this text appears, and drop it (repeatable)")
+    add_field(p, G, "seed", help="same seed and settings give the same text, whatever the batch size")
+    add_field(p, G, "nsamples", help="samples per prompt; 0 = until interrupted")
+    add_field(p, G, "batch_size", help="samples generated together")
+    add_field(p, G, "truncate", help="cut each sample at the first occurrence of this text (gpt-2-simple)")
+    add_field(p, G, "include_prefix", help="print the prompt before its continuation")
+    add_field(p, G, "stop_at_eot", "--no-stop-at-eot", action="store_false", show_default=False,
+              help="keep generating past <|endoftext|>")
+
+
+def generate_options(args: argparse.Namespace) -> GenerateOptions:
+    return GenerateOptions(**given(args, *SAMPLING))
+
+
+# --- generate ------------------------------------------------------------------------------------
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    lm = load_model(args)
+    prompts = read_prompts(args)
+    options = generate_options(args)
+    with _output(args) as stream:
+        writer = SampleWriter(stream=stream, format=args.format, out_dir=_output_dir(args), delim=args.sample_delim,
+                              prompts=prompts, options=options, model=lm.info["name"],
+                              settings={k: v for k, v in given(args, *SAMPLING).items() if k != "seed"})
+        for ev in lm.samples(prompts if len(prompts) > 1 else prompts[0], **options.as_kwargs()):
+            writer.write(ev)
+    return 0
+
+
+@contextlib.contextmanager
+def _output(args: argparse.Namespace) -> Iterator[TextIO]:
+    if not args.output:
+        yield sys.stdout
+        return
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    with open(Path(args.output), "w", encoding="utf-8") as f:
+        yield f
+
+
+def _output_dir(args: argparse.Namespace) -> Path | None:
+    if not args.output_dir:
+        return None
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)  # an existing folder is kept; new files get free names
+    return out_dir
+
+
+@dataclass
+class SampleWriter:
+    """Where samples go: streamed text with a delimiter between samples, JSON lines, or a file each."""
+    stream: TextIO
+    format: str
+    out_dir: Path | None
+    delim: str
+    prompts: list[str | None]
+    options: GenerateOptions
+    model: str
+    settings: dict  # what the user set, recorded with each JSON sample
+    started: set[int] = field(default_factory=set)
+
+    @property
+    def live(self) -> bool:
+        return self.format == "text" and self.out_dir is None
+
+    def write(self, ev) -> None:
+        from ..generation import Piece
+        if isinstance(ev, Piece):
+            if self.live:
+                self._start(ev.index, prefix=True)
+                self.stream.write(ev.text)
+                self.stream.flush()
+        elif self.format == "jsonl":
+            record = {"index": ev.index, "prompt": ev.prompt, "text": ev.text, "completion": ev.completion,
+                      "model": self.model, "settings": self.settings, "seed": ev.seed,
+                      "finish_reason": ev.finish_reason, "synthetic": True}
+            self.stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self.stream.flush()
+        elif self.out_dir is not None:
+            path = _free_name(self.out_dir, ev.index)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(ev.text, encoding="utf-8")
+            tmp.replace(path)
+            log.info("wrote %s", path)
+        else:
+            if ev.index not in self.started:  # a sample with no streamed text (empty continuation)
+                self._start(ev.index, prefix=False)
+                self.stream.write(ev.text)
+            if not ev.text.endswith("\n"):
+                self.stream.write("\n")
+            self.stream.flush()
+
+    def _start(self, index: int, prefix: bool) -> None:
+        """The delimiter before every sample but the first, then (streaming) its prompt."""
+        if index in self.started:
+            return
+        self.started.add(index)
+        if index and self.delim:
+            self.stream.write(self.delim)
+        if prefix and self.options.include_prefix:
+            per_prompt = self.options.nsamples or 1
+            self.stream.write(self.prompts[(index // per_prompt) % len(self.prompts)] or "")
+
+
+def _free_name(folder: Path, index: int) -> Path:
+    path = folder / f"sample-{index + 1:04d}.txt"
+    k = 1
+    while path.exists():
+        path = folder / f"sample-{index + 1:04d}-{k}.txt"
+        k += 1
+    return path
+
+
+def read_prompts(args: argparse.Namespace) -> list[str | None]:
+    """The prompts on the command line, then those of --prompt-file; else piped stdin; else unconditional."""
+    prompts: list[str | None] = list(args.prompt or [])
+    if args.prompt_file:
+        prompts += _prompt_file(args.prompt_file, args.prompt_field)
+    elif not prompts and not sys.stdin.isatty():
+        try:
+            data = sys.stdin.read()
+        except UnicodeDecodeError:
+            raise UserError("standard input is not UTF-8 text") from None
+        if data.strip():
+            prompts.append(data.rstrip("\n"))
+    return prompts or [None]
+
+
+def _prompt_file(source: str, field_name: str | None) -> list[str]:
+    """One prompt a line (\\n for a newline), or a JSONL field; - reads stdin."""
+    if source == "-":
+        raw, name = sys.stdin.buffer.read(), "standard input"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise UserError(f"prompt file {path} does not exist")
+        raw, name = path.read_bytes(), str(path)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{name} is not UTF-8 text (byte {e.start}); convert it, e.g. with iconv -t UTF-8") from None
+    jsonl = field_name or (name.endswith(".jsonl") and PROMPT_FIELD)
+    prompts = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        if not jsonl:
+            prompts.append(line.replace("\\n", "\n"))
+            continue
+        try:
+            prompts.append(str(json.loads(line)[jsonl]))
+        except (ValueError, KeyError, TypeError):
+            raise UserError(f"{name}:{n} is not a JSON object with a {jsonl!r} field; pass --prompt-field NAME") from None
+    if not prompts:
+        raise UserError(f"{name} holds no prompts")
+    return prompts
+
+
+# --- interactive ---------------------------------------------------------------------------------
+
+def cmd_interactive(args: argparse.Namespace) -> int:
+    from ..generation import Piece, Sample
+    lm = load_model(args)
+    options = generate_options(args)
+    # Like interactive_conditional_samples.py: only the new text, nsamples of each prompt (0 means 1 here).
+    kwargs = {**options.as_kwargs(), "include_prefix": False, "nsamples": options.nsamples or 1}
+    while (prompt := _ask()) is not None:
+        current = None
+        for ev in lm.samples(prompt, **kwargs):
+            if ev.index != current and isinstance(ev, (Piece, Sample)):
+                if current is not None:
+                    print()
+                print("=" * 40 + f" SAMPLE {ev.index + 1} " + "=" * 40)
+                current = ev.index
+            if isinstance(ev, Piece):
+                print(ev.text, end="", flush=True)
+        print("\n" + "=" * 80)
+    return 0
+
+
+def _ask() -> str | None:
+    """The next non-empty prompt, or None at the end of input."""
+    try:
+        raw = input("Model prompt >>> ")
+        while not raw:
+            print("Prompt should not be empty!")
+            raw = input("Model prompt >>> ")
+    except EOFError:
+        print()
+        return None
+    return raw

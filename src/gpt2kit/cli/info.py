@@ -1,0 +1,58 @@
+"""`gpt2kit info` and `gpt2kit convert`: what a checkpoint holds, and the same weights in another format."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..options import CONVERT_DTYPES, ConvertOptions
+from .common import add_field, field_names, given
+
+
+def register(sub) -> None:
+    p = sub.add_parser("info", help="format, sizes, parameters and vocabulary of a model")
+    p.add_argument("model_path", nargs="?", help="a folder or published name (default: the bundled model)")
+    p.add_argument("--checkpoint")
+    p.add_argument("--offline", action="store_true", default=None)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("convert", help="write any GPT-2 checkpoint as a Hugging Face / gpt2kit folder")
+    p.add_argument("src")
+    p.add_argument("dst")
+    add_field(p, ConvertOptions, "checkpoint", help="which checkpoint of a run folder (default: the newest)")
+    add_field(p, ConvertOptions, "dtype", choices=CONVERT_DTYPES)
+    p.set_defaults(func=cmd_convert)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from ..cpu import status as cpu_status
+    from ..formats import read_checkpoint
+    from ..hub import resolve_model_path
+    folder = resolve_model_path(args.model_path if args.model_path else None, offline=args.offline)
+    ck = read_checkpoint(folder, args.checkpoint)
+    c = ck.config
+    n_params = sum(t.numel() for t in ck.state_dict.values())
+    info = {"path": str(ck.path), "format": ck.format, "checkpoint": ck.checkpoint, "parameters": n_params,
+            "n_layer": c.n_layer, "n_embd": c.n_embd, "n_head": c.n_head, "n_ctx": c.n_ctx, "n_vocab": c.n_vocab,
+            "vocabulary": ck.tokenizer.source, "notes": ck.notes, "cpu_kernels": cpu_status()}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"model       {ck.path}")
+    print(f"format      {ck.format}" + (f" (checkpoint {ck.checkpoint})" if ck.checkpoint else ""))
+    print(f"parameters  {n_params:,} ({n_params / 1e6:.1f}M)")
+    print(f"layers      {c.n_layer}, width {c.n_embd}, heads {c.n_head}")
+    print(f"context     {c.n_ctx} tokens")
+    print(f"vocabulary  {c.n_vocab} tokens, from {ck.tokenizer.source}")
+    for note in ck.notes:
+        print(f"note        {note}")
+    print(f"cpu kernels {info['cpu_kernels']}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from ..formats import convert
+    options = ConvertOptions(**given(args, *field_names(ConvertOptions)))
+    out = convert(args.src, args.dst, checkpoint=options.checkpoint, dtype=options.dtype)
+    print(f"wrote {out} (config.json, model.safetensors, vocabulary): opens in gpt2kit and Hugging Face transformers")
+    return 0

@@ -1,0 +1,28 @@
+"""`gpt2kit serve`: a model behind an OpenAI-compatible API and a web playground."""
+from __future__ import annotations
+
+import argparse
+
+from ..options import ServeOptions
+from .common import add_field, add_model_args, field_names, given, model_name
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible API with a web playground")
+    add_model_args(p)
+    S = ServeOptions
+    add_field(p, S, "host", help="address to bind; 127.0.0.1 is this machine only")
+    add_field(p, S, "port", help="port to listen on")
+    add_field(p, S, "api_key", "--api-key", help="require Authorization: Bearer KEY (or set GPT2KIT_API_KEY)")
+    add_field(p, S, "served_name", "--served-name", help="the model id clients send (default: the folder's name)")
+    add_field(p, S, "max_batch", "--max-batch", help="requests decoded together")
+    add_field(p, S, "max_queue", "--max-queue", help="requests waiting before 429")
+    add_field(p, S, "max_tokens_limit", "--max-tokens-limit", help="the largest max_tokens a request may ask")
+    add_field(p, S, "max_request_bytes", "--max-request-bytes", help="larger request bodies get 413")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ..server import serve
+    serve(model_name(args), ServeOptions(**given(args, *field_names(ServeOptions))))
+    return 0

@@ -1,0 +1,117 @@
+"""The options of each adapter-facing operation, one frozen dataclass each: the one home of their defaults.
+
+The CLI builds its flags' help from these classes and the server its request defaults, so a default is
+written once. (Fine-tuning's options are `training/options.py`'s `TrainOptions`.) This module imports
+nothing heavy: `gpt2kit --help` reads it without loading PyTorch.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from .data.extract import ReadOptions
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """The per-row filters of sampling.py (re-exported there); the one rule for their valid ranges."""
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1.0 = off
+    repetition_penalty: float = 1.0  # CTRL's penalty; 1.0 = off
+    presence_penalty: float = 0.0  # OpenAI's additive penalties
+    frequency_penalty: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0:
+            raise UserError(f"temperature must be 0 (greedy) or more, got {self.temperature}")
+        if self.top_k < 0:
+            raise UserError(f"top_k must be 0 (off) or a positive number of tokens, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not self.repetition_penalty > 0:
+            raise UserError(f"repetition_penalty must be positive (1.0 = off), got {self.repetition_penalty}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                raise UserError(f"{name} must be between -2 and 2, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class GenerateOptions:
+    """What `LM.samples` takes besides the prompts: `gpt2kit generate`/`interactive` and the server's defaults."""
+    length: int | None = None  # new tokens per sample; None: until <|endoftext|> or the context is full
+    temperature: float = SamplingSettings.temperature
+    top_k: int = SamplingSettings.top_k
+    top_p: float = SamplingSettings.top_p
+    repetition_penalty: float = SamplingSettings.repetition_penalty
+    presence_penalty: float = SamplingSettings.presence_penalty
+    frequency_penalty: float = SamplingSettings.frequency_penalty
+    stop: tuple[str, ...] = ()  # stop strings, dropped from the text
+    seed: int | None = None  # None: a fresh random seed per call
+    nsamples: int = 1  # samples per prompt (the CLI's 0: until interrupted)
+    batch_size: int = 1
+    truncate: str | None = None  # gpt-2-simple: cut each sample at this text
+    include_prefix: bool = True  # the prompt before its continuation
+    stop_at_eot: bool = True
+    logprobs: int = 0  # top alternatives recorded per step
+
+    def as_kwargs(self) -> dict:
+        """The keyword arguments of `LM.samples`."""
+        return dataclasses.asdict(self)
+
+
+# The `errors` argument of Python's open(): what to do with bytes that are not valid text.
+DECODE_ERRORS = ("strict", "replace", "ignore")
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    """`encode_dataset`'s options (`gpt2kit encode`)."""
+    val_fraction: float = 0.0  # whole documents held out for validation
+    eot: bool = True  # <|endoftext|> after every document
+    # How files are read: the reader's own defaults.
+    encoding: str = ReadOptions.encoding
+    errors: str = ReadOptions.errors  # one of DECODE_ERRORS
+    column: str | None = ReadOptions.column
+    field: str = ReadOptions.field
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.val_fraction < 1:
+            raise UserError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.errors not in DECODE_ERRORS:
+            raise UserError(f"errors must be strict, replace or ignore, got {self.errors!r}")
+
+
+# What `convert` writes: safetensors in one of these, read back by gpt2kit and transformers alike.
+CONVERT_DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """`convert`'s options (`gpt2kit convert`)."""
+    checkpoint: str | None = None  # which checkpoint of a run folder; None: the newest
+    dtype: str = "float32"  # lossless for every published model; halves are for smaller files
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """`gpt2kit serve`: where it listens, what it allows, and how the model loads."""
+    host: str = "127.0.0.1"  # this machine only; anything else warns without an API key
+    port: int = 8000
+    api_key: str | None = None  # None: GPT2KIT_API_KEY if set, else no key
+    served_name: str | None = None  # the model id clients send; None: the model folder's name
+    max_batch: int = 16  # rows decoded together
+    max_queue: int = 64  # requests waiting before 429
+    max_tokens_limit: int = 1024  # the largest max_tokens a request may ask
+    max_request_bytes: int = 1 << 20  # larger bodies get 413 before they are parsed
+    # How the model loads; None leaves the choice to `load` (its defaults are its own).
+    device: str | None = None
+    dtype: str | None = None
+    checkpoint: str | None = None
+    offline: bool | None = None
+
+    def load_kwargs(self) -> dict:
+        """The options meant for `load`, those that were set."""
+        return {k: v for k in ("device", "dtype", "checkpoint", "offline") if (v := getattr(self, k)) is not None}
