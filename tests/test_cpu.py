@@ -4,7 +4,12 @@ Choices (which kernels build, what `--dtype auto` means) are tested on injected 
 family, so they are checked on any machine. Kernel arithmetic is tested for each instruction set
 this machine can run; the others say skipped and why.
 """
+import ctypes
+import functools
 import json
+import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -36,7 +41,25 @@ def isa_cpu(isa: str) -> features.CpuInfo:
     return HERE
 
 
+@functools.cache
+def emulated_avx512() -> kernels.Kernels:
+    """The AVX-512 source compiled for AVX2 through SIMDe's portable intrinsics: checks the 16-lane
+    code's logic on machines without AVX-512 (it is not what runs for real: that build is native)."""
+    if not HERE.avx2:
+        pytest.skip("the emulated AVX-512 build needs an AVX2 machine")
+    if not Path("/usr/include/simde/x86/avx512.h").is_file():
+        pytest.skip("SIMDe's headers are missing: apt-get install libsimde-dev (README's set-up does)")
+    so = Path(tempfile.mkdtemp()) / "gpt2kit-avx512-emulated.so"
+    subprocess.run([kernels.compiler(), *kernels.COMMON_FLAGS, *kernels.AVX2_FLAGS, "-DGPT2KIT_EMULATE_AVX512",
+                    "-Wno-psabi", "-o", str(so), *map(str, kernels.SOURCES), *kernels.LIBS], check=True, capture_output=True)
+    lib = ctypes.CDLL(str(so))
+    kernels._declare(lib)
+    return kernels.Kernels(lib, so, "avx512-emulated")
+
+
 def loaded(isa: str) -> kernels.Kernels:
+    if isa == "avx512-emulated":
+        return emulated_avx512()
     k = kernels.load(isa_cpu(isa))
     assert k is not None, kernels.why_not(isa_cpu(isa))  # README's set-up installs gcc
     assert k.isa == isa
@@ -117,7 +140,7 @@ def test_the_kernels_build_into_the_current_home(isa, tmp_path, monkeypatch):
         assert k.path.name.startswith(f"gpt2kit-{isa}-")
 
 
-@pytest.mark.parametrize("isa", ["avx2", "avx512"])
+@pytest.mark.parametrize("isa", ["avx2", "avx512", "avx512-emulated"])
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("M,K,N", [(1, 768, 50), (2, 37, 19), (3, 64, 7), (5, 96, 301), (8, 3072, 9), (33, 40, 11)])
 def test_linear_matches_torch(isa, fmt, M, K, N):
@@ -164,7 +187,7 @@ def decode(model, lengths=(10, 7, 4)) -> list[torch.Tensor]:
     return steps
 
 
-@pytest.mark.parametrize("isa", ["avx2", "avx512"])
+@pytest.mark.parametrize("isa", ["avx2", "avx512", "avx512-emulated"])
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("n_embd,n_head", [(32, 4), (36, 4)])  # 36: head size 9, rows not multiples of 8
 def test_decode_step_matches_pytorch_on_the_same_weights(isa, fmt, n_embd, n_head):

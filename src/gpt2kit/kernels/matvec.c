@@ -13,6 +13,51 @@
 #include <math.h>
 #include <stdint.h>
 
+#ifdef GPT2KIT_EMULATE_AVX512
+/* Only for tests on machines without AVX-512 (tests/test_cpu.py): the 16-lane code below, compiled
+   for AVX2 with SIMDe's portable AVX-512 intrinsics (Debian's libsimde-dev), so its lane counts,
+   offsets and conversions are checked against PyTorch anywhere. Never used for real work. */
+#define SIMDE_ENABLE_NATIVE_ALIASES
+#include <simde/x86/avx512.h>
+#define __AVX512F__ 1
+/* What SIMDe 0.7 lacks, element by element. */
+static inline __m512 emulated_cvtph_ps(__m256i h) {
+    simde__m256i_private in = simde__m256i_to_private(h);
+    simde__m512_private out;
+    for (int i = 0; i < 16; i++) out.f32[i] = _cvtsh_ss(in.u16[i]);
+    return simde__m512_from_private(out);
+}
+static inline __m512i emulated_cvtepu16_epi32(__m256i h) {
+    simde__m256i_private in = simde__m256i_to_private(h);
+    simde__m512i_private out;
+    for (int i = 0; i < 16; i++) out.i32[i] = (int32_t)in.u16[i];
+    return simde__m512i_from_private(out);
+}
+static inline __m512i emulated_cvtepi8_epi32(__m128i b) {
+    simde__m128i_private in = simde__m128i_to_private(b);
+    simde__m512i_private out;
+    for (int i = 0; i < 16; i++) out.i32[i] = (int32_t)in.i8[i];
+    return simde__m512i_from_private(out);
+}
+static inline __m512 emulated_cvtepi32_ps(__m512i v) {
+    simde__m512i_private in = simde__m512i_to_private(v);
+    simde__m512_private out;
+    for (int i = 0; i < 16; i++) out.f32[i] = (float)in.i32[i];
+    return simde__m512_from_private(out);
+}
+static inline float emulated_reduce_add_ps(__m512 v) {
+    simde__m512_private p = simde__m512_to_private(v);
+    float s = 0.0f;
+    for (int i = 0; i < 16; i++) s += p.f32[i];
+    return s;
+}
+#define _mm512_cvtepu16_epi32 emulated_cvtepu16_epi32
+#define _mm512_cvtepi8_epi32 emulated_cvtepi8_epi32
+#define _mm512_cvtepi32_ps emulated_cvtepi32_ps
+#define _mm512_cvtph_ps emulated_cvtph_ps
+#define _mm512_reduce_add_ps emulated_reduce_add_ps
+#endif
+
 #define ROWS 4   /* rows of W in flight: 4 streams keep the prefetchers busy */
 #define MTILE 4  /* at most this many rows of x per pass over rows of W: 4x2 or 2x4 accumulators, so
                     accumulators + W + x registers fit AVX2's 16 */
