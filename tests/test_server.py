@@ -110,6 +110,10 @@ def test_stop_and_penalties(client):
     (dict(model="tiny", prompt="x", temperature=-1), 400),
     (dict(model="tiny", prompt="x", top_p=0), 400),
     (dict(model="tiny", prompt="x", max_tokens=100000), 400),
+    (dict(model="tiny", prompt="x", max_tokens=-1), 400),
+    (dict(model="tiny", prompt="x", presence_penalty=3), 400),
+    (dict(model="tiny", prompt="x", extra_body={"top_k": -1}), 400),
+    (dict(model="tiny", prompt="x", temperature=2.5), 400),
     (dict(model="other", prompt="x"), 404),
     (dict(model="tiny", prompt="word " * 100), 413),
 ])
@@ -188,3 +192,29 @@ def test_a_model_that_cannot_load_stops_the_server_with_one_line(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr and "config.json" in r.stderr.strip().splitlines()[-1]
+
+
+def test_defaults_come_from_serve_options(server):
+    from gpt2kit.options import ServeOptions
+    with urllib.request.urlopen(server + "/v1/info") as r:
+        info = json.load(r)
+    assert info["max_tokens_limit"] == ServeOptions.max_tokens_limit and info["auth"] is False
+
+
+def test_a_load_bug_keeps_its_exception_for_serve_to_raise():
+    """Only a UserError becomes one line; anything else reaches `serve` whole, traceback and all."""
+    from gpt2kit.errors import UserError
+    from gpt2kit.server.engine import Engine
+
+    def bug():
+        return {}["no such key"]
+
+    def mistake():
+        raise UserError("config.json is not JSON")
+
+    for loader, kind in ((bug, KeyError), (mistake, UserError)):
+        told = []
+        engine = Engine(loader, max_batch=1, max_queue=1, on_load_error=told.append)
+        engine._thread.join(timeout=30)
+        assert isinstance(engine.load_exception, kind) and told == [engine.load_exception]
+        assert engine.load_exception.__traceback__ is not None and engine.load_error == str(engine.load_exception)

@@ -28,10 +28,11 @@ class Perplexity:
 
 
 def perplexity(lm: LM, path: str | Path, *, context_length: int | None = None) -> Perplexity:
-    """Score every token of `path` once, in windows of `context_length` tokens (default, and at most,
-    the model's context). A text file is read the way `encode` reads it, <|endoftext|> after each document."""
-    if context_length is not None and context_length < 1:
-        raise UserError(f"context_length must be at least 1 token, got {context_length}")
+    """Score every token of `path` once, in windows of `context_length` tokens (None or 0: the model's
+    context, which is also the most). A text file is read as `encode` reads it: <|endoftext|> after
+    each document, so a file and its token dataset score the same."""
+    if context_length is not None and context_length < 0:
+        raise UserError(f"context_length must be a number of tokens (0: the model's context), got {context_length}")
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} does not exist")

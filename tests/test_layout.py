@@ -1,0 +1,119 @@
+"""The shape of the package: imports point one way, and starting up loads only what it uses."""
+import ast
+import inspect
+import subprocess
+import sys
+from pathlib import Path
+
+import gpt2kit
+
+PACKAGE = Path(gpt2kit.__file__).parent
+HEAVY = ("torch", "numpy", "tiktoken", "fastapi", "uvicorn", "transformers", "safetensors", "matplotlib")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path, modules: set[str]) -> set[str]:
+    """Every gpt2kit module `path` imports, at the top or inside functions (not under TYPE_CHECKING)."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    tree = ast.parse(path.read_text())
+    skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+            for n in ast.walk(node)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parent + ([base] if base else []))
+            # `from pkg import sub` imports the submodule pkg.sub when there is one
+            found |= {f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names}
+    return {m for m in found if m in modules and m != name}
+
+
+def import_graph() -> dict[str, set[str]]:
+    files = sorted(PACKAGE.rglob("*.py"))
+    modules = {module_name(f) for f in files}
+    return {module_name(f): imports_of(f, modules) for f in files}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v), on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycles_counting_imports_inside_functions():
+    graph = import_graph()
+    assert "gpt2kit.cli.common" in graph["gpt2kit.cli.generate"]  # relative imports count
+    assert "gpt2kit.lm" in graph["gpt2kit.cli.common"]  # and so do imports inside functions
+    assert cycles(graph) == []
+
+
+def test_the_cli_imports_point_down():
+    graph = import_graph()
+    commands = {m for m in graph if m.startswith("gpt2kit.cli.") and m != "gpt2kit.cli.common"}
+    assert len(commands) >= 7
+    assert not graph["gpt2kit.cli.common"] & (commands | {"gpt2kit.cli"})
+    for m in commands:  # a command module uses common and the library, never another command
+        assert not graph[m] & (commands | {"gpt2kit.cli"}), m
+    library = [m for m in graph if not m.startswith(("gpt2kit.cli", "gpt2kit.server")) and m != "gpt2kit.__main__"]
+    for m in library:  # the library never reaches up into its adapters
+        assert not {d for d in graph[m] if d.startswith(("gpt2kit.cli", "gpt2kit.server"))}, m
+
+
+def loaded_after(code: str) -> list[str]:
+    probe = code + f"\nimport sys\nprint([m for m in {HEAVY!r} if m in sys.modules])"
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return eval(r.stdout.strip().splitlines()[-1])
+
+
+def test_import_gpt2kit_and_help_load_nothing_heavy():
+    assert loaded_after("import gpt2kit") == []
+    help_all = "\n".join(f"try:\n    main([{c!r}, '--help'] if {c!r} else ['--help'])\nexcept SystemExit:\n    pass"
+                         for c in ["", "generate", "interactive", "info", "convert", "encode", "decode", "finetune",
+                                   "perplexity", "download", "models", "serve"])
+    assert loaded_after("import contextlib, io\nfrom gpt2kit.cli import main\n"
+                        f"with contextlib.redirect_stdout(io.StringIO()):\n" + "\n".join("    " + l for l in help_all.splitlines())) == []
+
+
+def test_public_names_are_the_library_functions_with_their_signatures():
+    from gpt2kit import evaluation, hub, lm
+    from gpt2kit.options import EncodeOptions
+    assert gpt2kit.load is lm.load and gpt2kit.download is hub.download and gpt2kit.perplexity is evaluation.perplexity
+    params = inspect.signature(gpt2kit.encode_dataset).parameters
+    assert params["val_fraction"].default == EncodeOptions.val_fraction and params["errors"].annotation == "str"
+    assert set(gpt2kit.__all__) <= set(dir(gpt2kit))
