@@ -28,7 +28,7 @@ from gpt2kit.paths import kernels_dir, tuning_dir
 
 HERE = features.detect()
 FAMILIES = ["old_x86", "avx2", "avx512", "avx512_bf16", "amx", "arm"]
-FORMATS = list(KINDS)
+FORMATS = list(KINDS)  # the kinds a build lacks (int8a8, bfloat16a16 without VNNI / AVX512-BF16) skip
 
 
 def isa_cpu(isa: str) -> features.CpuInfo:
@@ -62,28 +62,40 @@ def loaded(isa: str) -> kernels.Kernels:
         return emulated_avx512()
     k = kernels.load(isa_cpu(isa))
     assert k is not None, kernels.why_not(isa_cpu(isa))  # README's set-up installs gcc
-    assert k.isa == isa
+    assert k.isa.split("-")[0] == isa
+    return k
+
+
+def with_kind(k: kernels.Kernels, fmt: str) -> kernels.Kernels:
+    if fmt not in k.kinds:
+        pytest.skip(f"the {k.isa} build has no {fmt} (it needs AVX512-VNNI / AVX512-BF16)")
     return k
 
 
 # --- choices, for every family, on any machine ---------------------------------------------
 
-@pytest.mark.parametrize("family,isa", [("old_x86", None), ("avx2", "avx2"), ("avx512", "avx512"),
-                                        ("avx512_bf16", "avx512"), ("amx", "avx512"), ("arm", None)])
+@pytest.mark.parametrize("family,isa", [("old_x86", None), ("avx2", "avx2"), ("avx512", "avx512-vnni"),
+                                        ("avx512_bf16", "avx512-vnni-bf16"), ("amx", "avx512-vnni-bf16"), ("arm", None)])
 def test_each_family_builds_the_widest_kernels_it_can_run(family, isa):
     got = kernels.isa_for(features.info(family))
     assert (got[0] if got else None) == isa
-    if isa == "avx512":
+    if isa and isa.startswith("avx512"):
         assert "-mavx512f" in got[1] and "-mavx2" in got[1]
+        assert ("-mavx512vnni" in got[1]) == ("vnni" in isa) and ("-mavx512bf16" in got[1]) == ("bf16" in isa)
+    no_vnni = features.CpuInfo("x86_64", "Linux", "", 2, features.info("avx512").flags - {"avx512_vnni"})
+    assert kernels.isa_for(no_vnni)[0] == "avx512"
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_auto_chooses_among_what_each_family_runs_fast(family):
     cpu = features.info(family)
-    with_kernels = kernels.isa_for(cpu) is not None
-    names = {c.name for c in candidates(cpu, object() if with_kernels else None)}
-    if with_kernels:
+    isa = kernels.isa_for(cpu)
+    # the library such a CPU builds: this machine's AVX2 one, or the AVX-512 source through SIMDe
+    k = None if isa is None else loaded("avx2") if isa[0] == "avx2" else emulated_avx512()
+    names = {c.name for c in candidates(cpu, k)}
+    if k is not None:
         assert {"float32/kernels", "float16/kernels", "bfloat16/kernels", "int8/kernels"} <= names
+        assert ("int8a8/kernels" in names) == ("bfloat16a16/kernels" in names) == (isa[0] != "avx2")
     else:
         assert names >= {"float32/torch", "int8/torch"}
     # bf16 arithmetic through PyTorch only where it is native: elsewhere it is emulated, dozens of times slower
@@ -144,15 +156,25 @@ def test_the_kernels_build_into_the_current_home(isa, tmp_path, monkeypatch):
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("M,K,N", [(1, 768, 50), (2, 37, 19), (3, 64, 7), (5, 96, 301), (8, 3072, 9), (33, 40, 11)])
 def test_linear_matches_torch(isa, fmt, M, K, N):
-    k = loaded(isa)
+    k = with_kind(loaded(isa), fmt)
     g = torch.Generator().manual_seed(M * 1000 + K)
     w, b, x = torch.randn(N, K, generator=g), torch.randn(N, generator=g), torch.randn(M, K, generator=g)
     lin = KernelLinear(k, w, b, fmt)
-    ref = F.linear(x, lin.dense_weight(), b)  # the same stored (rounded) weights, PyTorch's fp32 product
+    ref = F.linear(rounded_activations(x, fmt), lin.dense_weight(), b)  # the same stored weights, PyTorch's product
     got = kernel_linear(k, x, lin.weight, lin.kind, lin.scales, lin.bias)
     tol = 1e-4 * max(1.0, ref.abs().max().item())  # fp32 accumulation in another order
     assert got.shape == (M, N) and (got - ref).abs().max() < tol
     assert (lin(x.view(M, 1, K)).view(M, N) - ref).abs().max() < tol
+
+
+def rounded_activations(x: torch.Tensor, fmt: str) -> torch.Tensor:
+    """x as the kind's arithmetic sees it: int8 per row (symmetric) for int8a8, bf16 for bfloat16a16."""
+    if fmt == "int8a8":
+        scale = (x.abs().amax(dim=1, keepdim=True) / 127).clamp(min=1e-30)
+        return torch.round(x / scale) * scale
+    if fmt == "bfloat16a16":
+        return x.bfloat16().float()
+    return x
 
 
 def random_gpt(n_embd: int, n_head: int, seed: int = 0) -> GPT:
@@ -192,7 +214,7 @@ def decode(model, lengths=(10, 7, 4)) -> list[torch.Tensor]:
 @pytest.mark.parametrize("n_embd,n_head", [(32, 4), (36, 4)])  # 36: head size 9, rows not multiples of 8
 def test_decode_step_matches_pytorch_on_the_same_weights(isa, fmt, n_embd, n_head):
     """decode_step.c gives what PyTorch computes with the same stored weights, cache and all."""
-    k = loaded(isa)
+    k = with_kind(loaded(isa), fmt)
     fast = build(random_gpt(n_embd, n_head), Candidate(fmt, "kernels"), k)
     assert fast.step is not None
     slow = CpuGPT(fast.reference, fast.head, None, "the same modules, PyTorch's step")
@@ -204,7 +226,7 @@ def test_decode_step_matches_pytorch_on_the_same_weights(isa, fmt, n_embd, n_hea
 def test_each_format_stays_close_to_the_fp32_reference(fmt, tol):
     """The rounding each weight format costs, on PyTorch's own path (any machine)."""
     ref = decode(random_gpt(32, 4))
-    got = decode(build(random_gpt(32, 4), Candidate(fmt, "torch" if fmt != "float16" else "torch"), None))
+    got = decode(build(random_gpt(32, 4), Candidate(fmt, "torch"), None))
     for a, b in zip(got, ref):
         assert (a - b).abs().max() < tol * b.abs().max()
 

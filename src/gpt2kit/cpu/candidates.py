@@ -28,16 +28,19 @@ DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float16": "float16", "f
 class Candidate:
     dtype: str  # the weight format: float32, float16, bfloat16, int8
     engine: str  # "kernels" (gpt2kit's C) or "torch" (PyTorch's own)
+    kind: str = ""  # the kernels' kind where it is not `dtype` itself (int8a8, bfloat16a16)
 
     @property
     def name(self) -> str:
-        return f"{self.dtype}/{self.engine}"
+        return f"{self.kind or self.dtype}/{self.engine}"
 
 
 def candidates(cpu: CpuInfo, kernels: Kernels | None) -> list[Candidate]:
     """What `--dtype auto` chooses among on `cpu`."""
     if kernels is not None:
         found = [Candidate(d, "kernels") for d in ("float32", "float16", "bfloat16", "int8")]
+        # int8 x int8 (VNNI) and bf16 x bf16 dot products, where this build has them
+        found += [Candidate(d, "kernels", k) for d, k in (("int8", "int8a8"), ("bfloat16", "bfloat16a16")) if k in kernels.kinds]
     else:
         found = [Candidate("float32", "torch"), Candidate("int8", "torch")]
     if cpu.native_bf16:  # bf16 arithmetic through oneDNN: only fast where the CPU has it
@@ -57,7 +60,7 @@ def linear_maker(c: Candidate, kernels: Kernels | None) -> MakeLinear:
     if c.engine == "kernels":
         if kernels is None:
             raise ValueError("the kernels' candidate needs the kernels")
-        return lambda w, b: KernelLinear(kernels, w, b, c.dtype)
+        return lambda w, b: KernelLinear(kernels, w, b, c.kind or c.dtype)
     if c.dtype == "int8":
         return TorchInt8Linear
     if c.dtype in ("bfloat16", "float16"):

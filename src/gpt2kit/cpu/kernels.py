@@ -7,7 +7,8 @@ GPT2KIT_HOME/kernels, named by a hash of the source, the compiler and its flags.
 
 One source tree, compiled per instruction set: AVX2 + FMA + F16C everywhere they exist, and where
 the CPU also has AVX-512 (F, BW, VL, DQ) the same source with -mavx512*, which switches its vectors
-to 16 lanes. Where nothing can be built (no C compiler, not x86, GPT2KIT_NATIVE=0), PyTorch's own
+to 16 lanes, adding int8 x int8 dot products where it has AVX512-VNNI and bf16 x bf16 ones where it
+has AVX512-BF16. Where nothing can be built (no C compiler, not x86, GPT2KIT_NATIVE=0), PyTorch's own
 kernels do the work: slower, the same numbers. Nothing here is cached across changes of the
 environment: the key of every loaded library includes everything that decided it.
 """
@@ -34,6 +35,8 @@ COMMON_FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC"]
 LIBS = ["-lm"]
 AVX2_FLAGS = ["-mavx2", "-mfma", "-mf16c"]
 AVX512_FLAGS = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"]
+# kernels/matvec.c's weight kinds (its wkind enum)
+KINDS = {"float32": 0, "float16": 1, "int8": 2, "bfloat16": 3, "int8a8": 4, "bfloat16a16": 5}
 
 
 @dataclass(frozen=True)
@@ -41,16 +44,27 @@ class Kernels:
     """A loaded kernel library and the instruction set it was built for."""
     lib: ctypes.CDLL
     path: Path
-    isa: str  # "avx2" or "avx512"
+    isa: str  # "avx2", "avx512", "avx512-vnni", "avx512-vnni-bf16", ...
+
+    @property
+    def kinds(self) -> frozenset[str]:
+        """The weight kinds this build computes (weights.KINDS' names)."""
+        mask = self.lib.gpt2kit_kinds()
+        return frozenset(name for name, bit in KINDS.items() if mask >> bit & 1)
 
 
 def isa_for(cpu: CpuInfo) -> tuple[str, list[str]] | None:
     """The widest instruction set gpt2kit has kernels for on `cpu`, and its compiler flags."""
     if not cpu.avx2:
         return None
-    if cpu.avx512:
-        return "avx512", AVX2_FLAGS + AVX512_FLAGS
-    return "avx2", AVX2_FLAGS
+    if not cpu.avx512:
+        return "avx2", AVX2_FLAGS
+    name, flags = "avx512", AVX2_FLAGS + AVX512_FLAGS
+    if cpu.avx512_vnni:
+        name, flags = name + "-vnni", flags + ["-mavx512vnni"]
+    if cpu.avx512_bf16:
+        name, flags = name + "-bf16", flags + ["-mavx512bf16"]
+    return name, flags
 
 
 def disabled() -> bool:
@@ -141,3 +155,5 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.gpt2kit_linear.restype = ctypes.c_int
     lib.gpt2kit_decode_step.argtypes = [ctypes.POINTER(ModelStruct), p, p, i64, p, p, p, i64, i64, p, ctypes.c_int]
     lib.gpt2kit_decode_step.restype = ctypes.c_int
+    lib.gpt2kit_kinds.argtypes = []
+    lib.gpt2kit_kinds.restype = ctypes.c_int

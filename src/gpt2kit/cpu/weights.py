@@ -6,6 +6,10 @@ bound by reading the weights: their bytes decide the speed. The formats (kernels
 - float32: 4 bytes a weight, exactly the model.
 - float16 / bfloat16: 2 bytes, widened to fp32 in registers (F16C / a 16-bit shift); arithmetic fp32.
 - int8: 1 byte, one fp32 scale per output row (symmetric, round to nearest); arithmetic fp32.
+- int8a8 (AVX512-VNNI builds): int8 weights as above, times activations quantized to int8 per row,
+  int32 sums (vpdpbusd). bfloat16a16 (AVX512-BF16 builds): bf16 weights times activations rounded
+  to bf16, fp32 sums (vdpbf16ps). Both change the arithmetic, so `--dtype auto` takes them only where
+  they measure faster and keep fp32's answers.
 
 Where the kernels cannot be built, PyTorch does the work: oneDNN's inner product on a pre-reordered
 fp32 copy (the 154 MB output head at batch 1 in 5.2 ms against 12.1 ms for PyTorch's default), or
@@ -19,11 +23,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .kernels import Kernels
+from .kernels import KINDS, Kernels
 
-# kernels/matvec.c's weight kinds
-KINDS = {"float32": 0, "float16": 1, "int8": 2, "bfloat16": 3}
-STORAGE = {"float32": torch.float32, "float16": torch.float16, "int8": torch.int8, "bfloat16": torch.bfloat16}
+STORAGE = {"float32": torch.float32, "float16": torch.float16, "int8": torch.int8, "bfloat16": torch.bfloat16,
+           "int8a8": torch.int8, "bfloat16a16": torch.bfloat16}
+# Kinds whose arithmetic differs from fp32 on the stored weights: the kernels run every row count,
+# prompts included, so a model computes the same way whatever the batch.
+ALWAYS_KERNELS = {"int8a8", "bfloat16a16"}
 # Above this many rows (a long prompt's prefill) a blocked GEMM beats streaming the weights per row group.
 KERNEL_MAX_ROWS = 32
 
@@ -38,8 +44,10 @@ def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def stored(weight: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     """weight (out, in) in format `fmt`: (stored tensor, per-row scales or None)."""
-    if fmt == "int8":
+    if fmt in ("int8", "int8a8"):
         q, scales = quantize_weight(weight)
+        if fmt == "int8a8":  # (2, N): the scales, then each row's sum of its int8 weights (exact in fp32)
+            scales = torch.cat([scales, q.sum(dim=1, dtype=torch.int32).float()])
         return q.contiguous(), scales.float().contiguous()
     return weight.detach().to(STORAGE[fmt]).contiguous(), None  # fp32 in, fp32 out: the same tensor
 
@@ -47,7 +55,7 @@ def stored(weight: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.Tensor |
 def dense(weight: torch.Tensor, scales: torch.Tensor | None) -> torch.Tensor:
     """A stored weight back as fp32 (N, K): exactly the values the kernels multiply by."""
     w = weight.float()
-    return w * scales[:, None] if scales is not None else w
+    return w * scales[:w.shape[0], None] if scales is not None else w
 
 
 class KernelLinear(nn.Module):
@@ -56,6 +64,7 @@ class KernelLinear(nn.Module):
     def __init__(self, kernels: Kernels, weight: torch.Tensor, bias: torch.Tensor | None, fmt: str):
         super().__init__()
         self.kernels, self.fmt, self.kind = kernels, fmt, KINDS[fmt]
+        self.max_kernel_rows = None if fmt in ALWAYS_KERNELS else KERNEL_MAX_ROWS
         w, scales = stored(weight, fmt)
         self.register_buffer("weight", w)
         self.register_buffer("scales", scales)
@@ -67,7 +76,7 @@ class KernelLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).float().contiguous()  # (M, K)
-        if x2.shape[0] <= KERNEL_MAX_ROWS:
+        if self.max_kernel_rows is None or x2.shape[0] <= self.max_kernel_rows:
             y = kernel_linear(self.kernels, x2, self.weight, self.kind, self.scales, self.bias)
         else:
             y = F.linear(x2, self.dense_weight(), self.bias)

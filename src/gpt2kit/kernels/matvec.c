@@ -20,6 +20,8 @@
 #define SIMDE_ENABLE_NATIVE_ALIASES
 #include <simde/x86/avx512.h>
 #define __AVX512F__ 1
+#define __AVX512VNNI__ 1
+#define __AVX512BF16__ 1
 /* What SIMDe 0.7 lacks, element by element. */
 static inline __m512 emulated_cvtph_ps(__m256i h) {
     simde__m256i_private in = simde__m256i_to_private(h);
@@ -51,6 +53,13 @@ static inline float emulated_reduce_add_ps(__m512 v) {
     for (int i = 0; i < 16; i++) s += p.f32[i];
     return s;
 }
+static inline int32_t emulated_reduce_add_epi32(__m512i v) {
+    simde__m512i_private p = simde__m512i_to_private(v);
+    int32_t s = 0;
+    for (int i = 0; i < 16; i++) s += p.i32[i];
+    return s;
+}
+#define _mm512_reduce_add_epi32 emulated_reduce_add_epi32
 #define _mm512_cvtepu16_epi32 emulated_cvtepu16_epi32
 #define _mm512_cvtepi8_epi32 emulated_cvtepi8_epi32
 #define _mm512_cvtepi32_ps emulated_cvtepi32_ps
@@ -66,7 +75,7 @@ static inline float emulated_reduce_add_ps(__m512 v) {
    all measure within noise of each other, 1 KB a little ahead). */
 #define PF 1024
 
-typedef enum { W_F32 = 0, W_F16 = 1, W_I8 = 2, W_BF16 = 3 } wkind;
+typedef enum { W_F32 = 0, W_F16 = 1, W_I8 = 2, W_BF16 = 3, W_I8A8 = 4, W_BF16A16 = 5 } wkind;
 
 #if defined(__AVX512F__)
 #define VL 16  /* fp32 lanes of a vector */
@@ -230,8 +239,107 @@ BLOCK_FOR(W_F16)
 BLOCK_FOR(W_I8)
 BLOCK_FOR(W_BF16)
 
-/* kind: 0 fp32, 1 fp16, 2 int8 (scale required), 3 bf16. x, W, y contiguous; scale and bias may be NULL.
-   gelu: 1 applies GPT-2's GELU to every output (the MLP's first matrix). Returns 0, or 1 on bad arguments. */
+/* kind: 0 fp32, 1 fp16, 2 int8 (scale (N,) required), 3 bf16; where built for them (gpt2kit_kinds),
+   4 int8 x int8 (scale (2, N): per-row scales, then each row's sum of weights) and 5 bf16 x bf16. x, W, y contiguous; scale and bias may be NULL.
+   gelu: 1 applies GPT-2's GELU to every output (the MLP's first matrix). Returns 0, 1 on bad arguments, 2 out of memory. */
+#include <stdlib.h>
+#include <string.h>
+
+/* Rows of x rounded once per call, shared by every row of W: (M, Kp) with Kp = K rounded up to a
+   whole vector and zeros after K, so the dot loops need no tail. */
+static inline int64_t round_up(int64_t k, int64_t to) { return (k + to - 1) / to * to; }
+
+#if defined(__AVX512VNNI__)
+/* int8 weights x int8 activations: each row of x quantized symmetrically (scale max|x|/127) and
+   offset by 128 to unsigned, then 64 products per vpdpbusd. The offset adds 128 * (sum of the
+   row's weights), which scale[N + n] holds, and is taken off again. */
+static int run_i8a8(const float *x, int64_t M, int64_t K, const int8_t *W, int64_t N, const float *scale,
+                    const float *bias, int gelu, float *y, int threads) {
+    const int64_t Kp = round_up(K, 64);
+    uint8_t *xq = calloc((size_t)(M * Kp + 64), 1);
+    float *sx = malloc(sizeof(float) * (size_t)(M > 0 ? M : 1));
+    if (!xq || !sx) { free(xq); free(sx); return 2; }
+    for (int64_t m = 0; m < M; m++) {
+        float top = 0.0f;
+        for (int64_t k = 0; k < K; k++) top = fmaxf(top, fabsf(x[m * K + k]));
+        sx[m] = top > 0.0f ? top / 127.0f : 1.0f;
+        for (int64_t k = 0; k < K; k++) xq[m * Kp + k] = (uint8_t)(lrintf(x[m * K + k] / sx[m]) + 128);
+        for (int64_t k = K; k < Kp; k++) xq[m * Kp + k] = 128;  /* times a zero weight below */
+    }
+    const int64_t Kv = K - K % 64;  /* whole vectors of W; the rest of each row goes scalar */
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t n = 0; n < N; n++) {
+        const int8_t *wr = W + n * K;
+        for (int64_t m = 0; m < M; m++) {
+            const uint8_t *xr = xq + m * Kp;
+            __m512i acc = _mm512_setzero_si512();
+            for (int64_t k = 0; k < Kv; k += 64)
+                acc = _mm512_dpbusd_epi32(acc, _mm512_loadu_si512((const void *)(xr + k)),
+                                          _mm512_loadu_si512((const void *)(wr + k)));
+            int64_t dot = _mm512_reduce_add_epi32(acc);
+            for (int64_t k = Kv; k < K; k++) dot += (int64_t)xr[k] * wr[k];
+            float s = (float)(dot - 128 * (int64_t)scale[N + n]) * sx[m] * scale[n];
+            if (bias) s += bias[n];
+            if (gelu) s = gelu_tanh(s);
+            y[m * N + n] = s;
+        }
+    }
+    free(xq); free(sx);
+    return 0;
+}
+#endif
+
+#if defined(__AVX512BF16__)
+static inline uint16_t to_bf16(float f) {  /* round to nearest even, as PyTorch's .bfloat16() */
+    union { float f; uint32_t u; } b = { .f = f };
+    if ((b.u & 0x7f800000u) == 0x7f800000u) return (uint16_t)(b.u >> 16 | ((b.u & 0xffff) ? 0x40 : 0));  /* inf, nan */
+    return (uint16_t)((b.u + 0x7fffu + ((b.u >> 16) & 1u)) >> 16);
+}
+
+static inline __m512bh load_bh(const uint16_t *p) { __m512bh v; memcpy(&v, p, 64); return v; }
+
+/* bf16 weights x bf16 activations (x rounded to bf16 once per call), fp32 sums: 32 products
+   per vdpbf16ps. */
+static int run_bf16a16(const float *x, int64_t M, int64_t K, const uint16_t *W, int64_t N, const float *bias,
+                       int gelu, float *y, int threads) {
+    const int64_t Kp = round_up(K, 32);
+    uint16_t *xb = calloc((size_t)(M * Kp + 32), sizeof(uint16_t));
+    if (!xb) return 2;
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t k = 0; k < K; k++) xb[m * Kp + k] = to_bf16(x[m * K + k]);
+    const int64_t Kv = K - K % 32;
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t n = 0; n < N; n++) {
+        const uint16_t *wr = W + n * K;
+        for (int64_t m = 0; m < M; m++) {
+            const uint16_t *xr = xb + m * Kp;
+            __m512 acc = _mm512_setzero_ps();
+            for (int64_t k = 0; k < Kv; k += 32) acc = _mm512_dpbf16_ps(acc, load_bh(xr + k), load_bh(wr + k));
+            float s = _mm512_reduce_add_ps(acc);
+            for (int64_t k = Kv; k < K; k++) s += load1(xr, k, W_BF16) * load1(wr, k, W_BF16);
+            if (bias) s += bias[n];
+            if (gelu) s = gelu_tanh(s);
+            y[m * N + n] = s;
+        }
+    }
+    free(xb);
+    return 0;
+}
+#endif
+
+/* Which kinds this build computes, one bit each (1 << kind): the int8 x int8 and bf16 x bf16 kinds
+   only where the CPU has VNNI / AVX512-BF16 and the library was built for them. */
+int gpt2kit_kinds(void) {
+    int kinds = (1 << W_F32) | (1 << W_F16) | (1 << W_I8) | (1 << W_BF16);
+#if defined(__AVX512VNNI__)
+    kinds |= 1 << W_I8A8;
+#endif
+#if defined(__AVX512BF16__)
+    kinds |= 1 << W_BF16A16;
+#endif
+    return kinds;
+}
+
 int gpt2kit_linear(const float *x, int64_t M, int64_t K, const void *W, int64_t N, int kind,
                    const float *scale, const float *bias, int gelu, float *y, int threads) {
     if (M < 0 || K <= 0 || N <= 0 || threads <= 0) return 1;
@@ -240,6 +348,12 @@ int gpt2kit_linear(const float *x, int64_t M, int64_t K, const void *W, int64_t 
     case W_F16: run_W_F16(x, M, K, W, N, NULL, bias, gelu, y, threads); return 0;
     case W_BF16: run_W_BF16(x, M, K, W, N, NULL, bias, gelu, y, threads); return 0;
     case W_I8: if (!scale) return 1; run_W_I8(x, M, K, W, N, scale, bias, gelu, y, threads); return 0;
+#if defined(__AVX512VNNI__)
+    case W_I8A8: if (!scale) return 1; return run_i8a8(x, M, K, W, N, scale, bias, gelu, y, threads);
+#endif
+#if defined(__AVX512BF16__)
+    case W_BF16A16: return run_bf16a16(x, M, K, W, N, bias, gelu, y, threads);
+#endif
     }
     return 1;
 }
