@@ -31,7 +31,7 @@ typedef struct {
     matrix c_fc, mlp_c_proj;
 } layer;
 
-/* Field order and types mirror the ctypes Structure in gpt2kit/native.py. */
+/* Field order and types mirror the ctypes Structures in gpt2kit/cpu/structs.py. */
 typedef struct {
     int64_t n_layer, n_embd, n_head, n_vocab;
     float eps;              /* LayerNorm epsilon */
