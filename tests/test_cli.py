@@ -97,3 +97,25 @@ def test_prompt_file_not_utf8(hf_tiny, tmp_path):
 def test_unknown_option_exit_2():
     r = run_cli("generate", "--no-such-option")
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_encode_flags_reach_the_library(tmp_path):
+    from gpt2kit.data.tokens import read_tokens
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(4):
+        (docs / f"{i}.txt").write_text(f"Document number {i}, with a few words in it.\n")
+    a = run_cli("encode", docs, "-o", tmp_path / "a.tokens", "--quiet")
+    b = run_cli("encode", docs, "-o", tmp_path / "b.tokens", "--quiet", "--no-eot", "--val-fraction", "0.5")
+    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    assert "validation: 2 documents" in b.stdout
+    held_out = read_tokens(tmp_path / "b.val.tokens").size
+    assert read_tokens(tmp_path / "a.tokens").size == read_tokens(tmp_path / "b.tokens").size + held_out + 4  # 4 <|endoftext|>
+
+
+def test_convert_dtype_flag(tmp_path):
+    from safetensors import safe_open
+    r = run_cli("convert", FIXTURES / "openai_tiny", tmp_path / "half", "--dtype", "float16")
+    assert r.returncode == 0, r.stderr
+    with safe_open(tmp_path / "half" / "model.safetensors", "pt") as f:
+        assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float16"}
