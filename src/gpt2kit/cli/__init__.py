@@ -15,8 +15,6 @@ modules -> common -> the library.
 """
 from __future__ import annotations
 
-import sys
-
 from . import common, download, encode, finetune, generate, info, perplexity, serve
 
 # The order of `gpt2kit --help`.
@@ -26,6 +24,3 @@ COMMANDS = (generate, info, encode, finetune, perplexity, download, serve)
 def main(argv: list[str] | None = None) -> int:
     return common.run(argv, COMMANDS)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

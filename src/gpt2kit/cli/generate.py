@@ -26,7 +26,7 @@ def register(sub) -> None:
     p.add_argument("--prompt-file", help="prompts, one per line (\\n for newlines), or a .jsonl file; - for stdin")
     p.add_argument("--prompt-field", help=f"the JSONL field holding the prompt (default {PROMPT_FIELD!r})")
     p.add_argument("--sample-delim", "--sample_delim", dest="sample_delim", default=SAMPLE_DELIM,
-                   help="text between samples (default 20 '=' and a newline)")
+                   help=f"text between samples (default {SAMPLE_DELIM!r})")
     p.add_argument("--format", choices=["text", "jsonl"], default="text", help="jsonl: one JSON object per sample")
     p.add_argument("--output", help="write the samples to this file instead of the terminal")
     p.add_argument("--output-dir", help="one file per sample in this folder (existing files are kept)")
