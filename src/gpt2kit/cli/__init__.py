@@ -23,4 +23,3 @@ COMMANDS = (generate, info, encode, finetune, perplexity, download, serve)
 
 def main(argv: list[str] | None = None) -> int:
     return common.run(argv, COMMANDS)
-
