@@ -291,3 +291,15 @@ def test_a_compiler_that_fails_falls_back_and_says_why(hf_tiny, tmp_path):
     r = run_cli("generate", "Hi", "--model", hf_tiny, "--length", "3", "--seed", "1", env=env)
     assert r.returncode == 0 and r.stdout.strip() and "Traceback" not in r.stderr
     assert not list((tmp_path / "home" / "kernels").glob("*.so"))
+
+
+def test_info_shows_what_auto_takes_here_and_why(hf_tiny, tmp_path, monkeypatch):
+    from conftest import run_cli
+    r = run_cli("info", hf_tiny, "--json", env={"GPT2KIT_HOME": str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    shown = json.loads(r.stdout)
+    assert HERE.family in shown["cpu_kernels"] and "(chosen)" in shown["cpu_auto"]
+    assert "float32/" in shown["cpu_auto"] and "fp32's speed" in shown["cpu_auto"]
+    chosen = next(part.split(" ")[0] for part in shown["cpu_auto"].split("; ") if "(chosen)" in part)
+    monkeypatch.setenv("GPT2KIT_HOME", str(tmp_path))  # a load decides the same from the file `info` wrote
+    assert gpt2kit.load(hf_tiny, device="cpu").info["cpu_path"] == chosen

@@ -12,12 +12,11 @@ from . import cpu
 from .config import GPTConfig, canonical_name
 from .cpu.candidates import for_dtype
 from .cpu.runner import CpuGPT
-from .cpu.tuning import PROBE_TOKENS
 from .devices import resolve_device, resolve_dtype
 from .errors import UserError
 from .formats import build_model, read_checkpoint
 from .hub import resolve_model_path
-from .paths import BUNDLED_DIR, HELDOUT_TEXT
+from .paths import BUNDLED_DIR
 from .generation import Piece, Sample, encode_prompt, iter_samples, new_seed
 from .model import GPT
 from .sampling import SamplingSettings
@@ -114,13 +113,9 @@ def load(name: str | Path | None = None, *, device: str = "auto", dtype: str = "
             "bundled": folder == BUNDLED_DIR, "device": str(dev), "name": str(name) if name is not None else "bundled"}
     if dev.type != "cpu":
         return LM(gpt, ck.tokenizer, {**info, "dtype": str(torch_dtype).removeprefix("torch.")})
-    model = cpu.prepare(gpt, dtype, probe=_probe(ck.tokenizer))
+    model = cpu.prepare(gpt, dtype, probe=cpu.probe_ids(ck.tokenizer.encode))
     info.update(dtype=model.path.split("/")[0], cpu_path=model.path)
     if model.decision is not None:
         info["cpu_auto"] = model.decision.summary()
     return LM(model, ck.tokenizer, info)
 
-
-def _probe(tokenizer: Tokenizer) -> list[int]:
-    """Held-out token ids `--dtype auto` checks reduced precisions on."""
-    return tokenizer.encode(HELDOUT_TEXT.read_text())[:PROBE_TOKENS]

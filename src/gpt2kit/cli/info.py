@@ -34,7 +34,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     n_params = sum(t.numel() for t in ck.state_dict.values())
     info = {"path": str(ck.path), "format": ck.format, "checkpoint": ck.checkpoint, "parameters": n_params,
             "n_layer": c.n_layer, "n_embd": c.n_embd, "n_head": c.n_head, "n_ctx": c.n_ctx, "n_vocab": c.n_vocab,
-            "vocabulary": ck.tokenizer.source, "notes": ck.notes, "cpu_kernels": cpu_status()}
+            "vocabulary": ck.tokenizer.source, "notes": ck.notes, "cpu_kernels": cpu_status(),
+            "cpu_auto": _auto_on_this_cpu(ck)}
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -47,7 +48,16 @@ def cmd_info(args: argparse.Namespace) -> int:
     for note in ck.notes:
         print(f"note        {note}")
     print(f"cpu kernels {info['cpu_kernels']}")
+    print(f"cpu auto    {info['cpu_auto']}")
     return 0
+
+
+def _auto_on_this_cpu(ck) -> str:
+    """What `--dtype auto` takes for this model on this CPU, with the figures it was chosen by."""
+    from ..cpu import auto_decision, probe_ids
+    from ..formats import build_model
+    gpt = build_model(ck.config, ck.state_dict, ck.path).float().eval()
+    return auto_decision(gpt, probe_ids(ck.tokenizer.encode)).summary()
 
 
 def cmd_convert(args: argparse.Namespace) -> int:

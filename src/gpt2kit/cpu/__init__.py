@@ -17,7 +17,7 @@ from .candidates import build, candidates, for_dtype
 from .features import CpuInfo, detect
 from .kernels import load as load_kernels, status as kernels_status
 from .runner import CpuGPT
-from .tuning import Decision, decide
+from .tuning import Decision, decide, probe_ids
 
 log = logging.getLogger("gpt2kit")
 
@@ -42,10 +42,16 @@ def prepare(gpt: GPT, dtype: str = "auto", *, cpu: CpuInfo | None = None, probe:
     return model
 
 
+def auto_decision(gpt: GPT, probe: list[int], cpu: CpuInfo | None = None) -> Decision:
+    """What `--dtype auto` takes on this CPU for `gpt` (fp32, left as it is), with the figures."""
+    cpu = cpu or detect()
+    return decide(gpt, cpu, load_kernels(cpu), probe)
+
+
 def status(cpu: CpuInfo | None = None) -> str:
     """One line for people: this CPU and whether gpt2kit's kernels are in use on it (and if not, why)."""
     cpu = cpu or detect()
     return f"{cpu.describe()}; gpt2kit's CPU kernels {kernels_status(cpu)}"
 
 
-__all__ = ["CpuGPT", "CpuInfo", "Decision", "detect", "prepare", "status"]
+__all__ = ["CpuGPT", "CpuInfo", "Decision", "auto_decision", "detect", "prepare", "probe_ids", "status"]

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..model import GPT
-from ..paths import tuning_dir
+from ..paths import HELDOUT_TEXT, tuning_dir
 from .candidates import Candidate, candidates, linear_maker, trial
 from .features import CpuInfo
 from .kernels import Kernels
@@ -32,6 +32,11 @@ from .policy import TIMED_ROWS, Fidelity, by_speed, choose
 log = logging.getLogger("gpt2kit")
 FORMAT_VERSION = 1  # of the tuning file
 PROBE_TOKENS = 512  # held-out tokens the fidelity runs on: 1 disagreement in 512 is 99.8%
+
+
+def probe_ids(encode) -> list[int]:
+    """The held-out token ids fidelity is checked on, as `encode` (a tokenizer's) reads assets/heldout.txt."""
+    return encode(HELDOUT_TEXT.read_text())[:PROBE_TOKENS]
 
 
 @dataclass
