@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 import gpt2kit
 from gpt2kit.config import GPTConfig
-from gpt2kit.cpu import features, kernels, policy, prepare
+from gpt2kit.cpu import features, kernels, policy
 from gpt2kit.cpu.candidates import Candidate, build, candidates, for_dtype, trial
 from gpt2kit.cpu.policy import Fidelity
 from gpt2kit.cpu.runner import CpuGPT

@@ -107,7 +107,7 @@ def test_import_gpt2kit_and_help_load_nothing_heavy():
                          for c in ["", "generate", "interactive", "info", "convert", "encode", "decode", "finetune",
                                    "perplexity", "download", "models", "serve"])
     assert loaded_after("import contextlib, io\nfrom gpt2kit.cli import main\n"
-                        f"with contextlib.redirect_stdout(io.StringIO()):\n" + "\n".join("    " + l for l in help_all.splitlines())) == []
+                        "with contextlib.redirect_stdout(io.StringIO()):\n" + "\n".join("    " + l for l in help_all.splitlines())) == []
 
 
 def test_public_names_are_the_library_functions_with_their_signatures():

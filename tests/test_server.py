@@ -9,7 +9,6 @@ import urllib.request
 
 import pytest
 
-from conftest import ROOT
 
 openai = pytest.importorskip("openai")
 

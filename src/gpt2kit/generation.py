@@ -12,7 +12,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Iterator
 
-import torch
 
 from .decoding import BatchDecoder, StepResult
 from .errors import UserError

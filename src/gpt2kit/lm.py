@@ -9,13 +9,14 @@ from typing import Iterator
 import torch
 
 from . import cpu
-from .config import GPTConfig, canonical_name
+from .config import GPTConfig
 from .cpu.candidates import for_dtype
 from .cpu.runner import CpuGPT
 from .devices import resolve_device, resolve_dtype
 from .errors import UserError
 from .formats import build_model, read_checkpoint
 from .hub import resolve_model_path
+from .options import GenerateOptions
 from .paths import BUNDLED_DIR
 from .generation import Piece, Sample, encode_prompt, iter_samples, new_seed
 from .model import GPT
@@ -23,6 +24,7 @@ from .sampling import SamplingSettings
 from .tokenizer import Tokenizer
 
 log = logging.getLogger("gpt2kit")
+_G = GenerateOptions  # the one home of generation's defaults
 
 
 @dataclass
@@ -39,33 +41,38 @@ class LM:
     def device(self) -> torch.device:
         return self.model.wte.weight.device
 
-    def generate(self, prompt: str | list[str] | None = None, *, length: int | None = None,
-                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
-                 stop: str | list[str] | None = None, seed: int | None = None, nsamples: int = 1,
-                 batch_size: int = 1, truncate: str | None = None, include_prefix: bool = True,
-                 stop_at_eot: bool = True) -> list[str]:
-        """One string per sample, in prompt order (all samples of the first prompt, then the next)."""
+    def generate(self, prompt: str | list[str] | None = None, *, length: int | None = _G.length,
+                 temperature: float = _G.temperature, top_k: int = _G.top_k, top_p: float = _G.top_p,
+                 repetition_penalty: float = _G.repetition_penalty, presence_penalty: float = _G.presence_penalty,
+                 frequency_penalty: float = _G.frequency_penalty, stop: str | list[str] | None = None,
+                 seed: int | None = _G.seed, nsamples: int = _G.nsamples, batch_size: int = _G.batch_size,
+                 truncate: str | None = _G.truncate, include_prefix: bool = _G.include_prefix,
+                 stop_at_eot: bool = _G.stop_at_eot) -> list[str]:
+        """One string per sample, in prompt order (all samples of the first prompt, then the next).
+        Defaults: gpt2kit.options.GenerateOptions."""
         if nsamples < 1:
             raise UserError("nsamples must be at least 1 here; only the CLI runs forever with 0")
-        return [ev.text for ev in self.samples(prompt, length=length, temperature=temperature, top_k=top_k, top_p=top_p,
-                                               repetition_penalty=repetition_penalty, stop=stop, seed=seed,
-                                               nsamples=nsamples, batch_size=batch_size, truncate=truncate,
-                                               include_prefix=include_prefix, stop_at_eot=stop_at_eot)
-                if isinstance(ev, Sample)]
+        options = {k: v for k, v in locals().items() if k not in ("self", "prompt")}
+        return [ev.text for ev in self.samples(prompt, **options) if isinstance(ev, Sample)]
 
-    def stream(self, prompt: str | None = None, **options) -> Iterator[str]:
+    def stream(self, prompt: str | None = None, *, length: int | None = _G.length, temperature: float = _G.temperature,
+               top_k: int = _G.top_k, top_p: float = _G.top_p, repetition_penalty: float = _G.repetition_penalty,
+               presence_penalty: float = _G.presence_penalty, frequency_penalty: float = _G.frequency_penalty,
+               stop: str | list[str] | None = None, seed: int | None = _G.seed,
+               stop_at_eot: bool = _G.stop_at_eot) -> Iterator[str]:
         """The text pieces of one sample as they are generated (the continuation only)."""
-        options = {**options, "nsamples": 1, "batch_size": 1}
-        for ev in self.samples(prompt, **options):
+        options = {k: v for k, v in locals().items() if k not in ("self", "prompt")}
+        for ev in self.samples(prompt, nsamples=1, batch_size=1, **options):
             if isinstance(ev, Piece):
                 yield ev.text
 
-    def samples(self, prompt: str | list[str] | None = None, *, length: int | None = None,
-                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
-                presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
-                stop: str | list[str] | None = None, seed: int | None = None, nsamples: int = 1,
-                batch_size: int = 1, truncate: str | None = None, include_prefix: bool = True,
-                stop_at_eot: bool = True, logprobs: int = 0) -> Iterator[Piece | Sample]:
+    def samples(self, prompt: str | list[str] | None = None, *, length: int | None = _G.length,
+                temperature: float = _G.temperature, top_k: int = _G.top_k, top_p: float = _G.top_p,
+                repetition_penalty: float = _G.repetition_penalty, presence_penalty: float = _G.presence_penalty,
+                frequency_penalty: float = _G.frequency_penalty, stop: str | list[str] | None = None,
+                seed: int | None = _G.seed, nsamples: int = _G.nsamples, batch_size: int = _G.batch_size,
+                truncate: str | None = _G.truncate, include_prefix: bool = _G.include_prefix,
+                stop_at_eot: bool = _G.stop_at_eot, logprobs: int = _G.logprobs) -> Iterator[Piece | Sample]:
         """Streamed Pieces and finished Samples (with seeds, token counts, logprobs) in output order."""
         prompts = prompt if isinstance(prompt, list) else [prompt]
         if not prompts:

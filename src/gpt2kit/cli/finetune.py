@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 from ..training.options import DEFAULT_STEPS, TrainOptions
 from .common import add_field, field_names, given, log, model_name

@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import UserError
 from ..options import EncodeOptions
 from ..tokenizer import Tokenizer, gpt2_tokenizer
-from .extract import ReadOptions, documents, expand_inputs, read_text
+from .extract import ReadOptions, documents, expand_inputs
 from .tokens import TokenWriter
 
 BIG_TEXT = 16 << 20  # plain-text files larger than this are read in pieces

@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from ..generation import Job, Piece, Sample, run_jobs
+from ..generation import Job, Sample, run_jobs
 from ..lm import LM
 
 log = logging.getLogger("gpt2kit")
