@@ -61,6 +61,70 @@ def _file_pieces(path: Path, opts: ReadOptions) -> Iterator[tuple[str, bool]]:
             yield doc, True
 
 
+class _Encoding:
+    """One run of encode_dataset: the writers, the batch being gathered, and the validation split."""
+
+    def __init__(self, output: Path, tok: Tokenizer, val_fraction: float, eot: bool):
+        self.tok, self.eot, self.val_fraction = tok, eot, val_fraction
+        self.train = TokenWriter(output, tok.n_vocab)
+        self.val = TokenWriter(val_path_for(output), tok.n_vocab) if val_fraction else None
+        self.batch: list[tuple[str, bool, bool]] = []  # (text, ends document, goes to validation)
+        self.batch_chars = 0
+        self.documents = self.val_documents = 0
+        self.seen_chars = self.val_chars = 0
+        self.doc_chars, self.doc_to_val = 0, None  # of the document being read
+
+    def add(self, text: str, ends: bool, file_size: int) -> None:
+        """A piece of a document (`ends`: its last) from a file of `file_size` bytes."""
+        if ends and self.doc_chars == 0 and not text.strip():
+            return  # an empty document teaches nothing but a stray <|endoftext|>
+        if self.doc_to_val is None:
+            # Whole documents go to validation, every ~1/fraction-th by size, so the split is spread
+            # through the inputs and a document never straddles it.
+            size = file_size if not ends else len(text)
+            self.doc_to_val = bool(self.val) and self.val_chars + size / 2 <= self.val_fraction * (self.seen_chars + size)
+        self.doc_chars += len(text)
+        self.batch.append((text, ends, self.doc_to_val))
+        self.batch_chars += len(text)
+        if ends:
+            self.documents += 1
+            self.val_documents += int(self.doc_to_val)
+            self.seen_chars += self.doc_chars
+            self.val_chars += self.doc_chars if self.doc_to_val else 0
+            self.doc_chars, self.doc_to_val = 0, None
+        if self.batch_chars >= BATCH_CHARS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Encode the gathered pieces together (on every core) and write them."""
+        if not self.batch:
+            return
+        ids = self.tok.encode_batch([t for t, _, _ in self.batch], threads=os.cpu_count() or 1)
+        for (text, ends, to_val), toks in zip(self.batch, ids):
+            if ends and self.eot:
+                toks.append(self.tok.eot_id)
+            (self.val if to_val else self.train).write(np.asarray(toks), docs=1 if ends else 0)
+        self.batch, self.batch_chars = [], 0
+
+    def abort(self) -> None:
+        self.train.abort()
+        if self.val:
+            self.val.abort()
+
+    def close(self, inputs: list) -> None:
+        """Publish both files, or neither when one would be empty."""
+        if self.train.n_tokens == 0:
+            self.abort()
+            raise UserError(f"the inputs hold no text to train on ({', '.join(map(str, inputs))})")
+        if self.val and self.val.n_tokens == 0:
+            self.abort()
+            raise UserError(f"no document went to validation with val_fraction={self.val_fraction}; the inputs have "
+                            f"{self.documents} document(s): use more documents or a larger fraction")
+        self.train.close()
+        if self.val:
+            self.val.close()
+
+
 def encode_dataset(inputs: list[str | Path] | str | Path, output: str | Path, *,
                    val_fraction: float = EncodeOptions.val_fraction, eot: bool = EncodeOptions.eot,
                    encoding: str = EncodeOptions.encoding, errors: str = EncodeOptions.errors,
@@ -78,88 +142,43 @@ def encode_dataset(inputs: list[str | Path] | str | Path, output: str | Path, *,
     output = Path(output)
     if output.resolve() in {f.resolve() for f in files}:
         raise UserError(f"the output {output} is also an input; choose another output path")
-    tok = tokenizer or gpt2_tokenizer()
     opts = ReadOptions(encoding=encoding, errors=errors, column=column, field=field)
-    total_bytes = sum(f.stat().st_size for f in files)
-    train = TokenWriter(output, tok.n_vocab)
-    val = TokenWriter(val_path_for(output), tok.n_vocab) if val_fraction else None
-    stats = {"documents": 0, "val_documents": 0, "bytes": 0}
-    seen_chars = val_chars = 0
-    start = time.time()
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc="encoding", dynamic_ncols=True)
-    batch: list[tuple[str, bool, bool]] = []  # (text, ends document, goes to validation)
-    batch_chars = 0
-    threads = os.cpu_count() or 1
-
-    def flush():
-        nonlocal batch, batch_chars
-        if not batch:
-            return
-        ids = tok.encode_batch([t for t, _, _ in batch], threads=threads)
-        for (text, ends, to_val), toks in zip(batch, ids):
-            if ends and eot:
-                toks.append(tok.eot_id)
-            (val if to_val else train).write(np.asarray(toks), docs=1 if ends else 0)
-        batch, batch_chars = [], 0
-
+    run = _Encoding(output, tokenizer or gpt2_tokenizer(), val_fraction, eot)
+    start, n_bytes = time.time(), 0
+    bar = _progress_bar(sum(f.stat().st_size for f in files)) if progress else None
     try:
         for path in files:
-            doc_chars, doc_to_val = 0, None
+            size = path.stat().st_size
             for text, ends in _file_pieces(path, opts):
-                if ends and doc_chars == 0 and not text.strip():
-                    continue  # an empty document teaches nothing but a stray <|endoftext|>
-                if doc_to_val is None:
-                    # Whole documents go to validation, every ~1/fraction-th by size, so the split is
-                    # spread through the inputs and a document never straddles it.
-                    size = path.stat().st_size if not ends else len(text)
-                    doc_to_val = bool(val) and val_chars + size / 2 <= val_fraction * (seen_chars + size)
-                doc_chars += len(text)
-                batch.append((text, ends, doc_to_val))
-                batch_chars += len(text)
-                if ends:
-                    stats["documents"] += 1
-                    stats["val_documents"] += int(doc_to_val)
-                    seen_chars += doc_chars
-                    val_chars += doc_chars if doc_to_val else 0
-                    doc_chars, doc_to_val = 0, None
-                if batch_chars >= BATCH_CHARS:
-                    flush()
-            stats["bytes"] += path.stat().st_size
+                run.add(text, ends, size)
+            n_bytes += size
             if bar:
-                bar.update(path.stat().st_size)
-        flush()
+                bar.update(size)
+        run.flush()
     except BaseException:
-        train.abort()
-        if val:
-            val.abort()
+        run.abort()
+        raise
+    finally:
         if bar:
             bar.close()
-        raise
-    if bar:
-        bar.close()
-    if train.n_tokens == 0:
-        train.abort()
-        if val:
-            val.abort()
-        raise UserError(f"the inputs hold no text to train on ({', '.join(map(str, inputs))})")
-    train.close()
-    if val:
-        if val.n_tokens == 0:
-            val.abort()
-            raise UserError(f"no document went to validation with val_fraction={val_fraction}; "
-                            f"the inputs have {stats['documents']} document(s): use more documents or a larger fraction")
-        val.close()
-    seconds = time.time() - start
-    tokens = train.n_tokens + (val.n_tokens if val else 0)
+    run.close(inputs)
+    return _summary(run, output, len(files), n_bytes, time.time() - start)
+
+
+def _progress_bar(total_bytes: int):
+    from tqdm import tqdm
+    return tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc="encoding", dynamic_ncols=True)
+
+
+def _summary(run: _Encoding, output: Path, n_files: int, n_bytes: int, seconds: float) -> dict:
+    val_tokens = run.val.n_tokens if run.val else 0
+    tokens = run.train.n_tokens + val_tokens
     return {
-        "output": str(output), "val_output": str(val.path) if val else None, "files": len(files),
-        "documents": stats["documents"], "val_documents": stats["val_documents"],
-        "tokens": tokens, "train_tokens": train.n_tokens, "val_tokens": val.n_tokens if val else 0,
-        "bytes": stats["bytes"], "bytes_per_token": stats["bytes"] / max(tokens, 1),
-        "seconds": seconds, "mb_per_s": stats["bytes"] / 1e6 / max(seconds, 1e-9),
+        "output": str(output), "val_output": str(run.val.path) if run.val else None, "files": n_files,
+        "documents": run.documents, "val_documents": run.val_documents,
+        "tokens": tokens, "train_tokens": run.train.n_tokens, "val_tokens": val_tokens,
+        "bytes": n_bytes, "bytes_per_token": n_bytes / max(tokens, 1),
+        "seconds": seconds, "mb_per_s": n_bytes / 1e6 / max(seconds, 1e-9),
     }
 
 
