@@ -39,16 +39,33 @@ class Checkpoint:
     notes: list[str] = field(default_factory=list)
 
 
+def newest_step(run_dir: Path) -> Path | None:
+    """The newest step folder of a gpt2kit run folder, or None: the one rule, for loading and resuming alike.
+
+    The folder `latest` names wins; without it (or if it is gone), the highest-numbered `step-N`.
+    Either counts only when it holds config.json. training/checkpoint.py writes a step folder under a
+    temporary name (`.tmp-step-N-PID`, which never matches) and renames it when complete, so a kill
+    mid-save cannot make a torn folder the newest; the config.json check guards against folders
+    emptied or copied by hand. Resuming then needs that folder's training state too, and says so
+    when it is missing rather than falling back to an older step.
+    """
+    def complete(folder: Path) -> bool:
+        return re.fullmatch(r"step-\d+", folder.name) is not None and (folder / "config.json").is_file()
+
+    pointer = run_dir / RUN_POINTER
+    if pointer.is_file():
+        named = run_dir / pointer.read_text().strip()
+        if complete(named):
+            return named
+    steps = [p for p in run_dir.glob("step-*") if complete(p)]
+    return max(steps, key=lambda p: int(p.name[5:]), default=None)
+
+
 def resolve_run_folder(folder: Path, checkpoint: str | None = None) -> Path:
     """A gpt2kit run folder (checkpoint/run1) -> the step folder to load (the newest by default)."""
     if checkpoint and (folder / checkpoint).is_dir():
         return folder / checkpoint
-    pointer = folder / RUN_POINTER
-    if pointer.is_file() and (folder / pointer.read_text().strip()).is_dir():
-        return folder / pointer.read_text().strip()
-    steps = sorted((p for p in folder.glob("step-*") if (p / "config.json").is_file()),
-                   key=lambda p: int(re.sub(r"\D", "", p.name) or 0))
-    return steps[-1] if steps else folder
+    return newest_step(folder) or folder
 
 
 def detect_format(folder: Path) -> str:
@@ -129,4 +146,5 @@ def write_vocab(folder: Path, tokenizer: Tokenizer) -> None:
             return
 
 
-__all__ = ["Checkpoint", "read_checkpoint", "build_model", "convert", "save_hf", "write_vocab", "FORMATS_HELP"]
+__all__ = ["Checkpoint", "read_checkpoint", "build_model", "convert", "newest_step", "save_hf", "write_vocab",
+           "FORMATS_HELP"]

@@ -7,7 +7,8 @@
       metrics.csv, loss.png
 
 A step folder is written under a temporary name and renamed when complete, and `latest` moves
-only after that, so a kill -9 mid-save never leaves a broken newest checkpoint.
+only after that, so a kill -9 mid-save never leaves a broken newest checkpoint. Which step folder
+is the newest has one rule, `formats.newest_step`, shared by loading and resuming.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from pathlib import Path
 import torch
 
 from ..config import GPTConfig
-from ..formats import RUN_POINTER, save_hf, write_vocab
+from ..errors import UserError
+from ..formats import RUN_POINTER, newest_step, save_hf, write_vocab
 from ..tokenizer import Tokenizer
 
 STATE_FILE = "training_state.pt"
@@ -27,18 +29,13 @@ STATE_VERSION = 1
 
 
 def step_folders(run_dir: Path) -> list[Path]:
+    """Every `step-N` folder, oldest first (pruning keeps the last `max_checkpoints`)."""
     return sorted((p for p in run_dir.glob("step-*") if p.is_dir() and re.fullmatch(r"step-\d+", p.name)),
                   key=lambda p: int(p.name[5:]))
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    pointer = run_dir / RUN_POINTER
-    if pointer.is_file():
-        folder = run_dir / pointer.read_text().strip()
-        if (folder / STATE_FILE).is_file():
-            return folder
-    done = [p for p in step_folders(run_dir) if (p / STATE_FILE).is_file()]
-    return done[-1] if done else None
+# "The newest step" has one rule, formats.newest_step; this name stays for the scripts that import it.
+latest_checkpoint = newest_step
 
 
 def save_checkpoint(run_dir: Path, step: int, *, config: GPTConfig, model_state: dict, tokenizer: Tokenizer,
@@ -68,7 +65,6 @@ def load_training_state(folder: Path) -> dict | None:
     path = folder / STATE_FILE
     if not path.is_file():
         return None
-    from ..errors import UserError
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # a torn or foreign file: say which one

@@ -10,12 +10,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import torch.distributed as dist
+
 from ..config import GPTConfig
+from ..data.encode import encode_dataset, val_path_for
+from ..data.extract import expand_inputs
+from ..data.tokens import is_token_file, read_tokens
 from ..errors import UserError
 from ..paths import datasets_dir
-from ..data.tokens import is_token_file, read_tokens
 from ..tokenizer import Tokenizer
-from .options import TrainOptions
+from .options import DEFAULT_STEPS, TrainOptions
 
 log = logging.getLogger("gpt2kit")
 
@@ -33,8 +37,6 @@ def prepare_dataset(dataset, opts: TrainOptions, tokenizer: Tokenizer, is_main: 
             cut = int(train.size * (1 - opts.val_fraction))
             train, val = train[:cut], train[cut:]
         return train, val
-    from ..data.encode import encode_dataset, val_path_for
-    from ..data.extract import expand_inputs
     files = expand_inputs(items)
     h = hashlib.sha256(f"{tokenizer.source}|{tokenizer.n_vocab}|{opts.val_fraction}".encode())
     for f in files:
@@ -55,7 +57,6 @@ def prepare_dataset(dataset, opts: TrainOptions, tokenizer: Tokenizer, is_main: 
 
 
 def total_steps(opts: TrainOptions, n_tokens: int, window: int, world_size: int) -> int:
-    from .options import DEFAULT_STEPS
     if opts.steps is not None:
         return opts.steps
     if opts.epochs is not None:
@@ -64,8 +65,9 @@ def total_steps(opts: TrainOptions, n_tokens: int, window: int, world_size: int)
     return DEFAULT_STEPS
 
 
-def make_optimizer(model: torch.nn.Module, opts: TrainOptions, device: torch.device) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+def make_optimizer(parameters: list[torch.Tensor], opts: TrainOptions, device: torch.device) -> torch.optim.Optimizer:
+    """The optimizer over the trainable ones of `parameters` (the model's, or its fp32 masters)."""
+    params = [p for p in parameters if p.requires_grad]
     if not params:
         raise UserError("every layer is frozen: nothing would train; lower --freeze-layers")
     # Weight decay on matrices only, not on biases and LayerNorm gains (as GPT-2 and nanoGPT do).
@@ -118,20 +120,17 @@ def init_distributed(device: torch.device) -> tuple[int, int, int]:
     """(rank, local_rank, world_size); joins the process group when launched by torchrun."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return 0, 0, 1
-    import torch.distributed as dist
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), int(os.environ.get("LOCAL_RANK", 0)), dist.get_world_size()
 
 
 def barrier() -> None:
-    import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
 
 
 def all_reduce_mean(value: float, device) -> float:
-    import torch.distributed as dist
     if not (dist.is_available() and dist.is_initialized()):
         return value
     t = torch.tensor([value], dtype=torch.float64, device=device)

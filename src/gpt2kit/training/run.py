@@ -1,0 +1,197 @@
+"""A training run's state: what `finetune` builds once, carries from step to step, saves and restores.
+
+`start_run` does all the set-up (starting point, model, data, precision, optimizer, a resumed
+state) and returns a `Run`; the loop (loop.py) only steps it. Everything a resume needs to be
+exact is in `Run.training_state()`: optimizer moments, the sampler's and dropout's RNG streams of
+every process, the step, the running loss average.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ..config import GPTConfig
+from ..errors import UserError
+from ..formats import build_model, newest_step, read_checkpoint
+from ..hub import resolve_model_path
+from ..model import GPT
+from ..tokenizer import Tokenizer, gpt2_tokenizer
+from .checkpoint import STATE_FILE, load_training_state, save_checkpoint
+from .metrics import plot_losses, truncate_metrics
+from .options import TrainOptions
+from .precision import Precision, make_precision, plan_precision
+from .sampler import WindowSampler
+from .setup import barrier, freeze, make_optimizer, prepare_dataset, scratch_config, total_steps
+
+log = logging.getLogger("gpt2kit")
+
+
+@dataclass
+class Run:
+    """One training run between steps. `model` is the plain module (evaluated, sampled, saved);
+    `net` is what a step calls: the model, compiled and/or wrapped by DDP."""
+    opts: TrainOptions
+    name: str
+    run_dir: Path
+    device: torch.device
+    rank: int
+    world: int
+    config: GPTConfig
+    tokenizer: Tokenizer
+    model: GPT
+    precision: Precision
+    optimizer: torch.optim.Optimizer
+    sampler: WindowSampler
+    val_tokens: np.ndarray | None
+    window: int
+    steps: int  # the total to reach; a resumed run continues to the same end
+    net: nn.Module | None = None
+    step: int = 0
+    elapsed: float = 0.0  # seconds spent inside steps, summed across resumes
+    avg: list[float] = field(default_factory=lambda: [0.0, 0.0])  # decayed loss sum, decayed count
+    resumed: bool = False
+    # Throughput since the last log line (not saved: a resumed run starts a new interval).
+    interval_start: float = field(default_factory=time.time)
+    interval_tokens: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.opts.batch_size * self.world * self.opts.accumulate_gradients * self.sampler.T
+
+    def training_state(self) -> dict:
+        """Everything an exact resume needs. Collective under DDP: every rank must call it."""
+        rng = [torch.get_rng_state()]
+        samplers = [self.sampler.state_dict()]
+        if self.world > 1:  # every rank's streams, gathered so a resume restores each one
+            rng_all, samplers_all = [None] * self.world, [None] * self.world
+            dist.all_gather_object(rng_all, rng[0])
+            dist.all_gather_object(samplers_all, samplers[0])
+            rng, samplers = rng_all, samplers_all
+        cuda = [torch.cuda.get_rng_state(self.device)] if self.device.type == "cuda" else []
+        return {"optimizer": self.optimizer.state_dict(), "sampler": samplers, "step": self.step,
+                "elapsed": self.elapsed, "avg": self.avg, "total_steps": self.steps, "options": self.opts.to_dict(),
+                "scaler": self.precision.state_dict(), "rng": {"torch": rng, "cuda": cuda}}
+
+    def save(self) -> Path:
+        """A complete step folder (the fp32 weights and the training state). Collective under DDP."""
+        state = self.training_state()
+        folder = self.run_dir / f"step-{self.step:06d}"
+        if self.is_main:
+            folder = save_checkpoint(self.run_dir, self.step, config=self.config.replace(dropout=0.0),
+                                     model_state=self.precision.weights(), tokenizer=self.tokenizer,
+                                     training_state=state, max_checkpoints=self.opts.max_checkpoints)
+            plot_losses(self.run_dir, title=self.name)
+        barrier()
+        return folder
+
+    def restore(self, state: dict) -> None:
+        """Continue from a saved training state, this process's own streams where every rank's were saved."""
+        def mine(items: list):
+            return items[self.rank] if self.rank < len(items) else items[0]
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.sampler.load_state_dict(mine(state["sampler"]))
+        torch.set_rng_state(mine(state["rng"]["torch"]))
+        if self.device.type == "cuda" and state["rng"].get("cuda"):
+            torch.cuda.set_rng_state(state["rng"]["cuda"][min(self.rank, len(state["rng"]["cuda"]) - 1)])
+        self.precision.load_state_dict(state.get("scaler"))
+        self.step, self.elapsed, self.avg = state["step"], state["elapsed"], list(state["avg"])
+        self.resumed = True
+
+
+def start_run(*, dataset, model_name, run_name: str, opts: TrainOptions, device: torch.device,
+              rank: int, world: int) -> Run:
+    """Set a run up: from its newest step (resume), a given checkpoint, a model, or from scratch."""
+    is_main = rank == 0
+    run_dir = Path(opts.checkpoint_dir) / run_name
+    config, state_dict, tokenizer, state, source = _starting_point(model_name, run_dir, opts, is_main)
+    if opts.dropout != config.dropout:
+        config = config.replace(dropout=opts.dropout)
+    torch.manual_seed(opts.seed + rank)  # dropout's stream; restored exactly on resume
+    model = _build_model(config, state_dict, source, opts, device)
+    window = min(opts.context_length or config.n_ctx, config.n_ctx)
+    train_tokens, val_tokens = _read_data(dataset, opts, tokenizer, config, window, is_main)
+    sampler = WindowSampler(train_tokens, window, opts.batch_size, seed=opts.seed, rank=rank, world_size=world,
+                            noise=opts.noise, n_vocab=config.n_vocab)
+    steps = total_steps(opts, train_tokens.size, sampler.T, world)
+    precision = make_precision(model, plan_precision(opts.dtype, device), device)
+    optimizer = make_optimizer(precision.parameters(), opts, device)
+    run = Run(opts=opts, name=run_name, run_dir=run_dir, device=device, rank=rank, world=world, config=config,
+              tokenizer=tokenizer, model=model, precision=precision, optimizer=optimizer, sampler=sampler,
+              val_tokens=val_tokens, window=window, steps=steps)
+    if state is not None:
+        run.restore(state)
+        if is_main:
+            log.info("resuming from %s at step %d", source, run.step)
+            truncate_metrics(run_dir, run.step)
+    elif is_main:
+        log.info("starting from %s (%s parameters, %s)", source, f"{model.num_params():,}", precision.plan.describe())
+    run.net = torch.compile(model) if opts.compile else model
+    if world > 1:
+        run.net = DistributedDataParallel(run.net, device_ids=[device.index] if device.type == "cuda" else None)
+    return run
+
+
+def _starting_point(model_name, run_dir: Path, opts: TrainOptions, is_main: bool):
+    """-> (config, state_dict or None, tokenizer, training state or None, where it came from)."""
+    if opts.restore_from == "latest":
+        folder = newest_step(run_dir)
+        if folder is not None:
+            if not (folder / STATE_FILE).is_file():
+                raise UserError(f"{folder} holds a model but no {STATE_FILE}, so the run cannot resume from it; "
+                                f"fine-tune its weights as a new run with --restore-from {folder} --run-name NEW")
+            ck = read_checkpoint(folder)
+            return ck.config, ck.state_dict, ck.tokenizer, load_training_state(folder), str(folder)
+    elif opts.restore_from == "fresh":
+        if newest_step(run_dir) is not None:
+            if not opts.overwrite:
+                raise UserError(f"{run_dir} already holds a run; pass --overwrite to start it again, "
+                                f"or a new --run-name (or --restore-from latest to continue it)")
+            if is_main:
+                shutil.rmtree(run_dir)
+    else:
+        ck = read_checkpoint(resolve_model_path(opts.restore_from))
+        return ck.config, ck.state_dict, ck.tokenizer, load_training_state(ck.path), str(ck.path)
+    if opts.from_scratch:
+        tok = gpt2_tokenizer()
+        return scratch_config(opts, tok.n_vocab), None, tok, None, "from scratch"
+    ck = read_checkpoint(resolve_model_path(model_name))
+    return ck.config, ck.state_dict, ck.tokenizer, None, str(ck.path)
+
+
+def _build_model(config: GPTConfig, state_dict, source: str, opts: TrainOptions, device: torch.device) -> GPT:
+    """The fp32 model on `device`, initialised from `opts.seed` when there are no weights to load."""
+    if state_dict is None:
+        model = GPT(config)
+        model.init_weights(torch.Generator().manual_seed(opts.seed))
+    else:
+        model = build_model(config, state_dict, source)
+    model.to(device)
+    model.gradient_checkpointing = opts.gradient_checkpointing
+    freeze(model, opts)
+    return model
+
+
+def _read_data(dataset, opts: TrainOptions, tokenizer: Tokenizer, config: GPTConfig, window: int, is_main: bool):
+    """(train tokens, validation tokens or None), checked against the model's vocabulary."""
+    train_tokens, val_tokens = prepare_dataset(dataset, opts, tokenizer, is_main)
+    if train_tokens.size < 2:
+        raise UserError("the training dataset is empty: encode some text first (`gpt2kit encode`)")
+    if int(train_tokens.max()) >= config.n_vocab:
+        raise UserError(f"the dataset has token ids up to {int(train_tokens.max())} but the model's vocabulary is {config.n_vocab}")
+    if train_tokens.size - 1 < window and is_main:
+        log.warning("the dataset has %d tokens, fewer than the context of %d: training on %d-token windows",
+                    train_tokens.size, window, train_tokens.size - 1)
+    return train_tokens, val_tokens
