@@ -80,6 +80,10 @@ class Precision:
 
     def step(self, optimizer: torch.optim.Optimizer, grad_clip: float) -> None:
         """Clip, step and zero the gradients of one optimizer step."""
+        self._clip_and_step(optimizer, grad_clip)
+        optimizer.zero_grad(set_to_none=True)
+
+    def _clip_and_step(self, optimizer: torch.optim.Optimizer, grad_clip: float) -> None:
         if self.scaler:
             self.scaler.unscale_(optimizer)
         if grad_clip:
@@ -89,7 +93,6 @@ class Precision:
             self.scaler.update()
         else:
             optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
 
     def weights(self) -> dict[str, torch.Tensor]:
         """The weights a checkpoint stores."""
@@ -119,10 +122,17 @@ class MasterWeights(Precision):
     @torch.no_grad()
     def step(self, optimizer: torch.optim.Optimizer, grad_clip: float) -> None:
         for name, p in self.model.named_parameters():
-            if p.grad is not None:  # accumulated in bf16 by autograd (and DDP's all-reduce); widened once
-                self.masters[name].grad = p.grad.float()
-                p.grad = None
-        super().step(optimizer, grad_clip)  # clip and step the masters, in fp32
+            master = self.masters[name]
+            if p.grad is None:
+                master.grad = None
+                continue
+            # Accumulated in bf16 by autograd (and DDP's all-reduce), widened once into fp32 buffers kept
+            # from step to step (for 124M, 500 MB that would otherwise be fresh pages every step).
+            if master.grad is None:
+                master.grad = torch.empty_like(master)
+            master.grad.copy_(p.grad)
+            p.grad = None
+        self._clip_and_step(optimizer, grad_clip)  # the masters, in fp32
         for name, p in self.model.named_parameters():
             if p.requires_grad:
                 p.copy_(self.masters[name])  # fp32 -> bf16, round to nearest even
