@@ -29,7 +29,9 @@ class TrainOptions:
     gradient_checkpointing: bool = False
     only_train_transformer_layers: bool = False
     freeze_layers: int = 0
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16: mixed precision with fp32 master weights
+    # auto | float32 | bfloat16 | float16. auto: bf16 where the hardware has it natively, else fp32. On a CPU,
+    # bfloat16 runs the model in bf16 over fp32 master weights; on a GPU, autocast (precision.py says why).
+    dtype: str = "auto"
     compile: bool = False
     device: str = "auto"
     # from scratch

@@ -20,6 +20,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import GPTConfig
+from ..devices import cpu_has_fast_bf16
 from ..errors import UserError
 from ..formats import build_model, newest_step, read_checkpoint
 from ..hub import resolve_model_path
@@ -28,7 +29,7 @@ from ..tokenizer import Tokenizer, gpt2_tokenizer
 from .checkpoint import STATE_FILE, load_training_state, save_checkpoint
 from .metrics import plot_losses, truncate_metrics
 from .options import TrainOptions
-from .precision import Precision, make_precision, plan_precision
+from .precision import MASTER_WEIGHTS, Precision, make_precision, plan_precision
 from .sampler import WindowSampler
 from .setup import barrier, freeze, make_optimizer, prepare_dataset, scratch_config, total_steps
 
@@ -126,7 +127,11 @@ def start_run(*, dataset, model_name, run_name: str, opts: TrainOptions, device:
     sampler = WindowSampler(train_tokens, window, opts.batch_size, seed=opts.seed, rank=rank, world_size=world,
                             noise=opts.noise, n_vocab=config.n_vocab)
     steps = total_steps(opts, train_tokens.size, sampler.T, world)
-    precision = make_precision(model, plan_precision(opts.dtype, device), device)
+    plan = plan_precision(opts.dtype, device)
+    if plan.mode == MASTER_WEIGHTS and is_main and not cpu_has_fast_bf16():
+        log.warning("this CPU has no native bf16 (AVX512-BF16 or AMX): PyTorch emulates it, many times slower "
+                    "than --dtype float32")
+    precision = make_precision(model, plan, device)
     optimizer = make_optimizer(precision.parameters(), opts, device)
     run = Run(opts=opts, name=run_name, run_dir=run_dir, device=device, rank=rank, world=world, config=config,
               tokenizer=tokenizer, model=model, precision=precision, optimizer=optimizer, sampler=sampler,
