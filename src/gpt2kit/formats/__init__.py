@@ -14,6 +14,7 @@ import torch
 from ..config import GPTConfig
 from ..errors import UserError
 from ..model import GPT
+from ..options import ConvertOptions
 from ..tokenizer import Tokenizer, tokenizer_for_folder
 from .huggingface import is_hf_folder, load_hf, save_hf
 from .openai_tf import is_tf_folder, load_tf
@@ -122,7 +123,7 @@ def build_model(config: GPTConfig, state_dict: dict[str, torch.Tensor], source: 
     return model
 
 
-def convert(src: str | Path, dst: str | Path, *, checkpoint: str | None = None, dtype: str = "float32") -> Path:
+def convert(src: str | Path, dst: str | Path, *, checkpoint: str | None = ConvertOptions.checkpoint, dtype: str = ConvertOptions.dtype) -> Path:
     """Write any readable checkpoint as a Hugging Face / gpt2kit folder (config.json + model.safetensors + vocabulary)."""
     ck = read_checkpoint(src, checkpoint)
     dst = Path(dst)
