@@ -1,5 +1,6 @@
 """The shape of the package: imports point one way, and starting up loads only what it uses."""
 import ast
+import dataclasses
 import inspect
 import subprocess
 import sys
@@ -117,3 +118,11 @@ def test_public_names_are_the_library_functions_with_their_signatures():
     params = inspect.signature(gpt2kit.encode_dataset).parameters
     assert params["val_fraction"].default == EncodeOptions.val_fraction and params["errors"].annotation == "str"
     assert set(gpt2kit.__all__) <= set(dir(gpt2kit))
+
+
+def test_finetune_shows_every_training_option_with_its_default():
+    from gpt2kit.training.options import TrainOptions
+    params = inspect.signature(gpt2kit.finetune).parameters
+    assert {"dataset", "model", "run_name"} <= set(params)
+    for f in dataclasses.fields(TrainOptions):
+        assert params[f.name].default == f.default and params[f.name].kind is inspect.Parameter.KEYWORD_ONLY

@@ -6,6 +6,8 @@ asked for, on Ctrl-C (SIGINT) and SIGTERM.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import inspect
 import logging
 import math
 import signal
@@ -50,6 +52,19 @@ def finetune(*, dataset, model=None, run_name: str = "run1", **options) -> Path:
                 log.info("the run is already at step %d of %d; raise --steps to train further", run.step, run.steps)
             return newest_step(run.run_dir) or run.run_dir
         return _train(run)
+
+
+def _signature_with_options() -> inspect.Signature:
+    """finetune's own parameters, then every TrainOptions field as a keyword with its default and type,
+    so help() and editors show them while TrainOptions stays their one home."""
+    own = list(inspect.signature(finetune).parameters.values())[:-1]  # without **options
+    fields = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
+              for f in dataclasses.fields(TrainOptions)]
+    return inspect.Signature(own + fields, return_annotation=inspect.signature(finetune).return_annotation)
+
+
+finetune.__signature__ = _signature_with_options()
+
 
 
 def _train(run: Run) -> Path:
