@@ -217,3 +217,42 @@ def test_a_load_bug_keeps_its_exception_for_serve_to_raise():
         engine._thread.join(timeout=30)
         assert isinstance(engine.load_exception, kind) and told == [engine.load_exception]
         assert engine.load_exception.__traceback__ is not None and engine.load_error == str(engine.load_exception)
+
+
+def test_token_id_prompts_as_lm_evaluation_harness_sends_them(hf_tiny):
+    """lm-evaluation-harness's `local-completions` scores a text with token-id prompts, echo, logprobs=1 and
+    max_tokens=1: the prompt tokens' logprobs must be the model's, here against transformers in fp32."""
+    import torch
+    from transformers import GPT2LMHeadModel
+    proc, url = start_server(hf_tiny, "--dtype", "float32")
+    try:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused")
+        ids = [464, 3797, 3332, 319, 262, 2603, 13]  # "The cat sat on the mat."
+        r = client.completions.create(model="tiny", prompt=ids, max_tokens=1, echo=True, logprobs=1, temperature=0)
+        lp = r.choices[0].logprobs
+        assert lp.token_logprobs[0] is None and len(lp.token_logprobs) == len(ids) + 1
+        with torch.no_grad():
+            ref = GPT2LMHeadModel.from_pretrained(hf_tiny).eval()(torch.tensor([ids])).logits[0].log_softmax(-1)
+        expected = [ref[i - 1, ids[i]].item() for i in range(1, len(ids))]
+        assert lp.token_logprobs[1:len(ids)] == pytest.approx(expected, abs=1e-4)
+        assert r.choices[0].text.startswith("The cat sat on the mat.")
+        # the same continuation as the text prompt, for one prompt and for a batch of id lists
+        text = client.completions.create(model="tiny", prompt="The cat sat on the mat.", max_tokens=6, seed=2)
+        batch = client.completions.create(model="tiny", prompt=[ids, ids[:3]], max_tokens=6, seed=2)
+        assert batch.choices[0].text == text.choices[0].text and len(batch.choices) == 2
+        for bad, status in (([50257], 400), ([[]], 400), ([1] * 64, 413)):  # out of vocabulary, empty, context full
+            with pytest.raises(openai.APIStatusError) as e:
+                client.completions.create(model="tiny", prompt=bad, max_tokens=1)
+            assert e.value.status_code == status
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_a_request_over_the_row_limit_is_refused_before_any_work(client, server):
+    before = health(server)
+    with pytest.raises(openai.BadRequestError, match="at most 64 per request"):
+        client.completions.create(model="tiny", prompt=["hello"] * 1000, n=16, max_tokens=200)
+    after = health(server)  # nothing ran: no batch, no request done
+    assert (after["batches"], after["requests"]) == (before["batches"], before["requests"])
+    assert client.completions.create(model="tiny", prompt=["hello"] * 4, n=16, max_tokens=1).usage.completion_tokens == 64

@@ -105,6 +105,7 @@ class ServeOptions:
     max_batch: int = 16  # rows decoded together
     max_queue: int = 64  # requests waiting before 429
     max_tokens_limit: int = 1024  # the largest max_tokens a request may ask
+    max_request_rows: int = 64  # n x prompts one request may ask: one client cannot fill the server alone
     max_request_bytes: int = 1 << 20  # larger bodies get 413 before they are parsed
     # How the model loads; None leaves the choice to `load` (its defaults are its own).
     device: str | None = None

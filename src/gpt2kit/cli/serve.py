@@ -18,6 +18,7 @@ def register(sub) -> None:
     add_field(p, S, "max_batch", "--max-batch", help="requests decoded together")
     add_field(p, S, "max_queue", "--max-queue", help="requests waiting before 429")
     add_field(p, S, "max_tokens_limit", "--max-tokens-limit", help="the largest max_tokens a request may ask")
+    add_field(p, S, "max_request_rows", "--max-request-rows", help="the most rows (n x prompts) one request may ask")
     add_field(p, S, "max_request_bytes", "--max-request-bytes", help="larger request bodies get 413")
     p.set_defaults(func=cmd_serve)
 

@@ -129,8 +129,8 @@ def _add_generation_routes(app: FastAPI, served: Served) -> None:
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest):
         lm = served.ready_model()
-        completion = Completion.build(body, lm, model_name=served.model_name,
-                                      max_tokens_limit=served.options.max_tokens_limit, reserve=engine.reserve)
+        completion = Completion.build(body, lm, model_name=served.model_name, options=served.options,
+                                      reserve=engine.reserve)
         req = Request(jobs=completion.jobs, sink=asyncio.Queue(), loop=asyncio.get_running_loop(),
                       prompt_logprobs=completion.prompt_logprobs())
         try:

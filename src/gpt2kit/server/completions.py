@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..errors import UserError
 from ..generation import Job, Piece, PromptTooLong, Sample, encode_prompt, make_jobs, new_seed
 from ..lm import LM
-from ..options import GenerateOptions, SamplingSettings
+from ..options import GenerateOptions, SamplingSettings, ServeOptions
 from .engine import DONE, Request
 
 MAX_STOPS = 4  # OpenAI's limit on stop sequences
@@ -36,7 +36,8 @@ class CompletionRequest(BaseModel):
     the bounds here are OpenAI's own API limits."""
     model_config = ConfigDict(extra="ignore")
     model: str | None = None
-    prompt: str | list[str] | None = None
+    # Text, texts, token ids, or lists of token ids (what lm-evaluation-harness sends), as OpenAI's API takes.
+    prompt: str | list[str] | list[int] | list[list[int]] | None = None
     max_tokens: int | None = 16  # OpenAI's default, not the library's (which runs to the end of the context)
     temperature: float = Field(default=G.temperature, le=2.0)
     top_p: float = G.top_p
@@ -55,7 +56,7 @@ class CompletionRequest(BaseModel):
     user: str | None = None
 
 
-def _check(body: CompletionRequest, model_name: str, max_tokens_limit: int) -> None:
+def _check(body: CompletionRequest, model_name: str, options: ServeOptions) -> None:
     """What the request asks that this server does not do."""
     if body.model is not None and body.model != model_name:
         raise APIError(404, f"The model `{body.model}` does not exist; this server serves `{model_name}`",
@@ -64,9 +65,14 @@ def _check(body: CompletionRequest, model_name: str, max_tokens_limit: int) -> N
         raise APIError(400, "best_of is not available in gpt2kit; use n", param="best_of")
     if body.suffix:
         raise APIError(400, "suffix (insertion) is not available for GPT-2", param="suffix")
-    if body.max_tokens is not None and body.max_tokens > max_tokens_limit:
-        raise APIError(400, f"max_tokens is {body.max_tokens}; this server allows at most {max_tokens_limit}",
+    if body.max_tokens is not None and body.max_tokens > options.max_tokens_limit:
+        raise APIError(400, f"max_tokens is {body.max_tokens}; this server allows at most {options.max_tokens_limit}",
                        param="max_tokens")
+    rows = (len(body.prompt) if isinstance(body.prompt, list) and body.prompt and not isinstance(body.prompt[0], int)
+            else 1) * body.n
+    if rows > options.max_request_rows:
+        raise APIError(400, f"this request asks for {rows} completions (n x prompts); this server allows at most "
+                       f"{options.max_request_rows} per request: split it", param="n")
 
 
 @dataclass
@@ -82,11 +88,11 @@ class Completion:
     id: str = field(default_factory=lambda: "cmpl-" + secrets.token_hex(12))
 
     @classmethod
-    def build(cls, body: CompletionRequest, lm: LM, *, model_name: str, max_tokens_limit: int,
+    def build(cls, body: CompletionRequest, lm: LM, *, model_name: str, options: ServeOptions,
               reserve: Any) -> Completion:
         """Check `body`, encode its prompts and make its jobs; `reserve(count)` gives the first job index."""
-        _check(body, model_name, max_tokens_limit)
-        prompts = body.prompt if isinstance(body.prompt, list) else [body.prompt]
+        _check(body, model_name, options)
+        prompts = body.prompt if isinstance(body.prompt, list) and not _is_ids(body.prompt) else [body.prompt]
         if not prompts:
             raise APIError(400, "prompt is an empty list", param="prompt")
         stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
@@ -94,7 +100,9 @@ class Completion:
             raise APIError(400, f"at most {MAX_STOPS} stop sequences", param="stop")
         n_ctx = lm.config.n_ctx
         try:
-            encoded = [encode_prompt(lm.tokenizer, p, n_ctx, truncate=False) for p in prompts]
+            encoded = [_token_prompt(p, lm) if _is_ids(p) else encode_prompt(lm.tokenizer, p, n_ctx, truncate=False)
+                       for p in prompts]
+            prompts = [lm.tokenizer.decode(p) if _is_ids(p) else p for p in prompts]  # the text echo shows
             settings = SamplingSettings(temperature=body.temperature, top_k=body.top_k, top_p=body.top_p,
                                         repetition_penalty=body.repetition_penalty,
                                         presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty)
@@ -207,6 +215,23 @@ class Completion:
         if usage is not None:
             body["usage"] = usage
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+
+def _is_ids(prompt: Any) -> bool:
+    """A prompt given as token ids (a list of ints; [] counts, and is refused by _token_prompt)."""
+    return isinstance(prompt, list) and all(isinstance(t, int) for t in prompt)
+
+
+def _token_prompt(ids: list[int], lm: LM) -> list[int]:
+    """A token-id prompt, checked: ids of this vocabulary, at least one, and room for a new token."""
+    if not ids:
+        raise APIError(400, "a token-id prompt is empty", param="prompt")
+    bad = next((t for t in ids if not 0 <= t < lm.config.n_vocab), None)
+    if bad is not None:
+        raise APIError(400, f"token id {bad} is outside this model's vocabulary (0..{lm.config.n_vocab - 1})", param="prompt")
+    if len(ids) >= lm.config.n_ctx:
+        raise PromptTooLong(len(ids), lm.config.n_ctx)
+    return list(ids)
 
 
 def _finish(s: Sample) -> str:
