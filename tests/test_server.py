@@ -256,3 +256,43 @@ def test_a_request_over_the_row_limit_is_refused_before_any_work(client, server)
     after = health(server)  # nothing ran: no batch, no request done
     assert (after["batches"], after["requests"]) == (before["batches"], before["requests"])
     assert client.completions.create(model="tiny", prompt=["hello"] * 4, n=16, max_tokens=1).usage.completion_tokens == 64
+
+
+def test_lm_evaluation_harness_scores_a_served_model(hf_tiny, tmp_path):
+    """EleutherAI's lm-evaluation-harness, as `lm_eval --model local-completions` runs it, against a live
+    server: its log-likelihoods equal transformers' on the same weights in fp32."""
+    import shutil
+
+    import torch
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.openai_completions import LocalCompletionsAPI
+    from transformers import GPT2LMHeadModel, GPT2TokenizerFast
+
+    from gpt2kit.paths import ASSETS_DIR
+    tok_dir = tmp_path / "tokenizer"  # GPT-2's tokenizer for the harness, as a Hugging Face folder
+    tok_dir.mkdir()
+    shutil.copy(ASSETS_DIR / "encoder.json", tok_dir / "vocab.json")
+    shutil.copy(ASSETS_DIR / "vocab.bpe", tok_dir / "merges.txt")
+    shutil.copy(hf_tiny / "config.json", tok_dir / "config.json")
+    (tok_dir / "tokenizer_config.json").write_text('{"tokenizer_class": "GPT2Tokenizer", "model_max_length": 64}')
+    proc, url = start_server(hf_tiny, "--dtype", "float32")
+    try:
+        harness = LocalCompletionsAPI(base_url=url + "/v1/completions", model="tiny", tokenizer_backend="huggingface",
+                                      tokenizer=str(tok_dir), max_length=64, num_concurrent=1, max_retries=1)
+        pairs = [("The cat sat on", " the mat."), ("Hello", " world"), ("And God said,", " Let there be light")]
+        got = harness.loglikelihood([Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)])
+        rolling = harness.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, ("The cat sat on the mat. " * 3,), 0)])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    model, tok = GPT2LMHeadModel.from_pretrained(hf_tiny).eval(), GPT2TokenizerFast.from_pretrained(str(tok_dir))
+
+    def logprob(context: list[int], continuation: list[int]) -> float:
+        with torch.no_grad():
+            lp = model(torch.tensor([context + continuation])).logits[0].log_softmax(-1)
+        return sum(lp[len(context) - 1 + i, t].item() for i, t in enumerate(continuation))
+
+    for (ctx, cont), (ll, _) in zip(pairs, got):
+        assert ll == pytest.approx(logprob(tok.encode(ctx), tok.encode(cont)), abs=1e-3)
+    ids = tok.encode("The cat sat on the mat. " * 3)
+    assert rolling[0] == pytest.approx(logprob([50256], ids), abs=1e-3)  # scored from <|endoftext|>, as the harness does
