@@ -151,6 +151,20 @@ def test_a_client_that_leaves_stops_its_generation(client, server):
     assert health(server)["cancelled_rows"] > before
 
 
+def test_a_non_streaming_client_that_leaves_stops_its_generation(server):
+    before = health(server)["cancelled_rows"]
+    body = json.dumps({"prompt": ["Long"] * 4, "n": 16, "max_tokens": 1000}).encode()
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as conn:  # the client gives up after 0.5 s and hangs up
+        conn.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        time.sleep(0.5)
+    deadline = time.time() + 20
+    while time.time() < deadline and health(server)["cancelled_rows"] == before:
+        time.sleep(0.1)
+    assert health(server)["cancelled_rows"] >= before + 64  # every row of the request
+
+
 def test_api_key_required(hf_tiny):
     proc, url = start_server(hf_tiny, "--api-key", "sekret")
     try:

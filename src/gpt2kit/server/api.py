@@ -6,6 +6,7 @@ to completions.py and the engine.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import time
 from dataclasses import dataclass, field
 
@@ -74,22 +75,39 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 def _add_guard(app: FastAPI, options: ServeOptions) -> None:
-    """Body size before anything is parsed, and the API key on /v1/ (the playground's page is open)."""
+    """Body size before anything is parsed, and the API key on /v1/ (the playground's page is open).
+
+    A plain ASGI middleware, not @app.middleware("http"): that one wraps `receive`, and a route then
+    never hears that its client hung up (Request.is_disconnected stays False).
+    """
     limit, api_key = options.max_request_bytes, options.api_key
 
-    @app.middleware("http")
-    async def _guard(request: HTTPRequest, call_next):
+    def refusal(scope) -> JSONResponse | None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         try:
-            size = int(request.headers.get("content-length") or 0)
+            size = int(headers.get("content-length") or 0)
         except ValueError:
             size = 0
         if size > limit:
             return JSONResponse(APIError(413, f"the request body is {size} bytes; the limit is {limit}").body(), 413)
-        if api_key and request.url.path.startswith("/v1/"):
-            if request.headers.get("authorization", "") != f"Bearer {api_key}":
+        if api_key and scope["path"].startswith("/v1/"):
+            # compare_digest: the time taken says nothing about how much of a guessed key was right
+            if not hmac.compare_digest(headers.get("authorization", "").encode(), f"Bearer {api_key}".encode()):
                 return JSONResponse(APIError(401, "invalid or missing API key: send Authorization: Bearer <key>",
                                              type_="authentication_error", code="invalid_api_key").body(), 401)
-        return await call_next(request)
+        return None
+
+    class Guard:
+        def __init__(self, inner):
+            self.inner = inner
+
+        async def __call__(self, scope, receive, send):
+            answer = refusal(scope) if scope["type"] == "http" else None
+            if answer is not None:
+                return await answer(scope, receive, send)
+            return await self.inner(scope, receive, send)
+
+    app.add_middleware(Guard)
 
 
 def _add_status_routes(app: FastAPI, served: Served) -> None:
@@ -127,7 +145,7 @@ def _add_generation_routes(app: FastAPI, served: Served) -> None:
         return {"prompt": body.prompt, "tokens": [{"token": lm.tokenizer.decode([i]), "id": i, "prob": p} for i, p in top]}
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest):
+    async def completions(body: CompletionRequest, http: HTTPRequest):
         lm = served.ready_model()
         completion = Completion.build(body, lm, model_name=served.model_name, options=served.options,
                                       reserve=engine.reserve)
@@ -140,4 +158,17 @@ def _add_generation_routes(app: FastAPI, served: Served) -> None:
         if body.stream:
             return StreamingResponse(completion.stream(req), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        return await completion.collect(req)
+        return await _unless_client_leaves(completion.collect(req), http, req)
+
+
+async def _unless_client_leaves(answer, http: HTTPRequest, req: Request, every: float = 0.1):
+    """Await `answer`, cancelling the request's rows if the client hangs up first: a non-streaming client
+    that left would otherwise keep its rows decoding for nobody (a streaming one is noticed by its stream)."""
+    task = asyncio.ensure_future(answer)
+    while not task.done():
+        await asyncio.wait({task}, timeout=every)
+        if not task.done() and await http.is_disconnected():
+            req.cancel()
+            task.cancel()
+            raise APIError(499, "the client closed the connection", type_="client_closed_request")
+    return task.result()
