@@ -15,7 +15,7 @@ import gpt2kit
 from gpt2kit.errors import UserError
 from gpt2kit.formats import newest_step
 
-from conftest import ROOT, run_cli
+from conftest import run_cli
 
 TINY = dict(from_scratch=True, n_layer=2, n_embd=32, n_head=2, n_ctx=32, batch_size=4, learning_rate=3e-3,
             progress=False, print_every=5)
@@ -118,6 +118,7 @@ def test_ddp_two_processes_match_one_with_the_same_global_batch(corpus, tmp_path
     assert close(a, b, dtype)
     # and it is not trivially equal: a different global batch gives different weights
     other = run_cli("finetune", *common, "--batch-size", "2", "--checkpoint-dir", tmp_path / "other")
+    assert other.returncode == 0, other.stderr
     c = weights(tmp_path / "other/run1/step-000006")
     assert not close(a, c, dtype)
 
