@@ -27,7 +27,8 @@ def apply_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     """Nucleus sampling: keep the smallest set of tokens whose probability reaches p."""
     if p >= 1.0:
         return logits
-    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+    # stable: of tied logits the earlier in the row goes first, so which of them stay never depends on the sort
+    sorted_logits, order = torch.sort(logits, descending=True, dim=-1, stable=True)
     cum = sorted_logits.softmax(-1).cumsum(-1)
     drop = cum - sorted_logits.softmax(-1) >= p  # mass before this token already reaches p; the top token always stays
     sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
@@ -67,8 +68,25 @@ def process_logits(logits: torch.Tensor, s: SamplingSettings, seen: torch.Tensor
     return apply_top_p(logits, s.top_p)
 
 
+class NonFiniteLogits(ValueError):
+    """A row of logits holds NaN or +inf, or nothing finite: no token can be drawn from it honestly."""
+
+
+def check_finite(logits: torch.Tensor) -> None:
+    """Refuse rows no distribution comes from (B, V), rather than draw a silent wrong token."""
+    nan, pos_inf = torch.isnan(logits).any(-1), torch.isposinf(logits).any(-1)
+    empty = torch.isneginf(logits).all(-1)
+    bad = nan | pos_inf | empty
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        what = "NaN" if nan[row] else "+inf" if pos_inf[row] else "no finite logit"
+        raise NonFiniteLogits(f"row {row} of the logits has {what}: the model's numbers broke down "
+                              f"(try --dtype float32), and no token is drawn from it")
+
+
 def draw(logits: torch.Tensor, temperature: float, generators: list[torch.Generator]) -> torch.Tensor:
     """One token per row (B,). Greedy at temperature 0; else inverse-CDF with each row's own generator."""
+    check_finite(logits)
     if temperature == 0:
         return logits.argmax(-1)
     probs = logits.softmax(-1)  # (B, V)
@@ -86,10 +104,15 @@ def draw_top_k(logits: torch.Tensor, s: SamplingSettings, generators: list[torch
     k candidates only: the same distribution and the same inverse-CDF walk in vocabulary order, without
     five passes over all 50257 logits (a step at batch 1: 0.76 -> 0.27 ms, at batch 8: 6.3 -> 0.7 ms on a
     2-core CPU)."""
-    values, ids = torch.topk(logits.float(), min(s.top_k, logits.size(-1)), dim=-1)  # (B, k), largest first
-    values = apply_top_p(apply_temperature(values, s.temperature), s.top_p)
-    ids, order = ids.sort(dim=-1)  # vocabulary order, as draw() walks the CDF
-    picked = draw(values.gather(-1, order), s.temperature, generators)  # (B,) index into the k
+    logits = logits.float()
+    values, ids = torch.topk(logits, min(s.top_k, logits.size(-1)), dim=-1)  # (B, k), largest first
+    if bool(((logits >= values[:, -1:]).sum(-1) > values.size(-1)).any()):
+        # Ties with the k-th logit: top-k keeps them all (as transformers does), more than k candidates.
+        return draw(process_logits(logits, s, None, None), s.temperature, generators)
+    check_finite(values)
+    ids, order = ids.sort(dim=-1)  # vocabulary order, as draw() walks the CDF and top-p breaks ties
+    values = apply_top_p(apply_temperature(values.gather(-1, order), s.temperature), s.top_p)
+    picked = draw(values, s.temperature, generators)  # (B,) index into the k
     return ids.gather(-1, picked.unsqueeze(-1)).squeeze(-1)
 
 
