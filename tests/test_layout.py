@@ -126,3 +126,14 @@ def test_finetune_shows_every_training_option_with_its_default():
     assert {"dataset", "model", "run_name"} <= set(params)
     for f in dataclasses.fields(TrainOptions):
         assert params[f.name].default == f.default and params[f.name].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+def test_no_function_is_longer_than_60_lines():
+    """Functions short enough to read at once (STYLE.md); declarative tables aside, none is longer."""
+    root = Path(gpt2kit.__file__).parent
+    long = []
+    for f in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 60:
+                long.append(f"{f.relative_to(root)}:{node.lineno} {node.name}")
+    assert not long, long
