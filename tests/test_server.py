@@ -165,6 +165,19 @@ def test_a_non_streaming_client_that_leaves_stops_its_generation(server):
     assert health(server)["cancelled_rows"] >= before + 64  # every row of the request
 
 
+def test_a_chunked_body_over_the_limit_is_refused(server):
+    """No Content-Length to check up front: the body is counted as it arrives."""
+    import http.client
+    host, port = server.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    chunk = b'{"prompt": "' + b"x" * (1 << 20) + b'", "max_tokens": 1}'
+    conn.request("POST", "/v1/completions", body=iter([chunk[:1000], chunk[1000:]]),
+                 headers={"Content-Type": "application/json"}, encode_chunked=True)
+    r = conn.getresponse()
+    assert r.status == 413 and "limit" in json.loads(r.read())["error"]["message"]
+    assert health(server)["status"] == "ok"
+
+
 def test_api_key_required(hf_tiny):
     proc, url = start_server(hf_tiny, "--api-key", "sekret")
     try:

@@ -75,39 +75,75 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 def _add_guard(app: FastAPI, options: ServeOptions) -> None:
-    """Body size before anything is parsed, and the API key on /v1/ (the playground's page is open).
+    """Body size before anything is parsed, and the API key on /v1/ (the playground's page is open)."""
+    app.add_middleware(_Guard, limit=options.max_request_bytes, api_key=options.api_key)
 
-    A plain ASGI middleware, not @app.middleware("http"): that one wraps `receive`, and a route then
-    never hears that its client hung up (Request.is_disconnected stays False).
-    """
-    limit, api_key = options.max_request_bytes, options.api_key
 
-    def refusal(scope) -> JSONResponse | None:
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+class _Guard:
+    """A plain ASGI middleware, not @app.middleware("http"): that one wraps `receive`, and a route then
+    never hears that its client hung up (Request.is_disconnected stays False)."""
+
+    def __init__(self, inner, *, limit: int, api_key: str | None):
+        self.inner, self.limit, self.api_key = inner, limit, api_key
+
+    async def __call__(self, scope, receive, send):
+        answer = self.refusal(scope) if scope["type"] == "http" else None
+        if answer is None and scope["type"] == "http" and "content-length" not in _headers(scope):
+            # A chunked body has no length to check up front: read it here, at most `limit` bytes.
+            body, answer = await self.read_at_most(receive)
+            receive = _replay(body, receive)
+        if answer is not None:
+            return await answer(scope, receive, send)
+        return await self.inner(scope, receive, send)
+
+    def refusal(self, scope) -> JSONResponse | None:
+        headers = _headers(scope)
         try:
             size = int(headers.get("content-length") or 0)
         except ValueError:
             size = 0
-        if size > limit:
-            return JSONResponse(APIError(413, f"the request body is {size} bytes; the limit is {limit}").body(), 413)
-        if api_key and scope["path"].startswith("/v1/"):
+        if size > self.limit:
+            return _too_large(f"the request body is {size} bytes; the limit is {self.limit}")
+        if self.api_key and scope["path"].startswith("/v1/"):
             # compare_digest: the time taken says nothing about how much of a guessed key was right
-            if not hmac.compare_digest(headers.get("authorization", "").encode(), f"Bearer {api_key}".encode()):
+            if not hmac.compare_digest(headers.get("authorization", "").encode(), f"Bearer {self.api_key}".encode()):
                 return JSONResponse(APIError(401, "invalid or missing API key: send Authorization: Bearer <key>",
                                              type_="authentication_error", code="invalid_api_key").body(), 401)
         return None
 
-    class Guard:
-        def __init__(self, inner):
-            self.inner = inner
+    async def read_at_most(self, receive) -> tuple[bytes, JSONResponse | None]:
+        body = b""
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return body, None
+            body += message.get("body", b"")
+            if len(body) > self.limit:
+                return body, _too_large(f"the request body is over {self.limit} bytes, the limit")
+            if not message.get("more_body"):
+                return body, None
 
-        async def __call__(self, scope, receive, send):
-            answer = refusal(scope) if scope["type"] == "http" else None
-            if answer is not None:
-                return await answer(scope, receive, send)
-            return await self.inner(scope, receive, send)
 
-    app.add_middleware(Guard)
+def _headers(scope) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+
+
+def _too_large(message: str) -> JSONResponse:
+    return JSONResponse(APIError(413, message).body(), 413)
+
+
+def _replay(body: bytes, receive):
+    """`receive` that gives the body already read, then the connection's own messages (a disconnect still
+    reaches the route)."""
+    sent = False
+
+    async def receive_replayed():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+    return receive_replayed
 
 
 def _add_status_routes(app: FastAPI, served: Served) -> None:
@@ -172,3 +208,4 @@ async def _unless_client_leaves(answer, http: HTTPRequest, req: Request, every: 
             task.cancel()
             raise APIError(499, "the client closed the connection", type_="client_closed_request")
     return task.result()
+
