@@ -90,10 +90,14 @@ def read_tokens(path: str | Path) -> np.ndarray:
     with open(path, "rb") as f:
         head = f.read(HEADER.size)
     if head[:8] == MAGIC:
+        if len(head) < HEADER.size:
+            raise UserError(f"{path} is truncated: its {len(head)} bytes do not hold a gpt2kit dataset header; encode it again")
         magic, version, width, n_tokens, n_vocab, n_docs = HEADER.unpack(head)
         if version != VERSION:
             raise UserError(f"{path} is a gpt2kit dataset of version {version}; this gpt2kit reads version {VERSION}: "
                             f"encode the text again with `gpt2kit encode`")
+        if width not in (2, 4):
+            raise UserError(f"{path} is corrupted: its header says {width}-byte tokens (2 or 4); encode it again")
         dtype = np.dtype("<u2") if width == 2 else np.dtype("<u4")
         expected = HEADER.size + n_tokens * width
         if path.stat().st_size != expected:

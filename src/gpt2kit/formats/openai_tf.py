@@ -52,6 +52,9 @@ def _infer_config(ckpt: TFCheckpoint, folder: Path, notes: list[str]) -> GPTConf
     shapes = {k: e.shape for k, e in ckpt.entries.items()}
     if "model/wte" not in shapes or "model/wpe" not in shapes:
         raise UserError(f"{ckpt.prefix}.index has no model/wte or model/wpe: it is not a GPT-2 checkpoint")
+    if len(shapes["model/wte"]) != 2 or len(shapes["model/wpe"]) != 2:
+        raise UserError(f"{ckpt.prefix}.index gives model/wte the shape {shapes['model/wte']} and model/wpe "
+                        f"{shapes['model/wpe']}, not 2-D: the checkpoint is corrupted")
     n_vocab, n_embd = shapes["model/wte"]
     n_ctx = shapes["model/wpe"][0]
     n_layer = len({int(m.group(1)) for k in shapes if (m := re.match(r"model/h(\d+)/", k))})
@@ -93,6 +96,9 @@ def load_tf(folder: Path, checkpoint: str | None, notes: list[str]) -> tuple[GPT
             sd[f"h.{i}.{ln}.bias"] = torch.from_numpy(get(f"model/h{i}/{ln}/b").astype(np.float32))
         for lin in _LINEAR:
             w = get(f"model/h{i}/{lin}/w").astype(np.float32)
+            if w.ndim != 3 or w.shape[0] != 1:  # TF's Conv1D weights are (1, in, out)
+                raise UserError(f"{prefix}.index gives model/h{i}/{lin}/w the shape {w.shape}, not (1, in, out): "
+                                f"the checkpoint is corrupted")
             sd[f"h.{i}.{lin.replace('/', '.')}.weight"] = torch.from_numpy(np.ascontiguousarray(w.squeeze(0).T))  # (out, in)
             sd[f"h.{i}.{lin.replace('/', '.')}.bias"] = torch.from_numpy(get(f"model/h{i}/{lin}/b").astype(np.float32))
     sd["ln_f.weight"] = torch.from_numpy(get("model/ln_f/g").astype(np.float32))

@@ -46,6 +46,8 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
 
 def _proto_fields(buf: bytes):
     """Yield (field number, wire type, value) of a protobuf message; nested messages stay bytes."""
+    if not isinstance(buf, bytes):  # a field that should hold a message holds a number: corrupted
+        raise ValueError(f"expected a nested message, found {buf!r}")
     pos = 0
     while pos < len(buf):
         key, pos = _varint(buf, pos)
@@ -141,6 +143,9 @@ def _parse_entry(name: str, value: bytes) -> TensorEntry:
             size = v
         elif field == 7:
             raise ValueError(f"{name} is a partitioned (sliced) variable, which gpt2kit does not read")
+    numbers = [dtype, shard, offset, size, *shape]
+    if not all(isinstance(n, int) and 0 <= n < 1 << 48 for n in numbers):  # a flipped wire type gives bytes
+        raise ValueError(f"{name}'s entry holds {numbers}, not sizes and offsets")
     return TensorEntry(name, dtype, tuple(shape), shard, offset, size)
 
 
@@ -167,6 +172,8 @@ def read_index(prefix: Path) -> tuple[dict[str, TensorEntry], int]:
             for key, value in _read_block(table, off, size):
                 if key == b"":  # BundleHeaderProto
                     num_shards = next((v for f, _, v in _proto_fields(value) if f == 1), 1)
+                    if not isinstance(num_shards, int) or not 1 <= num_shards < 1 << 16:
+                        raise ValueError(f"the header says {num_shards!r} data shards")
                     continue
                 name = key.decode("utf-8")
                 entries[name] = _parse_entry(name, value)
@@ -202,6 +209,10 @@ class TFCheckpoint:
         if e.offset + e.size > len(data):
             raise UserError(f"{self.shard_path(e.shard)} is truncated: {name} needs bytes up to {e.offset + e.size:,} "
                             f"but the file has {len(data):,}. Download or copy the checkpoint again")
+        itemsize = 2 if TF_DTYPES[e.dtype] == "bfloat16" else np.dtype(TF_DTYPES[e.dtype]).itemsize
+        if e.size % itemsize:
+            raise UserError(f"{self.prefix}.index gives {name} {e.size} bytes, not a whole number of values: "
+                            f"the checkpoint is corrupted")
         raw = np.asarray(data[e.offset:e.offset + e.size])
         if TF_DTYPES[e.dtype] == "bfloat16":
             arr = (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
