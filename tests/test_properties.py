@@ -1,4 +1,6 @@
 """Property-based tests (Hypothesis): what must hold for any input, not just the ones someone thought of."""
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -26,23 +28,19 @@ def test_the_tokenizer_gives_transformers_ids(text):
     assert TOK.encode_ordinary(text) == ref(text)["input_ids"]
 
 
-_HF = []
-
-
+@functools.cache
 def _hf_tokenizer():
-    if not _HF:
-        import shutil
-        import tempfile
-        from pathlib import Path
+    import shutil
+    import tempfile
+    from pathlib import Path
 
-        from transformers import GPT2TokenizerFast
+    from transformers import GPT2TokenizerFast
 
-        from gpt2kit.paths import ASSETS_DIR
-        d = Path(tempfile.mkdtemp())
-        shutil.copy(ASSETS_DIR / "encoder.json", d / "vocab.json")
-        shutil.copy(ASSETS_DIR / "vocab.bpe", d / "merges.txt")
-        _HF.append(GPT2TokenizerFast.from_pretrained(str(d)))
-    return _HF[0]
+    from gpt2kit.paths import ASSETS_DIR
+    d = Path(tempfile.mkdtemp())  # the fast tokenizer loads from a folder of Hugging Face names
+    shutil.copy(ASSETS_DIR / "encoder.json", d / "vocab.json")
+    shutil.copy(ASSETS_DIR / "vocab.bpe", d / "merges.txt")
+    return GPT2TokenizerFast.from_pretrained(str(d))
 
 
 @quick

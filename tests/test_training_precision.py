@@ -18,6 +18,7 @@ from gpt2kit.cpu import features
 from gpt2kit.errors import UserError
 from gpt2kit.formats import read_checkpoint, save_hf
 from gpt2kit.model import GPT
+from gpt2kit.tokenizer import _byte_decoder
 from gpt2kit.training.options import TrainOptions
 from gpt2kit.training.precision import AUTOCAST, FP32, MASTER_WEIGHTS, plan_precision
 from gpt2kit.training.run import start_run
@@ -27,19 +28,6 @@ from conftest import FIXTURES, ROOT
 CPU = torch.device("cpu")
 
 
-def bytes_to_unicode() -> dict[int, str]:
-    """OpenAI's encoder.py: each byte's printable stand-in in a byte-level BPE vocabulary."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
 def byte_level_model(folder: Path, *, n_layer=2, n_embd=64, n_head=4, n_ctx=64, seed=0) -> Path:
     """A random GPT-2 with a byte vocabulary (256 bytes, no merges, then <|endoftext|>), saved as a model folder."""
     folder.mkdir(parents=True)
@@ -47,7 +35,7 @@ def byte_level_model(folder: Path, *, n_layer=2, n_embd=64, n_head=4, n_ctx=64, 
     model = GPT(config)
     model.init_weights(torch.Generator().manual_seed(seed))
     save_hf(folder, config, model.state_dict())
-    encoder = {ch: b for b, ch in bytes_to_unicode().items()} | {"<|endoftext|>": 256}
+    encoder = _byte_decoder() | {"<|endoftext|>": 256}  # each byte's printable stand-in -> the byte
     (folder / "encoder.json").write_text(json.dumps(encoder))
     (folder / "vocab.bpe").write_text("#version: 0.2\n")
     return folder

@@ -109,7 +109,6 @@ def draw_top_k(logits: torch.Tensor, s: SamplingSettings, generators: list[torch
     if bool(((logits >= values[:, -1:]).sum(-1) > values.size(-1)).any()):
         # Ties with the k-th logit: top-k keeps them all (as transformers does), more than k candidates.
         return draw(process_logits(logits, s, None, None), s.temperature, generators)
-    check_finite(values)
     ids, order = ids.sort(dim=-1)  # vocabulary order, as draw() walks the CDF and top-p breaks ties
     values = apply_top_p(apply_temperature(values.gather(-1, order), s.temperature), s.top_p)
     picked = draw(values, s.temperature, generators)  # (B,) index into the k

@@ -56,7 +56,7 @@ def _auto_on_this_cpu(ck) -> str:
     """What `--dtype auto` takes for this model on this CPU, with the figures it was chosen by."""
     from ..cpu import auto_decision, probe_ids
     from ..formats import build_model
-    gpt = build_model(ck.config, ck.state_dict, ck.path).float().eval()
+    gpt = build_model(ck.config, ck.state_dict, ck.path, share=True).float().eval()  # info is done with ck's tensors
     return auto_decision(gpt, probe_ids(ck.tokenizer.encode)).summary()
 
 
