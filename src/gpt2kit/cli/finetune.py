@@ -20,6 +20,7 @@ HELP = {
     "only_train_transformer_layers": "freeze the embeddings and final norm",
     "freeze_layers": "freeze the embeddings and the first N blocks",
     "dtype": "auto | float32 | bfloat16 | float16 (mixed precision, fp32 master weights)",
+    "fsdp": "with torchrun: shard weights, gradients and optimizer state across the processes (FSDP)",
     "from_scratch": "a new model of --n-layer/--n-embd/--n-head/--n-ctx on GPT-2's vocabulary",
     "restore_from": "latest (resume the run if it has checkpoints) | fresh | PATH (any format)",
     "overwrite": "with --restore-from fresh: replace an existing run",

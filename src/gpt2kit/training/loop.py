@@ -28,6 +28,7 @@ from .options import TrainOptions
 from .run import Run, start_run
 from .sampler import eval_windows
 from .setup import all_reduce_mean, init_distributed, lr_at
+from .sharding import gradients_unsynced
 
 log = logging.getLogger("gpt2kit")
 
@@ -113,7 +114,7 @@ def _step(run: Run, lr: float) -> float:
         x, y = x.to(run.device), y.to(run.device)
         sync = contextlib.nullcontext()
         if run.world > 1 and micro < micro_batches - 1:
-            sync = run.net.no_sync()  # all-reduce once per step, not per micro-batch
+            sync = gradients_unsynced(run.net)  # reduce gradients once per step, not per micro-batch
         with sync:
             with run.precision.autocast():
                 logits = run.net(x)  # (B, T, n_vocab)
@@ -137,23 +138,24 @@ def _report(run: Run, loss: float, lr: float, bar) -> None:
     if bar:
         bar.set_postfix(loss=f"{loss:.3f}", avg=f"{avg:.3f}", tok_s=f"{tokens_per_s:.0f}")
         bar.update(1)
-    if not run.is_main:
-        return
-    if step % opts.print_every == 0 or step == run.steps:
+    if run.is_main and (step % opts.print_every == 0 or step == run.steps):
         log.info("[%d | %.2f] loss=%.2f avg=%.2f tok/s=%.0f", step, run.elapsed, loss, avg, tokens_per_s)
         append_metrics(run.run_dir, {"step": step, "elapsed_s": f"{run.elapsed:.2f}", "loss": f"{loss:.4f}",
                                      "avg_loss": f"{avg:.4f}", "lr": f"{lr:.3g}", "tokens_per_s": f"{tokens_per_s:.0f}"})
         run.interval_start, run.interval_tokens = time.time(), 0
+    # A sharded model's forward is collective: under --fsdp every process evaluates and samples, rank 0 reports.
+    takes_part = run.is_main or opts.fsdp
     val = run.val_tokens
-    if val is not None and val.size > 1 and (step % opts.val_every == 0 or step == run.steps):
+    if takes_part and val is not None and val.size > 1 and (step % opts.val_every == 0 or step == run.steps):
         val_loss = evaluate(run.model, val, run.window, opts.batch_size, opts.val_batch_count, run.device,
                             run.precision.autocast())
-        log.info("[%d | %.2f] val_loss=%.2f ppl=%.1f", step, run.elapsed, val_loss, math.exp(min(val_loss, 50)))
-        append_metrics(run.run_dir, {"step": step, "elapsed_s": f"{run.elapsed:.2f}", "val_loss": f"{val_loss:.4f}",
-                                     "val_ppl": f"{math.exp(min(val_loss, 50)):.2f}"})
-        plot_losses(run.run_dir, title=run.name)
-    if opts.sample_every and step % opts.sample_every == 0:
-        write_samples(run.model, run.tokenizer, opts, run.name, step)
+        if run.is_main:
+            log.info("[%d | %.2f] val_loss=%.2f ppl=%.1f", step, run.elapsed, val_loss, math.exp(min(val_loss, 50)))
+            append_metrics(run.run_dir, {"step": step, "elapsed_s": f"{run.elapsed:.2f}", "val_loss": f"{val_loss:.4f}",
+                                         "val_ppl": f"{math.exp(min(val_loss, 50)):.2f}"})
+            plot_losses(run.run_dir, title=run.name)
+    if takes_part and opts.sample_every and step % opts.sample_every == 0:
+        write_samples(run.model, run.tokenizer, opts, run.name, step, report=run.is_main)
 
 
 @contextlib.contextmanager
@@ -211,8 +213,10 @@ def evaluate(model: GPT, tokens, window: int, batch_size: int, batches: int, dev
     return total / max(count, 1)
 
 
-def write_samples(model: GPT, tokenizer, opts: TrainOptions, run_name: str, step: int) -> list[str]:
-    """Training-time samples through the one generation path, with their own seeds (never the training RNG)."""
+def write_samples(model: GPT, tokenizer, opts: TrainOptions, run_name: str, step: int, *, report: bool = True) -> list[str]:
+    """Training-time samples through the one generation path, with their own seeds (never the training RNG).
+
+    report=False draws them without writing or logging (the other processes of a sharded model)."""
     was_training = model.training
     model.eval()
     texts = [ev.text for ev in iter_samples(model, tokenizer, [opts.sample_prefix], length=opts.sample_length,
@@ -220,6 +224,8 @@ def write_samples(model: GPT, tokenizer, opts: TrainOptions, run_name: str, step
                                               nsamples=opts.sample_num, batch_size=opts.sample_num, truncate=None,
                                               include_prefix=True) if isinstance(ev, Sample)]
     model.train(was_training)
+    if not report:
+        return texts
     out_dir = Path(opts.sample_dir) / run_name
     out_dir.mkdir(parents=True, exist_ok=True)
     delim = "=" * 20

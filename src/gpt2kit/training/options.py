@@ -34,6 +34,7 @@ class TrainOptions:
     dtype: str = "auto"
     compile: bool = False
     device: str = "auto"
+    fsdp: bool = False  # under torchrun: shard weights, gradients and optimizer state across processes (sharding.py)
     # from scratch
     from_scratch: bool = False
     n_layer: int = 6

@@ -98,6 +98,13 @@ class Precision:
         """The weights a checkpoint stores."""
         return self.model.state_dict()
 
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict:
+        """The optimizer's state as checkpoints store it (parameters numbered in optimizer order)."""
+        return optimizer.state_dict()
+
+    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict) -> None:
+        optimizer.load_state_dict(state)
+
     def state_dict(self) -> dict | None:
         return self.scaler.state_dict() if self.scaler else None
 

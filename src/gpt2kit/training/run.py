@@ -32,6 +32,7 @@ from .options import TrainOptions
 from .precision import MASTER_WEIGHTS, Precision, make_precision, plan_precision
 from .sampler import WindowSampler
 from .setup import barrier, freeze, make_optimizer, prepare_dataset, scratch_config, total_steps
+from .sharding import Sharded, shard
 
 log = logging.getLogger("gpt2kit")
 
@@ -82,17 +83,18 @@ class Run:
             dist.all_gather_object(samplers_all, samplers[0])
             rng, samplers = rng_all, samplers_all
         cuda = [torch.cuda.get_rng_state(self.device)] if self.device.type == "cuda" else []
-        return {"optimizer": self.optimizer.state_dict(), "sampler": samplers, "step": self.step,
+        return {"optimizer": self.precision.optimizer_state(self.optimizer), "sampler": samplers, "step": self.step,
                 "elapsed": self.elapsed, "avg": self.avg, "total_steps": self.steps, "options": self.opts.to_dict(),
                 "scaler": self.precision.state_dict(), "rng": {"torch": rng, "cuda": cuda}}
 
     def save(self) -> Path:
         """A complete step folder (the fp32 weights and the training state). Collective under DDP."""
         state = self.training_state()
+        weights = self.precision.weights()  # under --fsdp, gathered from every process
         folder = self.run_dir / f"step-{self.step:06d}"
         if self.is_main:
             folder = save_checkpoint(self.run_dir, self.step, config=self.config.replace(dropout=0.0),
-                                     model_state=self.precision.weights(), tokenizer=self.tokenizer,
+                                     model_state=weights, tokenizer=self.tokenizer,
                                      training_state=state, max_checkpoints=self.opts.max_checkpoints)
             plot_losses(self.run_dir, title=self.name)
         barrier()
@@ -102,7 +104,7 @@ class Run:
         """Continue from a saved training state, this process's own streams where every rank's were saved."""
         def mine(items: list):
             return items[self.rank] if self.rank < len(items) else items[0]
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.precision.load_optimizer_state(self.optimizer, state["optimizer"])
         self.sampler.load_state_dict(mine(state["sampler"]))
         torch.set_rng_state(mine(state["rng"]["torch"]))
         if self.device.type == "cuda" and state["rng"].get("cuda"):
@@ -127,11 +129,7 @@ def start_run(*, dataset, model_name, run_name: str, opts: TrainOptions, device:
     sampler = WindowSampler(train_tokens, window, opts.batch_size, seed=opts.seed, rank=rank, world_size=world,
                             noise=opts.noise, n_vocab=config.n_vocab)
     steps = total_steps(opts, train_tokens.size, sampler.T, world)
-    plan = plan_precision(opts.dtype, device)
-    if plan.mode == MASTER_WEIGHTS and is_main and not cpu_has_fast_bf16():
-        log.warning("this CPU has no native bf16 (AVX512-BF16 or AMX): PyTorch emulates it, many times slower "
-                    "than --dtype float32")
-    precision = make_precision(model, plan, device)
+    precision = _precision(model, opts, device, world, is_main)
     optimizer = make_optimizer(precision.parameters(), opts, device)
     run = Run(opts=opts, name=run_name, run_dir=run_dir, device=device, rank=rank, world=world, config=config,
               tokenizer=tokenizer, model=model, precision=precision, optimizer=optimizer, sampler=sampler,
@@ -144,9 +142,24 @@ def start_run(*, dataset, model_name, run_name: str, opts: TrainOptions, device:
     elif is_main:
         log.info("starting from %s (%s parameters, %s)", source, f"{model.num_params():,}", precision.plan.describe())
     run.net = torch.compile(model) if opts.compile else model
-    if world > 1:
+    if world > 1 and not opts.fsdp:
         run.net = DistributedDataParallel(run.net, device_ids=[device.index] if device.type == "cuda" else None)
     return run
+
+
+def _precision(model: GPT, opts: TrainOptions, device: torch.device, world: int, is_main: bool) -> Precision:
+    """How the model trains in its dtype; under --fsdp, sharded first (the optimizer then sees the shards)."""
+    plan = plan_precision(opts.dtype, device)
+    if plan.mode == MASTER_WEIGHTS and is_main and not cpu_has_fast_bf16():
+        log.warning("this CPU has no native bf16 (AVX512-BF16 or AMX): PyTorch emulates it, many times slower "
+                    "than --dtype float32")
+    if not opts.fsdp:
+        return make_precision(model, plan, device)
+    if not dist.is_initialized():
+        raise UserError("--fsdp shards a model across the processes of a torchrun launch: run "
+                        "`torchrun --nproc_per_node N -m gpt2kit finetune ... --fsdp`")
+    shard(model, plan)
+    return Sharded(model, plan, device)
 
 
 def _starting_point(model_name, run_dir: Path, opts: TrainOptions, is_main: bool):
