@@ -281,7 +281,7 @@ def fetch(url: str, dest: Path, *, progress: bool = True, retries: int = RETRIES
 
 def _stream(resp, part: Path, have: int, total: int | None, label: str, progress: bool) -> None:
     bar = None
-    if progress:
+    if progress and (total is None or total - have >= CHUNK):  # a bar for a config.json is only noise
         from tqdm import tqdm
         bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=label, dynamic_ncols=True)
     try:
