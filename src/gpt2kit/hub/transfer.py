@@ -287,7 +287,7 @@ def _stream(resp, part: Path, have: int, total: int | None, label: str, progress
     try:
         with open(part, "ab" if have else "wb") as f:
             while True:
-                block = resp.read(CHUNK)
+                block = resp.read1(CHUNK)  # what has arrived: read() would wait for 1 MB and lose it on a timeout
                 if not block:
                     break
                 f.write(block)
