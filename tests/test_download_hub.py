@@ -128,8 +128,17 @@ def test_model_names_download_first_unless_offline(env, mirror, models):
         hub.resolve_model_path(f"{REPO}@v1", offline=True)
     with pytest.raises(UserError, match="downloads are off"):
         hub.download(REPO, offline=True)
-    folder = hub.resolve_model_path(f"{REPO}@v1", offline=False)
-    assert folder == hub.models_root() / "hub" / REPO / "v1" and (folder / hub.COMPLETE).is_file()
+    r = run_cli("generate", "hi", "--model", f"{REPO}@v1", "--length", "3", env=env)
+    assert r.returncode == 0 and "downloading it first" in r.stderr, r.stderr
+    folder = hub.models_root() / "hub" / REPO / "v1"
+    assert (folder / hub.COMPLETE).is_file() and hub.resolve_model_path(f"{REPO}@v1", offline=True) == folder
+
+
+def test_a_listing_cut_short_is_fetched_again(env, mirror):
+    listing = f"/api/models/{REPO}/revision/main"
+    mirror.hub.faults[listing] = ["cut"]
+    hub.download(REPO, progress=False)
+    assert [p for p, _ in mirror.hub.log].count(listing) == 2
 
 
 def test_unknown_repositories_and_bad_names(env, mirror):

@@ -92,6 +92,9 @@ def list_files(ref: RepoRef) -> tuple[str, list[str]]:
             resp, _ = open_url(url, {"User-Agent": "gpt2kit", "Accept": "application/json", **auth_headers()}, read_timeout())
             with resp:
                 body = resp.read(LISTING_LIMIT + 1)
+                length = resp.headers.get("Content-Length") or ""
+            if length.isdigit() and len(body) < int(length):  # read() does not raise when the connection drops
+                raise ConnectionError(f"the listing broke off after {len(body)} of {length} bytes")
             return _parse_listing(ref, url, body)
         except urllib.error.HTTPError as e:
             if e.code in (401, 403, 404):  # the hub answers 401 for a repository that does not exist, too
