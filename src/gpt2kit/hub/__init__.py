@@ -11,6 +11,26 @@ from .published import HF_FILES, HF_REPOS, OPENAI_FILES, OPENAI_URL, ensure_mode
 from .repos import HF_URL, RepoRef, download_repo, ensure_repo, parse_repo
 from .transfer import COMPLETE, RETRIES, fetch, first_retry_delay, is_offline
 
-__all__ = ["download", "list_models", "remove_model", "resolve_model_path", "ensure_model", "ensure_repo",
-           "download_repo", "parse_repo", "RepoRef", "fetch", "is_offline", "first_retry_delay", "home", "models_root",
-           "COMPLETE", "RETRIES", "OPENAI_FILES", "OPENAI_URL", "HF_FILES", "HF_REPOS", "HF_URL"]
+__all__ = [
+           "COMPLETE",
+           "HF_FILES",
+           "HF_REPOS",
+           "HF_URL",
+           "OPENAI_FILES",
+           "OPENAI_URL",
+           "RETRIES",
+           "RepoRef",
+           "download",
+           "download_repo",
+           "ensure_model",
+           "ensure_repo",
+           "fetch",
+           "first_retry_delay",
+           "home",
+           "is_offline",
+           "list_models",
+           "models_root",
+           "parse_repo",
+           "remove_model",
+           "resolve_model_path",
+]

@@ -24,8 +24,18 @@ from urllib.parse import quote
 from ..config import GPTConfig
 from ..errors import UserError
 from ..paths import models_root
-from .transfer import (COMPLETE, RETRIES, classify, fetch, first_retry_delay, is_offline, make_folder,
-                       mark_complete, open_url, read_timeout)
+from .transfer import (
+    COMPLETE,
+    RETRIES,
+    classify,
+    fetch,
+    first_retry_delay,
+    is_offline,
+    make_folder,
+    mark_complete,
+    open_url,
+    read_timeout,
+)
 
 log = logging.getLogger("gpt2kit")
 HF_URL = "https://huggingface.co"
