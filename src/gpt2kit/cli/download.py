@@ -15,7 +15,7 @@ def register(sub) -> None:
                         "huggingface, the Hugging Face hub's safetensors")
     p.add_argument("--revision", help="for hub repositories: a branch, tag or commit (default main); "
                                       "each revision is kept in its own folder")
-    p.add_argument("--models-dir", "--models_dir", dest="models_dir", help="write OpenAI's layout DIR/<name>/ instead of the cache")
+    p.add_argument("--models-dir", "--models_dir", dest="models_dir", help="write OpenAI's layout DIR/<name>/ (hub repositories: DIR/OWNER/NAME) instead of the cache")
     p.add_argument("--offline", action="store_true", default=None,
                    help="download nothing: succeed only if the models are here already (also GPT2KIT_OFFLINE=1)")
     p.set_defaults(func=cmd_download)
