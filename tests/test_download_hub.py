@@ -20,19 +20,26 @@ REPO = "someone/tiny-gpt2"
 VOCAB = {"vocab.json": (ASSETS / "encoder.json").read_bytes(), "merges.txt": (ASSETS / "vocab.bpe").read_bytes()}
 
 
-def saved(folder, seed, **save):
-    """A small random GPT2LMHeadModel saved by transformers; -> ({file name: bytes}, the model)."""
+def saved(folder, seed, bin=False, **save):
+    """A small random GPT2LMHeadModel saved by transformers; -> ({file name: bytes}, the model).
+
+    bin=True writes pytorch_model.bin as transformers 4 did (torch.save of the state dict), since
+    transformers 5 writes safetensors only.
+    """
     from transformers import GPT2Config, GPT2LMHeadModel
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=64, n_embd=32, n_layer=2, n_head=4)).eval()
     model.save_pretrained(folder, **save)
+    if bin:
+        (folder / "model.safetensors").unlink()
+        torch.save(model.state_dict(), folder / "pytorch_model.bin")
     return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}, model
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("hubmodels")
-    return {"safetensors": saved(root / "a", 1), "bin": saved(root / "b", 2, safe_serialization=False),
+    return {"safetensors": saved(root / "a", 1), "bin": saved(root / "b", 2, bin=True),
             "sharded": saved(root / "c", 3, max_shard_size="2MB")}
 
 
@@ -86,6 +93,8 @@ def test_revisions_are_kept_apart_and_pytorch_bin_and_shards_load(env, mirror, m
     assert r.returncode == 0, r.stderr
     hub.download(f"{REPO}@refs/pr/1", progress=False)  # sharded safetensors with an index
     hub.download(REPO, progress=False)
+    assert (hub.models_root() / "hub" / REPO / "v1" / "pytorch_model.bin").is_file()
+    assert len(list((hub.models_root() / "hub" / REPO / "refs%2Fpr%2F1").glob("model-0000*-of-0000*.safetensors"))) > 1
     assert max_diff(f"{REPO}@v1", models["bin"][1]) < 1e-4
     assert max_diff(f"{REPO}@refs/pr/1", models["sharded"][1]) < 1e-4
     assert max_diff(REPO, models["safetensors"][1]) < 1e-4
@@ -150,3 +159,10 @@ def test_unknown_repositories_and_bad_names(env, mirror):
         hub.download("../etc", progress=False)
     with pytest.raises(UserError, match="--revision is for hub repositories"):
         hub.download("124M", revision="v1", progress=False)
+
+
+def test_models_dir_keeps_owner_and_name(env, mirror, tmp_path):
+    main, v1 = hub.download(REPO, f"{REPO}@v1", models_dir=tmp_path / "models", progress=False)
+    assert main == tmp_path / "models" / "someone" / "tiny-gpt2" and (main / "model.safetensors").is_file()
+    assert v1 == tmp_path / "models" / "someone" / "tiny-gpt2@v1" and (v1 / "pytorch_model.bin").is_file()
+    assert not (hub.models_root() / "hub").exists()
