@@ -129,7 +129,7 @@ def test_repositories_gpt2kit_cannot_run_are_clear_errors(env, mirror, config, f
     mirror.add_repo("someone/odd", contents)
     with pytest.raises(UserError, match=message):
         hub.download("someone/odd", progress=False)
-    assert not (hub.models_root() / "hub" / "someone" / "odd" / "main" / hub.COMPLETE).exists()
+    assert not (hub.models_root() / "hub" / "someone").exists()
 
 
 def test_model_names_download_first_unless_offline(env, mirror, models):

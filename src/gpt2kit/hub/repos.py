@@ -195,10 +195,11 @@ def download_repo(ref: RepoRef, *, models_dir: str | Path | None = None, progres
     get("config.json")
     try:
         check_gpt2(ref, folder / "config.json")
-    except UserError:
+        weights = choose_weights(ref, files, folder, get)
+    except UserError:  # a repository gpt2kit cannot run leaves nothing behind to list as incomplete
         _discard(folder)
         raise
-    for name in choose_weights(ref, files, folder, get) + [t for t in TOKENIZER_FILES if t in files]:
+    for name in weights + [t for t in TOKENIZER_FILES if t in files]:
         get(name)
     if not {"vocab.json", "merges.txt"} <= set(files):
         log.warning("%s carries no vocab.json and merges.txt: gpt2kit will use GPT-2's own vocabulary", ref.display)
