@@ -117,7 +117,8 @@ LOAD_OPTIONS = ("device", "dtype", "checkpoint", "offline")
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """--model and how it loads. Unset flags are not passed on: `load`'s defaults are the only ones."""
     p.add_argument("--model", "--model_name", "--model-name", dest="model", default=None,
-                   help="a folder in any GPT-2 format, or 124M/355M/774M/1558M (default: the small bundled model)")
+                   help="a folder in any GPT-2 format, 124M/355M/774M/1558M, or a GPT-2 on the Hugging Face hub, "
+                        "OWNER/NAME[@REVISION] (default: the small bundled model)")
     p.add_argument("--models-dir", "--models_dir", dest="models_dir", default=None,
                    help="look for published models in DIR/<name> (OpenAI's layout), as download_model.py writes them")
     p.add_argument("--checkpoint", default=None, help="which checkpoint in a run folder: model-N (TF runs) or step-N (gpt2kit runs)")

@@ -1,4 +1,4 @@
-"""`gpt2kit download` and `gpt2kit models`: the published models and the local cache."""
+"""`gpt2kit download` and `gpt2kit models`: published models, GPT-2s on the Hugging Face hub, the local cache."""
 from __future__ import annotations
 
 import argparse
@@ -7,11 +7,17 @@ from ..errors import UserError
 
 
 def register(sub) -> None:
-    p = sub.add_parser("download", help="download published GPT-2 models (124M 355M 774M 1558M)")
-    p.add_argument("names", nargs="+")
-    p.add_argument("--source", choices=["openai", "huggingface"], 
-                   help="openai: OpenAI's original TensorFlow files; huggingface: the Hugging Face hub's safetensors")
-    p.add_argument("--models-dir", "--models_dir", dest="models_dir", help="write OpenAI's layout DIR/<name>/ instead of the cache")
+    p = sub.add_parser("download", help="download published GPT-2 models (124M 355M 774M 1558M) or any GPT-2 on "
+                                        "the Hugging Face hub (OWNER/NAME)")
+    p.add_argument("names", nargs="+", metavar="NAME", help="124M/355M/774M/1558M, or a hub repository OWNER/NAME[@REVISION]")
+    p.add_argument("--source", choices=["openai", "huggingface"],
+                   help="for the published names: openai (default), OpenAI's original TensorFlow files; "
+                        "huggingface, the Hugging Face hub's safetensors")
+    p.add_argument("--revision", help="for hub repositories: a branch, tag or commit (default main); "
+                                      "each revision is kept in its own folder")
+    p.add_argument("--models-dir", "--models_dir", dest="models_dir", help="write OpenAI's layout DIR/<name>/ (hub repositories: DIR/OWNER/NAME) instead of the cache")
+    p.add_argument("--offline", action="store_true", default=None,
+                   help="download nothing: succeed only if the models are here already (also GPT2KIT_OFFLINE=1)")
     p.set_defaults(func=cmd_download)
 
     p = sub.add_parser("models", help="list the models on this machine; `models rm NAME` deletes one")
@@ -22,8 +28,8 @@ def register(sub) -> None:
 
 def cmd_download(args: argparse.Namespace) -> int:
     from ..hub import download
-    source = {"source": args.source} if args.source else {}
-    for path in download(*args.names, models_dir=args.models_dir, **source):
+    for path in download(*args.names, models_dir=args.models_dir, source=args.source,
+                         revision=args.revision, offline=args.offline):
         print(f"ready: {path}")
     return 0
 
