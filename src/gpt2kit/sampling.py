@@ -32,7 +32,10 @@ def apply_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     # stable: of tied logits the earlier in the row goes first, so which of them stay never depends on the sort
     sorted_logits, order = torch.sort(logits, descending=True, dim=-1, stable=True)
     cum = sorted_logits.softmax(-1).cumsum(-1)
-    drop = cum - sorted_logits.softmax(-1) >= p  # mass before this token already reaches p; the top token always stays
+    drop = cum - sorted_logits.softmax(-1) >= p  # mass before this token already reaches p
+    # The top token always stays, even for a p so small that it rounds to 0 in float32 (p=5e-324 dropped
+    # every token and failed the draw: found by the API fuzzer).
+    drop[..., 0] = False
     sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
     return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
 

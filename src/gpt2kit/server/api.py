@@ -14,7 +14,8 @@ from fastapi import FastAPI, Request as HTTPRequest
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
 
 from ..lm import LM
 from ..options import ServeOptions
@@ -24,7 +25,8 @@ from .chat import ChatLayout, ChatTemplate, as_completion
 from .completions import APIError, Completion, TextLayout, check_model
 from .engine import Engine, QueueFull, Request
 from .protocol import (ChatCompletionResponse, ChatRequest, CompletionRequest, CompletionResponse, DetokenizeRequest,
-                       DetokenizeResponse, ErrorResponse, TokenizeRequest, TokenizeResponse)
+                       DetokenizeResponse, ErrorResponse, HealthResponse, InfoResponse, ModelList, NextTokenRequest,
+                       NextTokenResponse, TokenizeRequest, TokenizeResponse)
 from .tokens import detokenize, tokenize
 
 GENERATION_ROUTES = ("/v1/completions", "/v1/chat/completions")  # counted by outcome in /metrics
@@ -41,11 +43,6 @@ def _answers(model: type[BaseModel], *codes: int, stream: bool = False) -> dict:
     if stream:  # stream: true answers server-sent events
         ok["content"] = {"text/event-stream": {"schema": {"type": "string"}}}
     return {200: ok, **_errors(*codes)}
-
-
-class NextTokenRequest(BaseModel):
-    prompt: str = ""
-    top: int = Field(default=20, ge=1, le=100)
 
 
 @dataclass
@@ -79,6 +76,7 @@ def create_app(engine: Engine, *, model_name: str, options: ServeOptions,
     _add_generation_routes(app, served)
     _add_token_routes(app, served)
     app.get("/", include_in_schema=False)(_index)
+    _document_errors_as_400(app)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
 
@@ -92,12 +90,36 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def _api_error(request, e: APIError):
         return JSONResponse(e.body(), status_code=e.status)
 
+    @app.exception_handler(HTTPException)
+    async def _http_error(request, e: HTTPException):  # the framework's own (a body that is not JSON, 404, 405)
+        return JSONResponse(APIError(e.status_code, str(e.detail)).body(), status_code=e.status_code, headers=e.headers)
+
     @app.exception_handler(RequestValidationError)
     async def _validation(request, e: RequestValidationError):
         first = e.errors()[0] if e.errors() else {}
         param = ".".join(str(p) for p in first.get("loc", [])[1:]) or None
         return JSONResponse(APIError(400, f"{param}: {first.get('msg', 'invalid request')}", param=param).body(),
                             status_code=400)
+
+
+def _document_errors_as_400(app: FastAPI) -> None:
+    """The schema says what is answered: invalid bodies get 400 in OpenAI's shape (above), never FastAPI's 422."""
+    make = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = make()
+            for path in schema.get("paths", {}).values():
+                for operation in path.values():
+                    responses = operation.get("responses", {})
+                    if responses.pop("422", None) is not None:
+                        responses.setdefault("400", {"description": "Bad Request", "content": {"application/json": {
+                            "schema": {"$ref": "#/components/schemas/ErrorResponse"}}}})
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+    app.openapi = openapi
 
 
 def _add_guard(app: FastAPI, options: ServeOptions) -> None:
@@ -175,7 +197,7 @@ def _replay(body: bytes, receive):
 def _add_status_routes(app: FastAPI, served: Served) -> None:
     engine = served.engine
 
-    @app.get("/health")
+    @app.get("/health", responses={200: {"model": HealthResponse}, 503: {"model": HealthResponse}})
     async def health():
         if engine.load_error:
             return JSONResponse({"status": "error", "error": engine.load_error}, status_code=503)
@@ -189,12 +211,12 @@ def _add_status_routes(app: FastAPI, served: Served) -> None:
         """Prometheus' text format: requests by outcome, tokens, queue depth, running rows, latencies."""
         return Response(served.metrics.render(engine), media_type=prometheus.CONTENT_TYPE)
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", response_model=ModelList, responses=_errors(401))
     async def models():
         return {"object": "list", "data": [{"id": served.model_name, "object": "model", "created": served.created,
                                             "owned_by": "gpt2kit"}]}
 
-    @app.get("/v1/info")
+    @app.get("/v1/info", response_model=InfoResponse, responses=_errors(401, 503))
     async def info():
         c = served.ready_model().config
         return {"model": served.model_name, "n_ctx": c.n_ctx, "n_layer": c.n_layer, "n_embd": c.n_embd,
@@ -205,7 +227,7 @@ def _add_status_routes(app: FastAPI, served: Served) -> None:
 def _add_generation_routes(app: FastAPI, served: Served) -> None:
     engine = served.engine
 
-    @app.post("/v1/next_token", responses=_errors(400, 503))
+    @app.post("/v1/next_token", response_model=NextTokenResponse, responses=_errors(400, 401, 413, 503))
     async def next_token(body: NextTokenRequest):
         lm = served.ready_model()
         top = await asyncio.to_thread(engine.call, lambda m: m.next_token_probs(body.prompt or None, body.top))
@@ -244,12 +266,12 @@ async def _generate(served: Served, body: CompletionRequest, http: HTTPRequest, 
 
 
 def _add_token_routes(app: FastAPI, served: Served) -> None:
-    @app.post("/tokenize", response_model=TokenizeResponse, responses=_errors(400, 401, 404, 503))
+    @app.post("/tokenize", response_model=TokenizeResponse, responses=_errors(400, 401, 404, 413, 503))
     async def tokenize_route(body: TokenizeRequest):
         check_model(body.model, served.model_name)
         return tokenize(served.ready_model(), body)
 
-    @app.post("/detokenize", response_model=DetokenizeResponse, responses=_errors(400, 401, 404, 503))
+    @app.post("/detokenize", response_model=DetokenizeResponse, responses=_errors(400, 401, 404, 413, 503))
     async def detokenize_route(body: DetokenizeRequest):
         check_model(body.model, served.model_name)
         return detokenize(served.ready_model(), body)

@@ -23,7 +23,6 @@ from .completions import APIError, Completion, finish_reason
 from .engine import Request
 from .protocol import ChatMessage, ChatRequest, CompletionRequest
 
-ROLES = ("system", "developer", "user", "assistant")
 EOT = "<|endoftext|>"
 
 
@@ -66,9 +65,6 @@ def plain_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
     """Messages as the template sees them: role and text (OpenAI's text parts joined)."""
     out = []
     for i, m in enumerate(messages):
-        if m.role not in ROLES:
-            raise APIError(400, f"messages[{i}].role is {m.role!r}; GPT-2 takes {', '.join(ROLES)}",
-                           param=f"messages.{i}.role")
         parts = m.content if isinstance(m.content, list) else [m.content or ""]
         texts = []
         for part in parts:
