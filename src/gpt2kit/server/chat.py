@@ -35,7 +35,8 @@ class ChatTemplate:
             source = self.path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise UserError(f"cannot read the chat template {self.path}: {e}") from None
-        env = ImmutableSandboxedEnvironment(keep_trailing_newline=True)
+        # transformers' settings for chat templates, so that a template written for it renders the same here
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
         env.globals["raise_exception"] = _raise_exception
         try:
             self.template = env.from_string(source)
