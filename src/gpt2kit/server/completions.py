@@ -123,7 +123,7 @@ class Completion:
             first = reserve(len(prompts) * per_prompt)
             jobs = list(make_jobs(prompts, encoded, per_prompt=per_prompt,
                                   seed=new_seed() if body.seed is None else body.seed, settings=settings,
-                                  max_new=min(n_ctx if body.max_tokens is None else body.max_tokens, n_ctx),
+                                  max_new=_max_new(body, options, n_ctx),
                                   stops=stops + list(extra_stops), include_prefix=False, stop_at_eot=True,
                                   logprobs=_decoder_logprobs(body), index_base=first))
         except PromptTooLong as e:
@@ -203,6 +203,12 @@ def mean_logprob(s: Sample) -> float:
     """A candidate's mean log-probability per generated token; one with no tokens ranks last."""
     values = [st.logprob for st in s.steps if st.logprob is not None]
     return sum(values) / len(values) if values else float("-inf")
+
+
+def _max_new(body: CompletionRequest, options: ServeOptions, n_ctx: int) -> int:
+    """New tokens per row: max_tokens, or for null (chat's default) as many as the server allows. Capped by
+    --max-tokens-limit either way (a null once ran to the end of the context past it: found by the API fuzzer)."""
+    return min(options.max_tokens_limit if body.max_tokens is None else body.max_tokens, n_ctx)
 
 
 def _decoder_logprobs(body: CompletionRequest) -> int:
