@@ -237,4 +237,6 @@ class HealthResponse(BaseModel):
     batches: int | None = None
     requests: int | None = None
     cancelled_rows: int | None = None
+    queue_depth: int | None = None  # engines that count them (continuous batching)
+    running_rows: int | None = None
     error: str | None = None
