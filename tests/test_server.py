@@ -64,7 +64,8 @@ def test_models_and_plain_completion(client, lm_tiny):
 
 def test_streaming_matches_plain_and_ends_with_done(client, server):
     plain = client.completions.create(model="tiny", prompt="Once", max_tokens=12, seed=3)
-    chunks = list(client.completions.create(model="tiny", prompt="Once", max_tokens=12, seed=3, stream=True))
+    chunks = list(client.completions.create(model="tiny", prompt="Once", max_tokens=12, seed=3, stream=True,
+                                            stream_options={"include_usage": True}))
     assert "".join(c.choices[0].text for c in chunks if c.choices) == plain.choices[0].text
     assert chunks[-1].usage.completion_tokens == 12
     raw = urllib.request.urlopen(urllib.request.Request(server + "/v1/completions", method="POST",

@@ -22,6 +22,7 @@ class SamplingSettings:
     repetition_penalty: float = 1.0  # CTRL's penalty; 1.0 = off
     presence_penalty: float = 0.0  # OpenAI's additive penalties
     frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # OpenAI's: (token id, bias in [-100, 100]) added to its logit
 
     def __post_init__(self) -> None:
         if not self.temperature >= 0:
@@ -35,6 +36,9 @@ class SamplingSettings:
         for name in ("presence_penalty", "frequency_penalty"):
             if not -2.0 <= getattr(self, name) <= 2.0:
                 raise UserError(f"{name} must be between -2 and 2, got {getattr(self, name)}")
+        for token, bias in self.logit_bias:
+            if token < 0 or not -100 <= bias <= 100:
+                raise UserError(f"logit_bias maps token ids (0 or more) to biases in [-100, 100], got {token}: {bias}")
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,8 @@ class ServeOptions:
     max_tokens_limit: int = 1024  # the largest max_tokens a request may ask
     max_request_rows: int = 64  # n x prompts one request may ask: one client cannot fill the server alone
     max_request_bytes: int = 1 << 20  # larger bodies get 413 before they are parsed
+    chat_template: str | None = None  # a Jinja file for /v1/chat/completions; None: assets/chat_template.jinja
+    chat_stop: tuple[str, ...] = ("\nUser:", "\nAssistant:", "\nSystem:")  # the next turn's markers end a reply
     # How the model loads; None leaves the choice to `load` (its defaults are its own).
     device: str | None = None
     dtype: str | None = None

@@ -13,6 +13,7 @@ ASSETS_DIR = PACKAGE_DIR / "assets"
 BUNDLED_DIR = ASSETS_DIR / "bundled"  # the small model shipped inside the package
 KERNEL_SOURCES_DIR = PACKAGE_DIR / "kernels"
 STATIC_DIR = PACKAGE_DIR / "server" / "static"
+CHAT_TEMPLATE = ASSETS_DIR / "chat_template.jinja"  # the default of `serve --chat-template`
 # Shakespeare's "The Phoenix and the Turtle" (public domain), which the bundled model held out of its
 # training: the text `--dtype auto` checks reduced precisions against fp32 on.
 HELDOUT_TEXT = ASSETS_DIR / "heldout.txt"

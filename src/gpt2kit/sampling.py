@@ -5,6 +5,8 @@ not on the batch it shares or on the global RNG.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 # Defined beside the other options, free of torch, so the CLI builds its help without loading PyTorch.
@@ -30,7 +32,10 @@ def apply_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     # stable: of tied logits the earlier in the row goes first, so which of them stay never depends on the sort
     sorted_logits, order = torch.sort(logits, descending=True, dim=-1, stable=True)
     cum = sorted_logits.softmax(-1).cumsum(-1)
-    drop = cum - sorted_logits.softmax(-1) >= p  # mass before this token already reaches p; the top token always stays
+    drop = cum - sorted_logits.softmax(-1) >= p  # mass before this token already reaches p
+    # The top token always stays, even for a p so small that it rounds to 0 in float32 (p=5e-324 dropped
+    # every token and failed the draw: found by the API fuzzer).
+    drop[..., 0] = False
     sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
     return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
 
@@ -53,14 +58,27 @@ def apply_presence_frequency(logits: torch.Tensor, counts: torch.Tensor, presenc
     return logits - presence * (counts > 0).to(logits.dtype) - frequency * counts.to(logits.dtype)
 
 
+def apply_logit_bias(logits: torch.Tensor, bias: tuple[tuple[int, float], ...]) -> torch.Tensor:
+    """OpenAI's logit_bias: add each (token id, bias) to that token's logit in every row (B, V).
+
+    On raw logits, whose spread is a few tens at most, +100 makes the token all but certain and -100
+    all but impossible, as OpenAI documents; values between shift its odds."""
+    if not bias:
+        return logits
+    ids = torch.tensor([t for t, _ in bias], dtype=torch.long, device=logits.device)  # (N,)
+    values = torch.tensor([b for _, b in bias], dtype=logits.dtype, device=logits.device)  # (N,)
+    return logits.index_add(-1, ids, values.expand(logits.size(0), -1))
+
+
 def process_logits(logits: torch.Tensor, s: SamplingSettings, seen: torch.Tensor | None,
                    counts: torch.Tensor | None) -> torch.Tensor:
-    """Every filter in the order the other tools apply them: penalties, temperature, top-k, top-p."""
+    """Every filter in the order the other tools apply them: penalties, logit bias, temperature, top-k, top-p."""
     logits = logits.float()
     if seen is not None:
         logits = apply_repetition_penalty(logits, seen, s.repetition_penalty)
     if counts is not None:
         logits = apply_presence_frequency(logits, counts, s.presence_penalty, s.frequency_penalty)
+    logits = apply_logit_bias(logits, s.logit_bias)
     if s.temperature == 0:
         return logits
     logits = apply_temperature(logits, s.temperature)
@@ -104,11 +122,11 @@ def draw_top_k(logits: torch.Tensor, s: SamplingSettings, generators: list[torch
     k candidates only: the same distribution and the same inverse-CDF walk in vocabulary order, without
     five passes over all 50257 logits (a step at batch 1: 0.76 -> 0.27 ms, at batch 8: 6.3 -> 0.7 ms on a
     2-core CPU)."""
-    logits = logits.float()
+    logits = apply_logit_bias(logits.float(), s.logit_bias)  # before choosing the k: a bias can bring a token in
     values, ids = torch.topk(logits, min(s.top_k, logits.size(-1)), dim=-1)  # (B, k), largest first
     if bool(((logits >= values[:, -1:]).sum(-1) > values.size(-1)).any()):
         # Ties with the k-th logit: top-k keeps them all (as transformers does), more than k candidates.
-        return draw(process_logits(logits, s, None, None), s.temperature, generators)
+        return draw(process_logits(logits, dataclasses.replace(s, logit_bias=()), None, None), s.temperature, generators)
     ids, order = ids.sort(dim=-1)  # vocabulary order, as draw() walks the CDF and top-p breaks ties
     values = apply_top_p(apply_temperature(values.gather(-1, order), s.temperature), s.top_p)
     picked = draw(values, s.temperature, generators)  # (B,) index into the k

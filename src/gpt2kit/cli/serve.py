@@ -20,10 +20,18 @@ def register(sub) -> None:
     add_field(p, S, "max_tokens_limit", "--max-tokens-limit", help="the largest max_tokens a request may ask")
     add_field(p, S, "max_request_rows", "--max-request-rows", help="the most rows (n x prompts) one request may ask")
     add_field(p, S, "max_request_bytes", "--max-request-bytes", help="larger request bodies get 413")
+    add_field(p, S, "chat_template", "--chat-template", metavar="FILE", show_default=False,
+              help="a Jinja chat template (transformers' convention) for /v1/chat/completions (default: gpt2kit's "
+                   "plain 'User: ... Assistant:' transcript)")
+    add_field(p, S, "chat_stop", "--chat-stop", action="append", metavar="TEXT",
+              help="a turn marker that ends a chat reply; repeat for several (replaces the default)")
     p.set_defaults(func=cmd_serve)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from ..server import serve
-    serve(model_name(args), ServeOptions(**given(args, *field_names(ServeOptions))))
+    options = given(args, *field_names(ServeOptions))
+    if "chat_stop" in options:
+        options["chat_stop"] = tuple(options["chat_stop"])
+    serve(model_name(args), ServeOptions(**options))
     return 0

@@ -1,7 +1,11 @@
 """`gpt2kit serve`: the model behind an OpenAI-compatible API and a web playground.
 
     api.py          the HTTP routes (thin): authentication, limits, errors in OpenAI's shape
-    completions.py  a /v1/completions request turned into generation jobs, and results into OpenAI's layout
+    protocol.py     the request and answer bodies (pydantic), which the OpenAPI schema is made from
+    completions.py  a request turned into generation jobs (best_of, logit_bias), results in /v1/completions' layout
+    chat.py         /v1/chat/completions: the chat template (Jinja, sandboxed) and the chat layout
+    tokens.py       /tokenize and /detokenize
+    metrics.py      /metrics in Prometheus' text format
     engine.py       the worker thread that owns the model and decodes queued requests in shared batches
     static/         the playground
 """
@@ -30,12 +34,14 @@ def serve(model: str | Path | None = None, options: ServeOptions | None = None) 
     from ..hub import resolve_model_path
     from ..lm import load
     from .api import create_app
+    from .chat import ChatTemplate
     from .engine import Engine
 
     options = options or ServeOptions()
     folder = resolve_model_path(model, offline=options.offline)  # fail fast, before binding, on a bad path
     # The environment is read here, at call time, never at import.
     options = dataclasses.replace(options, api_key=options.api_key or os.environ.get("GPT2KIT_API_KEY") or None)
+    chat_template = ChatTemplate(options.chat_template, tuple(options.chat_stop))  # a bad template: stop before binding
     name = options.served_name or (os.path.basename(os.path.normpath(str(model))) if model else "gpt2kit-bundled")
     server: uvicorn.Server | None = None
 
@@ -46,7 +52,7 @@ def serve(model: str | Path | None = None, options: ServeOptions | None = None) 
 
     engine = Engine(lambda: load(folder, **options.load_kwargs()), max_batch=options.max_batch,
                     max_queue=options.max_queue, on_load_error=stop)
-    app = create_app(engine, model_name=name, options=options)
+    app = create_app(engine, model_name=name, options=options, chat_template=chat_template)
     if options.host not in LOCAL_HOSTS and not options.api_key:
         log.warning("serving on %s without --api-key: anyone who can reach this machine can use the model", options.host)
     server = uvicorn.Server(uvicorn.Config(app, host=options.host, port=options.port, log_level="warning"))

@@ -12,20 +12,37 @@ from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request as HTTPRequest
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
 
 from ..lm import LM
 from ..options import ServeOptions
 from ..paths import STATIC_DIR
-from .completions import APIError, Completion, CompletionRequest
+from . import metrics as prometheus
+from .chat import ChatLayout, ChatTemplate, as_completion
+from .completions import APIError, Completion, TextLayout, check_model
 from .engine import Engine, QueueFull, Request
+from .protocol import (ChatCompletionResponse, ChatRequest, CompletionRequest, CompletionResponse, DetokenizeRequest,
+                       DetokenizeResponse, ErrorResponse, HealthResponse, InfoResponse, ModelList, NextTokenRequest,
+                       NextTokenResponse, TokenizeRequest, TokenizeResponse)
+from .tokens import detokenize, tokenize
+
+GENERATION_ROUTES = ("/v1/completions", "/v1/chat/completions")  # counted by outcome in /metrics
+PROTECTED = ("/v1/", "/tokenize", "/detokenize")  # what --api-key guards (the playground's page and /metrics are open)
 
 
-class NextTokenRequest(BaseModel):
-    prompt: str = ""
-    top: int = Field(default=20, ge=1, le=100)
+def _errors(*codes: int) -> dict:
+    """OpenAPI entries for the error answers a route gives, all in OpenAI's shape."""
+    return {code: {"model": ErrorResponse} for code in codes}
+
+
+def _answers(model: type[BaseModel], *codes: int, stream: bool = False) -> dict:
+    ok: dict = {"model": model}
+    if stream:  # stream: true answers server-sent events
+        ok["content"] = {"text/event-stream": {"schema": {"type": "string"}}}
+    return {200: ok, **_errors(*codes)}
 
 
 @dataclass
@@ -34,6 +51,8 @@ class Served:
     engine: Engine
     model_name: str
     options: ServeOptions
+    chat_template: ChatTemplate
+    metrics: prometheus.Metrics = field(default_factory=prometheus.Metrics)
     created: int = field(default_factory=lambda: int(time.time()))
 
     def ready_model(self) -> LM:
@@ -45,14 +64,19 @@ class Served:
         return self.engine.lm
 
 
-def create_app(engine: Engine, *, model_name: str, options: ServeOptions) -> FastAPI:
+def create_app(engine: Engine, *, model_name: str, options: ServeOptions,
+               chat_template: ChatTemplate | None = None) -> FastAPI:
+    """chat_template: None reads options' (serve() reads it first, so a bad template stops it before binding)."""
     app = FastAPI(title="gpt2kit", docs_url="/docs", redoc_url=None)
-    served = Served(engine, model_name, options)
+    served = Served(engine, model_name, options, chat_template or ChatTemplate(options.chat_template, options.chat_stop))
     _add_error_handlers(app)
     _add_guard(app, options)
+    app.add_middleware(_Outcomes, metrics=served.metrics)  # outermost: counts the guard's refusals too
     _add_status_routes(app, served)
     _add_generation_routes(app, served)
-    app.get("/")(_index)
+    _add_token_routes(app, served)
+    app.get("/", include_in_schema=False)(_index)
+    _document_errors_as_400(app)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
 
@@ -66,12 +90,36 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def _api_error(request, e: APIError):
         return JSONResponse(e.body(), status_code=e.status)
 
+    @app.exception_handler(HTTPException)
+    async def _http_error(request, e: HTTPException):  # the framework's own (a body that is not JSON, 404, 405)
+        return JSONResponse(APIError(e.status_code, str(e.detail)).body(), status_code=e.status_code, headers=e.headers)
+
     @app.exception_handler(RequestValidationError)
     async def _validation(request, e: RequestValidationError):
         first = e.errors()[0] if e.errors() else {}
         param = ".".join(str(p) for p in first.get("loc", [])[1:]) or None
         return JSONResponse(APIError(400, f"{param}: {first.get('msg', 'invalid request')}", param=param).body(),
                             status_code=400)
+
+
+def _document_errors_as_400(app: FastAPI) -> None:
+    """The schema says what is answered: invalid bodies get 400 in OpenAI's shape (above), never FastAPI's 422."""
+    make = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = make()
+            for path in schema.get("paths", {}).values():
+                for operation in path.values():
+                    responses = operation.get("responses", {})
+                    if responses.pop("422", None) is not None:
+                        responses.setdefault("400", {"description": "Bad Request", "content": {"application/json": {
+                            "schema": {"$ref": "#/components/schemas/ErrorResponse"}}}})
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+    app.openapi = openapi
 
 
 def _add_guard(app: FastAPI, options: ServeOptions) -> None:
@@ -113,7 +161,7 @@ class _Guard:
             size = 0
         if size > self.limit:
             return _too_large(f"the request body is {size} bytes; the limit is {self.limit}")
-        if self.api_key and scope["path"].startswith("/v1/"):
+        if self.api_key and scope["path"].startswith(PROTECTED):
             # compare_digest: the time taken says nothing about how much of a guessed key was right
             if not hmac.compare_digest(headers.get("authorization", "").encode(), f"Bearer {self.api_key}".encode()):
                 return JSONResponse(APIError(401, "invalid or missing API key: send Authorization: Bearer <key>",
@@ -169,7 +217,7 @@ def _replay(body: bytes, receive):
 def _add_status_routes(app: FastAPI, served: Served) -> None:
     engine = served.engine
 
-    @app.get("/health")
+    @app.get("/health", responses={200: {"model": HealthResponse}, 503: {"model": HealthResponse}})
     async def health():
         if engine.load_error:
             return JSONResponse({"status": "error", "error": engine.load_error}, status_code=503)
@@ -178,12 +226,17 @@ def _add_status_routes(app: FastAPI, served: Served) -> None:
         return {"status": "ok", "model": served.model_name, "batches": engine.batches_run,
                 "requests": engine.requests_done, "cancelled_rows": engine.cancelled_rows}
 
-    @app.get("/v1/models")
+    @app.get("/metrics", response_class=Response, responses={200: {"content": {prometheus.CONTENT_TYPE: {}}}})
+    async def metrics():
+        """Prometheus' text format: requests by outcome, tokens, queue depth, running rows, latencies."""
+        return Response(served.metrics.render(engine), media_type=prometheus.CONTENT_TYPE)
+
+    @app.get("/v1/models", response_model=ModelList, responses=_errors(401))
     async def models():
         return {"object": "list", "data": [{"id": served.model_name, "object": "model", "created": served.created,
                                             "owned_by": "gpt2kit"}]}
 
-    @app.get("/v1/info")
+    @app.get("/v1/info", response_model=InfoResponse, responses=_errors(401, 503))
     async def info():
         c = served.ready_model().config
         return {"model": served.model_name, "n_ctx": c.n_ctx, "n_layer": c.n_layer, "n_embd": c.n_embd,
@@ -194,27 +247,90 @@ def _add_status_routes(app: FastAPI, served: Served) -> None:
 def _add_generation_routes(app: FastAPI, served: Served) -> None:
     engine = served.engine
 
-    @app.post("/v1/next_token")
+    @app.post("/v1/next_token", response_model=NextTokenResponse, responses=_errors(400, 401, 413, 503))
     async def next_token(body: NextTokenRequest):
         lm = served.ready_model()
         top = await asyncio.to_thread(engine.call, lambda m: m.next_token_probs(body.prompt or None, body.top))
         return {"prompt": body.prompt, "tokens": [{"token": lm.tokenizer.decode([i]), "id": i, "prob": p} for i, p in top]}
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=_answers(CompletionResponse, 400, 401, 404, 413, 429, 500, 503, stream=True))
     async def completions(body: CompletionRequest, http: HTTPRequest):
-        lm = served.ready_model()
-        completion = Completion.build(body, lm, model_name=served.model_name, options=served.options,
-                                      reserve=engine.reserve)
-        req = Request(jobs=completion.jobs, sink=asyncio.Queue(), loop=asyncio.get_running_loop(),
-                      prompt_logprobs=completion.prompt_logprobs())
+        return await _generate(served, body, http, TextLayout, arrival=time.perf_counter())
+
+    @app.post("/v1/chat/completions",
+              responses=_answers(ChatCompletionResponse, 400, 401, 404, 413, 429, 500, 503, stream=True))
+    async def chat_completions(body: ChatRequest, http: HTTPRequest):
+        arrival = time.perf_counter()
+        check_model(body.model, served.model_name)
+        return await _generate(served, as_completion(body, served.chat_template), http, ChatLayout, arrival=arrival,
+                               extra_stops=served.chat_template.stops)
+
+
+async def _generate(served: Served, body: CompletionRequest, http: HTTPRequest, layout, *, arrival: float,
+                    extra_stops: tuple[str, ...] = ()):
+    """Build the request's jobs, queue them, and answer in `layout` (TextLayout or ChatLayout)."""
+    lm = served.ready_model()
+    completion = Completion.build(body, lm, model_name=served.model_name, options=served.options,
+                                  reserve=served.engine.reserve, metrics=served.metrics, arrival=arrival,
+                                  extra_stops=extra_stops)
+    req = Request(jobs=completion.jobs, sink=asyncio.Queue(), loop=asyncio.get_running_loop(),
+                  prompt_logprobs=completion.prompt_logprobs())
+    try:
+        served.engine.submit(req)
+    except QueueFull as e:
+        raise APIError(429, str(e), type_="rate_limit_error") from None
+    if body.stream:
+        return StreamingResponse(layout(completion).stream(req), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return await _unless_client_leaves(layout(completion).response(req), http, req)
+
+
+def _add_token_routes(app: FastAPI, served: Served) -> None:
+    @app.post("/tokenize", response_model=TokenizeResponse, responses=_errors(400, 401, 404, 413, 503))
+    async def tokenize_route(body: TokenizeRequest):
+        check_model(body.model, served.model_name)
+        return tokenize(served.ready_model(), body)
+
+    @app.post("/detokenize", response_model=DetokenizeResponse, responses=_errors(400, 401, 404, 413, 503))
+    async def detokenize_route(body: DetokenizeRequest):
+        check_model(body.model, served.model_name)
+        return detokenize(served.ready_model(), body)
+
+
+class _Outcomes:
+    """Counts each generation request's outcome for /metrics from what it answered: ok, bad_request (4xx),
+    rate_limited (429), error (5xx, or a bug), cancelled (499, or a stream whose client left before its end)."""
+
+    def __init__(self, inner, *, metrics: prometheus.Metrics):
+        self.inner, self.metrics = inner, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] not in GENERATION_ROUTES:
+            return await self.inner(scope, receive, send)
+        status, finished, failed = None, False, False
+
+        async def observed(message):
+            nonlocal status, finished
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                finished = True
+            await send(message)
         try:
-            engine.submit(req)
-        except QueueFull as e:
-            raise APIError(429, str(e), type_="rate_limit_error") from None
-        if body.stream:
-            return StreamingResponse(completion.stream(req), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        return await _unless_client_leaves(completion.collect(req), http, req)
+            await self.inner(scope, receive, observed)
+        except Exception:
+            failed = True
+            raise
+        finally:
+            self.metrics.request(scope["path"], _outcome(status, finished, failed))
+
+
+def _outcome(status: int | None, finished: bool, failed: bool) -> str:
+    if failed or (status or 0) >= 500:
+        return "error"
+    if status == 499 or status is None or not finished:
+        return "cancelled"
+    return "rate_limited" if status == 429 else "bad_request" if status >= 400 else "ok"
 
 
 async def _unless_client_leaves(answer, http: HTTPRequest, req: Request, every: float = 0.1):

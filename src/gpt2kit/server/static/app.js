@@ -67,7 +67,7 @@ async function generate() {
   const echo = document.createElement("span"); echo.id = "echo"; echo.textContent = $("prompt").value; out.append(echo);
   $("usage").textContent = "";
   const body = {
-    prompt: $("prompt").value, stream: true, logprobs: 10,
+    prompt: $("prompt").value, stream: true, stream_options: { include_usage: true }, logprobs: 10,
     max_tokens: +$("max_tokens").value, temperature: +$("temperature").value,
     top_k: +$("top_k").value, top_p: +$("top_p").value, repetition_penalty: +$("repetition_penalty").value,
   };

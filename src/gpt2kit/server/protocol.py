@@ -1,0 +1,242 @@
+"""The API's bodies as pydantic models: what requests may hold, and what answers hold, for the OpenAPI
+schema at /openapi.json (clients and the API fuzzer read it). Requests follow OpenAI's and vLLM's field
+names; sampling values are checked by SamplingSettings, the library's one rule, and the bounds written
+here are OpenAI's own API limits."""
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from ..options import GenerateOptions as G
+
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit on logprobs / top_logprobs
+MAX_LOGIT_BIAS = 300  # OpenAI's limit on logit_bias entries
+# Strict: a field takes its schema's JSON type only (no "1" for 1 or 0 for false), so the schema says
+# exactly what is accepted; extra fields are ignored, as OpenAI's clients send some this server does not use.
+REQUEST = ConfigDict(extra="ignore", strict=True)
+
+
+def _whole(value):
+    """JSON Schema counts 6.0 as an integer: take it as 6 (a strict int would refuse it)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def whole(**bounds) -> type:
+    """An integer field taking whole floats; its bounds inside, where the schema shows them as minimum/maximum
+    (bounds given around a validated type would come out as pydantic's own "ge"/"le")."""
+    return Annotated[int, Field(**bounds), BeforeValidator(_whole)]
+
+
+Int = whole()
+TokenId = whole(ge=0)  # below the model's vocabulary size too, checked once it is loaded
+
+
+class StreamOptions(BaseModel):
+    model_config = REQUEST
+    include_usage: bool = False  # a last chunk with usage and no choices (every other chunk: usage null)
+
+
+class SamplingFields(BaseModel):
+    """What completions and chat completions share. The sampling ranges are SamplingSettings' (which checks
+    them again for every caller of the library), written here too so that the schema states them."""
+    model_config = REQUEST
+    model: str | None = None
+    temperature: float = Field(default=G.temperature, ge=0, le=2.0)  # 0: greedy; 2: OpenAI's limit
+    top_p: float = Field(default=G.top_p, gt=0, le=1)
+    top_k: Int = Field(default=G.top_k, ge=0)  # extension
+    repetition_penalty: float = Field(default=G.repetition_penalty, gt=0)  # extension
+    n: Int = Field(default=1, ge=1, le=16)
+    stop: str | list[str] | None = None
+    seed: Int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    presence_penalty: float = Field(default=G.presence_penalty, ge=-2, le=2)
+    frequency_penalty: float = Field(default=G.frequency_penalty, ge=-2, le=2)
+    # Token id (a decimal string, as JSON keys are) -> bias in [-100, 100] added to its logit.
+    # (Keys are checked where the vocabulary is known; propertyNames states their form in the schema.)
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = Field(
+        default=None, max_length=MAX_LOGIT_BIAS, json_schema_extra={"propertyNames": {"pattern": "^[0-9]+$"}})
+    user: str | None = None
+
+
+class CompletionRequest(SamplingFields):
+    # Text, texts, token ids, or lists of token ids (what lm-evaluation-harness sends), as OpenAI's API takes.
+    prompt: str | list[str] | list[TokenId] | list[list[TokenId]] | None = None
+    max_tokens: whole(ge=0) | None = 16  # OpenAI's default, not the library's (to the end of the context)
+    logprobs: whole(ge=0, le=MAX_TOP_LOGPROBS) | None = None
+    echo: bool = False
+    best_of: whole(ge=1, le=16) | None = None
+    suffix: str | None = None
+
+
+class TextPart(BaseModel):
+    model_config = REQUEST
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = REQUEST
+    role: Literal["system", "developer", "user", "assistant"]  # GPT-2 calls no tools: no "tool" messages
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+
+class ChatRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: whole(ge=0) | None = None  # None: to the end of the context or the token limit
+    max_completion_tokens: whole(ge=0) | None = None  # OpenAI's newer name for max_tokens
+    logprobs: bool = False
+    top_logprobs: whole(ge=0, le=MAX_TOP_LOGPROBS) | None = None
+    tools: list[dict] | None = None  # refused when not empty: GPT-2 calls no tools
+
+
+class NextTokenRequest(BaseModel):
+    model_config = REQUEST
+    prompt: str = ""
+    top: Int = Field(default=20, ge=1, le=100)
+
+
+class TokenizeRequest(BaseModel):
+    model_config = REQUEST
+    model: str | None = None
+    prompt: str
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = REQUEST
+    model: str | None = None
+    tokens: list[TokenId]
+
+
+# --- answers --------------------------------------------------------------------------------------
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float | None]  # the first prompt token's is null: nothing comes before it
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    text: str
+    index: int
+    logprobs: CompletionLogprobs | None
+    finish_reason: Literal["stop", "length"] | None
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[TokenLogprob]
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: ChatLogprobs | None
+    finish_reason: Literal["stop", "length"]
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class TokenizeResponse(BaseModel):
+    tokens: list[int]
+    count: int
+    max_model_len: int
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
+
+
+class NextTokenEntry(BaseModel):
+    token: str
+    id: int
+    prob: float
+
+
+class NextTokenResponse(BaseModel):
+    prompt: str
+    tokens: list[NextTokenEntry]
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class InfoResponse(BaseModel):
+    model: str
+    n_ctx: int
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_vocab: int
+    max_tokens_limit: int
+    auth: bool
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "loading", "error"]  # 503 with "loading" or "error" until the model is in
+    model: str | None = None
+    batches: int | None = None
+    requests: int | None = None
+    cancelled_rows: int | None = None
+    queue_depth: int | None = None  # engines that count them (continuous batching)
+    running_rows: int | None = None
+    error: str | None = None
