@@ -1,0 +1,466 @@
+// Write mode: a document the user writes, with the model's continuations on request.
+// The document is a list of segments, {text} for the user's own text and {text, id, start} for text the
+// model wrote (a slice of suggestion `id`, whose tokens the explorer shows). The page's contenteditable
+// is a rendering of it: read back after each edit, re-rendered after each insertion, undo and reload.
+"use strict";
+const STORE = "gpt2kit.write.v1";  // localStorage key; the version is in the name
+const doc = $("doc");
+const W = {
+  models: {},  // suggestion id -> {text, tokens: [{text, logprob, top}]}
+  nextId: 1,
+  undo: [], redo: [],  // snapshots {segs, caret}
+  lastEdit: 0, lastKind: "",  // typing within a second, of one kind, is one undo step
+  caret: null,  // the last caret offset in the document (buttons take the focus away)
+  suggestions: [], active: -1, at: 0, controller: null,
+  nCtx: null,
+};
+
+// --- the document: DOM <-> segments -----------------------------------------------------------
+
+// Text pieces of the DOM in order: [{node, text, span}] (a <br> is a newline; span: the model span it is in).
+function pieces() {
+  const out = [];
+  const walk = (node, span) => {
+    for (const child of node.childNodes) {
+      if (child.nodeType === Node.TEXT_NODE) out.push({ node: child, text: child.data, span });
+      else if (child.nodeName === "BR") out.push({ node: child, text: "\n", span });
+      else if (child.nodeType === Node.ELEMENT_NODE) {
+        // a block a browser made on Enter starts a new line
+        if (/^(DIV|P)$/.test(child.nodeName) && out.length && !out[out.length - 1].text.endsWith("\n")) out.push({ node: child, text: "\n", span });
+        walk(child, child.classList.contains("model") ? child : span);
+      }
+    }
+  };
+  walk(doc, null);
+  // Chromium keeps a last <br> so an empty last line has a height; it is no text of the user's.
+  if (out.length && out[out.length - 1].node.nodeName === "BR" && out[out.length - 1].node === doc.lastChild) out.pop();
+  return out;
+}
+
+function original(span) {
+  const m = W.models[span.dataset.id];
+  return m ? m.text.slice(+span.dataset.start, +span.dataset.start + +span.dataset.len) : null;
+}
+
+// The DOM -> segments. A model span the user edited inside loses its mark; text typed just before or
+// after one is the user's own and leaves the model's text marked.
+function readDoc() {
+  const segs = [];
+  const add = (text, id, start) => {
+    if (!text) return;
+    const last = segs[segs.length - 1];
+    if (last && id === undefined && last.id === undefined) last.text += text;
+    else if (last && id !== undefined && last.id === id && last.start + last.text.length === start) last.text += text;
+    else segs.push(id === undefined ? { text } : { text, id, start });
+  };
+  const ps = pieces();
+  for (let i = 0; i < ps.length;) {
+    const span = ps[i].span;
+    let text = "";
+    while (i < ps.length && ps[i].span === span) text += ps[i++].text;
+    if (!span) { add(text); continue; }
+    const orig = original(span), id = +span.dataset.id, start = +span.dataset.start;
+    if (orig !== null && text === orig) add(text, id, start);
+    else if (orig && text.startsWith(orig)) { add(orig, id, start); add(text.slice(orig.length)); }
+    else if (orig && text.endsWith(orig)) { add(text.slice(0, text.length - orig.length)); add(orig, id, start); }
+    else add(text);
+  }
+  return segs;
+}
+
+function docText(segs) { return segs.map((s) => s.text).join(""); }
+
+function renderDoc(segs) {
+  doc.textContent = "";
+  for (const s of segs) {
+    if (s.id === undefined) { doc.append(document.createTextNode(s.text)); continue; }
+    const span = document.createElement("span");
+    span.className = "model";
+    Object.assign(span.dataset, { id: s.id, start: s.start, len: s.text.length });
+    span.textContent = s.text;
+    doc.append(span);
+  }
+}
+
+// Is the DOM what renderDoc(segs) would make? (If not, an edit changed a model span: re-render.)
+function isCanonical(segs) {
+  const nodes = [...doc.childNodes].filter((n) => !(n.nodeName === "BR" && n === doc.lastChild));
+  if (nodes.length !== segs.length) return false;
+  return segs.every((s, i) => {
+    const n = nodes[i];
+    return s.id === undefined ? n.nodeType === Node.TEXT_NODE && n.data === s.text
+      : n.nodeName === "SPAN" && +n.dataset.id === s.id && +n.dataset.start === s.start && n.textContent === s.text;
+  });
+}
+
+// --- the caret as a character offset into the document's text --------------------------------
+
+function offsetOf(container, off) {
+  const r = document.createRange();
+  r.setStart(doc, 0);
+  r.setEnd(container, off);
+  let n = 0;
+  for (const p of pieces()) {
+    if (p.node === container && p.node.nodeType === Node.TEXT_NODE) return n + off;
+    const parent = p.node.parentNode;
+    const inside = p.node.nodeType === Node.TEXT_NODE ? r.comparePoint(p.node, p.node.length) === 0
+      : r.comparePoint(parent, [...parent.childNodes].indexOf(p.node) + 1) === 0;
+    if (!inside) return n;
+    n += p.text.length;
+  }
+  return n;
+}
+
+function caretOffset() {
+  const sel = getSelection();
+  if (!sel.rangeCount || !doc.contains(sel.focusNode)) return null;
+  return offsetOf(sel.focusNode, sel.focusOffset);
+}
+
+function setCaret(offset) {
+  const r = document.createRange();
+  let n = 0, placed = false;
+  for (const p of pieces()) {
+    if (p.node.nodeType === Node.TEXT_NODE && offset <= n + p.text.length) {
+      r.setStart(p.node, offset - n); placed = true; break;
+    }
+    n += p.text.length;
+  }
+  if (!placed) r.setStart(doc, doc.childNodes.length);
+  r.collapse(true);
+  const sel = getSelection();
+  sel.removeAllRanges();
+  sel.addRange(r);
+  W.caret = offset;
+}
+
+// --- history and storage ------------------------------------------------------------------------
+
+function snapshot() { return { segs: readDoc(), caret: caretOffset() ?? W.caret ?? 0 }; }
+
+function pushUndo() {
+  W.undo.push(snapshot());
+  if (W.undo.length > 500) W.undo.shift();
+  W.redo.length = 0;
+  updateHistoryButtons();
+}
+
+function restore(from, to) {
+  if (!from.length) return;
+  dismiss();
+  to.push(snapshot());
+  const s = from.pop();
+  renderDoc(s.segs);
+  doc.focus();
+  setCaret(s.caret);
+  W.lastKind = "";
+  updateHistoryButtons();
+  save();
+}
+const undo = () => restore(W.undo, W.redo);
+const redo = () => restore(W.redo, W.undo);
+
+function updateHistoryButtons() { $("undo").disabled = !W.undo.length; $("redo").disabled = !W.redo.length; }
+
+function save() {
+  const segs = readDoc();
+  const used = new Set(segs.filter((s) => s.id !== undefined).map((s) => s.id));
+  const models = Object.fromEntries(Object.entries(W.models).filter(([id]) => used.has(+id)));
+  try {
+    localStorage.setItem(STORE, JSON.stringify({ segs, models, nextId: W.nextId, marks: $("marks").checked }));
+  } catch (e) { $("write-error").textContent = "could not keep the document in this browser: " + e.message; }
+}
+
+let saveTimer = null;
+function saveSoon() { clearTimeout(saveTimer); saveTimer = setTimeout(save, 300); }
+
+function load() {
+  let state = null;
+  try { state = JSON.parse(localStorage.getItem(STORE) || "null"); } catch (e) { state = null; }
+  if (!state || !Array.isArray(state.segs)) return;
+  W.models = state.models || {};
+  W.nextId = state.nextId || 1;
+  $("marks").checked = state.marks !== false;
+  renderDoc(state.segs);
+  showMarks();
+}
+
+function showMarks() { doc.classList.toggle("marks-off", !$("marks").checked); }
+
+// --- suggestions --------------------------------------------------------------------------------
+
+function settings() {
+  const v = (id) => +$(id).value;
+  return { n: Math.max(1, Math.min(8, v("w_n") || 3)), max_tokens: Math.max(1, v("w_length") || 20),
+           temperature: v("w_temperature"), top_k: v("w_top_k"), top_p: v("w_top_p"),
+           repetition_penalty: v("w_repetition_penalty") };
+}
+
+async function contextLength() {
+  if (W.nCtx) return W.nCtx;
+  try {
+    const resp = await fetch("/v1/info", { headers: headers() });
+    if (resp.ok) W.nCtx = (await resp.json()).n_ctx;
+  } catch (e) { /* the completion request will say what is wrong */ }
+  return W.nCtx || 1024;
+}
+
+// The end of the text before the cursor that fits the model's context, cut at a space. A token is
+// about 4 characters of English; 3 per token keeps most prompts in one try, and a 413 halves it.
+function promptTail(text, chars) {
+  if (text.length <= chars) return text;
+  const tail = text.slice(text.length - chars);
+  const space = tail.search(/\s/);
+  return space >= 0 ? tail.slice(space + 1) : tail;
+}
+
+async function suggest() {
+  const caret = caretOffset() ?? W.caret ?? docText(readDoc()).length;
+  const text = docText(readDoc()).slice(0, caret);
+  if (W.controller) W.controller.abort();
+  const body = { ...settings(), stream: true, logprobs: 5 };
+  W.at = caret;
+  W.suggestions = Array.from({ length: body.n }, () => ({ text: "", tokens: [], done: false }));
+  W.active = -1;
+  renderSuggestions();
+  $("suggestions").setAttribute("aria-busy", "true");
+  $("suggest-panel").hidden = false;
+  $("write-error").textContent = "";
+  const controller = W.controller = new AbortController();
+  let chars = Math.max(64, ((await contextLength()) - body.max_tokens) * 3);
+  for (let attempt = 0; attempt < 4; attempt++) {
+    try {
+      await streamCompletions({ ...body, prompt: promptTail(text, chars) }, controller.signal, onSuggestionChunk);
+      break;
+    } catch (e) {
+      if (e.name === "AbortError") return;
+      if (e.status === 413 && chars > 32) { chars = Math.floor(chars / 2); continue; }
+      $("write-error").textContent = e.message;
+      break;
+    }
+  }
+  if (W.controller === controller) {
+    W.controller = null;
+    W.suggestions.forEach((s) => { s.done = true; });
+    renderSuggestions();
+    $("suggestions").setAttribute("aria-busy", "false");
+    $("write-status").textContent = `${W.suggestions.length} suggestions`;
+  }
+}
+
+function onSuggestionChunk(msg) {
+  for (const c of msg.choices) {
+    const s = W.suggestions[c.index];
+    if (!s) continue;
+    s.text += c.text;
+    s.tokens.push(...tokensOf(c.logprobs, c.text));
+    if (c.finish_reason) s.done = true;
+    if (W.active < 0 && s.text) W.active = c.index;
+    renderSuggestion(c.index);
+  }
+}
+
+// A piece's tokens, their lengths made to add up to the piece's text (a character split between
+// tokens shows in the token that completes it).
+function tokensOf(logprobs, text) {
+  if (!logprobs || !logprobs.tokens.length) return text ? [{ text, logprob: 0, top: [] }] : [];
+  const out = logprobs.tokens.map((t, k) => ({
+    text: t, logprob: logprobs.token_logprobs[k],
+    top: Object.entries(logprobs.top_logprobs[k] || {}).sort((a, b) => b[1] - a[1]),
+  }));
+  if (out.length === 1) out[0].text = text;
+  const extra = out.reduce((n, t) => n + t.text.length, 0) - text.length;
+  if (extra) out[out.length - 1].text = text.slice(text.length - Math.max(0, out[out.length - 1].text.length - extra));
+  return out;
+}
+
+function renderSuggestions() {
+  const list = $("suggestions");
+  list.innerHTML = "";
+  W.suggestions.forEach((s, i) => {
+    const li = document.createElement("li");
+    li.id = "suggestion-" + i;
+    li.setAttribute("role", "option");
+    li.addEventListener("mousedown", (e) => e.preventDefault());  // keep the caret in the document
+    li.addEventListener("click", () => pick(i));
+    list.append(li);
+    renderSuggestion(i);
+  });
+}
+
+function renderSuggestion(i) {
+  const li = $("suggestion-" + i), s = W.suggestions[i];
+  if (!li) return;
+  li.textContent = s.text || (s.done ? "(the model ended the text here)" : "…");
+  li.classList.toggle("empty", !s.text);
+  li.classList.toggle("streaming", !s.done);
+  li.setAttribute("aria-selected", i === W.active ? "true" : "false");
+  if (i === W.active) $("suggestions").setAttribute("aria-activedescendant", li.id);
+}
+
+function move(step) {
+  if (!W.suggestions.length) return;
+  const n = W.suggestions.length;
+  W.active = ((W.active < 0 ? (step > 0 ? -1 : 0) : W.active) + step + n) % n;
+  W.suggestions.forEach((_, i) => renderSuggestion(i));
+  $("suggestion-" + W.active).scrollIntoView({ block: "nearest" });
+}
+
+function dismiss() {
+  if (W.controller) W.controller.abort();
+  W.controller = null;
+  W.suggestions = [];
+  W.active = -1;
+  $("suggest-panel").hidden = true;
+  $("suggestions").removeAttribute("aria-activedescendant");
+}
+
+function isOpen() { return !$("suggest-panel").hidden; }
+
+// Insert suggestion i at the cursor the suggestions continue from, as one undoable step.
+function pick(i) {
+  const s = W.suggestions[i];
+  if (!s || !s.text) { dismiss(); return; }
+  pushUndo();
+  const id = W.nextId++;
+  W.models[id] = { text: s.text, tokens: s.tokens.map((t) => ({ ...t })) };
+  const segs = [];
+  let n = 0, inserted = false;
+  const put = () => { if (!inserted) { segs.push({ text: s.text, id, start: 0 }); inserted = true; } };
+  for (const seg of readDoc()) {
+    const end = n + seg.text.length;
+    if (W.at >= n && W.at < end) {  // split the segment the cursor is in
+      const cut = W.at - n;
+      if (cut) segs.push({ ...seg, text: seg.text.slice(0, cut) });
+      put();
+      segs.push({ ...seg, text: seg.text.slice(cut), ...(seg.id !== undefined ? { start: seg.start + cut } : {}) });
+    } else segs.push(seg);
+    n = end;
+  }
+  put();
+  dismiss();
+  renderDoc(segs);
+  doc.focus();
+  setCaret(W.at + s.text.length);
+  W.lastKind = "";
+  save();
+}
+
+// --- the token explorer over model text ---------------------------------------------------------
+
+function showTokenAt(span, local) {
+  const m = W.models[span.dataset.id];
+  if (!m) return;
+  const at = +span.dataset.start + local;
+  let n = 0, tok = m.tokens[m.tokens.length - 1];
+  for (const t of m.tokens) {
+    if (at < n + t.text.length) { tok = t; break; }
+    n += t.text.length;
+  }
+  if (!tok) return;
+  const rows = tok.top.map(([t, lp]) => [t, Math.exp(lp)]);
+  if (!rows.some(([t]) => t === tok.text)) rows.push([tok.text, Math.exp(tok.logprob)]);
+  renderAlternatives(`"${visible(tok.text)}" (${percent(Math.exp(tok.logprob))})`, rows, tok.text);
+}
+
+function pointOffset(x, y) {
+  if (document.caretRangeFromPoint) {
+    const r = document.caretRangeFromPoint(x, y);
+    return r && { node: r.startContainer, offset: r.startOffset };
+  }
+  const p = document.caretPositionFromPoint && document.caretPositionFromPoint(x, y);
+  return p && { node: p.offsetNode, offset: p.offset };
+}
+
+function onHover(e) {
+  const span = e.target.closest && e.target.closest(".model");
+  if (!span) return;
+  const p = pointOffset(e.clientX, e.clientY);
+  if (p && span.contains(p.node) && p.node.nodeType === Node.TEXT_NODE) showTokenAt(span, Math.max(0, p.offset - (p.offset === p.node.length ? 1 : 0)));
+}
+
+function onSelectionChange() {
+  const sel = getSelection();
+  if (!sel.rangeCount || !doc.contains(sel.focusNode)) return;
+  W.caret = offsetOf(sel.focusNode, sel.focusOffset);
+  const el = sel.focusNode.nodeType === Node.TEXT_NODE ? sel.focusNode.parentNode : sel.focusNode;
+  const span = el.closest && el.closest(".model");
+  if (span && doc.contains(span) && sel.focusNode.nodeType === Node.TEXT_NODE) showTokenAt(span, Math.max(0, sel.focusOffset - 1));
+}
+
+// --- events -------------------------------------------------------------------------------------
+
+function onKeyDown(e) {
+  const mod = e.ctrlKey || e.metaKey;
+  if (mod && !e.altKey && e.key.toLowerCase() === "z") { e.preventDefault(); e.shiftKey ? redo() : undo(); return; }
+  if (mod && !e.altKey && e.key.toLowerCase() === "y") { e.preventDefault(); redo(); return; }
+  if (e.key === "Tab" && !e.shiftKey && !mod && !e.altKey) { e.preventDefault(); suggest(); return; }
+  if (!isOpen()) return;
+  if (e.key === "ArrowDown") { e.preventDefault(); move(1); }
+  else if (e.key === "ArrowUp") { e.preventDefault(); move(-1); }
+  else if (e.key === "Enter" && W.active >= 0) { e.preventDefault(); pick(W.active); }
+  else if (e.key === "Escape") { e.preventDefault(); dismiss(); }
+}
+
+function onBeforeInput(e) {
+  if (e.inputType === "historyUndo" || e.inputType === "historyRedo") {
+    e.preventDefault();
+    e.inputType === "historyUndo" ? undo() : redo();
+    return;
+  }
+  const kind = e.inputType.startsWith("delete") ? "delete" : "insert";
+  const now = Date.now();
+  if (kind !== W.lastKind || now - W.lastEdit > 1000 || e.inputType === "insertParagraph" || e.inputType === "insertLineBreak") pushUndo();
+  W.lastKind = kind;
+  W.lastEdit = now;
+}
+
+function onInput(e) {
+  if (isOpen()) dismiss();  // the text the suggestions continue has changed
+  if (!e.isComposing) {
+    const segs = readDoc();
+    if (!isCanonical(segs)) {
+      const caret = caretOffset();
+      renderDoc(segs);
+      if (caret !== null) setCaret(caret);
+    }
+  }
+  saveSoon();
+}
+
+function download(ext) {
+  const text = docText(readDoc());
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(new Blob([text], { type: ext === "md" ? "text/markdown" : "text/plain" }));
+  a.download = "document." + ext;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+}
+
+doc.addEventListener("keydown", onKeyDown);
+doc.addEventListener("beforeinput", onBeforeInput);
+doc.addEventListener("input", onInput);
+doc.addEventListener("mousemove", onHover);
+doc.addEventListener("click", onHover);
+document.addEventListener("selectionchange", onSelectionChange);
+$("suggestions").addEventListener("keydown", (e) => {
+  if (e.key === "ArrowDown") { e.preventDefault(); move(1); }
+  else if (e.key === "ArrowUp") { e.preventDefault(); move(-1); }
+  else if ((e.key === "Enter" || e.key === " ") && W.active >= 0) { e.preventDefault(); pick(W.active); }
+  else if (e.key === "Escape") { e.preventDefault(); dismiss(); doc.focus(); setCaret(W.at); }
+});
+for (const id of ["suggest", "undo", "redo", "again", "dismiss"]) {
+  $(id).addEventListener("mousedown", (e) => e.preventDefault());  // the caret stays where it is
+}
+$("suggest").addEventListener("click", suggest);
+$("again").addEventListener("click", () => { doc.focus(); setCaret(W.at); suggest(); });
+$("dismiss").addEventListener("click", () => { dismiss(); doc.focus(); setCaret(W.at); });
+$("undo").addEventListener("click", undo);
+$("redo").addEventListener("click", redo);
+$("marks").addEventListener("change", () => { showMarks(); save(); });
+$("download-txt").addEventListener("click", () => download("txt"));
+$("download-md").addEventListener("click", () => download("md"));
+window.addEventListener("pagehide", save);
+load();
