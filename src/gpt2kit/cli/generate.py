@@ -68,7 +68,7 @@ def generate_options(args: argparse.Namespace) -> GenerateOptions:
 # --- generate ------------------------------------------------------------------------------------
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    template, prompts = _template_prompts(args)
+    template, prompts, known = _template_prompts(args)
     lm = load_model(args)
     prompts = prompts or read_prompts(args)
     options = generate_options(args)
@@ -76,7 +76,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         writer = SampleWriter(stream=stream, format=args.format, out_dir=_output_dir(args), delim=args.sample_delim,
                               prompts=prompts, options=options, model=lm.info["name"],
                               settings={k: v for k, v in given(args, *SAMPLING).items() if k != "seed"},
-                              template=template)
+                              template=template, known=known)
         if template:  # each document starts where the training documents did: after <|endoftext|>
             prompts = [DOCUMENT_START + p for p in prompts]
         for ev in lm.samples(prompts if len(prompts) > 1 else prompts[0], **options.as_kwargs()):
@@ -84,19 +84,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _template_prompts(args: argparse.Namespace) -> tuple[Template | None, list[str | None]]:
-    """--template with --field/--fields: the template and one prompt per set of field values."""
+def _template_prompts(args: argparse.Namespace) -> tuple[Template | None, list[str | None], dict]:
+    """--template with --field/--fields: the template, one prompt per set of field values, and each
+    prompt's fields."""
     if not args.template:
         if args.field or args.fields:
             raise UserError("--field and --fields fill a --template; pass --template too")
-        return None, []
+        return None, [], {}
     if args.prompt or args.prompt_file:
         raise UserError("--template makes the prompts from --field/--fields; leave out other prompts")
     template = parse_template(args.template)
     template.check_readable()
     given_fields = dict(parse_assignment(item) for item in args.field)
     sets = [{**s, **given_fields} for s in read_field_sets(args.fields)] if args.fields else [given_fields]
-    return template, [template.prompt(s) for s in sets]
+    prompts = [template.prompt(s) for s in sets]
+    return template, prompts, dict(zip(prompts, sets))
 
 
 @contextlib.contextmanager
@@ -129,6 +131,7 @@ class SampleWriter:
     model: str
     settings: dict  # what the user set, recorded with each JSON sample
     template: Template | None = None  # documents of a template: their fields are read back
+    known: dict[str, dict[str, str]] = field(default_factory=dict)  # a template prompt -> the fields it was made of
     started: set[int] = field(default_factory=set)
 
     @property
@@ -149,7 +152,8 @@ class SampleWriter:
                       "model": self.model, "settings": self.settings, "seed": ev.seed,
                       "finish_reason": ev.finish_reason, "synthetic": True}
             if self.template:
-                record["fields"] = self.template.read(ev.prompt + ev.completion)  # None: not the template's shape
+                # None: not the template's shape. The prompt's fields are known: the model cannot change them.
+                record["fields"] = self.template.read(ev.prompt + ev.completion, self.known.get(ev.prompt))
             self.stream.write(json.dumps(record, ensure_ascii=False) + "\n")
             self.stream.flush()
         elif self.out_dir is not None:

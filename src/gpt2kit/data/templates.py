@@ -51,19 +51,29 @@ class Template:
         if unknown:
             raise UserError(f"the template {self.source!r} has no field {unknown[0]!r}; its fields are: "
                             f"{', '.join(self.fields)}")
-        out = []
+        out: list[str] = []
+        open_field = None
         for p in self.parts:
             if isinstance(p, Field) and p.name not in values:
-                break
-            out.append(p if isinstance(p, str) else str(values[p.name]))
+                open_field = open_field or p.name
+            elif open_field is None:
+                out.append(p if isinstance(p, str) else str(values[p.name]))
+            elif isinstance(p, Field):
+                raise UserError(f"the template {self.source!r} has {{{p.name}}} after {{{open_field}}}, which has no "
+                                f"value: generation starts at the first field left open, so give {open_field} too "
+                                f"or put {{{p.name}}} first")
         # Drop trailing spaces: GPT-2's tokenizer joins a space to the word after it (" Title"), so a
         # prompt ending in a bare space asks for a token split the model never saw in training.
         return "".join(out).rstrip(" ")
 
-    def read(self, text: str) -> dict[str, str] | None:
-        """The fields of a document written by the template, or None when the text does not fit it."""
-        m = self._pattern().fullmatch(text)
-        return {name: m.group(f"f{i}") for i, name in enumerate(self.fields)} if m else None
+    def read(self, text: str, known: Mapping[str, str] | None = None) -> dict[str, str] | None:
+        """The fields of a document written by the template, or None when the text does not fit it.
+        `known` fields (those a prompt gave) must hold exactly their values, which settles where they end."""
+        known = known or {}
+        m = self._pattern(known).fullmatch(text)
+        if not m:
+            return None
+        return {name: known[name] if name in known else m.group(f"f{i}") for i, name in enumerate(self.fields)}
 
     def check_readable(self) -> None:
         """Two fields with no text between them cannot be told apart when read back."""
@@ -72,7 +82,7 @@ class Template:
                 raise UserError(f"in the template {self.source!r}, {{{a.name}}} and {{{b.name}}} touch: put some "
                                 f"text between them so generated documents can be read back")
 
-    def _pattern(self) -> re.Pattern:
+    def _pattern(self, known: Mapping[str, str]) -> re.Pattern:
         names = self.fields
         seen: set[str] = set()
         out = []
@@ -80,6 +90,8 @@ class Template:
         for i, p in enumerate(self.parts):
             if isinstance(p, str):
                 out.append(re.escape(p))
+            elif p.name in known:
+                out.append(re.escape(str(known[p.name])))
             elif p.name in seen:  # the same field twice must hold the same text
                 out.append(f"(?P=f{names.index(p.name)})")
             else:

@@ -221,7 +221,7 @@ async function suggest() {
   const body = { ...settings(), stream: true, logprobs: 5 };
   W.at = caret;
   W.suggestions = Array.from({ length: body.n }, () => ({ text: "", tokens: [], done: false }));
-  W.active = -1;
+  W.active = 0;
   renderSuggestions();
   $("suggestions").setAttribute("aria-busy", "true");
   $("suggest-panel").hidden = false;
@@ -255,7 +255,6 @@ function onSuggestionChunk(msg) {
     s.text += c.text;
     s.tokens.push(...tokensOf(c.logprobs, c.text));
     if (c.finish_reason) s.done = true;
-    if (W.active < 0 && s.text) W.active = c.index;
     renderSuggestion(c.index);
   }
 }
