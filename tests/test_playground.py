@@ -109,7 +109,9 @@ def test_write_mode_suggest_pick_edit_undo_reload(page_url, viewport, tmp_path):
         sync_api.expect(model).to_have_count(1)
         assert model.inner_text() == choice
         # hovering over model text shows the token explorer
-        model.hover(position={"x": 4, "y": 6})
+        box = model.evaluate("e => { const r = [...e.getClientRects()].find((r) => r.width > 6); "
+                             "return r && {x: r.left + 3, y: r.top + r.height / 2}; }")
+        page.mouse.move(box["x"], box["y"])
         sync_api.expect(page.locator("#explorer-title")).to_contain_text("%")
         assert page.locator("#alternatives li").count() >= 2
         # typing after it is the user's own text; the model's stays marked

@@ -9,7 +9,7 @@ const W = {
   models: {},  // suggestion id -> {text, tokens: [{text, logprob, top}]}
   nextId: 1,
   undo: [], redo: [],  // snapshots {segs, caret}
-  lastEdit: 0, lastKind: "",  // typing within a second, of one kind, is one undo step
+  lastEdit: 0, lastKind: "", editEnd: null,  // typing within a second, of one kind, in one place is one undo step
   caret: null,  // the last caret offset in the document (buttons take the focus away)
   suggestions: [], active: -1, at: 0, controller: null,
   nCtx: null,
@@ -72,6 +72,11 @@ function docText(segs) { return segs.map((s) => s.text).join(""); }
 
 function renderDoc(segs) {
   doc.textContent = "";
+  segs = segs.filter((s) => s.text).reduce((out, s) => {  // the user's text in one piece between model slices
+    const last = out[out.length - 1];
+    if (last && last.id === undefined && s.id === undefined) last.text += s.text; else out.push({ ...s });
+    return out;
+  }, []);
   for (const s of segs) {
     if (s.id === undefined) { doc.append(document.createTextNode(s.text)); continue; }
     const span = document.createElement("span");
@@ -80,6 +85,9 @@ function renderDoc(segs) {
     span.textContent = s.text;
     doc.append(span);
   }
+  // A last newline has no line of its own in a browser without something after it: a <br> (as the
+  // browser itself adds) gives the cursor a place there. pieces() leaves it out of the text.
+  if (segs.length && segs[segs.length - 1].text.endsWith("\n")) doc.append(document.createElement("br"));
 }
 
 // Is the DOM what renderDoc(segs) would make? (If not, an edit changed a model span: re-render.)
@@ -323,26 +331,31 @@ function pick(i) {
   pushUndo();
   const id = W.nextId++;
   W.models[id] = { text: s.text, tokens: s.tokens.map((t) => ({ ...t })) };
+  dismiss();
+  replaceText(W.at, W.at, { text: s.text, id, start: 0 });
+  save();
+}
+
+// Replace the document's text from `start` to `end` with the segment `seg`, and put the cursor after it.
+function replaceText(start, end, seg) {
   const segs = [];
-  let n = 0, inserted = false;
-  const put = () => { if (!inserted) { segs.push({ text: s.text, id, start: 0 }); inserted = true; } };
-  for (const seg of readDoc()) {
-    const end = n + seg.text.length;
-    if (W.at >= n && W.at < end) {  // split the segment the cursor is in
-      const cut = W.at - n;
-      if (cut) segs.push({ ...seg, text: seg.text.slice(0, cut) });
-      put();
-      segs.push({ ...seg, text: seg.text.slice(cut), ...(seg.id !== undefined ? { start: seg.start + cut } : {}) });
-    } else segs.push(seg);
-    n = end;
+  let n = 0, placed = false;
+  const put = () => { if (!placed) { segs.push(seg); placed = true; } };
+  for (const s of readDoc()) {
+    const a = n, b = n + s.text.length;
+    n = b;
+    if (b <= start) { segs.push(s); continue; }
+    if (a >= end) { put(); segs.push(s); continue; }
+    // s overlaps the range: keep its part before start and after end (a model slice keeps its place)
+    if (a < start) segs.push({ ...s, text: s.text.slice(0, start - a) });
+    put();
+    if (b > end) segs.push({ ...s, text: s.text.slice(end - a), ...(s.id !== undefined ? { start: s.start + end - a } : {}) });
   }
   put();
-  dismiss();
   renderDoc(segs);
   doc.focus();
-  setCaret(W.at + s.text.length);
+  setCaret(start + seg.text.length);
   W.lastKind = "";
-  save();
 }
 
 // --- the token explorer over model text ---------------------------------------------------------
@@ -407,9 +420,25 @@ function onBeforeInput(e) {
     e.inputType === "historyUndo" ? undo() : redo();
     return;
   }
+  if (e.inputType === "insertParagraph" || e.inputType === "insertLineBreak") {
+    // Our own newline: browsers add placeholder newlines and <br>s of their own at the end of a text.
+    e.preventDefault();
+    const sel = getSelection();
+    if (!sel.rangeCount) return;
+    const r = sel.getRangeAt(0);
+    const a = offsetOf(r.startContainer, r.startOffset), b = offsetOf(r.endContainer, r.endOffset);
+    pushUndo();
+    if (isOpen()) dismiss();
+    replaceText(a, b, { text: "\n" });
+    W.editEnd = caretOffset();
+    saveSoon();
+    return;
+  }
+  // One undo step per burst of typing: a new one after a pause, a new line, a switch between typing
+  // and deleting, or a jump of the cursor.
   const kind = e.inputType.startsWith("delete") ? "delete" : "insert";
   const now = Date.now();
-  if (kind !== W.lastKind || now - W.lastEdit > 1000 || e.inputType === "insertParagraph" || e.inputType === "insertLineBreak") pushUndo();
+  if (kind !== W.lastKind || now - W.lastEdit > 1000 || caretOffset() !== W.editEnd) pushUndo();
   W.lastKind = kind;
   W.lastEdit = now;
 }
@@ -424,6 +453,7 @@ function onInput(e) {
       if (caret !== null) setCaret(caret);
     }
   }
+  W.editEnd = caretOffset();
   saveSoon();
 }
 
