@@ -101,9 +101,9 @@ def test_encode_keywords_alone_and_in_a_template(tmp_path):
     data = tmp_path / "posts.csv"
     data.write_text("subreddit,title\nlegaladvice,My landlord kept my security deposit\n")
     r = run_cli("encode", data, "-o", tmp_path / "a.tokens", "--template", "[{subreddit}] ~{keywords}~ {title}",
-                "--keywords", "2", "--quiet")
+                "--keywords", "3", "--quiet")
     assert r.returncode == 0, r.stderr
-    # the keywords come from the other fields: "legaladvice" scores 1, "security deposit" 4, "landlord kept" 4
+    # the keywords come from the fields after {keywords} (the title, not the subreddit): two phrases of 4
     assert decode(tmp_path / "a.tokens") == ("[legaladvice] ~landlord kept, security deposit~ "
                                              "My landlord kept my security deposit<|endoftext|>")
     r = run_cli("encode", data, "-o", tmp_path / "b.tokens", "--column", "title", "--keywords", "--quiet")
@@ -112,6 +112,8 @@ def test_encode_keywords_alone_and_in_a_template(tmp_path):
                                              "My landlord kept my security deposit<|endoftext|>")
     r = run_cli("encode", data, "-o", tmp_path / "c.tokens", "--template", "[{subreddit}] {title}", "--keywords")
     assert r.returncode == 2 and "{keywords}" in r.stderr
+    r = run_cli("encode", data, "-o", tmp_path / "c.tokens", "--template", "{title} [{keywords}]", "--keywords")
+    assert r.returncode == 2 and "no field after {keywords}" in r.stderr
 
 
 def test_titles_model_generates_titles_for_a_chosen_subreddit(tmp_path):

@@ -11,7 +11,7 @@ from typing import Iterator
 from ..errors import UserError
 from .extract import ReadOptions, documents, read_text
 from .keywords import SEPARATOR, extract_keywords
-from .templates import Template, parse_template
+from .templates import Field, Template, parse_template
 
 TEXT_FIELD = "text"  # the one field of a plain document
 KEYWORDS_FIELD = "keywords"  # the field --keywords fills
@@ -58,11 +58,11 @@ def _jsonl_records(path: Path, text: str) -> Iterator[tuple[str, dict[str, str]]
 def templated_documents(path: Path, opts: ReadOptions, template: Template, keywords: int = 0, *,
                         by_record: bool = True) -> Iterator[str]:
     """One document per record, written by `template`. keywords > 0 fills its {keywords} field with that
-    many keywords of the record's other fields (the text the document is about). by_record=False reads
+    many keywords of the fields after it (the text the keywords are to steer). by_record=False reads
     the documents encode reads without a template (one --column or --field), as the field `text`."""
     source = records(path, opts) if by_record else \
         ((f"{path} document {n}", {TEXT_FIELD: doc}) for n, doc in enumerate(documents(path, opts), 1))
-    about = [f for f in template.fields if f != KEYWORDS_FIELD]
+    about = keyword_sources(template)
     for where, values in source:
         if keywords:
             missing = [f for f in about if f not in values]
@@ -81,7 +81,15 @@ def conditional_template(template: str | None, keywords: int) -> Template | None
     if keywords and KEYWORDS_FIELD not in parsed.fields:
         raise UserError(f"--keywords fills the template's {{{KEYWORDS_FIELD}}} field, and {template!r} has none; "
                         f"e.g. --template \"[{{{KEYWORDS_FIELD}}}] {{title}}\"")
-    if keywords and parsed.fields == [KEYWORDS_FIELD]:
-        raise UserError(f"the template {template!r} has only {{{KEYWORDS_FIELD}}}: add the field the keywords are "
-                        f"drawn from, e.g. {{title}}")
+    if keywords and not keyword_sources(parsed):
+        raise UserError(f"the template {template!r} has no field after {{{KEYWORDS_FIELD}}}: keywords are drawn from "
+                        f"the text that follows them, e.g. \"[{{{KEYWORDS_FIELD}}}] {{title}}\"")
     return parsed
+
+
+def keyword_sources(template: Template) -> list[str]:
+    """The fields keywords are drawn from: those after {keywords}, the text that generation will write from them
+    (minimaxir's keyword generation draws them from the text, never from the other conditions)."""
+    names = [p.name for p in template.parts if isinstance(p, Field)]
+    after = names[names.index(KEYWORDS_FIELD) + 1:] if KEYWORDS_FIELD in names else []
+    return [f for f in dict.fromkeys(after) if f != KEYWORDS_FIELD]
