@@ -101,12 +101,12 @@ def test_encode_keywords_alone_and_in_a_template(tmp_path):
     data = tmp_path / "posts.csv"
     data.write_text("subreddit,title\nlegaladvice,My landlord kept my security deposit\n")
     r = run_cli("encode", data, "-o", tmp_path / "a.tokens", "--template", "[{subreddit}] ~{keywords}~ {title}",
-                "--keywords", "3", "--quiet")
+                "--keywords-count", "3", "--quiet")
     assert r.returncode == 0, r.stderr
     # the keywords come from the fields after {keywords} (the title, not the subreddit): two phrases of 4
     assert decode(tmp_path / "a.tokens") == ("[legaladvice] ~landlord kept, security deposit~ "
                                              "My landlord kept my security deposit<|endoftext|>")
-    r = run_cli("encode", data, "-o", tmp_path / "b.tokens", "--column", "title", "--keywords", "--quiet")
+    r = run_cli("encode", "--keywords", data, "-o", tmp_path / "b.tokens", "--column", "title", "--quiet")
     assert r.returncode == 0, r.stderr
     assert decode(tmp_path / "b.tokens") == ("keywords: landlord kept, security deposit\n"
                                              "My landlord kept my security deposit<|endoftext|>")

@@ -23,9 +23,12 @@ def register(sub) -> None:
     add_field(p, E, "progress", "--quiet", action="store_false", show_default=False, help="no progress bar")
     add_field(p, E, "template", help='one document per CSV row or JSONL record, e.g. "[{subreddit}] {title}" '
               '({{ and }} for literal braces)')
-    add_field(p, E, "keywords", nargs="?", const=DEFAULT_COUNT, metavar="N",
-              help=f"put N keywords (default {DEFAULT_COUNT}) of each document in the template's {{keywords}} "
-                   f"field, or alone before each document")
+    # A flag, not `--keywords [N]`: an optional number would swallow the input after it (--keywords data.csv).
+    add_field(p, E, "keywords", "--keywords", action="store_const", const=DEFAULT_COUNT, show_default=False,
+              help=f"put {DEFAULT_COUNT} keywords of each document in the template's {{keywords}} field, "
+                   f"or alone on a line before each document")
+    add_field(p, E, "keywords", "--keywords-count", metavar="N", show_default=False,
+              help="--keywords with N keywords per document")
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("decode", help="print a token dataset back as text")
