@@ -55,3 +55,110 @@ def test_generate_streams_and_token_explorer(page_url, viewport, tmp_path):
         assert page.locator("#alternatives li").count() == 20
         page.screenshot(path=str(tmp_path / f"playground-{viewport['width']}.png"), full_page=True)
         browser.close()
+
+
+def doc_text(page) -> str:
+    """The document's text as the page keeps it (what a download or a reload gives)."""
+    return page.evaluate("docText(readDoc())")
+
+
+def wait_for_suggestions(page, count=3):
+    box = page.get_by_role("listbox", name="Suggestions")
+    sync_api.expect(box.get_by_role("option")).to_have_count(count, timeout=30000)
+    sync_api.expect(box).to_have_attribute("aria-busy", "false", timeout=90000)
+    texts = [o.inner_text() for o in box.get_by_role("option").all()]
+    assert any(t and "ended the text" not in t for t in texts), texts
+    return box.get_by_role("option")
+
+
+@pytest.mark.parametrize("viewport", [{"width": 1280, "height": 800}, {"width": 390, "height": 844}])
+def test_write_mode_suggest_pick_edit_undo_reload(page_url, viewport, tmp_path):
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        context = browser.new_context(viewport=viewport, accept_downloads=True)
+        page = context.new_page()
+        requests = []
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(page_url + "/")
+        sync_api.expect(page.locator("#status")).to_have_text("ready", timeout=20000)
+        page.get_by_role("tab", name="Write").click()
+        doc = page.get_by_role("textbox", name="Document")
+        doc.click()
+        page.keyboard.type("ROMEO.\nWhat light")
+        typed = "ROMEO.\nWhat light"
+        assert doc_text(page) == typed
+        # ask: Tab at a desktop, the button on a phone
+        if viewport["width"] > 800:
+            page.keyboard.press("Tab")
+        else:
+            page.get_by_role("button", name="Suggest").click()
+        options = wait_for_suggestions(page)
+        assert options.count() == 3
+        # pick the second with the keyboard at a desktop, a tap on a phone
+        choice = options.nth(1).inner_text()
+        if viewport["width"] > 800:
+            sync_api.expect(options.nth(0)).to_have_attribute("aria-selected", "true")
+            page.keyboard.press("ArrowDown")
+            sync_api.expect(options.nth(1)).to_have_attribute("aria-selected", "true")
+            page.keyboard.press("Enter")
+        else:
+            options.nth(1).click()
+        sync_api.expect(page.get_by_role("listbox", name="Suggestions")).to_be_hidden()
+        assert doc_text(page) == typed + choice
+        model = page.locator("#doc .model")
+        sync_api.expect(model).to_have_count(1)
+        assert model.inner_text() == choice
+        # hovering over model text shows the token explorer
+        box = model.evaluate("e => { const r = [...e.getClientRects()].find((r) => r.width > 6); "
+                             "return r && {x: r.left + 3, y: r.top + r.height / 2}; }")
+        page.mouse.move(box["x"], box["y"])
+        sync_api.expect(page.locator("#explorer-title")).to_contain_text("%")
+        assert page.locator("#alternatives li").count() >= 2
+        # typing after it is the user's own text; the model's stays marked
+        page.keyboard.type(" Yes.")
+        assert doc_text(page) == typed + choice + " Yes."
+        assert model.inner_text() == choice
+        # editing inside the model's text makes it the user's (the mark goes)
+        page.evaluate(f"setCaret({len(typed) + 1})")
+        page.keyboard.type("Q")
+        edited = typed + choice[:1] + "Q" + choice[1:] + " Yes."
+        assert doc_text(page) == edited
+        sync_api.expect(page.locator("#doc .model")).to_have_count(0)
+        # Ctrl+Z undoes the edit (the mark is back), then the typing; the Undo button the insertion
+        page.keyboard.press("Control+z")
+        assert doc_text(page) == typed + choice + " Yes."
+        sync_api.expect(page.locator("#doc .model")).to_have_count(1)
+        page.keyboard.press("Control+z")
+        assert doc_text(page) == typed + choice
+        page.get_by_role("button", name="Undo").click()
+        assert doc_text(page) == typed
+        page.get_by_role("button", name="Redo").click()
+        assert doc_text(page) == typed + choice
+        sync_api.expect(page.locator("#doc .model")).to_have_count(1)
+        # Escape dismisses; Again draws new ones
+        doc.focus()
+        page.evaluate(f"setCaret({len(typed + choice)})")
+        page.get_by_role("button", name="Suggest").click()
+        wait_for_suggestions(page)
+        page.get_by_role("button", name="Again").click()
+        wait_for_suggestions(page)
+        page.screenshot(path=str(tmp_path / f"write-{viewport['width']}.png"), full_page=True)
+        page.keyboard.press("Escape")
+        sync_api.expect(page.get_by_role("listbox", name="Suggestions")).to_be_hidden()
+        assert doc_text(page) == typed + choice
+        # the marks can be switched off
+        page.get_by_label("Mark model text").uncheck()
+        assert page.locator("#doc .model").evaluate("e => getComputedStyle(e).backgroundColor") == "rgba(0, 0, 0, 0)"
+        page.get_by_label("Mark model text").check()
+        assert page.locator("#doc .model").evaluate("e => getComputedStyle(e).backgroundColor") != "rgba(0, 0, 0, 0)"
+        # the document (and its marks) survive a reload, and download as they are
+        page.reload()
+        sync_api.expect(page.get_by_role("textbox", name="Document")).to_be_visible()
+        assert doc_text(page) == typed + choice
+        assert page.locator("#doc .model").inner_text() == choice
+        with page.expect_download() as info:
+            page.get_by_role("button", name="Download .md").click()
+        assert info.value.suggested_filename == "document.md"
+        assert open(info.value.path(), encoding="utf-8").read() == typed + choice
+        assert all(u.startswith(page_url) or u.startswith("blob:") for u in requests), requests  # no CDN
+        browser.close()

@@ -80,12 +80,16 @@ class EncodeOptions:
     column: str | None = ReadOptions.column
     field: str = ReadOptions.field
     progress: bool = True
+    template: str | None = None  # "[{subreddit}] {title}": one document per CSV row or JSONL record
+    keywords: int = 0  # keywords per document, through the template's {keywords} field; 0 = off
 
     def __post_init__(self) -> None:
         if not 0 <= self.val_fraction < 1:
             raise UserError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.errors not in DECODE_ERRORS:
             raise UserError(f"errors must be strict, replace or ignore, got {self.errors!r}")
+        if self.keywords < 0:
+            raise UserError(f"keywords must be 0 (off) or a number of keywords per document, got {self.keywords}")
 
 
 # What `convert` writes: safetensors in one of these, read back by gpt2kit and transformers alike.

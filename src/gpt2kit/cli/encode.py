@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..data.keywords import DEFAULT_COUNT
 from ..options import DECODE_ERRORS, EncodeOptions
 from .common import add_field, field_names, given
 
@@ -20,6 +21,14 @@ def register(sub) -> None:
     add_field(p, E, "column", help="CSV column, a name or a number (default: the first)")
     add_field(p, E, "field", help="JSONL field")
     add_field(p, E, "progress", "--quiet", action="store_false", show_default=False, help="no progress bar")
+    add_field(p, E, "template", help='one document per CSV row or JSONL record, e.g. "[{subreddit}] {title}" '
+              '({{ and }} for literal braces)')
+    # A flag, not `--keywords [N]`: an optional number would swallow the input after it (--keywords data.csv).
+    add_field(p, E, "keywords", "--keywords", action="store_const", const=DEFAULT_COUNT, show_default=False,
+              help=f"put {DEFAULT_COUNT} keywords of each document in the template's {{keywords}} field, "
+                   f"or alone on a line before each document")
+    add_field(p, E, "keywords", "--keywords-count", metavar="N", show_default=False,
+              help="--keywords with N keywords per document")
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("decode", help="print a token dataset back as text")

@@ -5,10 +5,11 @@ import argparse
 import contextlib
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, TextIO
 
+from ..data.templates import DOCUMENT_START, Template, parse_assignment, parse_template, read_field_sets
 from ..errors import UserError
 from ..options import GenerateOptions
 from .common import add_field, add_model_args, field_names, given, load_model, log
@@ -30,6 +31,11 @@ def register(sub) -> None:
     p.add_argument("--format", choices=["text", "jsonl"], default="text", help="jsonl: one JSON object per sample")
     p.add_argument("--output", help="write the samples to this file instead of the terminal")
     p.add_argument("--output-dir", help="one file per sample in this folder (existing files are kept)")
+    p.add_argument("--template", help='generate documents of this template (as encoded with encode --template), '
+                   'e.g. "[{subreddit}] {title}"; the fields are read back out (--format jsonl)')
+    p.add_argument("--field", action="append", default=[], metavar="NAME=VALUE",
+                   help="a field value for --template (repeatable); generation starts after the filled fields")
+    p.add_argument("--fields", metavar="FILE.jsonl", help="one JSON object of field values per line, a prompt each")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("interactive", help="a prompt loop, like OpenAI's interactive_conditional_samples.py")
@@ -62,16 +68,37 @@ def generate_options(args: argparse.Namespace) -> GenerateOptions:
 # --- generate ------------------------------------------------------------------------------------
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    template, prompts, known = _template_prompts(args)
     lm = load_model(args)
-    prompts = read_prompts(args)
+    prompts = prompts or read_prompts(args)
     options = generate_options(args)
     with _output(args) as stream:
         writer = SampleWriter(stream=stream, format=args.format, out_dir=_output_dir(args), delim=args.sample_delim,
                               prompts=prompts, options=options, model=lm.info["name"],
-                              settings={k: v for k, v in given(args, *SAMPLING).items() if k != "seed"})
+                              settings={k: v for k, v in given(args, *SAMPLING).items() if k != "seed"},
+                              template=template, known=known)
+        if template:  # each document starts where the training documents did: after <|endoftext|>
+            prompts = [DOCUMENT_START + p for p in prompts]
         for ev in lm.samples(prompts if len(prompts) > 1 else prompts[0], **options.as_kwargs()):
             writer.write(ev)
     return 0
+
+
+def _template_prompts(args: argparse.Namespace) -> tuple[Template | None, list[str | None], dict]:
+    """--template with --field/--fields: the template, one prompt per set of field values, and each
+    prompt's fields."""
+    if not args.template:
+        if args.field or args.fields:
+            raise UserError("--field and --fields fill a --template; pass --template too")
+        return None, [], {}
+    if args.prompt or args.prompt_file:
+        raise UserError("--template makes the prompts from --field/--fields; leave out other prompts")
+    template = parse_template(args.template)
+    template.check_readable()
+    given_fields = dict(parse_assignment(item) for item in args.field)
+    sets = [{**s, **given_fields} for s in read_field_sets(args.fields)] if args.fields else [given_fields]
+    prompts = [template.prompt(s) for s in sets]
+    return template, prompts, dict(zip(prompts, sets))
 
 
 @contextlib.contextmanager
@@ -103,6 +130,8 @@ class SampleWriter:
     options: GenerateOptions
     model: str
     settings: dict  # what the user set, recorded with each JSON sample
+    template: Template | None = None  # documents of a template: their fields are read back
+    known: dict[str, dict[str, str]] = field(default_factory=dict)  # a template prompt -> the fields it was made of
     started: set[int] = field(default_factory=set)
 
     @property
@@ -111,6 +140,8 @@ class SampleWriter:
 
     def write(self, ev) -> None:
         from ..generation import Piece
+        if self.template and not isinstance(ev, Piece):
+            ev = _without_document_start(ev)
         if isinstance(ev, Piece):
             if self.live:
                 self._start(ev.index, prefix=True)
@@ -120,6 +151,9 @@ class SampleWriter:
             record = {"index": ev.index, "prompt": ev.prompt, "text": ev.text, "completion": ev.completion,
                       "model": self.model, "settings": self.settings, "seed": ev.seed,
                       "finish_reason": ev.finish_reason, "synthetic": True}
+            if self.template:
+                # None: not the template's shape. The prompt's fields are known: the model cannot change them.
+                record["fields"] = self.template.read(ev.prompt + ev.completion, self.known.get(ev.prompt))
             self.stream.write(json.dumps(record, ensure_ascii=False) + "\n")
             self.stream.flush()
         elif self.out_dir is not None:
@@ -146,6 +180,12 @@ class SampleWriter:
         if prefix and self.options.include_prefix:
             per_prompt = self.options.nsamples or 1
             self.stream.write(self.prompts[(index // per_prompt) % len(self.prompts)] or "")
+
+
+def _without_document_start(sample):
+    """A template's sample as the user sees it: without the <|endoftext|> its prompt starts with."""
+    return replace(sample, prompt=sample.prompt.removeprefix(DOCUMENT_START),
+                               text=sample.text.removeprefix(DOCUMENT_START))
 
 
 def _free_name(folder: Path, index: int) -> Path:

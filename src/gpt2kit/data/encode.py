@@ -13,6 +13,8 @@ from ..errors import UserError
 from ..options import EncodeOptions
 from ..tokenizer import Tokenizer, gpt2_tokenizer
 from .extract import ReadOptions, documents, expand_inputs
+from .records import conditional_template, templated_documents
+from .templates import Template
 from .tokens import TokenWriter
 
 BIG_TEXT = 16 << 20  # plain-text files larger than this are read in pieces
@@ -34,9 +36,13 @@ def _safe_cut(text: str) -> int:
     return tail_start + last.end() if last else len(text)
 
 
-def _file_pieces(path: Path, opts: ReadOptions) -> Iterator[tuple[str, bool]]:
+def _file_pieces(path: Path, opts: ReadOptions, template: Template | None = None, keywords: int = 0,
+                 by_record: bool = True) -> Iterator[tuple[str, bool]]:
     """(text, ends_document) pieces of a file; one piece per document except for huge plain-text files."""
-    if path.suffix.lower() in (".txt", "") and path.stat().st_size > BIG_TEXT:
+    if template is not None:
+        for doc in templated_documents(path, opts, template, keywords, by_record=by_record):
+            yield doc, True
+    elif path.suffix.lower() in (".txt", "") and path.stat().st_size > BIG_TEXT:
         with open(path, "r", encoding=opts.encoding, errors=opts.errors, newline="") as f:
             carry = ""
             while True:
@@ -129,14 +135,18 @@ def encode_dataset(inputs: list[str | Path] | str | Path, output: str | Path, *,
                    val_fraction: float = EncodeOptions.val_fraction, eot: bool = EncodeOptions.eot,
                    encoding: str = EncodeOptions.encoding, errors: str = EncodeOptions.errors,
                    column: str | None = EncodeOptions.column, field: str = EncodeOptions.field,
-                   tokenizer: Tokenizer | None = None, progress: bool = EncodeOptions.progress) -> dict:
+                   tokenizer: Tokenizer | None = None, progress: bool = EncodeOptions.progress,
+                   template: str | None = EncodeOptions.template, keywords: int = EncodeOptions.keywords) -> dict:
     """Encode text files, folders and globs into gpt2kit's token format.
 
     Every document ends with <|endoftext|> unless eot=False. With val_fraction, whole documents go to
-    a validation file beside the output (corpus.val.tokens), spread through the inputs.
+    a validation file beside the output (corpus.val.tokens), spread through the inputs. A template
+    ("[{subreddit}] {title}") writes one document per CSV row or JSONL record from its fields; keywords=N
+    fills its {keywords} field with N keywords of each document (alone: "keywords: ...\n" before each).
     """
     EncodeOptions(val_fraction=val_fraction, eot=eot, encoding=encoding, errors=errors, column=column,
-                  field=field, progress=progress)  # the one check of these values
+                  field=field, progress=progress, template=template, keywords=keywords)  # the one check of these values
+    shape = conditional_template(template, keywords)
     inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     files = expand_inputs(inputs)
     output = Path(output)
@@ -149,7 +159,7 @@ def encode_dataset(inputs: list[str | Path] | str | Path, output: str | Path, *,
     try:
         for path in files:
             size = path.stat().st_size
-            for text, ends in _file_pieces(path, opts):
+            for text, ends in _file_pieces(path, opts, shape, keywords, by_record=template is not None):
                 run.add(text, ends, size)
             n_bytes += size
             if bar:

@@ -75,32 +75,45 @@ async function generate() {
   controller = new AbortController();
   $("generate").disabled = true; $("stop").disabled = false;
   try {
-    const resp = await fetch("/v1/completions", { method: "POST", headers: headers(), body: JSON.stringify(body), signal: controller.signal });
-    if (!resp.ok) { const e = await resp.json().catch(() => ({})); throw new Error((e.error && e.error.message) || resp.statusText); }
-    const reader = resp.body.getReader();
-    const decoder = new TextDecoder();
-    let buffer = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += decoder.decode(value, { stream: true });
-      let cut;
-      while ((cut = buffer.indexOf("\n\n")) >= 0) {
-        const line = buffer.slice(0, cut).trim();
-        buffer = buffer.slice(cut + 2);
-        if (!line.startsWith("data:")) continue;
-        const data = line.slice(5).trim();
-        if (data === "[DONE]") continue;
-        const msg = JSON.parse(data);
-        if (msg.error) throw new Error(msg.error.message);
-        for (const c of msg.choices) addTokens(c.logprobs, c.text);
-        if (msg.usage) $("usage").textContent = `${msg.usage.prompt_tokens} prompt tokens, ${msg.usage.completion_tokens} generated`;
-      }
-    }
+    await streamCompletions(body, controller.signal, (msg) => {
+      for (const c of msg.choices) addTokens(c.logprobs, c.text);
+      if (msg.usage) $("usage").textContent = `${msg.usage.prompt_tokens} prompt tokens, ${msg.usage.completion_tokens} generated`;
+    });
   } catch (e) {
     if (e.name !== "AbortError") showError(e.message);
   } finally {
     $("generate").disabled = false; $("stop").disabled = true; controller = null;
+  }
+}
+
+// POST /v1/completions with stream: true; onMessage gets each server-sent event's JSON.
+// A failed request throws an Error with the server's message and its HTTP status as .status.
+async function streamCompletions(body, signal, onMessage) {
+  const resp = await fetch("/v1/completions", { method: "POST", headers: headers(), body: JSON.stringify(body), signal });
+  if (!resp.ok) {
+    const e = await resp.json().catch(() => ({}));
+    const err = new Error((e.error && e.error.message) || resp.statusText);
+    err.status = resp.status;
+    throw err;
+  }
+  const reader = resp.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const line = buffer.slice(0, cut).trim();
+      buffer = buffer.slice(cut + 2);
+      if (!line.startsWith("data:")) continue;
+      const data = line.slice(5).trim();
+      if (data === "[DONE]") continue;
+      const msg = JSON.parse(data);
+      if (msg.error) throw new Error(msg.error.message);
+      onMessage(msg);
+    }
   }
 }
 
@@ -112,6 +125,19 @@ async function nextToken() {
     if (!resp.ok) throw new Error(data.error ? data.error.message : resp.statusText);
     renderAlternatives("Next token after the prompt", data.tokens.map((t) => [t.token, t.prob]), null);
   } catch (e) { showError(e.message); }
+}
+
+// The two modes are tabs; the choice is kept in the address (#write) so a reload stays in it.
+function showMode(mode) {
+  for (const m of ["generate", "write"]) {
+    const on = m === mode;
+    $("tab-" + m).setAttribute("aria-selected", on ? "true" : "false");
+    $("tab-" + m).tabIndex = on ? 0 : -1;
+    $(m + "-mode").hidden = !on;
+  }
+  $("main").className = mode + "-layout";
+  $("explorer-hint").textContent = mode === "write" ? "Hover over model text (or move the cursor into it)." : "Generate, then click a token.";
+  if (location.hash !== "#" + mode) history.replaceState(null, "", mode === "write" ? "#write" : location.pathname);
 }
 
 async function status() {
@@ -128,4 +154,7 @@ $("generate").addEventListener("click", generate);
 $("stop").addEventListener("click", () => controller && controller.abort());
 $("next").addEventListener("click", nextToken);
 $("prompt").addEventListener("keydown", (e) => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) generate(); });
+$("tab-generate").addEventListener("click", () => showMode("generate"));
+$("tab-write").addEventListener("click", () => showMode("write"));
+showMode(location.hash === "#write" ? "write" : "generate");
 status();
