@@ -1,0 +1,70 @@
+"""Memory-mapped weights: reading them costs no memory until touched, and touched pages can be given back.
+
+The loaders hand out tensors that are views of the checkpoint files (safetensors' own mmap, a numpy
+memmap for TensorFlow's data files), so reading a model copies nothing. A page of such a view that has
+been read counts in the process's RSS until it is unmapped; `release` gives those pages back once a
+tensor has been converted to its final form (fp16, int8, a transposed fp32 copy), so converting a
+model holds the source of one tensor at a time, not the whole fp32 file.
+
+MADV_PAGEOUT rather than MADV_DONTNEED: DONTNEED on a private file mapping throws away pages someone
+wrote to (copy-on-write), PAGEOUT never loses data (anonymous memory without swap simply stays), so
+`release` is safe on any tensor. Its cost: the released pages leave the page cache too, so the next
+load of the same file reads them from disk again.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+
+import torch
+
+MADV_PAGEOUT = 21  # Linux 5.4+; elsewhere madvise fails and nothing is released
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_libc = None
+
+
+def _madvise():
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(None, use_errno=True)
+            _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        except (OSError, AttributeError):
+            _libc = False
+    return _libc.madvise if _libc else None
+
+
+def release(t: torch.Tensor | None) -> None:
+    """Give back the resident pages of `t`'s bytes if they are mapped from a file (no-op otherwise).
+
+    Only whole pages inside the tensor are released, so a neighbour sharing a boundary page keeps it.
+    `t` stays valid: reading it again reads the file again.
+    """
+    madvise = _madvise()
+    if t is None or madvise is None or t.device.type != "cpu" or t.numel() == 0:
+        return
+    if any(st < 0 for st in t.stride()):
+        return
+    begin = t.data_ptr()  # the first element; the last one is sum((size - 1) * stride) elements further
+    end_byte = begin + (sum((s - 1) * st for s, st in zip(t.shape, t.stride())) + 1) * t.element_size()
+    start, end = -(-begin // _PAGE) * _PAGE, end_byte // _PAGE * _PAGE
+    if end > start:
+        madvise(start, end - start, MADV_PAGEOUT)
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (VmRSS), in bytes: for tests and benchmarks."""
+    return _status_kb("VmRSS") * 1024
+
+
+def peak_resident_bytes() -> int:
+    """This process's peak resident memory (VmHWM: anonymous and file-mapped pages), in bytes."""
+    return _status_kb("VmHWM") * 1024
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"/proc/self/status has no {field}")
