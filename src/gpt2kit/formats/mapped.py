@@ -6,19 +6,21 @@ been read counts in the process's RSS until it is unmapped; `release` gives thos
 tensor has been converted to its final form (fp16, int8, a transposed fp32 copy), so converting a
 model holds the source of one tensor at a time, not the whole fp32 file.
 
-MADV_PAGEOUT rather than MADV_DONTNEED: DONTNEED on a private file mapping throws away pages someone
-wrote to (copy-on-write), PAGEOUT never loses data (anonymous memory without swap simply stays), so
-`release` is safe on any tensor. Its cost: the released pages leave the page cache too, so the next
-load of the same file reads them from disk again.
+Pages are dropped with MADV_DONTNEED, which keeps them in the page cache (a second load reads no disk),
+but on a private file mapping it would also throw away a page someone wrote to (copy-on-write): so
+`release` first reads /proc/self/pagemap and uses DONTNEED only when every resident page of the range is
+still the file's own; otherwise MADV_PAGEOUT, which never loses data (it cannot drop dirty or written
+pages, so less is given back).
 """
 from __future__ import annotations
 
 import ctypes
 import os
 
+import numpy as np
 import torch
 
-MADV_PAGEOUT = 21  # Linux 5.4+; elsewhere madvise fails and nothing is released
+MADV_DONTNEED, MADV_PAGEOUT = 4, 21  # PAGEOUT: Linux 5.4+; where madvise fails nothing is released
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _libc = None
 
@@ -49,7 +51,21 @@ def release(t: torch.Tensor | None) -> None:
     end_byte = begin + (sum((s - 1) * st for s, st in zip(t.shape, t.stride())) + 1) * t.element_size()
     start, end = -(-begin // _PAGE) * _PAGE, end_byte // _PAGE * _PAGE
     if end > start:
-        madvise(start, end - start, MADV_PAGEOUT)
+        madvise(start, end - start, MADV_DONTNEED if _only_file_pages(start, end) else MADV_PAGEOUT)
+
+
+def _only_file_pages(start: int, end: int) -> bool:
+    """Whether no page in [start, end) is private anonymous memory (written copy-on-write, or swapped)."""
+    try:
+        with open("/proc/self/pagemap", "rb") as f:
+            f.seek(start // _PAGE * 8)
+            entries = np.frombuffer(f.read((end - start) // _PAGE * 8), dtype=np.uint64)
+    except OSError:
+        return False
+    # bit 63 present, bit 62 swapped, bit 61 a file page (or shared anonymous): kernel's pagemap.rst
+    in_use = (entries >> np.uint64(62)) != 0
+    file_page = ((entries >> np.uint64(61)) & np.uint64(1)) == 1
+    return len(entries) > 0 and not bool(np.any(in_use & ~file_page))
 
 
 def resident_bytes() -> int:
