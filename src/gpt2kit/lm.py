@@ -15,6 +15,7 @@ from .cpu.runner import CpuGPT
 from .devices import resolve_device, resolve_dtype
 from .errors import UserError
 from .formats import build_model, read_checkpoint
+from .formats.mapped import keep_big_allocations_returnable
 from .hub import resolve_model_path
 from .options import GenerateOptions
 from .paths import BUNDLED_DIR
@@ -110,6 +111,7 @@ def load(name: str | Path | None = None, *, device: str = "auto", dtype: str = "
     if dev.type == "cpu":
         for_dtype(dtype if dtype != "auto" else "float32", None)  # a bad --dtype fails before the load
     folder = resolve_model_path(name, offline=offline)
+    keep_big_allocations_returnable()  # so a conversion's freed buffers do not stay in the peak (formats/mapped.py)
     ck = read_checkpoint(folder, checkpoint)
     for note in ck.notes:
         log.info("%s: %s", ck.path, note)

@@ -71,9 +71,26 @@ def linear_maker(c: Candidate, kernels: Kernels | None) -> MakeLinear:
 
 def build(gpt: GPT, c: Candidate, kernels: Kernels | None) -> CpuGPT:
     """`gpt` (fp32, on the CPU) on candidate `c`; its matrices are replaced in place."""
-    head = swap_matrices(gpt, linear_maker(c, kernels))
+    head = swap_matrices(gpt, linear_maker(c, kernels), release_sources=True)
     step = KernelStep(kernels, gpt, head) if c.engine == "kernels" else None
     return CpuGPT(gpt, head, step, c.name)
+
+
+class _OnTheFly(torch.nn.Module):
+    """A matrix converted to a candidate's format at each call and dropped after: a trial then holds one
+    converted matrix at a time beside the fp32 model, not a whole second model. It computes exactly what
+    the built module computes (it is that module, made from the same weight)."""
+
+    def __init__(self, make: MakeLinear, weight: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.make, self.weight, self.bias = make, weight, bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.make(self.weight, self.bias)(x)
+
+
+def _on_the_fly(make: MakeLinear) -> MakeLinear:
+    return lambda w, b: _OnTheFly(make, w, b)
 
 
 @contextlib.contextmanager
@@ -82,7 +99,7 @@ def trial(gpt: GPT, c: Candidate, kernels: Kernels | None) -> Iterator[CpuGPT]:
     saved = [(parent, name, getattr(parent, name)) for block in gpt.h
              for parent, name in ((block.attn, "c_attn"), (block.attn, "c_proj"), (block.mlp, "c_fc"), (block.mlp, "c_proj"))]
     try:
-        head = swap_matrices(gpt, linear_maker(c, kernels))
+        head = swap_matrices(gpt, _on_the_fly(linear_maker(c, kernels)))
         yield CpuGPT(gpt, head, None, c.name)
     finally:
         for parent, name, module in saved:

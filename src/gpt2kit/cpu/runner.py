@@ -14,21 +14,40 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import GPTConfig
+from ..formats.mapped import release
 from ..model import GPT, KVCache
 from .step import KernelStep
 
 MakeLinear = Callable[[torch.Tensor, torch.Tensor | None], nn.Module]
 
 
-def swap_matrices(gpt: GPT, make: MakeLinear) -> nn.Module:
+def swap_matrices(gpt: GPT, make: MakeLinear, *, release_sources: bool = False) -> nn.Module:
     """Replace every block's Linear by make(weight (out, in), bias or None), in place; returns the
-    output head made the same way from wte (tied, as in GPT-2). The embedding lookup keeps wte as it is."""
+    output head made the same way from wte (tied, as in GPT-2). The embedding lookup keeps wte as it is.
+
+    release_sources: give back each replaced matrix's pages (formats.release) as soon as its new form
+    exists, so converting a memory-mapped model holds one source matrix at a time, not all of them.
+    """
     for block in gpt.h:
         for parent, name in ((block.attn, "c_attn"), (block.attn, "c_proj"), (block.mlp, "c_fc"), (block.mlp, "c_proj")):
             lin = getattr(parent, name)
-            setattr(parent, name, make(lin.weight, lin.bias))
+            new = make(lin.weight, lin.bias)
+            setattr(parent, name, new)
+            if release_sources:
+                kept = {_storage(t) for t in (*new.buffers(), *new.parameters())}
+                for t in (lin.weight, lin.bias):
+                    if t is not None and _storage(t) not in kept:  # not the same memory, still in use
+                        release(t)
     # The head reads all of wte (a third of 124M's bytes) each token; the embedding lookup reads one row.
     return make(gpt.wte.weight, None)
+
+
+def _storage(t: torch.Tensor) -> int | None:
+    """Where t's memory starts, or None for layouts without a plain storage (oneDNN's blocked weights)."""
+    try:
+        return t.untyped_storage().data_ptr()
+    except (NotImplementedError, RuntimeError):
+        return None
 
 
 class CpuGPT(nn.Module):

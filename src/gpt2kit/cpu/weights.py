@@ -34,11 +34,25 @@ ALWAYS_KERNELS = {"int8a8", "bfloat16a16"}
 KERNEL_MAX_ROWS = 32
 
 
+# Conversions run over blocks of about this many weights, so their fp32 temporary stays small (4 MB) next
+# to the model: quantizing 1558M's output head at once would take three 322 MB temporaries.
+BLOCK_WEIGHTS = 1 << 20
+
+
 def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out, in) float -> (out, in) int8 and (out,) scales with w ~= q * scales[:, None]."""
-    w = w.detach().float()
-    scales = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
-    q = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8)
+    """(out, in) float (any strides) -> (out, in) int8 and (out,) scales with w ~= q * scales[:, None].
+
+    Row blocks at a time, in place on one fp32 copy of the block: each row's scale and rounding depend
+    on that row alone, so this equals round(w / (max|w| / 127)) on the whole matrix at once.
+    """
+    N, K = w.shape
+    q, scales = torch.empty(N, K, dtype=torch.int8), torch.empty(N)
+    rows = max(1, BLOCK_WEIGHTS // max(K, 1))
+    for r in range(0, N, rows):
+        block = torch.empty(min(rows, N - r), K).copy_(w[r:r + rows].detach())  # (rows, K) fp32, our own copy
+        s = torch.maximum(block.amax(dim=1), -block.amin(dim=1)).clamp(min=1e-12) / 127.0  # max |w| per row
+        q[r:r + rows] = block.div_(s[:, None]).round_().clamp_(-127, 127)
+        scales[r:r + rows] = s
     return q, scales
 
 
@@ -49,7 +63,12 @@ def stored(weight: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.Tensor |
         if fmt == "int8a8":  # (2, N): the scales, then each row's sum of its int8 weights (exact in fp32)
             scales = torch.cat([scales, q.sum(dim=1, dtype=torch.int32).float()])
         return q.contiguous(), scales.float().contiguous()
-    return weight.detach().to(STORAGE[fmt]).contiguous(), None  # fp32 in, fp32 out: the same tensor
+    weight = weight.detach()
+    if weight.dtype == STORAGE[fmt] and weight.is_contiguous():
+        return weight, None  # fp32 in, fp32 out: the same tensor
+    # One allocation in the final dtype and layout, filled straight from the source (a transposed view
+    # of a mapped file): no intermediate contiguous or fp32 copy.
+    return torch.empty(weight.shape, dtype=STORAGE[fmt]).copy_(weight), None
 
 
 def dense(weight: torch.Tensor, scales: torch.Tensor | None) -> torch.Tensor:
@@ -79,8 +98,19 @@ class KernelLinear(nn.Module):
         if self.max_kernel_rows is None or x2.shape[0] <= self.max_kernel_rows:
             y = kernel_linear(self.kernels, x2, self.weight, self.kind, self.scales, self.bias)
         else:
-            y = F.linear(x2, self.dense_weight(), self.bias)
+            y = self._blocked_gemm(x2)
         return y.view(*shape[:-1], -1)
+
+    def _blocked_gemm(self, x: torch.Tensor) -> torch.Tensor:
+        """x (M, K) @ W^T + b for many rows (a prompt): fp32 GEMMs over blocks of W's rows widened one
+        block at a time, so a prompt never holds an fp32 copy of a whole matrix (1558M's c_fc: 41 MB)."""
+        N, K = self.weight.shape
+        y = torch.empty(x.shape[0], N)
+        rows = max(1, BLOCK_WEIGHTS // K)
+        for r in range(0, N, rows):
+            w = dense(self.weight[r:r + rows], None if self.scales is None else self.scales[r:r + rows])  # (rows, K)
+            y[:, r:r + rows] = F.linear(x, w, None if self.bias is None else self.bias[r:r + rows])
+        return y
 
 
 def kernel_linear(kernels: Kernels, x: torch.Tensor, weight: torch.Tensor, kind: int, scales: torch.Tensor | None,

@@ -17,6 +17,7 @@ from ..model import GPT
 from ..options import ConvertOptions
 from ..tokenizer import Tokenizer, tokenizer_for_folder
 from .huggingface import is_hf_folder, load_hf, save_hf
+from .mapped import release
 from .openai_tf import is_tf_folder, load_tf
 
 FORMATS_HELP = (
@@ -103,8 +104,10 @@ def build_model(config: GPTConfig, state_dict: dict[str, torch.Tensor], source: 
                 share: bool = False) -> GPT:
     """A GPT with `state_dict` loaded, every tensor's name and shape checked first.
 
-    share=True makes the model's parameters the state_dict's own tensors instead of copies, so loading
-    holds the weights once, not twice; the caller must not use `state_dict` afterwards.
+    share=True makes the model's parameters the state_dict's own tensors instead of copies (views of the
+    mapped file, the Conv1D weights transposed views), so loading holds the weights once, not twice; the
+    caller must not use `state_dict` afterwards. share=False copies tensor by tensor and releases each
+    mapped source after its copy, so the copy does not hold the file's pages as well.
     """
     with torch.device("meta"):
         model = GPT(config)
@@ -116,10 +119,13 @@ def build_model(config: GPTConfig, state_dict: dict[str, torch.Tensor], source: 
         if tuple(state_dict[k].shape) != shape:
             raise UserError(f"{source}: {k} has shape {tuple(state_dict[k].shape)}, expected {shape}; the config does not match the weights")
     if share:
-        model.load_state_dict({k: state_dict[k].contiguous() for k in expected}, strict=True, assign=True)
+        model.load_state_dict({k: state_dict[k] for k in expected}, strict=True, assign=True)
         return model
     model = model.to_empty(device="cpu")
-    model.load_state_dict({k: state_dict[k] for k in expected}, strict=True)
+    with torch.no_grad():
+        for k, t in model.state_dict(keep_vars=True).items():
+            t.copy_(state_dict[k])
+            release(state_dict[k])
     return model
 
 
@@ -147,5 +153,5 @@ def write_vocab(folder: Path, tokenizer: Tokenizer) -> None:
             return
 
 
-__all__ = ["Checkpoint", "read_checkpoint", "build_model", "convert", "newest_step", "save_hf", "write_vocab",
+__all__ = ["Checkpoint", "read_checkpoint", "build_model", "convert", "newest_step", "release", "save_hf", "write_vocab",
            "FORMATS_HELP"]

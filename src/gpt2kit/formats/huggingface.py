@@ -2,6 +2,12 @@
 
 config.json with model.safetensors, sharded safetensors with model.safetensors.index.json, or
 pytorch_model.bin. HF's GPT-2 uses Conv1D with weights (in, out); ours are nn.Linear (out, in).
+
+Nothing is copied: safetensors maps the file and hands out views of it, pytorch_model.bin is opened with
+torch.load(mmap=True), and the Conv1D weights become transposed views. Whoever converts them to their
+final form (gpt2kit.cpu, a contiguous copy) releases the source pages as it goes (mapped.py), so a load
+holds about one copy of the model, in its final dtype. Only checkpoints stored in fp16/bf16 are widened to
+fp32 here, which copies.
 """
 from __future__ import annotations
 
@@ -12,7 +18,8 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from ..config import GPTConfig
 from ..errors import UserError
@@ -47,8 +54,14 @@ def _weight_files(folder: Path) -> list[Path]:
 def _read(path: Path) -> dict[str, torch.Tensor]:
     try:
         if path.suffix == ".safetensors":
-            return load_file(path)
-        return torch.load(path, map_location="cpu", weights_only=True)
+            with safe_open(path, framework="pt") as f:  # views of safetensors' own mmap of the file
+                return {k: f.get_tensor(k) for k in f.keys()}
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)  # the legacy (pre-1.6) format cannot be mapped
     except (SafetensorError, RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as e:
         raise UserError(f"{path} is truncated or corrupted ({str(e).splitlines()[0][:120]}); download or copy it again") from None
 
@@ -64,10 +77,8 @@ def load_hf(folder: Path) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
             if any(key.endswith(s) for s in SKIPPED):
                 continue
             key = key.removeprefix("transformer.")
-            t = t.float()
-            if key.endswith(TRANSPOSED):
-                t = t.t().contiguous()
-            sd[key] = t
+            t = t.float()  # the same tensor when it is fp32 already
+            sd[key] = t.t() if key.endswith(TRANSPOSED) else t  # (out, in) view of the stored (in, out)
     return config, sd
 
 

@@ -4,6 +4,9 @@ OpenAI (download_model.py): checkpoint, hparams.json, encoder.json, vocab.bpe, m
 gpt-2-simple: checkpoint/run1 with `checkpoint`, model-N.{index,data,meta}, `counter`, and copies of
 hparams.json, encoder.json, vocab.bpe. nshepperd's train.py writes the same without hparams.json
 (and with Adam slot variables, which are skipped here).
+
+Tensors are read one by one as views of the mapped data file (fp32 checkpoints copy nothing); they
+become their final dtype when the model is prepared, which releases each source as it goes.
 """
 from __future__ import annotations
 
@@ -88,21 +91,24 @@ def load_tf(folder: Path, checkpoint: str | None, notes: list[str]) -> tuple[GPT
             raise UserError(f"{prefix}.index lacks the variable {name}: the checkpoint is incomplete")
         return ckpt.read(name)
 
-    sd["wte.weight"] = torch.from_numpy(get("model/wte").astype(np.float32))
-    sd["wpe.weight"] = torch.from_numpy(get("model/wpe").astype(np.float32))
+    def tensor(name: str) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(get(name), dtype=np.float32))  # a view of the file when it is fp32
+
+    sd["wte.weight"] = tensor("model/wte")
+    sd["wpe.weight"] = tensor("model/wpe")
     for i in range(config.n_layer):
         for ln in ("ln_1", "ln_2"):
-            sd[f"h.{i}.{ln}.weight"] = torch.from_numpy(get(f"model/h{i}/{ln}/g").astype(np.float32))
-            sd[f"h.{i}.{ln}.bias"] = torch.from_numpy(get(f"model/h{i}/{ln}/b").astype(np.float32))
+            sd[f"h.{i}.{ln}.weight"] = tensor(f"model/h{i}/{ln}/g")
+            sd[f"h.{i}.{ln}.bias"] = tensor(f"model/h{i}/{ln}/b")
         for lin in _LINEAR:
-            w = get(f"model/h{i}/{lin}/w").astype(np.float32)
+            w = tensor(f"model/h{i}/{lin}/w")
             if w.ndim != 3 or w.shape[0] != 1:  # TF's Conv1D weights are (1, in, out)
-                raise UserError(f"{prefix}.index gives model/h{i}/{lin}/w the shape {w.shape}, not (1, in, out): "
+                raise UserError(f"{prefix}.index gives model/h{i}/{lin}/w the shape {tuple(w.shape)}, not (1, in, out): "
                                 f"the checkpoint is corrupted")
-            sd[f"h.{i}.{lin.replace('/', '.')}.weight"] = torch.from_numpy(np.ascontiguousarray(w.squeeze(0).T))  # (out, in)
-            sd[f"h.{i}.{lin.replace('/', '.')}.bias"] = torch.from_numpy(get(f"model/h{i}/{lin}/b").astype(np.float32))
-    sd["ln_f.weight"] = torch.from_numpy(get("model/ln_f/g").astype(np.float32))
-    sd["ln_f.bias"] = torch.from_numpy(get("model/ln_f/b").astype(np.float32))
+            sd[f"h.{i}.{lin.replace('/', '.')}.weight"] = w[0].t()  # (out, in) view; converted (and released) later
+            sd[f"h.{i}.{lin.replace('/', '.')}.bias"] = tensor(f"model/h{i}/{lin}/b")
+    sd["ln_f.weight"] = tensor("model/ln_f/g")
+    sd["ln_f.bias"] = tensor("model/ln_f/b")
     counter = folder / "counter"
     if counter.is_file():
         notes.append(f"gpt-2-simple/nshepperd run at step {counter.read_text().strip()}")

@@ -183,7 +183,8 @@ def read_index(prefix: Path) -> tuple[dict[str, TensorEntry], int]:
 
 
 class TFCheckpoint:
-    """Lazy reader: names and shapes come from the index, tensors are read on demand."""
+    """Lazy reader: names and shapes come from the index; `read` returns views of the mapped data files,
+    so nothing is read (or held) until a tensor is used, and mapped.release gives its pages back."""
 
     def __init__(self, prefix: Path):
         self.prefix = Path(prefix)
@@ -198,7 +199,8 @@ class TFCheckpoint:
             path = self.shard_path(shard)
             if not path.is_file():
                 raise UserError(f"{path} is missing: the checkpoint's data file must sit beside its .index")
-            self._shards[shard] = np.memmap(path, dtype=np.uint8, mode="r") if path.stat().st_size else np.zeros(0, np.uint8)
+            # Copy-on-write mapping ("c"): tensors read from it are writable views, and a write never reaches the file.
+            self._shards[shard] = np.memmap(path, dtype=np.uint8, mode="c") if path.stat().st_size else np.zeros(0, np.uint8)
         return self._shards[shard]
 
     def read(self, name: str) -> np.ndarray:
@@ -213,11 +215,13 @@ class TFCheckpoint:
         if e.size % itemsize:
             raise UserError(f"{self.prefix}.index gives {name} {e.size} bytes, not a whole number of values: "
                             f"the checkpoint is corrupted")
-        raw = np.asarray(data[e.offset:e.offset + e.size])
+        raw = np.asarray(data[e.offset:e.offset + e.size])  # a view of the mapped file: nothing is read yet
         if TF_DTYPES[e.dtype] == "bfloat16":
             arr = (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
         else:
             arr = raw.view(TF_DTYPES[e.dtype])
         if arr.size != int(np.prod(e.shape, dtype=np.int64)):
             raise UserError(f"{self.prefix}.index says {name} has shape {e.shape} but holds {arr.size} values: the checkpoint is corrupted")
+        if not arr.flags.aligned:  # TF pads tensors to their alignment; a copy only for files that do not
+            arr = arr.copy()
         return arr.reshape(e.shape)
