@@ -20,7 +20,7 @@ from ..lm import LM
 from ..options import ServeOptions
 from ..paths import STATIC_DIR
 from .completions import APIError, Completion, CompletionRequest
-from .engine import Engine, QueueFull, Request
+from .engine import Engine, Refused, Request
 
 
 class NextTokenRequest(BaseModel):
@@ -189,8 +189,8 @@ def _add_generation_routes(app: FastAPI, served: Served) -> None:
                       prompt_logprobs=completion.prompt_logprobs())
         try:
             engine.submit(req)
-        except QueueFull as e:
-            raise APIError(429, str(e), type_="rate_limit_error") from None
+        except Refused as e:  # queue full (429), a row that never fits (400), shutting down (503): before any work
+            raise APIError(e.status, str(e), type_=e.type_) from None
         if body.stream:
             return StreamingResponse(completion.stream(req), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
