@@ -135,8 +135,8 @@ class RunningBatch:
         c, P = self.cache, source.length
         c.k[:, slot, :, c.length - P:c.length] = source.k[:, 0, :, :P]
         c.v[:, slot, :, c.length - P:c.length] = source.v[:, 0, :, :P]
-        c.valid[slot] = False
-        c.valid[slot, c.length - P:c.length] = True
+        c.valid[slot, :c.length - P] = False
+        c.valid[slot, c.length - P:] = True
         c.padded = True
         self.slots[slot] = row
 
@@ -155,7 +155,7 @@ class RunningBatch:
         W = max([span] + [src.length for _, src in joining] + [1])
         B = len(keep) + len(joining)
         new = KVCache(self.model.config, B, W + GROW, self.device, self.dtype)
-        new.valid[:] = False
+        new.valid[:, :W] = False  # columns from W on are where the rows' next tokens go: valid
         new.length, new.padded = W, True
         for j, i in enumerate(keep):  # live rows: their last `span` columns move, with their validity
             new.k[:, j, :, W - span:W] = old.k[:, i, :, old.length - span:old.length]

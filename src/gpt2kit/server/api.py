@@ -156,7 +156,8 @@ def _add_status_routes(app: FastAPI, served: Served) -> None:
         if not engine.ready:
             return JSONResponse({"status": "loading"}, status_code=503)
         return {"status": "ok", "model": served.model_name, "batches": engine.batches_run,
-                "requests": engine.requests_done, "cancelled_rows": engine.cancelled_rows}
+                "requests": engine.requests_done, "cancelled_rows": engine.cancelled_rows,
+                "queue_depth": engine.queue_depth, "running_rows": engine.running_rows}
 
     @app.get("/v1/models")
     async def models():
