@@ -124,15 +124,15 @@ class Engine:
     requests_done = property(lambda self: self.stats.requests_done)
     cancelled_rows = property(lambda self: self.stats.cancelled_rows)
     batches_run = property(lambda self: self.stats.batches_run)
-    queue_depth = property(lambda self: self._inbox.qsize() + len(self._scheduler),
-                           doc="requests accepted whose rows have not all started")
+    queue_depth = property(lambda self: self._inbox.qsize() + sum(not r.started for r in self._scheduler.requests()),
+                           doc="requests accepted and not started (a request some of whose rows run is running)")
     running_rows = property(lambda self: len(self._live), doc="rows admitted and not finished (prefill or decoding)")
     batch_size = property(lambda self: self.stats.batch_size, doc="rows in the latest decoding step")
     draining = property(lambda self: self._deadline is not None)
 
     @property
     def idle(self) -> bool:
-        return not self._live and self.queue_depth == 0
+        return not self._live and not len(self._scheduler) and self._inbox.empty()
 
     def budget(self) -> int:
         """The KV-cache positions all running rows may reserve (--max-batch-tokens, else max_batch x n_ctx)."""
@@ -185,7 +185,7 @@ class Engine:
             return
         self._batch = RunningBatch(self.lm.model, self.lm.tokenizer.eot_id)
         while True:
-            self._take_new(block=not self._live)
+            self._take_new(block=not self._live and not len(self._scheduler))
             try:
                 with torch.inference_mode():
                     self._iterate()
