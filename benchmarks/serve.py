@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -166,12 +167,14 @@ def parse() -> argparse.Namespace:
     p.add_argument("--out", default=str(HERE / "serve_results.json"))
     args = p.parse_args()
     if args.quick:
-        args.clients, args.requests, args.think, args.hi = [1, 4], 6, 0.1, 48
+        args.clients, args.requests, args.think, args.hi = [1, 4], 4, 0.1, 24
     return args
 
 
 def main() -> None:
     args = parse()
+    # `timeout` or Ctrl-C: still stop the servers and remove the baseline's worktree (the finally blocks)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory() as d:
         if args.model is None and not args.quick:
             args.model = random_124m(Path(d) / "gpt2-124M-random")
