@@ -1,80 +1,212 @@
-"""Requests/s and tokens/s of `gpt2kit serve` at 1, 4 and 16 concurrent clients (the official openai client).
+"""`gpt2kit serve` under the issue's mixed workload, today's engine against a baseline commit's, in one run.
 
-    python benchmarks/serve.py [--model PATH] [--requests 32] [--max-tokens 64]
+    python benchmarks/serve.py                    # 124M shapes, random weights; about 30-60 minutes on 2 cores
+    python benchmarks/serve.py --quick            # the bundled model, short lengths, 1 and 4 clients: a smoke run
+    python benchmarks/serve.py --baseline-ref 5dc81f4 --clients 1 4 16 64 --requests 64
 
-Starts the real server on 127.0.0.1 (the bundled model by default), warms it up, then for each
-concurrency level runs a fixed number of requests and reports throughput and latency.
+Each concurrency level runs `--requests` streamed completions from that many client threads. A client
+waits an exponential time before each request (Poisson arrivals, mean `--think` seconds), then sends a
+token-id prompt of 16-512 tokens asking for 16-512 new tokens (uniform; clipped to the model's context),
+the same sequence of requests for both engines. Reported per engine and level: throughput (generated
+tokens/s over the level's wall time), time to first token (submit -> first streamed text, p50/p99) and
+per-token latency (each request's (last - first token time) / (tokens - 1), p50/p99).
+
+The baseline is the same package at `--baseline-ref` (default 5dc81f4, the engine that ran each batch to
+its end), checked out into a temporary git worktree and served from there in its own process.
 """
 import argparse
 import concurrent.futures
 import json
+import os
 import platform
+import random
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--model", default=None)
-    p.add_argument("--requests", type=int, default=32)
-    p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--out", default=str(Path(__file__).parent / "serve_results.json"))
-    args = p.parse_args()
-    from openai import OpenAI
 
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "gpt2kit", "serve", "--port", str(port), "--max-queue", "256"]
-    if args.model:
-        cmd += ["--model", args.model]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return s.getsockname()[1]
+
+
+def start(src: Path, model: str | None, extra: list[str]) -> tuple[subprocess.Popen, str]:
+    """`gpt2kit serve` from the package at `src`, until /health says ok."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "gpt2kit", "serve", "--port", str(port), "--max-queue", "4096", *extra]
+    cmd += ["--model", model] if model else []
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
+    for _ in range(3000):
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                if json.load(r)["status"] == "ok":
+                    return proc, url
+        except OSError:
+            time.sleep(0.2)
+        if proc.poll() is not None:
+            break
+    proc.kill()
+    raise RuntimeError(f"the server from {src} did not start")
+
+
+def workload(n: int, n_ctx: int, lo: int, hi: int, seed: int) -> list[dict]:
+    """n requests: random token-id prompts and lengths, each in [lo, hi], fitting the context together."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        p, m = rng.randint(lo, hi), rng.randint(lo, hi)
+        p = min(p, n_ctx - 1 - lo)
+        m = min(m, n_ctx - 1 - p)
+        out.append({"prompt": [rng.randrange(50000) for _ in range(p)], "max_tokens": m, "seed": i,
+                    "temperature": 1.0, "top_k": 40, "stream": True})
+    return out
+
+
+def one(url: str, body: dict) -> dict:
+    """A streamed completion: time to its first text, its tokens, and its end."""
+    import requests
+    t0 = time.perf_counter()
+    first = None
+    tokens = 0
+    with requests.post(url + "/v1/completions", json=body, stream=True, timeout=3600) as r:
+        r.raise_for_status()
+        for line in r.iter_lines(decode_unicode=True):
+            if not line.startswith("data: {"):
+                continue
+            ev = json.loads(line[6:])
+            if first is None and any(c.get("text") for c in ev.get("choices", [])):
+                first = time.perf_counter()
+            if ev.get("usage"):
+                tokens = ev["usage"]["completion_tokens"]
+    end = time.perf_counter()
+    first = first or end
+    return {"ttft": first - t0, "tokens": tokens, "per_token": (end - first) / (tokens - 1) if tokens > 1 else None}
+
+
+def level(url: str, bodies: list[dict], clients: int, think: float, seed: int) -> dict:
+    """`clients` threads share `bodies`, each waiting Exp(think) before each request it sends."""
+    rng = random.Random(seed)
+    waits = [rng.expovariate(1 / think) if think > 0 else 0.0 for _ in bodies]
+    todo = list(range(len(bodies)))
+
+    def client(_: int) -> list[dict]:
+        done = []
+        while todo:
             try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                    if json.load(r)["status"] == "ok":
-                        break
-            except OSError:
-                time.sleep(0.2)
-        client = OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
-        model = client.models.list().data[0].id
+                i = todo.pop(0)
+            except IndexError:
+                break
+            time.sleep(waits[i])
+            done.append(one(url, bodies[i]))
+        return done
 
-        def one(i):
-            t = time.perf_counter()
-            r = client.completions.create(model=model, prompt=f"ROMEO. {i}", max_tokens=args.max_tokens,
-                                          temperature=1.0, seed=i, extra_body={"top_k": 40})
-            return time.perf_counter() - t, r.usage.completion_tokens
+    t = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        results = [r for rs in pool.map(client, range(clients)) for r in rs]
+    wall = time.perf_counter() - t
+    ttft = sorted(r["ttft"] for r in results)
+    per_token = sorted(r["per_token"] for r in results if r["per_token"] is not None)
+    return {"clients": clients, "requests": len(results), "wall_s": wall,
+            "tokens_per_s": sum(r["tokens"] for r in results) / wall,
+            "ttft_p50_s": pct(ttft, 0.5), "ttft_p99_s": pct(ttft, 0.99),
+            "per_token_p50_s": pct(per_token, 0.5), "per_token_p99_s": pct(per_token, 0.99)}
 
-        one(0)
-        rows = []
-        for clients in (1, 4, 16):
-            t = time.perf_counter()
-            with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-                results = list(pool.map(one, range(args.requests)))
-            wall = time.perf_counter() - t
-            latencies = sorted(r[0] for r in results)
-            rows.append({"clients": clients, "requests": args.requests, "requests_per_s": args.requests / wall,
-                         "tokens_per_s": sum(r[1] for r in results) / wall,
-                         "latency_p50_s": latencies[len(latencies) // 2], "latency_max_s": latencies[-1]})
-            print(rows[-1], file=sys.stderr)
+
+def pct(values: list[float], q: float) -> float | None:
+    return values[min(len(values) - 1, int(q * len(values)))] if values else None
+
+
+def run_engine(name: str, src: Path, args, n_ctx: int) -> list[dict]:
+    proc, url = start(src, args.model, args.serve_args)
+    rows = []
+    try:
+        one(url, workload(1, n_ctx, args.lo, min(args.hi, 32), 99)[0])  # warm-up
+        for clients in args.clients:
+            bodies = workload(args.requests, n_ctx, args.lo, args.hi, seed=clients)
+            rows.append({"engine": name, **level(url, bodies, clients, args.think, seed=clients)})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
-    meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
-            "model": args.model or "bundled", "max_tokens": args.max_tokens}
-    Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    print(f"`gpt2kit serve`, {meta['model']} model, {args.requests} requests of {args.max_tokens} tokens each "
-          f"(top-k 40), on {meta['machine']}, {meta['date']}:\n")
-    print("| concurrent clients | requests/s | tokens/s | median latency | slowest |")
-    print("| ---: | ---: | ---: | ---: | ---: |")
+        proc.wait(timeout=120)
+    return rows
+
+
+def random_124m(folder: Path) -> str:
+    """GPT-2 124M's shapes with random weights (the published weights need the network), saved by transformers."""
+    subprocess.run([sys.executable, "-c", f"""
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+torch.manual_seed(0)
+GPT2LMHeadModel(GPT2Config()).save_pretrained({str(folder)!r})
+"""], check=True, capture_output=True)
+    return str(folder)
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default=None, help="a model folder (default: 124M shapes, random weights; --quick: bundled)")
+    p.add_argument("--baseline-ref", default="5dc81f4", help="the commit whose engine is the baseline ('' to skip)")
+    p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
+    p.add_argument("--requests", type=int, default=64, help="requests per concurrency level")
+    p.add_argument("--think", type=float, default=1.0, help="mean seconds a client waits before each request")
+    p.add_argument("--lo", type=int, default=16)
+    p.add_argument("--hi", type=int, default=512)
+    p.add_argument("--serve-args", nargs=argparse.REMAINDER, default=[], help="passed to both servers (last)")
+    p.add_argument("--quick", action="store_true", help="a smoke run of a minute: bundled model, short, 1 and 4 clients")
+    p.add_argument("--out", default=str(HERE / "serve_results.json"))
+    args = p.parse_args()
+    if args.quick:
+        args.clients, args.requests, args.think, args.hi = [1, 4], 4, 0.1, 24
+    return args
+
+
+def main() -> None:
+    args = parse()
+    # `timeout` or Ctrl-C: still stop the servers and remove the baseline's worktree (the finally blocks)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    with tempfile.TemporaryDirectory() as d:
+        if args.model is None and not args.quick:
+            args.model = random_124m(Path(d) / "gpt2-124M-random")
+        n_ctx = json.loads((Path(args.model) / "config.json").read_text()).get("n_positions", 1024) if args.model else 256
+        engines = [("this", ROOT / "src")]
+        if args.baseline_ref:
+            base = Path(d) / "baseline"
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base), args.baseline_ref],
+                           check=True, capture_output=True)
+            engines.insert(0, (f"baseline {args.baseline_ref}", base / "src"))
+        try:
+            rows = [r for name, src in engines for r in run_engine(name, src, args, n_ctx)]
+        finally:
+            if args.baseline_ref:
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], capture_output=True)
+    report(args, rows)
+
+
+def report(args, rows: list[dict]) -> None:
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "model": args.model or "bundled", "requests": args.requests, "lengths": [args.lo, args.hi],
+            "think_s": args.think, "quick": args.quick}
+    if not args.quick:
+        Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    print(f"`gpt2kit serve`, {meta['model']} model, {args.requests} streamed requests per level, prompts and outputs "
+          f"{args.lo}-{args.hi} tokens, Poisson arrivals (mean think {args.think} s), {meta['machine']}, {meta['date']}:\n")
+    print("| engine | clients | tokens/s | TTFT p50 | TTFT p99 | per-token p50 | per-token p99 |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    ms = lambda v: "-" if v is None else f"{v * 1000:.0f} ms"  # noqa: E731
     for r in rows:
-        print(f"| {r['clients']} | {r['requests_per_s']:.2f} | {r['tokens_per_s']:.0f} | {r['latency_p50_s']:.2f} s | {r['latency_max_s']:.2f} s |")
+        print(f"| {r['engine']} | {r['clients']} | {r['tokens_per_s']:.0f} | {ms(r['ttft_p50_s'])} | "
+              f"{ms(r['ttft_p99_s'])} | {ms(r['per_token_p50_s'])} | {ms(r['per_token_p99_s'])} |")
 
 
 if __name__ == "__main__":

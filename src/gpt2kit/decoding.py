@@ -22,6 +22,35 @@ class StepResult:
     top: list[tuple[int, float]] | None = None  # the top-N alternatives (token, logprob)
 
 
+def draw_rows(raw: torch.Tensor, settings: list[SamplingSettings], generators: list[torch.Generator],
+              seen: torch.Tensor | None, counts: torch.Tensor | None) -> torch.Tensor:
+    """One token for each row of raw logits (B, V) -> (B,), each row with its own settings and generator.
+
+    Rows that share settings are filtered and drawn together; otherwise the same functions run one row at
+    a time. Either way a row's draw depends on its own logits and generator alone.
+    """
+    first = settings[0]
+    if all(s == first for s in settings) and first.top_k > 0 and first.temperature > 0 \
+            and seen is None and counts is None:
+        return draw_top_k(raw, first, generators)
+    if all(s == first for s in settings):
+        return draw(process_logits(raw, first, seen, counts), first.temperature, generators)
+    return torch.cat([
+        draw(process_logits(raw[i:i + 1], s, None if seen is None else seen[i:i + 1],
+                            None if counts is None else counts[i:i + 1]), s.temperature, [g])
+        for i, (s, g) in enumerate(zip(settings, generators))])
+
+
+def add_logprobs(results: list[StepResult], raw: torch.Tensor, tokens: torch.Tensor, top_n: int) -> None:
+    """Each result's log-probability under the raw distribution (B, V), and the top_n alternatives."""
+    lp = raw.float().log_softmax(-1)
+    chosen = lp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).tolist()
+    top = torch.topk(lp, min(top_n, lp.size(-1)), dim=-1)
+    for i, res in enumerate(results):
+        res.logprob = chosen[i]
+        res.top = list(zip(top.indices[i].tolist(), top.values[i].tolist()))
+
+
 class BatchDecoder:
     def __init__(self, model: GPT, prompts: list[list[int]], *, settings: SamplingSettings | list[SamplingSettings],
                  generators: list[torch.Generator], max_new: int | None, pad_id: int,
@@ -92,26 +121,10 @@ class BatchDecoder:
     def step(self) -> list[StepResult]:
         """Draw one token for every active row and feed it back in."""
         raw = self._logits
-        first = self.row_settings[0]
-        if all(s == first for s in self.row_settings) and first.top_k > 0 and first.temperature > 0 \
-                and self.seen is None and self.counts is None:
-            next_tokens = draw_top_k(raw, first, self.generators)  # (B,)
-        elif all(s == first for s in self.row_settings):
-            logits = process_logits(raw, first, self.seen, self.counts)
-            next_tokens = draw(logits, first.temperature, self.generators)  # (B,)
-        else:  # rows with different settings: the same functions, one row at a time
-            next_tokens = torch.cat([
-                draw(process_logits(raw[i:i + 1], s, None if self.seen is None else self.seen[i:i + 1],
-                                    None if self.counts is None else self.counts[i:i + 1]), s.temperature, [g])
-                for i, (s, g) in enumerate(zip(self.row_settings, self.generators))])
+        next_tokens = draw_rows(raw, self.row_settings, self.generators, self.seen, self.counts)  # (B,)
         results = [StepResult(r, int(t)) for r, t in zip(self.rows, next_tokens.tolist())]
         if self.logprobs:
-            lp = raw.float().log_softmax(-1)
-            chosen = lp.gather(-1, next_tokens.unsqueeze(-1)).squeeze(-1).tolist()
-            top = torch.topk(lp, min(self.logprobs, lp.size(-1)), dim=-1)
-            for i, res in enumerate(results):
-                res.logprob = chosen[i]
-                res.top = list(zip(top.indices[i].tolist(), top.values[i].tolist()))
+            add_logprobs(results, raw, next_tokens, self.logprobs)
         for i, t in enumerate(next_tokens.tolist()):
             self.tokens[i].append(t)
         if self.seen is not None:

@@ -188,9 +188,64 @@ def run_jobs(model: GPT, tokenizer: Tokenizer, jobs: list[Job], *, ordered: bool
     yield from _BatchRun(model, tokenizer, jobs, ordered).events()
 
 
+class RowOutput:
+    """One job's output as its tokens arrive: streamed pieces (never a split character or a partial stop
+    string), its stop strings, its finish reason, and at the end its Sample. Decoders of any kind feed it."""
+
+    def __init__(self, job: Job, tokenizer: Tokenizer):
+        self.job, self.eot_id = job, tokenizer.eot_id
+        self.stream = _TextStream(tokenizer, job.stops)
+        self.tokens: list[int] = []
+        self.steps: list[StepResult] = []
+        self.pending_steps: list[StepResult] = []  # steps not yet attached to a Piece
+        self.pieces: list[Piece] = []  # ready to hand out
+        self.reason = "length"
+        self.sample: Sample | None = None  # set once the row is finished
+
+    def take(self, res: StepResult) -> bool:
+        """One new token; True when the row is done with it (end of text, a stop string, its length)."""
+        job = self.job
+        if job.stop_at_eot and res.token == self.eot_id:
+            self.finish("stop")
+            return True
+        self.tokens.append(res.token)
+        if job.logprobs:
+            self.steps.append(res)
+            self.pending_steps.append(res)
+        piece = self.stream.push(res.token)
+        if piece:
+            self.pieces.append(Piece(job.index, piece, self.pending_steps))
+            self.pending_steps = []
+        if self.stream.stopped:
+            self.finish("stop")
+        elif job.max_new is not None and len(self.tokens) >= job.max_new:
+            self.finish("length")
+        return self.sample is not None
+
+    def finish(self, reason: str | None = None) -> None:
+        """End the row (once): the text held back is released and its Sample made."""
+        if self.sample is not None:
+            return
+        self.reason = reason or self.reason
+        job = self.job
+        tail = self.stream.close()
+        if tail or self.pending_steps:
+            self.pieces.append(Piece(job.index, tail, self.pending_steps))
+            self.pending_steps = []
+        prefix = job.prompt or ""
+        completion = self.stream.text
+        self.sample = Sample(index=job.index, prompt=prefix, text=(prefix + completion) if job.include_prefix else completion,
+                             completion=completion, seed=job.seed, prompt_tokens=len(job.ids), tokens=self.tokens,
+                             finish_reason=self.reason, steps=self.steps)
+
+    def pop_pieces(self) -> list[Piece]:
+        pieces, self.pieces = self.pieces, []
+        return pieces
+
+
 class _BatchRun:
-    """One batch of jobs being decoded: each row's text stream, tokens and finish reason, and what is
-    ready to hand out (pieces and samples wait here until their turn when the output is ordered)."""
+    """One batch of jobs being decoded: each row's output, and what is ready to hand out (pieces and
+    samples wait here until their turn when the output is ordered)."""
 
     def __init__(self, model: GPT, tokenizer: Tokenizer, jobs: list[Job], ordered: bool):
         max_new = None if any(j.max_new is None for j in jobs) else max(j.max_new for j in jobs)
@@ -198,15 +253,9 @@ class _BatchRun:
                                     generators=[make_generator(j.seed) for j in jobs], max_new=max_new,
                                     pad_id=tokenizer.eot_id, logprobs=max(j.logprobs for j in jobs),
                                     sliding=max_new is not None)
-        self.eot_id, self.jobs, self.ordered = tokenizer.eot_id, jobs, ordered
-        self.streams = [_TextStream(tokenizer, j.stops) for j in jobs]
-        self.tokens: list[list[int]] = [[] for _ in jobs]
-        self.steps: list[list[StepResult]] = [[] for _ in jobs]
-        self.pending_steps: list[list[StepResult]] = [[] for _ in jobs]  # steps not yet attached to a Piece
-        self.reasons = ["length"] * len(jobs)
-        self.buffered: list[list[Piece]] = [[] for _ in jobs]
-        self.done: dict[int, Sample] = {}  # finished rows not yet handed out
-        self.finished: set[int] = set()
+        self.jobs, self.ordered = jobs, ordered
+        self.outputs = [RowOutput(j, tokenizer) for j in jobs]
+        self.handed: set[int] = set()  # rows whose Sample has been handed out
         self.next_out = 0  # ordered output: the row now streaming
 
     def events(self) -> Iterator[Piece | Sample]:
@@ -215,67 +264,34 @@ class _BatchRun:
                 self.stop(row, "length")
         while self.decoder.active:
             for row, job in enumerate(self.jobs):
-                if job.cancelled and row not in self.finished:
+                if job.cancelled and self.outputs[row].sample is None:
                     self.stop(row, "cancelled")
             if not self.decoder.active:
                 break
             for res in self.decoder.step():
-                self.take(res)
+                if self.outputs[res.row].take(res):
+                    self.decoder.finish(res.row)
             yield from self.release()
-        for row in range(len(self.jobs)):
-            self.finish(row)
+        for out in self.outputs:
+            out.finish()
         yield from self.release()
 
-    def take(self, res: StepResult) -> None:
-        """One new token of row `res.row`: stream its text, and stop the row where it ends."""
-        row, job = res.row, self.jobs[res.row]
-        if job.stop_at_eot and res.token == self.eot_id:
-            return self.stop(row, "stop")
-        self.tokens[row].append(res.token)
-        if job.logprobs:
-            self.steps[row].append(res)
-            self.pending_steps[row].append(res)
-        piece = self.streams[row].push(res.token)
-        if piece:
-            self.buffered[row].append(Piece(job.index, piece, self.pending_steps[row]))
-            self.pending_steps[row] = []
-        if self.streams[row].stopped:
-            self.stop(row, "stop")
-        elif job.max_new is not None and len(self.tokens[row]) >= job.max_new:
-            self.stop(row, "length")
-
     def stop(self, row: int, reason: str) -> None:
-        self.reasons[row] = reason
+        self.outputs[row].finish(reason)
         self.decoder.finish(row)
-        self.finish(row)
-
-    def finish(self, row: int) -> None:
-        if row in self.finished:
-            return
-        self.finished.add(row)
-        job = self.jobs[row]
-        tail = self.streams[row].close()
-        if tail or self.pending_steps[row]:
-            self.buffered[row].append(Piece(job.index, tail, self.pending_steps[row]))
-            self.pending_steps[row] = []
-        prefix = job.prompt or ""
-        completion = self.streams[row].text
-        self.done[row] = Sample(index=job.index, prompt=prefix, text=(prefix + completion) if job.include_prefix else completion,
-                                completion=completion, seed=job.seed, prompt_tokens=len(job.ids), tokens=self.tokens[row],
-                                finish_reason=self.reasons[row], steps=self.steps[row])
 
     def release(self) -> Iterator[Piece | Sample]:
         if not self.ordered:
-            for row in range(len(self.jobs)):
-                yield from self.buffered[row]
-                self.buffered[row] = []
-                if row in self.done:
-                    yield self.done.pop(row)
+            for row, out in enumerate(self.outputs):
+                yield from out.pop_pieces()
+                if out.sample is not None and row not in self.handed:
+                    self.handed.add(row)
+                    yield out.sample
             return
         while self.next_out < len(self.jobs):
-            yield from self.buffered[self.next_out]
-            self.buffered[self.next_out] = []
-            if self.next_out not in self.done:
+            out = self.outputs[self.next_out]
+            yield from out.pop_pieces()
+            if out.sample is None:
                 return
-            yield self.done.pop(self.next_out)
+            yield out.sample
             self.next_out += 1

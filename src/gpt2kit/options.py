@@ -110,13 +110,25 @@ class ServeOptions:
     port: int = 8000
     api_key: str | None = None  # None: GPT2KIT_API_KEY if set, else no key
     served_name: str | None = None  # the model id clients send; None: the model folder's name
-    max_batch: int = 16  # rows decoded together
+    max_batch: int = 16  # rows decoded together (requests join and leave the running batch at every step)
     max_queue: int = 64  # requests waiting before 429
     max_tokens_limit: int = 1024  # the largest max_tokens a request may ask
     max_request_rows: int = 64  # n x prompts one request may ask: one client cannot fill the server alone
     max_request_bytes: int = 1 << 20  # larger bodies get 413 before they are parsed
     chat_template: str | None = None  # a Jinja file for /v1/chat/completions; None: assets/chat_template.jinja
     chat_stop: tuple[str, ...] = ("\nUser:", "\nAssistant:", "\nSystem:")  # the next turn's markers end a reply
+    # KV-cache positions the running rows may reserve together, each min(n_ctx, prompt + max_tokens);
+    # None: max_batch x n_ctx. Requests wait in the queue until their rows fit; a row that never could gets 400.
+    max_batch_tokens: int | None = None
+    shutdown_timeout: float = 30.0  # seconds SIGTERM gives running requests to finish before they are cancelled
+
+    def __post_init__(self) -> None:
+        if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
+            raise UserError(f"max_batch_tokens must be at least 1, got {self.max_batch_tokens}")
+        if self.max_batch < 1:
+            raise UserError(f"max_batch must be at least 1 row, got {self.max_batch}")
+        if not self.shutdown_timeout >= 0:
+            raise UserError(f"shutdown_timeout must be 0 seconds or more, got {self.shutdown_timeout}")
     # How the model loads; None leaves the choice to `load` (its defaults are its own).
     device: str | None = None
     dtype: str | None = None

@@ -15,7 +15,7 @@ def register(sub) -> None:
     add_field(p, S, "port", help="port to listen on")
     add_field(p, S, "api_key", "--api-key", help="require Authorization: Bearer KEY (or set GPT2KIT_API_KEY)")
     add_field(p, S, "served_name", "--served-name", help="the model id clients send (default: the folder's name)")
-    add_field(p, S, "max_batch", "--max-batch", help="requests decoded together")
+    add_field(p, S, "max_batch", "--max-batch", help="rows decoded together")
     add_field(p, S, "max_queue", "--max-queue", help="requests waiting before 429")
     add_field(p, S, "max_tokens_limit", "--max-tokens-limit", help="the largest max_tokens a request may ask")
     add_field(p, S, "max_request_rows", "--max-request-rows", help="the most rows (n x prompts) one request may ask")
@@ -25,6 +25,11 @@ def register(sub) -> None:
                    "plain 'User: ... Assistant:' transcript)")
     add_field(p, S, "chat_stop", "--chat-stop", action="append", metavar="TEXT",
               help="a turn marker that ends a chat reply; repeat for several (replaces the default)")
+    add_field(p, S, "max_batch_tokens", "--max-batch-tokens",
+              help="KV-cache positions running rows may reserve together (each: prompt + max_tokens, at most the "
+                   "context); requests wait until they fit, a row that never could gets 400 (default: max-batch x context)")
+    add_field(p, S, "shutdown_timeout", "--shutdown-timeout",
+              help="seconds SIGTERM gives running requests to finish before they are cancelled")
     p.set_defaults(func=cmd_serve)
 
 

@@ -21,6 +21,7 @@ from ..options import ServeOptions
 
 log = logging.getLogger("gpt2kit")
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+SHUTDOWN_GRACE = 5.0  # seconds after the drain deadline for the last answers (error events) to be sent
 
 
 def serve(model: str | Path | None = None, options: ServeOptions | None = None) -> None:
@@ -51,11 +52,14 @@ def serve(model: str | Path | None = None, options: ServeOptions | None = None) 
             server.should_exit = True
 
     engine = Engine(lambda: load(folder, **options.load_kwargs()), max_batch=options.max_batch,
-                    max_queue=options.max_queue, on_load_error=stop)
+                    max_queue=options.max_queue, max_batch_tokens=options.max_batch_tokens, on_load_error=stop)
     app = create_app(engine, model_name=name, options=options, chat_template=chat_template)
     if options.host not in LOCAL_HOSTS and not options.api_key:
         log.warning("serving on %s without --api-key: anyone who can reach this machine can use the model", options.host)
-    server = uvicorn.Server(uvicorn.Config(app, host=options.host, port=options.port, log_level="warning"))
+    # uvicorn's own graceful shutdown is the backstop; the engine's drain answers every request first.
+    config = uvicorn.Config(app, host=options.host, port=options.port, log_level="warning",
+                            timeout_graceful_shutdown=options.shutdown_timeout + SHUTDOWN_GRACE)
+    server = _graceful_server(config, engine, options.shutdown_timeout)
     if engine.load_exception is None:
         log.info("serving %s on http://%s:%d (playground at /, API at /v1/completions)", name, options.host, options.port)
         server.run()
@@ -63,3 +67,25 @@ def serve(model: str | Path | None = None, options: ServeOptions | None = None) 
         raise UserError(f"could not load the model {folder}: {engine.load_exception}") from None
     if engine.load_exception is not None:
         raise engine.load_exception  # a bug: its traceback is the report
+
+
+def _graceful_server(config, engine, timeout: float):
+    """uvicorn's Server, with SIGTERM as a graceful stop that exits 0.
+
+    On SIGTERM the listening socket closes, the engine refuses new requests (503) and gives the running
+    and queued ones `timeout` seconds, then ends the rest with an error (a stream's last event says so).
+    uvicorn by default re-raises the signal once it has stopped, so the process would die of it (exit
+    -15); a deliberate stop is a normal exit here.
+    """
+    import signal
+
+    import uvicorn
+
+    class GracefulServer(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            if sig != signal.SIGTERM:
+                return super().handle_exit(sig, frame)
+            engine.drain(timeout)
+            self.should_exit = True
+
+    return GracefulServer(config)

@@ -23,7 +23,7 @@ from ..paths import STATIC_DIR
 from . import metrics as prometheus
 from .chat import ChatLayout, ChatTemplate, as_completion
 from .completions import APIError, Completion, TextLayout, check_model
-from .engine import Engine, QueueFull, Request
+from .engine import Engine, Refused, Request
 from .protocol import (ChatCompletionResponse, ChatRequest, CompletionRequest, CompletionResponse, DetokenizeRequest,
                        DetokenizeResponse, ErrorResponse, HealthResponse, InfoResponse, ModelList, NextTokenRequest,
                        NextTokenResponse, TokenizeRequest, TokenizeResponse)
@@ -224,7 +224,8 @@ def _add_status_routes(app: FastAPI, served: Served) -> None:
         if not engine.ready:
             return JSONResponse({"status": "loading"}, status_code=503)
         return {"status": "ok", "model": served.model_name, "batches": engine.batches_run,
-                "requests": engine.requests_done, "cancelled_rows": engine.cancelled_rows}
+                "requests": engine.requests_done, "cancelled_rows": engine.cancelled_rows,
+                "queue_depth": engine.queue_depth, "running_rows": engine.running_rows}
 
     @app.get("/metrics", response_class=Response, responses={200: {"content": {prometheus.CONTENT_TYPE: {}}}})
     async def metrics():
@@ -277,8 +278,8 @@ async def _generate(served: Served, body: CompletionRequest, http: HTTPRequest, 
                   prompt_logprobs=completion.prompt_logprobs())
     try:
         served.engine.submit(req)
-    except QueueFull as e:
-        raise APIError(429, str(e), type_="rate_limit_error") from None
+    except Refused as e:  # queue full (429), a row that never fits (400), shutting down (503): before any work
+        raise APIError(e.status, str(e), type_=e.type_) from None
     if body.stream:
         return StreamingResponse(layout(completion).stream(req), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -1,9 +1,14 @@
-"""The model worker: one thread owns the model and decodes queued requests in shared batches.
+"""The model worker: one thread owns the model and schedules requests step by step (continuous batching).
 
-Requests that arrive while a batch runs wait in a bounded queue and go together into the next
-batch, so concurrent clients share forward passes. Results go to each request's own asyncio
-queue without waiting on the client, so a slow reader never holds up the others; a request
-whose client left is marked cancelled and its rows stop at the next step.
+Every iteration the worker takes in new requests, admits waiting rows that fit the batch (scheduler.py:
+round-robin across requests, within --max-batch rows and --max-batch-tokens of KV cache), runs one
+chunk of prompt prefill, and one decoding step of every running row (batching.py). A request that
+arrives while others run joins them at the next step; a finished or cancelled row leaves at once.
+Results go to each request's own asyncio queue without waiting on the client, so a slow reader never
+holds up the others.
+
+Measured on the issue's case (bundled model, 2 cores): a 16-token request sent 0.3 s into a 250-token
+one took 8x its time alone when batches ran start to end; now it is decoded alongside the long one.
 """
 from __future__ import annotations
 
@@ -11,20 +16,41 @@ import asyncio
 import logging
 import queue
 import threading
+import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
-from ..generation import Job, Sample, run_jobs
+from ..batching import PREFILL_CHUNK, Prefill, Row, RunningBatch
+from ..generation import Job, RowOutput
 from ..lm import LM
+from ..sampling import make_generator
+from .scheduler import Group, Scheduler, TooLarge, make_groups
+from .stats import Stats
 
 log = logging.getLogger("gpt2kit")
 DONE = object()
+IDLE_POLL = 0.1  # seconds the idle worker waits for work before it looks at the shutdown deadline again
 
 
-class QueueFull(Exception):
-    pass
+class Refused(Exception):
+    """A request the engine will not take: `status` is the HTTP answer."""
+    status = 400
+    type_ = "invalid_request_error"
+
+
+class QueueFull(Refused):
+    status, type_ = 429, "rate_limit_error"
+
+
+class RequestTooLarge(Refused):
+    status = 400
+
+
+class ShuttingDown(Refused):
+    status, type_ = 503, "server_error"
 
 
 @dataclass
@@ -34,6 +60,11 @@ class Request:
     loop: asyncio.AbstractEventLoop
     prompt_logprobs: list[list[int]] | None = None  # prompts whose token logprobs to compute (echo + logprobs)
     prompt_results: list = field(default_factory=list)
+    submitted: float = field(default_factory=time.monotonic)
+    first_token: float | None = None
+    open_rows: int = 0  # rows not yet finished
+    groups: list[Group] = field(default_factory=list)
+    started: bool = False  # some group admitted (its prompt logprobs are computed then)
 
     def put(self, item) -> None:
         try:
@@ -45,23 +76,41 @@ class Request:
         for j in self.jobs:
             j.cancelled = True
 
+    @property
+    def cancelled(self) -> bool:
+        return any(j.cancelled for j in self.jobs)
+
+
+@dataclass
+class _Live:
+    """A row admitted and not finished: in a prefill or in the running batch."""
+    request: Request
+    output: RowOutput
+    row: Row
+    cost: int
+    first_token: float | None = None
+
 
 class Engine:
     def __init__(self, loader: Callable[[], LM], *, max_batch: int, max_queue: int,
-                 on_load_error: Callable[[BaseException], None] | None = None):
+                 max_batch_tokens: int | None = None, on_load_error: Callable[[BaseException], None] | None = None):
         self.lm: LM | None = None
         self.on_load_error = on_load_error
         self.load_exception: BaseException | None = None  # why the model did not load
-        self.max_batch, self.max_queue = max_batch, max_queue
-        self._queue: queue.Queue[Request] = queue.Queue()
-        self._waiting = 0
+        self.max_batch, self.max_queue, self.max_batch_tokens = max_batch, max_queue, max_batch_tokens
+        self.stats = Stats()
+        self._inbox: queue.Queue[Request] = queue.Queue()
         self._lock = threading.Lock()
         self._next_index = 0
-        self.batches_run = 0  # forward-pass batches: fewer than requests when requests shared them
-        self.requests_done = 0
-        self.cancelled_rows = 0
+        self._scheduler = Scheduler()
+        self._prefills: deque[Prefill] = deque()
+        self._live: dict[int, _Live] = {}  # job index -> its row
+        self._batch: RunningBatch | None = None
+        self._deadline: float | None = None  # set by drain(): when what still runs is cancelled
         self._thread = threading.Thread(target=self._run, args=(loader,), daemon=True, name="gpt2kit-engine")
         self._thread.start()
+
+    # --- what the HTTP side reads ---------------------------------------------------------------
 
     @property
     def ready(self) -> bool:
@@ -72,6 +121,23 @@ class Engine:
         """Why the model did not load, in a line for /health and 503 answers."""
         return None if self.load_exception is None else str(self.load_exception)
 
+    requests_done = property(lambda self: self.stats.requests_done)
+    cancelled_rows = property(lambda self: self.stats.cancelled_rows)
+    batches_run = property(lambda self: self.stats.batches_run)
+    queue_depth = property(lambda self: self._inbox.qsize() + sum(not r.started for r in self._scheduler.requests()),
+                           doc="requests accepted and not started (a request some of whose rows run is running)")
+    running_rows = property(lambda self: len(self._live), doc="rows admitted and not finished (prefill or decoding)")
+    batch_size = property(lambda self: self.stats.batch_size, doc="rows in the latest decoding step")
+    draining = property(lambda self: self._deadline is not None)
+
+    @property
+    def idle(self) -> bool:
+        return not self._live and not len(self._scheduler) and self._inbox.empty()
+
+    def budget(self) -> int:
+        """The KV-cache positions all running rows may reserve (--max-batch-tokens, else max_batch x n_ctx)."""
+        return self.max_batch_tokens or self.max_batch * self.lm.config.n_ctx
+
     def reserve(self, count: int) -> int:
         """The first of `count` consecutive job indices no other request has: results are routed by index."""
         with self._lock:
@@ -79,25 +145,33 @@ class Engine:
         return first
 
     def submit(self, request: Request) -> None:
-        with self._lock:
-            if self._waiting >= self.max_queue:
+        """Queue `request`, or refuse it before any work: shutting down (503), a row that could never fit
+        the budget (400), the queue full (429)."""
+        if self.draining:
+            raise ShuttingDown("the server is shutting down and takes no new requests")
+        try:
+            request.groups = make_groups(request, request.jobs, n_ctx=self.lm.config.n_ctx, max_rows=self.max_batch,
+                                         budget=self.budget())
+        except TooLarge as e:
+            raise RequestTooLarge(str(e)) from None
+        request.open_rows = len(request.jobs)
+        with self._lock:  # submit runs on the event loop's one thread; the lock is for other callers
+            if self.queue_depth >= self.max_queue:
                 raise QueueFull(f"the server's queue is full ({self.max_queue} requests waiting); try again shortly")
-            self._waiting += 1
-        self._queue.put(request)
+            self._inbox.put(request)
 
-    def _take_batch(self) -> list[Request]:
-        batch = [self._queue.get()]
-        rows = len(batch[0].jobs)
-        while rows < self.max_batch:
-            try:
-                nxt = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            batch.append(nxt)
-            rows += len(nxt.jobs)
-        with self._lock:
-            self._waiting -= len(batch)
-        return batch
+    def drain(self, timeout: float) -> None:
+        """Graceful shutdown: refuse new requests (503), let running and queued ones finish for `timeout`
+        seconds, then end the rest with an error (a stream gets an error event, then [DONE])."""
+        if self._deadline is None:
+            self._deadline = time.monotonic() + timeout
+
+    def call(self, fn):
+        """Run fn(lm) on the worker's model now (small read-only work, e.g. next-token probabilities)."""
+        with torch.inference_mode():
+            return fn(self.lm)
+
+    # --- the worker -------------------------------------------------------------------------------
 
     def _run(self, loader: Callable[[], LM]) -> None:
         try:
@@ -109,32 +183,168 @@ class Engine:
             else:
                 log.error("could not load the model: %s", e)
             return
+        self._batch = RunningBatch(self.lm.model, self.lm.tokenizer.eot_id)
         while True:
-            batch = self._take_batch()
+            self._take_new(block=not self._live and not len(self._scheduler))
             try:
-                self._decode(batch)
-            except Exception as e:  # a bug must not kill the worker: fail these requests, keep serving
+                with torch.inference_mode():
+                    self._iterate()
+            except Exception as e:  # a bug must not kill the worker: fail what runs, keep serving
                 log.exception("generation failed")
-                for r in batch:
-                    r.put(e)
-            for r in batch:
-                r.put(DONE)
-            self.requests_done += len(batch)
+                self._fail_all(e)
 
-    @torch.inference_mode()
-    def _decode(self, batch: list[Request]) -> None:
-        lm = self.lm
-        for r in batch:
-            if r.prompt_logprobs:
-                r.prompt_results = [self._prompt_logprobs(ids, max(j.logprobs for j in r.jobs)) for ids in r.prompt_logprobs]
-        owner = {j.index: r for r in batch for j in r.jobs}
-        jobs = [j for r in batch for j in r.jobs if not j.cancelled]
-        self.batches_run += 1
-        for i in range(0, len(jobs), self.max_batch):
-            for ev in run_jobs(lm.model, lm.tokenizer, jobs[i:i + self.max_batch], ordered=False):
-                if isinstance(ev, Sample) and ev.finish_reason == "cancelled":
-                    self.cancelled_rows += 1
-                owner[ev.index].put(ev)
+    def _take_new(self, block: bool) -> None:
+        """Move submitted requests into the scheduler (waiting for one if nothing runs)."""
+        try:
+            while True:
+                request = self._inbox.get(timeout=IDLE_POLL) if block else self._inbox.get_nowait()
+                block = False
+                self._scheduler.add(request, request.groups)
+        except queue.Empty:
+            pass
+
+    def _iterate(self) -> None:
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            self._fail_all(RuntimeError("the server shut down before this request finished"), waiting=True)
+            return
+        self._sweep_cancelled()
+        was_idle = not self._live
+        self._admit()
+        if was_idle and self._live:
+            self.stats.batches_run += 1
+        self._prefill()
+        self._step()
+        batch = self._batch
+        dead = sum(r is None for r in batch.slots)
+        if not batch.rows:
+            batch.slots, batch.cache = [], None  # nothing runs: the cache's memory goes back
+        elif dead * 2 >= len(batch.slots) and not self._prefills and not len(self._scheduler):
+            batch.compact()
+
+    def _admit(self) -> None:
+        free_rows = self.max_batch - len(self._live)
+        free_tokens = self.budget() - sum(live.cost for live in self._live.values())
+        for group in self._scheduler.admit(free_rows, free_tokens):
+            request = group.request
+            if not request.started:
+                request.started = True
+                if request.prompt_logprobs:
+                    top = max(j.logprobs for j in request.jobs)
+                    request.prompt_results = [self._prompt_logprobs(ids, top) for ids in request.prompt_logprobs]
+            self._start(group)
+
+    def _start(self, group: Group) -> None:
+        """Rows of `group` go live: a prefill of their prompt, shared by them all."""
+        rows = []
+        for job in group.jobs:
+            output = RowOutput(job, self.lm.tokenizer)
+            if job.max_new == 0:
+                output.finish("length")
+                self._finished(group.request, output)
+                continue
+            row = Row(key=job.index, settings=job.settings, generator=make_generator(job.seed), tokens=list(job.ids),
+                      logprobs=job.logprobs)
+            self._live[job.index] = _Live(group.request, output, row, group.row_cost)
+            rows.append(row)
+        if rows:
+            self._prefills.append(Prefill(self.lm.model, list(group.jobs[0].ids), rows))
+            self.stats.prompt_tokens += len(group.jobs[0].ids)
+
+    def _prefill(self) -> None:
+        """One chunk of prompt work while rows decode (so they are not stalled), all of it when none do."""
+        budget = PREFILL_CHUNK if self._batch.rows else 1 << 30
+        ready = []
+        while self._prefills and budget > 0:
+            p = self._prefills[0]
+            budget -= p.advance(budget)
+            self.stats.prefill_chunks += 1
+            if p.done:
+                ready.append(self._prefills.popleft())
+        if ready:
+            self._batch.join(ready)
+
+    def _step(self) -> None:
+        """Draw a token for every running row, hand out what it makes, and feed the rows that go on."""
+        batch = self._batch
+        results = batch.draw()
+        if not results:
+            return
+        now = time.monotonic()
+        self.stats.steps_run += 1
+        self.stats.batch_size = len(results)
+        self.stats.tokens_generated += len(results)
+        for res in results:
+            live = self._live[res.row]
+            if live.first_token is None:
+                live.first_token = now
+            if live.request.first_token is None:
+                live.request.first_token = now
+                self.stats.time_to_first_token.observe(now - live.request.submitted)
+            done = live.output.take(res)
+            for piece in live.output.pop_pieces():
+                live.request.put(piece)
+            if done:
+                batch.leave(res.row)
+                self._end_row(res.row, now)
+        for row in batch.feed():  # rows whose context is full: re-prefill their last n_ctx/2 tokens first
+            self._prefills.appendleft(Prefill(self.lm.model, row.tokens[-(self.lm.config.n_ctx // 2):], [row]))
+
+    def _end_row(self, key: int, now: float) -> None:
+        live = self._live.pop(key)
+        tokens = len(live.output.tokens)
+        if live.first_token is not None and tokens > 1:
+            self.stats.token_latency.observe((now - live.first_token) / (tokens - 1))
+        self._finished(live.request, live.output)
+
+    def _finished(self, request: Request, output: RowOutput) -> None:
+        """A row's last pieces and its Sample; the request's end once it has no open rows."""
+        for piece in output.pop_pieces():
+            request.put(piece)
+        request.put(output.sample)
+        request.open_rows -= 1
+        if request.open_rows == 0:
+            request.put(DONE)
+            self.stats.requests_done += 1
+
+    def _sweep_cancelled(self) -> None:
+        """Rows whose client left stop now; waiting rows of such requests never start."""
+        now = time.monotonic()
+        for key, live in list(self._live.items()):
+            if live.output.job.cancelled:
+                self._drop_live(key)
+                live.output.finish("cancelled")
+                self.stats.cancelled_rows += 1
+                self._end_row(key, now)
+        for group in self._scheduler.remove(lambda r: not r.cancelled):
+            for job in group.jobs:
+                output = RowOutput(job, self.lm.tokenizer)
+                output.finish("cancelled")
+                self.stats.cancelled_rows += 1
+                self._finished(group.request, output)
+
+    def _drop_live(self, key: int) -> None:
+        """Take row `key` out of the batch or out of its prefill."""
+        self._batch.leave(key)
+        for p in list(self._prefills):
+            p.rows = [r for r in p.rows if r.key != key]
+            if not p.rows:
+                self._prefills.remove(p)
+
+    def _fail_all(self, error: Exception, *, waiting: bool = False) -> None:
+        """End the admitted requests with `error` (a bug), or every accepted one (the shutdown deadline)."""
+        failed = {id(live.request): live.request for live in self._live.values()}
+        if waiting:
+            self._take_new(block=False)
+            failed.update((id(r), r) for r in self._scheduler.requests())
+        self._scheduler.remove(lambda r: id(r) not in failed)
+        self._live.clear()
+        self._prefills.clear()
+        self._batch.slots, self._batch.cache = [], None
+        for request in failed.values():
+            request.put(error)
+            request.put(DONE)
+            self.stats.requests_done += 1
+            self.stats.requests_failed += 1
 
     def _prompt_logprobs(self, ids: list[int], top: int) -> list[tuple[float | None, list[tuple[int, float]]]]:
         """For each prompt token: its log-probability given the tokens before it, and the top alternatives."""
@@ -146,8 +356,3 @@ class Engine:
             values, indices = torch.topk(lp[t - 1], top)
             out.append((lp[t - 1, ids[t]].item(), list(zip(indices.tolist(), values.tolist()))))
         return out
-
-    def call(self, fn):
-        """Run fn(lm) on the worker's model now (small read-only work, e.g. next-token probabilities)."""
-        with torch.inference_mode():
-            return fn(self.lm)

@@ -1,0 +1,218 @@
+"""Continuous batching: rows join a running batch between decoding steps and leave when they are done.
+
+The server's engine drives this; the CLI keeps decoding.BatchDecoder (one batch, start to end).
+
+The cache is decoding's left-padded one: one shared write column for every row, each row's own
+`offset` from column to position, and `valid` marking the columns a row may attend to. GPT-2's
+positions are absolute learned embeddings, so a cached key or value does not depend on the column
+it sits in: a joining prompt is prefilled alone (in chunks, so a long one does not stall the
+others' steps) and its keys and values are copied in right-aligned at the shared column. `n` samples
+of one prompt prefill once and get copies. A leaving row's slot is marked dead (it computes a throwaway
+token until it is reused by a joining row or compacted away), so a leave costs no copy of the cache.
+
+A row's text depends on its prompt, its settings and its generator alone: its prefill runs alone, its
+keys are the same wherever they sit, padding is masked out, and it draws from its own generator.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .decoding import StepResult, add_logprobs, draw_rows
+from .model import GPT, KVCache
+from .sampling import SamplingSettings
+
+PREFILL_CHUNK = 128  # prompt tokens per prefill call: a 1024-token prompt takes 8 steps of the others' time
+GROW = 128  # columns added on the right when the shared write column reaches the end of the cache
+
+
+@dataclass
+class Row:
+    """One sample being decoded, whichever slot of the batch it is in."""
+    key: int  # the caller's id
+    settings: SamplingSettings
+    generator: torch.Generator
+    tokens: list[int]  # the prompt and every token drawn so far
+    logprobs: int = 0  # top alternatives to report per step
+    pos: int = 0  # positions held in the cache: the next token fed goes at this position
+    logits: torch.Tensor | None = None  # (V,) the next token's raw logits, ready to draw
+    seen: torch.Tensor | None = None  # (V,) bool: repetition penalty's tokens so far
+    counts: torch.Tensor | None = None  # (V,) int32: presence/frequency penalties' counts
+
+    def track(self, device, n_vocab: int) -> None:
+        """Start the penalties' bookkeeping this row's settings need (the prompt counts as seen, not counted)."""
+        s = self.settings
+        if s.repetition_penalty != 1.0 and self.seen is None:
+            self.seen = torch.zeros(n_vocab, dtype=torch.bool, device=device)
+            self.seen[torch.tensor(self.tokens, dtype=torch.long, device=device)] = True
+        if (s.presence_penalty != 0.0 or s.frequency_penalty != 0.0) and self.counts is None:
+            self.counts = torch.zeros(n_vocab, dtype=torch.int32, device=device)
+
+
+class Prefill:
+    """A prompt run through the model alone, chunk by chunk, for the rows that will continue it."""
+
+    def __init__(self, model: GPT, ids: list[int], rows: list[Row]):
+        self.model, self.ids, self.rows = model, ids, rows
+        device = model.wte.weight.device
+        self.cache = KVCache(model.config, 1, len(ids), device, model.wte.weight.dtype)
+        self.logits: torch.Tensor | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.logits is not None
+
+    @property
+    def remaining(self) -> int:
+        return len(self.ids) - self.cache.length
+
+    def advance(self, budget: int) -> int:
+        """Run up to `budget` more prompt tokens (at least one); returns how many ran."""
+        start = self.cache.length
+        chunk = self.ids[start:start + max(1, budget)]
+        # Past the first chunk the queries sit after cached keys: the explicit mask (padded) places the
+        # causal diagonal right, where SDPA's is_causal would align it to the first key.
+        self.cache.padded = start > 0
+        x = torch.tensor([chunk], dtype=torch.long, device=self.cache.k.device)  # (1, T)
+        with torch.inference_mode():
+            logits = self.model(x, cache=self.cache, last_only=True)  # (1, 1, V)
+        if self.cache.length == len(self.ids):
+            self.logits = logits[0, -1]
+            for row in self.rows:
+                row.pos, row.logits = len(self.ids), self.logits
+        return len(chunk)
+
+
+class RunningBatch:
+    """The rows being decoded, in the slots of one KV cache; `None` slots are dead, waiting for reuse."""
+
+    def __init__(self, model: GPT, pad_id: int):
+        self.model, self.pad_id = model, pad_id
+        self.n_ctx, self.n_vocab = model.config.n_ctx, model.config.n_vocab
+        self.device, self.dtype = model.wte.weight.device, model.wte.weight.dtype
+        self.slots: list[Row | None] = []
+        self.cache: KVCache | None = None  # a row's positions are its own (Row.pos), whatever its column
+
+    @property
+    def rows(self) -> list[Row]:
+        return [r for r in self.slots if r is not None]
+
+    @property
+    def width(self) -> int:
+        """Columns the cache holds per row now (its memory is slots x width x 2 x n_layer x n_embd)."""
+        return 0 if self.cache is None else self.cache.max_len
+
+    def join(self, prefills: list[Prefill]) -> None:
+        """Put the finished prefills' rows into the batch: into dead slots where the prompt fits, else
+        one rebuild of the cache for them all."""
+        rest = []
+        for p in prefills:
+            for row in p.rows:
+                row.track(self.device, self.n_vocab)
+                free = next((i for i, r in enumerate(self.slots) if r is None), None)
+                if free is not None and self.cache is not None and len(p.ids) <= self.cache.length < self.cache.max_len:
+                    self._place(free, row, p.cache)
+                else:
+                    rest.append((row, p.cache))
+        if rest:
+            self._rebuild(rest)
+
+    def leave(self, key: int) -> None:
+        """Row `key` is done: its slot goes dead at once (no copy); compact() or a join reclaims it."""
+        for i, r in enumerate(self.slots):
+            if r is not None and r.key == key:
+                self.slots[i] = None
+                self.cache.valid[i] = False
+
+    def compact(self) -> None:
+        """Drop dead slots and columns no row needs any more (one copy of the cache)."""
+        if any(r is None for r in self.slots) or self._trim() > 0:
+            self._rebuild([])
+
+    def _place(self, slot: int, row: Row, source: KVCache) -> None:
+        """Copy a one-row prefill cache into dead slot `slot`, right-aligned at the shared column."""
+        c, P = self.cache, source.length
+        c.k[:, slot, :, c.length - P:c.length] = source.k[:, 0, :, :P]
+        c.v[:, slot, :, c.length - P:c.length] = source.v[:, 0, :, :P]
+        c.valid[slot, :c.length - P] = False
+        c.valid[slot, c.length - P:] = True
+        c.padded = True
+        self.slots[slot] = row
+
+    def _trim(self) -> int:
+        """Leading columns invalid for every live row."""
+        if self.cache is None or not self.rows:
+            return 0 if self.cache is None else self.cache.length
+        live = torch.tensor([r is not None for r in self.slots])
+        used = self.cache.valid[live.to(self.cache.valid.device), :self.cache.length].any(0)
+        return int(used.to(torch.int8).argmax()) if bool(used.any()) else self.cache.length
+
+    def _rebuild(self, joining: list[tuple[Row, KVCache]]) -> None:
+        """A new cache: live rows and joining rows, right-aligned at a shared column, GROW free columns after."""
+        old, keep = self.cache, [i for i, r in enumerate(self.slots) if r is not None]
+        span = old.length - self._trim() if keep else 0  # the live rows' columns worth keeping
+        W = max([span] + [src.length for _, src in joining] + [1])
+        B = len(keep) + len(joining)
+        new = KVCache(self.model.config, B, W + GROW, self.device, self.dtype)
+        new.valid[:, :W] = False  # columns from W on are where the rows' next tokens go: valid
+        new.length, new.padded = W, True
+        for j, i in enumerate(keep):  # live rows: their last `span` columns move, with their validity
+            new.k[:, j, :, W - span:W] = old.k[:, i, :, old.length - span:old.length]
+            new.v[:, j, :, W - span:W] = old.v[:, i, :, old.length - span:old.length]
+            new.valid[j, W - span:W] = old.valid[i, old.length - span:old.length]
+        for j, (row, src) in enumerate(joining, start=len(keep)):
+            P = src.length
+            new.k[:, j, :, W - P:W] = src.k[:, 0, :, :P]
+            new.v[:, j, :, W - P:W] = src.v[:, 0, :, :P]
+            new.valid[j, W - P:W] = True
+        self.cache = new
+        self.slots = [self.slots[i] for i in keep] + [row for row, _ in joining]
+
+    def draw(self) -> list[StepResult]:
+        """One token for every live row from its ready logits; the rows keep them for feed()."""
+        live = self.rows
+        if not live:
+            return []
+        raw = torch.stack([r.logits for r in live])  # (B, V)
+        if len({r.settings for r in live}) == 1:  # one kind of row (the usual case): drawn together
+            first = live[0]  # rows of the same settings track the same penalties (Row.track)
+            seen = torch.stack([r.seen for r in live]) if first.seen is not None else None  # (B, V)
+            counts = torch.stack([r.counts for r in live]) if first.counts is not None else None  # (B, V)
+            tokens = draw_rows(raw, [r.settings for r in live], [r.generator for r in live], seen, counts)
+        else:  # a row's draw takes the path its own settings pick, whatever shares the batch
+            tokens = torch.cat([draw_rows(raw[i:i + 1], [r.settings], [r.generator],
+                                          None if r.seen is None else r.seen[None],
+                                          None if r.counts is None else r.counts[None])
+                                for i, r in enumerate(live)])
+        results = [StepResult(r.key, int(t)) for r, t in zip(live, tokens.tolist())]
+        top_n = max(r.logprobs for r in live)
+        if top_n:
+            add_logprobs(results, raw, tokens, top_n)
+        for r, res in zip(live, results):
+            r.tokens.append(res.token)
+            if r.seen is not None:
+                r.seen[res.token] = True
+            if r.counts is not None:
+                r.counts[res.token] += 1
+        return results
+
+    def feed(self) -> list[Row]:
+        """Run every live row's last drawn token through the model. Rows whose context is full leave and
+        are returned: their caller re-prefills their last n_ctx/2 tokens (decoding's sliding window)."""
+        full = [r for r in self.rows if r.pos >= self.n_ctx]
+        for r in full:
+            self.leave(r.key)
+        if not self.rows:
+            return full
+        if self.cache.length >= self.cache.max_len:
+            self._rebuild([])
+        tokens = torch.tensor([[r.tokens[-1] if r is not None else self.pad_id] for r in self.slots])  # (B, 1)
+        positions = torch.tensor([[r.pos if r is not None else 0] for r in self.slots])  # (B, 1)
+        with torch.inference_mode():
+            logits = self.model(tokens.to(self.device), cache=self.cache, positions=positions.to(self.device),
+                                last_only=True)[:, -1, :]  # (B, V)
+        for i, r in enumerate(self.slots):
+            if r is not None:
+                r.logits, r.pos = logits[i], r.pos + 1
+        return full
