@@ -209,10 +209,10 @@ def _no_rows_leak(url: str) -> None:
     import urllib.request
     deadline = time.time() + 60
     h = health(url)
-    while time.time() < deadline and h.get("running_rows", 0) + h.get("queue_depth", 0) > 0:
+    while time.time() < deadline and h["running_rows"] + h["queue_depth"] > 0:
         time.sleep(0.5)
         h = health(url)
-    assert h.get("running_rows", 0) == 0 and h.get("queue_depth", 0) == 0, h
+    assert h["running_rows"] == 0 and h["queue_depth"] == 0, h
     req = urllib.request.Request(url + "/v1/completions", method="POST",
                                  data=json.dumps({"prompt": "After", "max_tokens": 4}).encode(),
                                  headers={"Content-Type": "application/json"})
