@@ -51,7 +51,7 @@ def peft_config(adapter: Adapter, base_model: str | None) -> dict:
             "lora_dropout": spec.dropout, "target_modules": list(spec.targets), "fan_in_fan_out": True,
             "bias": "none", "use_rslora": False, "use_dora": False, "modules_to_save": None,
             "init_lora_weights": True, "layers_to_transform": None, "layers_pattern": None,
-            "rank_pattern": {}, "alpha_pattern": {}, "written_by": "gpt2kit"}
+            "rank_pattern": {}, "alpha_pattern": {}}
 
 
 def write_adapter(folder: Path, adapter: Adapter, *, base_model: str | None) -> None:
