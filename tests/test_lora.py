@@ -192,7 +192,6 @@ def test_ddp_two_processes_match_one(hf_tiny, corpus, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["finetune", "--lora-rank", "0"], "lora-rank must be at least 1"),
-    (["finetune", "--lora-rank", "4", "--lora-targets", "c_attn,q_proj"], "unknown lora-targets q_proj"),
     (["merge", "BASE", "MISSING", "OUT"], "does not exist"),
 ])
 def test_bad_input_is_one_line_and_exit_2(hf_tiny, corpus, tmp_path, args, message):
@@ -203,6 +202,16 @@ def test_bad_input_is_one_line_and_exit_2(hf_tiny, corpus, tmp_path, args, messa
     r = run_cli(*args)
     assert r.returncode == 2 and "Traceback" not in r.stderr and message in r.stderr, r.stderr
     assert not (tmp_path / "ck").exists() and not (tmp_path / "OUT").exists()
+
+
+def test_bad_lora_options_are_refused_before_work():
+    from gpt2kit.training.options import TrainOptions
+    with pytest.raises(UserError, match="unknown lora-targets q_proj"):
+        TrainOptions(lora_rank=4, lora_targets="c_attn,q_proj")
+    with pytest.raises(UserError, match="lora-rank must be at least 1"):
+        TrainOptions(lora_rank=-2)
+    with pytest.raises(UserError, match="from-scratch"):
+        TrainOptions(lora_rank=4, from_scratch=True)
 
 
 def test_an_adapter_for_another_base_shape_is_refused(peft_adapter, tmp_path):
