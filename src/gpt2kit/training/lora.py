@@ -57,6 +57,12 @@ def attach_lora(model: nn.Module, opts: TrainOptions, storage: torch.dtype, adap
     apply_adapter(model, adapter, trainable=True)
 
 
+def lora_summary(model: nn.Module, opts: TrainOptions, storage: torch.dtype) -> str:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return (f"LoRA rank {opts.lora_rank} on {opts.lora_targets}: {trainable:,} trainable parameters; "
+            f"the base frozen in {str(storage).removeprefix('torch.')}")
+
+
 def _same_shape(folder: Path, saved, fresh) -> None:
     same = saved.modules.keys() == fresh.modules.keys() and all(
         saved.modules[k].A.shape == w.A.shape and abs(saved.modules[k].scaling - w.scaling) < 1e-9

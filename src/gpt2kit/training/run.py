@@ -28,7 +28,7 @@ from ..hub import resolve_model_path
 from ..model import GPT
 from ..tokenizer import Tokenizer, gpt2_tokenizer
 from .checkpoint import STATE_FILE, load_training_state, save_checkpoint
-from .lora import attach_lora, lora_precision, write_lora_step
+from .lora import attach_lora, lora_precision, lora_summary, write_lora_step
 from .metrics import plot_losses, truncate_metrics
 from .options import TrainOptions
 from .precision import MASTER_WEIGHTS, Precision, make_precision, plan_precision
@@ -155,6 +155,8 @@ def start_run(*, dataset, model_name, run_name: str, opts: TrainOptions, device:
             truncate_metrics(run_dir, run.step)
     elif is_main:
         log.info("starting from %s (%s parameters, %s)", source, f"{model.num_params():,}", precision.plan.describe())
+        if opts.lora_rank is not None:
+            log.info("%s", lora_summary(model, opts, storage))
     run.net = torch.compile(model) if opts.compile else model
     if world > 1:
         run.net = DistributedDataParallel(run.net, device_ids=[device.index] if device.type == "cuda" else None)
@@ -216,8 +218,7 @@ def _from_folder(folder: Path, opts: TrainOptions, state: dict | None) -> Start:
         raise UserError(f"{found[0]} is a LoRA adapter: continue it with --lora-rank, or `gpt2kit merge` it "
                         f"into its base first to fine-tune every weight")
     ck = read_checkpoint(resolve_model_path(found[1]))
-    return Start(ck.config, ck.state_dict, ck.tokenizer, state, str(found[0]), base=found[1],
-                 adapter=found[0] if state is not None else None)
+    return Start(ck.config, ck.state_dict, ck.tokenizer, state, str(found[0]), base=found[1], adapter=found[0])
 
 
 def _absolute(path: Path, opts: TrainOptions) -> str | None:
