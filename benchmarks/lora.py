@@ -1,7 +1,7 @@
 """LoRA against full fine-tuning on a 124M-shaped GPT-2: tokens/s and peak RSS, in the same run.
 
     python benchmarks/lora.py            # writes benchmarks/lora_results.json
-    python benchmarks/lora.py --quick    # a smoke run: a few short steps, nothing written
+    python benchmarks/lora.py --quick    # a smoke run: a 2-layer model, a few short steps, nothing written
 
 Random weights of the published shape (nothing is downloaded), batch 4 x 256, AdamW at lr 1e-4,
 gradients clipped to 1, `--dtype float32` for both (so the comparison is LoRA's, not a precision's).
@@ -25,10 +25,27 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))
-from train import make_inputs  # noqa: E402  (the same random 124M folder and token file)
-
 LR = 1e-4
+
+
+def make_inputs(folder: Path, quick: bool) -> tuple[Path, Path, int]:
+    """A random GPT-2 of the 124M shape (a 2-layer one for --quick) as a model folder, and 200k random tokens."""
+    import numpy as np
+    import torch
+    from gpt2kit.config import PRESETS
+    from gpt2kit.data.tokens import TokenWriter
+    from gpt2kit.formats import save_hf, write_vocab
+    from gpt2kit.model import GPT
+    from gpt2kit.tokenizer import gpt2_tokenizer
+    config = PRESETS["124M"].replace(n_layer=2, n_embd=128, n_head=2) if quick else PRESETS["124M"]
+    model = GPT(config)
+    model.init_weights(torch.Generator().manual_seed(0))
+    save_hf(folder / "model", model.config, model.state_dict())
+    write_vocab(folder / "model", gpt2_tokenizer())
+    writer = TokenWriter(folder / "data.tokens", 50257)
+    writer.write(np.random.default_rng(0).integers(0, 50257, 200_000))
+    writer.close()
+    return folder / "model", folder / "data.tokens", model.num_params()
 
 
 def case(args) -> dict:
@@ -76,7 +93,7 @@ def main() -> None:
     p.add_argument("--context", type=int, default=256)
     p.add_argument("--dtype", default="float32", help="the model's dtype in both cases (LoRA: the frozen base's)")
     p.add_argument("--checkpointing", action="store_true", help="gradient checkpointing in both cases")
-    p.add_argument("--quick", action="store_true", help="smoke run: 1 warm-up and 2 timed steps of 1 x 64; no file")
+    p.add_argument("--quick", action="store_true", help="smoke run: a 2-layer model, 1 warm-up and 2 timed steps of 1 x 64; no file")
     p.add_argument("--out", default=str(HERE / "lora_results.json"))
     args = p.parse_args()
     if args.case:
@@ -86,7 +103,7 @@ def main() -> None:
         args.steps, args.warmup, args.batch, args.context = 2, 1, 1, 64
     from gpt2kit.cpu.features import detect
     with tempfile.TemporaryDirectory() as d:
-        args.model, args.data, n_params = make_inputs(Path(d))
+        args.model, args.data, n_params = make_inputs(Path(d), args.quick)
         full, lora = run_case(args, 0), run_case(args, args.rank)
     speed = lora["tokens_per_s"] / full["tokens_per_s"]
     memory = lora["peak_rss_MB"] / full["peak_rss_MB"]
