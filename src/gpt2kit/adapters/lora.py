@@ -4,9 +4,9 @@
 
 B starts at zero, so a new adapter leaves the model exactly as it was; A starts as PEFT's does
 (Kaiming-uniform with a = sqrt(5), i.e. U(-1/sqrt(in), 1/sqrt(in))). Only A and B train: the frozen
-matrices need no gradient buffers, no optimizer moments and no weight-gradient matmul in backward
-(for 124M the tied output head's alone is a fifth of full fine-tuning's arithmetic), which is where
-LoRA's speed and memory come from.
+matrices need no gradient buffers, no optimizer moments and no weight-gradient matmuls in backward
+(2 of the 6 FLOPs per parameter and token of full fine-tuning, the tied output head's included),
+which is where LoRA's speed and memory come from.
 
 `LoraLinear` wraps any module that maps (..., in) -> (..., out): a `FrozenLinear` while training,
 and the CPU path's kernel-backed matrices when `load(..., adapter=)` runs an adapter unmerged.
