@@ -9,6 +9,8 @@ from typing import Iterator
 import torch
 
 from . import cpu
+from .adapters.lora import apply_adapter
+from .adapters.peft import adapter_base, read_adapter
 from .config import GPTConfig
 from .cpu.candidates import for_dtype
 from .cpu.runner import CpuGPT
@@ -98,7 +100,7 @@ class LM:
 
 
 def load(name: str | Path | None = None, *, device: str = "auto", dtype: str = "auto",
-         checkpoint: str | None = None, offline: bool | None = None) -> LM:
+         checkpoint: str | None = None, offline: bool | None = None, adapter: str | Path | None = None) -> LM:
     """Load any GPT-2 people have on disk (or a published name, downloaded on first use).
 
     On a CPU, `lm.model` is a `gpt2kit.cpu.CpuGPT`: the reference GPT on the path gpt2kit.cpu chose
@@ -112,7 +114,10 @@ def load(name: str | Path | None = None, *, device: str = "auto", dtype: str = "
         for_dtype(dtype if dtype != "auto" else "float32", None)  # a bad --dtype fails before the load
     folder = resolve_model_path(name, offline=offline)
     keep_big_allocations_returnable()  # so a conversion's freed buffers do not stay in the peak (formats/mapped.py)
+    if adapter is None and (found := adapter_base(folder, checkpoint)) is not None:
+        adapter, folder, checkpoint = found[0], resolve_model_path(found[1], offline=offline), None
     ck = read_checkpoint(folder, checkpoint)
+    lora = read_adapter(adapter, ck.config) if adapter is not None else None  # checked before the model is built
     for note in ck.notes:
         log.info("%s: %s", ck.path, note)
     gpt = build_model(ck.config, ck.state_dict, ck.path, share=True)
@@ -120,9 +125,18 @@ def load(name: str | Path | None = None, *, device: str = "auto", dtype: str = "
     gpt = gpt.to(device=dev, dtype=torch_dtype).eval()
     info = {"format": ck.format, "path": str(ck.path), "checkpoint": ck.checkpoint, "notes": ck.notes,
             "bundled": folder == BUNDLED_DIR, "device": str(dev), "name": str(name) if name is not None else "bundled"}
+    if lora is not None:
+        info["adapter"] = str(adapter)
     if dev.type != "cpu":
+        if lora is not None:
+            apply_adapter(gpt, lora)
         return LM(gpt, ck.tokenizer, {**info, "dtype": str(torch_dtype).removeprefix("torch.")})
     model = cpu.prepare(gpt, dtype, probe=cpu.probe_ids(ck.tokenizer.encode))
+    if lora is not None:
+        # The LoRA update wraps the chosen path's matrices (an extra rank-r product each); the one-call
+        # C step knows nothing of adapters, so each token runs those matrices from PyTorch instead.
+        apply_adapter(model.reference, lora)
+        model.step = None
     info.update(dtype=model.path.split("/")[0], cpu_path=model.path)
     if model.decision is not None:
         info["cpu_auto"] = model.decision.summary()

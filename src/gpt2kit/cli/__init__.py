@@ -5,6 +5,7 @@
     info.py        info, convert
     encode.py      encode, decode
     finetune.py    finetune
+    merge.py       merge (a LoRA adapter into its base)
     perplexity.py  perplexity
     download.py    download, models
     serve.py       serve
@@ -15,10 +16,10 @@ modules -> common -> the library.
 """
 from __future__ import annotations
 
-from . import common, download, encode, finetune, generate, info, perplexity, serve
+from . import common, download, encode, finetune, generate, info, merge, perplexity, serve
 
 # The order of `gpt2kit --help`.
-COMMANDS = (generate, info, encode, finetune, perplexity, download, serve)
+COMMANDS = (generate, info, encode, finetune, merge, perplexity, download, serve)
 
 
 def main(argv: list[str] | None = None) -> int:

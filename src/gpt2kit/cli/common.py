@@ -111,7 +111,7 @@ def add_field(p: argparse.ArgumentParser, options: type, name: str, *flags: str,
 
 # --- the model a command runs on -----------------------------------------------------------------
 
-LOAD_OPTIONS = ("device", "dtype", "checkpoint", "offline")
+LOAD_OPTIONS = ("device", "dtype", "checkpoint", "offline", "adapter")  # adapter: where a command adds --adapter
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

@@ -19,7 +19,7 @@ HELP = {
     "gradient_checkpointing": "recompute activations in backward: much less memory, ~30% slower",
     "only_train_transformer_layers": "freeze the embeddings and final norm",
     "freeze_layers": "freeze the embeddings and the first N blocks",
-    "dtype": "auto | float32 | bfloat16 | float16 (mixed precision, fp32 master weights)",
+    "dtype": "auto | float32 | bfloat16 | float16 (mixed precision, fp32 master weights; with --lora-rank: the frozen base's dtype)",
     "fsdp": "with torchrun: shard weights, gradients and optimizer state across the processes (FSDP)",
     "from_scratch": "a new model of --n-layer/--n-embd/--n-head/--n-ctx on GPT-2's vocabulary",
     "restore_from": "latest (resume the run if it has checkpoints) | fresh | PATH (any format)",
@@ -29,6 +29,10 @@ HELP = {
     "val_fraction": "hold out this fraction for validation",
     "progress": "show a progress bar",
     "run_name": "the run's folder under --checkpoint-dir (and --sample-dir)",
+    "lora_rank": "train LoRA adapters of this rank on a frozen base (PEFT's format); default: every weight trains",
+    "lora_alpha": "the LoRA update is scaled by alpha / rank (default: alpha = rank)",
+    "lora_dropout": "dropout on the LoRA branch's input",
+    "lora_targets": "the matrices to adapt: c_attn, c_proj (both), c_fc, attn.c_proj, mlp.c_proj",
 }
 
 

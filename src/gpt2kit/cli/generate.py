@@ -23,6 +23,7 @@ def register(sub) -> None:
     p = sub.add_parser("generate", help="generate text (streamed), from prompts, a file, stdin, or unconditionally")
     p.add_argument("prompt", nargs="*", help="one or more prompts (none: read stdin if piped, else unconditional)")
     add_model_args(p)
+    add_adapter_arg(p)
     add_sampling_args(p)
     p.add_argument("--prompt-file", help="prompts, one per line (\\n for newlines), or a .jsonl file; - for stdin")
     p.add_argument("--prompt-field", help=f"the JSONL field holding the prompt (default {PROMPT_FIELD!r})")
@@ -40,8 +41,13 @@ def register(sub) -> None:
 
     p = sub.add_parser("interactive", help="a prompt loop, like OpenAI's interactive_conditional_samples.py")
     add_model_args(p)
+    add_adapter_arg(p)
     add_sampling_args(p)
     p.set_defaults(func=cmd_interactive)
+
+
+def add_adapter_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--adapter", default=None, help="run this LoRA adapter (gpt2kit's or PEFT's folder) on --model, unmerged")
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:

@@ -3,6 +3,7 @@
     checkpoint/run1/
       latest                  the name of the newest step folder (replaced atomically)
       step-000500/            config.json, model.safetensors, vocabulary: opens in gpt2kit and transformers
+                              (a LoRA run: config.json, adapter_config.json, adapter_model.safetensors: PEFT's format)
         training_state.pt     optimizer moments, schedule position, step, every RNG, sampler position
       metrics.csv, loss.png
 
@@ -16,6 +17,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -38,14 +40,20 @@ def step_folders(run_dir: Path) -> list[Path]:
 latest_checkpoint = newest_step
 
 
-def save_checkpoint(run_dir: Path, step: int, *, config: GPTConfig, model_state: dict, tokenizer: Tokenizer,
-                    training_state: dict, max_checkpoints: int) -> Path:
+def save_checkpoint(run_dir: Path, step: int, *, config: GPTConfig, tokenizer: Tokenizer, training_state: dict,
+                    max_checkpoints: int, model_state: dict | None = None,
+                    write_weights: Callable[[Path], None] | None = None) -> Path:
+    """A step folder with `model_state` as model.safetensors, or whatever `write_weights(folder)` writes
+    there instead (a LoRA run's adapter: training/lora.py)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     final = run_dir / f"step-{step:06d}"
     tmp = run_dir / f".tmp-step-{step:06d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_hf(tmp, config, model_state)
+    if write_weights is not None:
+        write_weights(tmp)
+    else:
+        save_hf(tmp, config, model_state)
     write_vocab(tmp, tokenizer)
     torch.save({"version": STATE_VERSION, **training_state}, tmp / STATE_FILE)
     if final.exists():

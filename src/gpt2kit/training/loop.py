@@ -119,6 +119,7 @@ def _step(run: Run, lr: float) -> float:
             with run.precision.autocast():
                 logits = run.net(x)  # (B, T, n_vocab)
                 loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
+            del logits  # autograd keeps log_softmax's output, not the logits: (B, T, n_vocab) less during backward
             run.precision.backward(loss / micro_batches)
         loss_sum += loss.item()
     run.precision.step(run.optimizer, run.opts.grad_clip)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from ..adapters.names import parse_targets
 from ..errors import UserError
 
 
@@ -35,6 +36,12 @@ class TrainOptions:
     compile: bool = False
     device: str = "auto"
     fsdp: bool = False  # under torchrun: shard weights, gradients and optimizer state across processes (sharding.py)
+    # LoRA (adapters/): train rank-r adapters on a frozen base instead of every weight; None = full fine-tuning.
+    # The base is stored in --dtype (bf16/fp16 halve it); on a CPU it computes in fp32, on a GPU under autocast.
+    lora_rank: int | None = None
+    lora_alpha: float | None = None  # the update is scaled by alpha / rank; default: alpha = rank (scale 1)
+    lora_dropout: float = 0.0
+    lora_targets: str = "c_attn,c_proj,c_fc"  # PEFT's names: c_proj is both attn.c_proj and mlp.c_proj
     # from scratch
     from_scratch: bool = False
     n_layer: int = 6
@@ -83,8 +90,33 @@ class TrainOptions:
         for name in ("warmup_steps", "freeze_layers", "sample_every", "grad_clip", "weight_decay", "sample_length"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
+        if self.fsdp and self.lora_rank is not None:
+            raise UserError("--fsdp shards full fine-tuning; LoRA trains a few adapters on a frozen base and needs no "
+                            "sharding: drop --fsdp (torchrun alone gives LoRA data parallelism)")
         if self.context_length is not None and self.context_length < 2:
             raise UserError(f"context-length must be at least 2, got {self.context_length}")
+        self._check_lora()
+
+    def _check_lora(self) -> None:
+        if self.lora_rank is None:
+            return
+        if self.lora_rank < 1:
+            raise UserError(f"lora-rank must be at least 1, got {self.lora_rank} (leave it out for full fine-tuning)")
+        if self.lora_alpha is not None and not self.lora_alpha > 0:
+            raise UserError(f"lora-alpha must be positive, got {self.lora_alpha}")
+        if not 0 <= self.lora_dropout < 1:
+            raise UserError(f"lora-dropout must be in [0, 1), got {self.lora_dropout}")
+        parse_targets(self.lora_targets)
+        if self.from_scratch:
+            raise UserError("--lora-rank adapts a trained model: it cannot start --from-scratch")
+        if self.freeze_layers or self.only_train_transformer_layers:
+            raise UserError("with --lora-rank the whole base is frozen already: leave out --freeze-layers and "
+                            "--only-train-transformer-layers")
+
+    @property
+    def lora_scale_alpha(self) -> float:
+        """lora_alpha, or the rank when it is not given (scale 1, as PEFT's defaults r=8, alpha=8)."""
+        return float(self.lora_alpha if self.lora_alpha is not None else self.lora_rank)
 
     @classmethod
     def from_kwargs(cls, **options) -> "TrainOptions":

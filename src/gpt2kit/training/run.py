@@ -22,14 +22,16 @@ from torch.nn.parallel import DistributedDataParallel
 from ..config import GPTConfig
 from ..devices import cpu_has_fast_bf16
 from ..errors import UserError
-from ..formats import build_model, newest_step, read_checkpoint
+from ..adapters.peft import adapter_base
+from ..formats import build_model, newest_step, read_checkpoint, resolve_run_folder
 from ..hub import resolve_model_path
 from ..model import GPT
 from ..tokenizer import Tokenizer, gpt2_tokenizer
 from .checkpoint import STATE_FILE, load_training_state, save_checkpoint
+from .lora import attach_lora, lora_precision, lora_summary, write_lora_step
 from .metrics import plot_losses, truncate_metrics
 from .options import TrainOptions
-from .precision import MASTER_WEIGHTS, Precision, make_precision, plan_precision
+from .precision import MASTER_WEIGHTS, Precision, PrecisionPlan, make_precision, plan_precision
 from .sampler import WindowSampler
 from .setup import barrier, freeze, make_optimizer, prepare_dataset, scratch_config, total_steps
 from .sharding import Sharded, shard
@@ -57,6 +59,7 @@ class Run:
     window: int
     steps: int  # the total to reach; a resumed run continues to the same end
     net: nn.Module | None = None
+    base: str | None = None  # a LoRA run's base model folder; None for full fine-tuning
     step: int = 0
     elapsed: float = 0.0  # seconds spent inside steps, summed across resumes
     avg: list[float] = field(default_factory=lambda: [0.0, 0.0])  # decayed loss sum, decayed count
@@ -90,12 +93,17 @@ class Run:
     def save(self) -> Path:
         """A complete step folder (the fp32 weights and the training state). Collective under DDP."""
         state = self.training_state()
-        weights = self.precision.weights()  # under --fsdp, gathered from every process
+        # The full weights (under --fsdp gathered from every process, so all of them call this); LoRA saves its adapter.
+        full = self.precision.weights() if self.opts.lora_rank is None else None
         folder = self.run_dir / f"step-{self.step:06d}"
         if self.is_main:
-            folder = save_checkpoint(self.run_dir, self.step, config=self.config.replace(dropout=0.0),
-                                     model_state=weights, tokenizer=self.tokenizer,
-                                     training_state=state, max_checkpoints=self.opts.max_checkpoints)
+            config = self.config.replace(dropout=0.0)
+            if self.opts.lora_rank is None:
+                weights = {"model_state": full}
+            else:  # the adapter, in PEFT's format
+                weights = {"write_weights": lambda d: write_lora_step(d, config, self.model, self.opts, self.base)}
+            folder = save_checkpoint(self.run_dir, self.step, config=config, tokenizer=self.tokenizer,
+                                     training_state=state, max_checkpoints=self.opts.max_checkpoints, **weights)
             plot_losses(self.run_dir, title=self.name)
         barrier()
         return folder
@@ -119,21 +127,28 @@ def start_run(*, dataset, model_name, run_name: str, opts: TrainOptions, device:
     """Set a run up: from its newest step (resume), a given checkpoint, a model, or from scratch."""
     is_main = rank == 0
     run_dir = Path(opts.checkpoint_dir) / run_name
-    config, state_dict, tokenizer, state, source = _starting_point(model_name, run_dir, opts, is_main)
+    start = _starting_point(model_name, run_dir, opts, is_main)
+    config, tokenizer, state, source = start.config, start.tokenizer, start.state, start.source
     if opts.dropout != config.dropout:
         config = config.replace(dropout=opts.dropout)
     torch.manual_seed(opts.seed + rank)  # dropout's stream; restored exactly on resume
-    model = _build_model(config, state_dict, source, opts, device)
+    model = _build_model(config, start.state_dict, source, opts, device)
     window = min(opts.context_length or config.n_ctx, config.n_ctx)
     train_tokens, val_tokens = _read_data(dataset, opts, tokenizer, config, window, is_main)
     sampler = WindowSampler(train_tokens, window, opts.batch_size, seed=opts.seed, rank=rank, world_size=world,
                             noise=opts.noise, n_vocab=config.n_vocab)
     steps = total_steps(opts, train_tokens.size, sampler.T, world)
-    precision = _precision(model, opts, device, world, is_main)
+    storage = None
+    if opts.lora_rank is not None:
+        storage, plan = lora_precision(opts, device)
+        attach_lora(model, opts, storage, start.adapter)
+    else:
+        plan = plan_precision(opts.dtype, device)
+    precision = _precision(model, plan, opts, device, is_main)
     optimizer = make_optimizer(precision.parameters(), opts, device)
     run = Run(opts=opts, name=run_name, run_dir=run_dir, device=device, rank=rank, world=world, config=config,
               tokenizer=tokenizer, model=model, precision=precision, optimizer=optimizer, sampler=sampler,
-              val_tokens=val_tokens, window=window, steps=steps)
+              val_tokens=val_tokens, window=window, steps=steps, base=start.base)
     if state is not None:
         run.restore(state)
         if is_main:
@@ -141,15 +156,16 @@ def start_run(*, dataset, model_name, run_name: str, opts: TrainOptions, device:
             truncate_metrics(run_dir, run.step)
     elif is_main:
         log.info("starting from %s (%s parameters, %s)", source, f"{model.num_params():,}", precision.plan.describe())
+        if opts.lora_rank is not None:
+            log.info("%s", lora_summary(model, opts, storage))
     run.net = torch.compile(model) if opts.compile else model
     if world > 1 and not opts.fsdp:
         run.net = DistributedDataParallel(run.net, device_ids=[device.index] if device.type == "cuda" else None)
     return run
 
 
-def _precision(model: GPT, opts: TrainOptions, device: torch.device, world: int, is_main: bool) -> Precision:
+def _precision(model: GPT, plan: PrecisionPlan, opts: TrainOptions, device: torch.device, is_main: bool) -> Precision:
     """How the model trains in its dtype; under --fsdp, sharded first (the optimizer then sees the shards)."""
-    plan = plan_precision(opts.dtype, device)
     if plan.mode == MASTER_WEIGHTS and is_main and not cpu_has_fast_bf16():
         log.warning("this CPU has no native bf16 (AVX512-BF16 or AMX): PyTorch emulates it, many times slower "
                     "than --dtype float32")
@@ -162,16 +178,31 @@ def _precision(model: GPT, opts: TrainOptions, device: torch.device, world: int,
     return Sharded(model, plan, device)
 
 
-def _starting_point(model_name, run_dir: Path, opts: TrainOptions, is_main: bool):
-    """-> (config, state_dict or None, tokenizer, training state or None, where it came from)."""
+@dataclass
+class Start:
+    """Where a run starts: a model's shape and weights, and a saved training state to resume."""
+    config: GPTConfig
+    state_dict: dict | None
+    tokenizer: Tokenizer
+    state: dict | None
+    source: str  # where it came from, for people
+    base: str | None = None  # a LoRA run's base model folder (the adapter's base_model_name_or_path)
+    adapter: Path | None = None  # a LoRA run's saved adapter to continue
+
+
+def _starting_point(model_name, run_dir: Path, opts: TrainOptions, is_main: bool) -> Start:
     if opts.restore_from == "latest":
         folder = newest_step(run_dir)
         if folder is not None:
             if not (folder / STATE_FILE).is_file():
                 raise UserError(f"{folder} holds a model but no {STATE_FILE}, so the run cannot resume from it; "
                                 f"fine-tune its weights as a new run with --restore-from {folder} --run-name NEW")
-            ck = read_checkpoint(folder)
-            return ck.config, ck.state_dict, ck.tokenizer, load_training_state(folder), str(folder)
+            state = load_training_state(folder)
+            if (state["options"].get("lora_rank") is None) != (opts.lora_rank is None):
+                kind = "a full fine-tuning run" if opts.lora_rank is not None else "a LoRA run"
+                raise UserError(f"{run_dir} is {kind}: resume it with its own --lora-rank setting, or start "
+                                f"a new --run-name with --restore-from {folder}")
+            return _from_folder(folder, opts, state)
     elif opts.restore_from == "fresh":
         if newest_step(run_dir) is not None:
             if not opts.overwrite:
@@ -180,13 +211,34 @@ def _starting_point(model_name, run_dir: Path, opts: TrainOptions, is_main: bool
             if is_main:
                 shutil.rmtree(run_dir)
     else:
-        ck = read_checkpoint(resolve_model_path(opts.restore_from))
-        return ck.config, ck.state_dict, ck.tokenizer, load_training_state(ck.path), str(ck.path)
+        folder = resolve_model_path(opts.restore_from)
+        state = load_training_state(resolve_run_folder(folder))
+        if state is not None and state["options"].get("lora_rank") != opts.lora_rank:
+            state = None  # LoRA on a full run's weights (or the reverse): the weights, not the optimizer
+        return _from_folder(folder, opts, state)
     if opts.from_scratch:
         tok = gpt2_tokenizer()
-        return scratch_config(opts, tok.n_vocab), None, tok, None, "from scratch"
+        return Start(scratch_config(opts, tok.n_vocab), None, tok, None, "from scratch")
     ck = read_checkpoint(resolve_model_path(model_name))
-    return ck.config, ck.state_dict, ck.tokenizer, None, str(ck.path)
+    return Start(ck.config, ck.state_dict, ck.tokenizer, None, str(ck.path), base=_absolute(ck.path, opts))
+
+
+def _from_folder(folder: Path, opts: TrainOptions, state: dict | None) -> Start:
+    """A step or model folder; a LoRA step folder (an adapter) brings its base's weights."""
+    found = adapter_base(folder)
+    if found is None:
+        ck = read_checkpoint(folder)
+        return Start(ck.config, ck.state_dict, ck.tokenizer, state, str(ck.path), base=_absolute(ck.path, opts))
+    if opts.lora_rank is None:
+        raise UserError(f"{found[0]} is a LoRA adapter: continue it with --lora-rank, or `gpt2kit merge` it "
+                        f"into its base first to fine-tune every weight")
+    ck = read_checkpoint(resolve_model_path(found[1]))
+    return Start(ck.config, ck.state_dict, ck.tokenizer, state, str(found[0]), base=found[1], adapter=found[0])
+
+
+def _absolute(path: Path, opts: TrainOptions) -> str | None:
+    """The base a LoRA run's adapter names (absolute, so the run resumes from any directory)."""
+    return str(Path(path).resolve()) if opts.lora_rank is not None else None
 
 
 def _build_model(config: GPTConfig, state_dict, source: str, opts: TrainOptions, device: torch.device) -> GPT:
@@ -195,7 +247,11 @@ def _build_model(config: GPTConfig, state_dict, source: str, opts: TrainOptions,
         model = GPT(config)
         model.init_weights(torch.Generator().manual_seed(opts.seed))
     else:
-        model = build_model(config, state_dict, source)
+        # A LoRA base is never written to, so it can be the state dict's own tensors: held once, not twice.
+        frozen = opts.lora_rank is not None
+        model = build_model(config, state_dict, source, share=frozen)
+        if frozen:
+            state_dict.clear()
     model.to(device)
     model.gradient_checkpointing = opts.gradient_checkpointing
     freeze(model, opts)
