@@ -100,7 +100,8 @@ def _config(reader, path: Path) -> GPTConfig:
                      n_ctx=_field(reader, path, f"{ARCH}.context_length", int),
                      n_embd=n_embd, n_head=_field(reader, path, f"{ARCH}.attention.head_count", int),
                      n_layer=_field(reader, path, f"{ARCH}.block_count", int),
-                     layer_norm_epsilon=_field(reader, path, f"{ARCH}.attention.layer_norm_epsilon", float))
+                     # GGUF stores it as float32: 1e-5 comes back 9.9999997e-06 unless rounded to float32's 7 digits
+                     layer_norm_epsilon=float(f"{_field(reader, path, f'{ARCH}.attention.layer_norm_epsilon', float):.7g}"))
 
 
 def _tensors(reader, path: Path) -> tuple[dict[str, torch.Tensor], set[str]]:
