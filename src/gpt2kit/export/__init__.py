@@ -29,6 +29,13 @@ def _check_out(out: Path) -> None:
         raise UserError(f"cannot write into {folder} (permission denied); choose another output path")
 
 
+def _check_installed(modules: list[str]) -> None:
+    import importlib.util
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"this export needs {', '.join(missing)}: pip install 'gpt2kit[export]'")
+
+
 def export(model: str | Path | None, out: str | Path, *, type: str = ExportOptions.type,
            int8: bool = ExportOptions.int8, checkpoint: str | None = ExportOptions.checkpoint, offline: bool | None = ExportOptions.offline) -> Path:
     """Write `model` (a folder or file in any format gpt2kit reads, a published name, None: the bundled one) to `out`.
@@ -46,6 +53,7 @@ def export(model: str | Path | None, out: str | Path, *, type: str = ExportOptio
     if not onnx and int8:
         raise UserError("--int8 is for ONNX; a GGUF's precision is --type f32, f16 or q8_0")
     check_type(type)
+    _check_installed(["onnx", "onnxscript"] + (["onnxruntime"] if int8 else []) if onnx else ["gguf"])
     from .source import load_source
     source = load_source(model, checkpoint=checkpoint, offline=offline)
     if onnx:
