@@ -158,9 +158,12 @@ def _tokenizer(reader, path: Path) -> Tokenizer:
     if tokens_field is None or merges_field is None:
         return official  # a file with no vocabulary: GPT-2's, as for a model folder without one
     tokens, merges = vocab_lists(Path(official.source))
-    theirs = tokens_field.contents()
+    try:
+        theirs, their_merges = tokens_field.contents(), merges_field.contents()
+    except (ValueError, TypeError, IndexError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: its vocabulary is malformed ({e}); export or download it again") from None
     padding = theirs[len(tokens):]  # rows past the vocabulary that padded checkpoints carry
-    if theirs[:len(tokens)] != tokens or merges_field.contents() != merges or \
+    if theirs[:len(tokens)] != tokens or their_merges != merges or \
             any(not (t.startswith("[PAD") and t.endswith("]")) for t in padding):
         raise UserError(f"{path} carries a vocabulary other than GPT-2's; gpt2kit reads GGUFs with GPT-2's "
                         "vocabulary only (export a model with its own vocabulary from its folder instead)")
@@ -172,6 +175,12 @@ def load_gguf(path: Path) -> tuple[GPTConfig, dict[str, torch.Tensor], Tokenizer
     reader = _open(path)
     config = _config(reader, path)
     sd, types = _tensors(reader, path)
+    # Hyperparameters that disagree with the tensors (a damaged header) fail here, before a model is built
+    layers = {k.split(".")[1] for k in sd if k.startswith("h.")}
+    found = (len(layers), *(tuple(sd[k].shape) if k in sd else None for k in ("wpe.weight", "wte.weight")))
+    if found != (config.n_layer, (config.n_ctx, config.n_embd), (config.n_vocab, config.n_embd)):
+        raise UserError(f"{path}: its hyperparameters (layers, context, width) do not match its tensors; "
+                        "the file is damaged or not a GPT-2")
     tokenizer = _tokenizer(reader, path)
     notes = []
     quantized = sorted(types - {"f32"})
