@@ -122,6 +122,6 @@ class ServeOptions:
 class ExportOptions:
     """`export`'s options (`gpt2kit export`)."""
     type: str = "f16"  # GGUF tensor type: f32 | f16 | q8_0 (llama.cpp's converter also defaults to f16)
-    int8: bool = False  # ONNX: onnxruntime's dynamic int8 quantization of the matrices
+    int8: bool = False  # ONNX: int8 weights (onnxruntime's weight-only MatMulNBits quantizer)
     checkpoint: str | None = None  # which checkpoint of a run folder; None: the newest
     offline: bool | None = None  # never download a published model

@@ -14,7 +14,7 @@ def register(sub) -> None:
     p.add_argument("model", help="a folder or file in any GPT-2 format, 124M/355M/774M/1558M, or `bundled`")
     p.add_argument("out", help="the file to write: NAME.gguf or NAME.onnx")
     add_field(p, ExportOptions, "type", help="GGUF tensor type: f32, f16 or q8_0")
-    add_field(p, ExportOptions, "int8", help="ONNX: int8 weights (onnxruntime's dynamic quantization)")
+    add_field(p, ExportOptions, "int8", help="ONNX: int8 weights (onnxruntime's weight-only quantizer)")
     add_field(p, ExportOptions, "checkpoint", help="which checkpoint of a run folder (default: the newest)")
     add_field(p, ExportOptions, "offline", help="never download a published model")
     p.set_defaults(func=cmd_export)

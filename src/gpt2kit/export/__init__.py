@@ -41,7 +41,7 @@ def export(model: str | Path | None, out: str | Path, *, type: str = ExportOptio
     """Write `model` (a folder or file in any format gpt2kit reads, a published name, None: the bundled one) to `out`.
 
     `.gguf`: llama.cpp's gpt2 architecture, tensors in `type` (f32, f16 or q8_0) with the whole vocabulary.
-    `.onnx`: a decoder with past key/values (float32; `int8`: onnxruntime's dynamic int8 quantization).
+    `.onnx`: a decoder with past key/values (float32; `int8`: int8 weights, onnxruntime's weight-only quantizer).
     Defaults: gpt2kit.options.ExportOptions.
     """
     from .gguf import check_type, write_gguf

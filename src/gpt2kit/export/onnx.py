@@ -10,8 +10,7 @@ The inputs and outputs are laid out as Hugging Face Optimum exports GPT-2 for tr
         present.{i}.key         float32 (batch, n_head, past + sequence, head_size), and .value
 
 so a runtime prefills a prompt with empty pasts, then feeds each new token with the presents it got back.
-`int8=True` then quantizes the matrices with onnxruntime's dynamic quantization (int8 weights, activations
-quantized per call).
+`int8=True` then stores the matrices as int8 with onnxruntime's weight-only quantizer (MatMulNBits, 8 bits).
 """
 from __future__ import annotations
 
@@ -94,9 +93,19 @@ def _export_fp32(model: GPT, path: Path) -> None:
 
 
 def _quantize_int8(src: Path, dst: Path) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    """int8 weights in blocks of 32 with one scale each (onnxruntime's MatMulNBits), activations kept float32.
+
+    Weight-only, because onnxruntime's dynamic quantization (quantize_dynamic, int8 activations too) picks
+    fp32's top token at only 97.95% of 2,000 held-out positions of the bundled model (98.7% with the
+    embeddings and the head left fp32); weight-only int8 at 99.95%.
+    """
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
     big = src.stat().st_size > EXTERNAL_DATA_BYTES or src.with_name(src.name + ".data").exists()
-    quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True, use_external_data_format=big)
+    config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, bits=8)
+    quantizer = MatMulNBitsQuantizer(onnx.load(src), bits=8, block_size=32, is_symmetric=True, algo_config=config)
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(dst), big)
 
 
 def write_onnx(source: Source, out: Path, *, int8: bool = False) -> Path:
