@@ -1,11 +1,12 @@
-"""gpt2kit against Hugging Face transformers and CTranslate2, side by side in one run on this machine.
+"""gpt2kit against Hugging Face transformers, CTranslate2 and llama.cpp, side by side in one run on this machine.
 
-    pip install ctranslate2                  # the peer (optional: without it its rows are left out)
+    pip install ctranslate2 llama-cpp-python # the peers (optional: without one its rows are left out)
     python benchmarks/run.py                 # writes benchmarks/results.json and benchmarks/RESULTS.md
 
 Every case runs in its own process (so each one's peak memory is its own) on the same 124M-shaped
 GPT-2 with random weights, built once by transformers and loaded into every library (CTranslate2
-converts it with its own converter, in int8 and float32). Also measures this machine's read
+converts it with its own converter, in int8 and float32; llama.cpp runs gpt2kit's own GGUF export of it,
+f16 and q8_0, at batch 1). Also measures this machine's read
 bandwidth and matmul speed, the bounds each result is compared with, and records the CPU's flags.
 """
 from __future__ import annotations
@@ -107,6 +108,29 @@ def case_gen_ct2(args) -> dict:
     dt = time.perf_counter() - t
     assert all(len(r.sequences_ids[0]) == NEW_TOKENS for r in out), [len(r.sequences_ids[0]) for r in out]
     return {"tokens_per_s": args.batch * NEW_TOKENS / dt, "dtype": args.dtype}
+
+
+def case_gen_llama(args) -> dict:
+    """llama.cpp (llama-cpp-python) on gpt2kit's own GGUF export of the same weights, batch 1, top-k sampling."""
+    from llama_cpp import Llama
+    from gpt2kit.export import export
+    with tempfile.TemporaryDirectory() as d:
+        path = export(args.model, Path(d) / "model.gguf", type=args.dtype)
+        llm = Llama(model_path=str(path), n_ctx=PROMPT_TOKENS + NEW_TOKENS + 16, n_batch=PROMPT_TOKENS,
+                    n_threads=os.cpu_count() or 1, verbose=False, seed=1)
+    prompt = _prompt_ids(1)[0].tolist()
+
+    def run(n):  # llama-cpp-python's raw generator: no stop at <|endoftext|>, like the other cases
+        tokens = []
+        for token in llm.generate(prompt, top_k=TOP_K, top_p=1.0, min_p=0.0, temp=1.0, repeat_penalty=1.0, reset=True):
+            tokens.append(token)
+            if len(tokens) == n:
+                return tokens
+
+    run(8)
+    t = time.perf_counter()
+    run(NEW_TOKENS)
+    return {"tokens_per_s": NEW_TOKENS / (time.perf_counter() - t), "dtype": args.dtype}
 
 
 def _random_tokens(path: Path, n: int = 400_000) -> Path:
@@ -226,6 +250,7 @@ def case_quality(args) -> dict:
 
 
 CASES = {"machine": case_machine, "gen-hf": case_gen_hf, "gen-gpt2kit": case_gen_gpt2kit, "gen-ct2": case_gen_ct2,
+         "gen-llama": case_gen_llama,
          "train-gpt2kit": case_train_gpt2kit, "train-hf": case_train_hf, "tokenizer": case_tokenizer,
          "quality": case_quality}
 
@@ -289,6 +314,9 @@ GPT2LMHeadModel(GPT2Config()).save_pretrained({str(model)!r})
                                                                      model=model, batch=b, dtype="auto")
             for dt in peers:
                 results[f"gen_ct2_{dt}_b{b}"] = run_case("gen-ct2", model=model, batch=b, dtype=dt)
+            if b == 1 and importlib.util.find_spec("llama_cpp") is not None:  # pip install llama-cpp-python
+                for dt in ("f16", "q8_0"):
+                    results[f"gen_llama_{dt}_b1"] = run_case("gen-llama", model=model, dtype=dt)
         results["train_hf"] = run_case("train-hf", model=model, dtype="float32")
         if fast_bf16:
             results["train_hf_bf16"] = run_case("train-hf", model=model, dtype="bfloat16")

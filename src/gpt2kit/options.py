@@ -138,3 +138,12 @@ class ServeOptions:
     def load_kwargs(self) -> dict:
         """The options meant for `load`, those that were set."""
         return {k: v for k in ("device", "dtype", "checkpoint", "offline") if (v := getattr(self, k)) is not None}
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """`export`'s options (`gpt2kit export`)."""
+    type: str = "f16"  # GGUF tensor type: f32 | f16 | q8_0 (llama.cpp's converter also defaults to f16)
+    int8: bool = False  # ONNX: int8 weights (onnxruntime's weight-only MatMulNBits quantizer)
+    checkpoint: str | None = None  # which checkpoint of a run folder; None: the newest
+    offline: bool | None = None  # never download a published model

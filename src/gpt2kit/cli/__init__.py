@@ -9,6 +9,7 @@
     perplexity.py  perplexity
     download.py    download, models
     serve.py       serve
+    export.py      export
 
 Each command module has `register(subparsers)` and imports the library inside its command
 functions, so `gpt2kit --help` loads no PyTorch. Imports point one way: this module -> command
@@ -16,10 +17,10 @@ modules -> common -> the library.
 """
 from __future__ import annotations
 
-from . import common, download, encode, finetune, generate, info, merge, perplexity, serve
+from . import common, download, encode, export, finetune, generate, info, merge, perplexity, serve
 
 # The order of `gpt2kit --help`.
-COMMANDS = (generate, info, encode, finetune, merge, perplexity, download, serve)
+COMMANDS = (generate, info, encode, finetune, merge, perplexity, download, serve, export)
 
 
 def main(argv: list[str] | None = None) -> int:

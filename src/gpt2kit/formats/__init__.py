@@ -16,6 +16,7 @@ from ..errors import UserError
 from ..model import GPT
 from ..options import ConvertOptions
 from ..tokenizer import Tokenizer, tokenizer_for_folder
+from .gguf import gguf_in_folder, is_gguf_file, load_gguf
 from .huggingface import is_hf_folder, load_hf, save_hf
 from .mapped import release
 from .openai_tf import is_tf_folder, load_tf
@@ -23,7 +24,8 @@ from .openai_tf import is_tf_folder, load_tf
 FORMATS_HELP = (
     "gpt2kit reads: an OpenAI model folder (hparams.json, model.ckpt.index, model.ckpt.data-*, checkpoint), "
     "a gpt-2-simple/nshepperd run (checkpoint, model-N.index, model-N.data-*), "
-    "or a Hugging Face / gpt2kit folder (config.json with model.safetensors or pytorch_model.bin). "
+    "a Hugging Face / gpt2kit folder (config.json with model.safetensors or pytorch_model.bin), "
+    "or a llama.cpp GGUF file of the gpt2 architecture (f32, f16, q8_0). "
     "Get the official models with `gpt2kit download 124M`"
 )
 RUN_POINTER = "latest"  # a gpt2kit training run names its newest checkpoint folder in this file
@@ -75,6 +77,8 @@ def detect_format(folder: Path) -> str:
         return "huggingface"
     if is_tf_folder(folder):
         return "openai-tf" if (folder / "model.ckpt.index").is_file() else "tf-run"
+    if gguf_in_folder(folder):
+        return "gguf"
     return "unknown"
 
 
@@ -82,6 +86,8 @@ def read_checkpoint(path: str | Path, checkpoint: str | None = None) -> Checkpoi
     folder = Path(path).expanduser()
     if not folder.exists():
         raise UserError(f"model folder {folder} does not exist. {FORMATS_HELP}")
+    if folder.is_file() and (is_gguf_file(folder) or folder.suffix.lower() == ".gguf"):
+        return _read_gguf(folder)
     if folder.is_file():
         folder = folder.parent  # people pass model.safetensors or model.ckpt.index itself
     folder = resolve_run_folder(folder, checkpoint)
@@ -90,6 +96,8 @@ def read_checkpoint(path: str | Path, checkpoint: str | None = None) -> Checkpoi
     if fmt == "huggingface":
         config, sd = load_hf(folder)
         name = folder.name
+    elif fmt == "gguf":
+        return _read_gguf(gguf_in_folder(folder))
     elif fmt in ("openai-tf", "tf-run"):
         config, sd, name = load_tf(folder, checkpoint, notes)
     else:
@@ -98,6 +106,11 @@ def read_checkpoint(path: str | Path, checkpoint: str | None = None) -> Checkpoi
     if tokenizer.n_vocab > config.n_vocab:
         raise UserError(f"{folder}: its vocabulary has {tokenizer.n_vocab} tokens but the model only {config.n_vocab}")
     return Checkpoint(config, sd, tokenizer, fmt, folder, name, notes)
+
+
+def _read_gguf(path: Path) -> Checkpoint:
+    config, sd, tokenizer, notes = load_gguf(path)
+    return Checkpoint(config, sd, tokenizer, "gguf", path, path.stem, notes)
 
 
 def build_model(config: GPTConfig, state_dict: dict[str, torch.Tensor], source: Path | str, *,

@@ -1,0 +1,29 @@
+"""`gpt2kit export`: a model in another runtime's format (GGUF for llama.cpp and Ollama, ONNX for onnxruntime)."""
+from __future__ import annotations
+
+import argparse
+
+from ..options import ExportOptions
+from .common import add_field, field_names, given
+
+
+def register(sub) -> None:
+    p = sub.add_parser("export", help="write a model as GGUF (llama.cpp, Ollama, LM Studio) or ONNX (onnxruntime)",
+                       description="Write MODEL (any format gpt2kit reads, a published name, or `bundled`) "
+                                   "to OUT; OUT's suffix picks the format: .gguf or .onnx")
+    p.add_argument("model", help="a folder or file in any GPT-2 format, 124M/355M/774M/1558M, or `bundled`")
+    p.add_argument("out", help="the file to write: NAME.gguf or NAME.onnx")
+    add_field(p, ExportOptions, "type", help="GGUF tensor type: f32, f16 or q8_0")
+    add_field(p, ExportOptions, "int8", help="ONNX: int8 weights (onnxruntime's weight-only quantizer)")
+    add_field(p, ExportOptions, "checkpoint", help="which checkpoint of a run folder (default: the newest)")
+    add_field(p, ExportOptions, "offline", help="never download a published model")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ..export import export
+    options = ExportOptions(**given(args, *field_names(ExportOptions)))
+    model = None if args.model == "bundled" else args.model
+    out = export(model, args.out, type=options.type, int8=options.int8, checkpoint=options.checkpoint, offline=options.offline)
+    print(f"wrote {out}")
+    return 0

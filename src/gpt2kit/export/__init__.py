@@ -1,0 +1,65 @@
+"""Take a gpt2kit model to other runtimes: GGUF for llama.cpp (and Ollama, LM Studio), ONNX for onnxruntime.
+
+    export("checkpoint/run1", "model.gguf", type="q8_0")
+    export("checkpoint/run1", "model.onnx", int8=True)
+
+The output's suffix picks the format. Every option is checked, and the output's folder too, before the
+model is read: a mistake costs no time.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import UserError
+from ..options import ExportOptions
+
+SUFFIXES = (".gguf", ".onnx")
+
+
+def _check_out(out: Path) -> None:
+    if out.suffix.lower() not in SUFFIXES:
+        raise UserError(f"{out}: the output's suffix picks the format; name it *.gguf (llama.cpp, Ollama) or *.onnx (onnxruntime)")
+    if out.is_dir():
+        raise UserError(f"{out} is a folder; give the path of the file to write")
+    folder = out.parent
+    if not folder.is_dir():
+        raise UserError(f"{folder} does not exist; create it first or write elsewhere")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write into {folder} (permission denied); choose another output path")
+
+
+def _check_installed(modules: list[str]) -> None:
+    import importlib.util
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"this export needs {', '.join(missing)}: pip install 'gpt2kit[export]'")
+
+
+def export(model: str | Path | None, out: str | Path, *, type: str = ExportOptions.type,
+           int8: bool = ExportOptions.int8, checkpoint: str | None = ExportOptions.checkpoint, offline: bool | None = ExportOptions.offline) -> Path:
+    """Write `model` (a folder or file in any format gpt2kit reads, a published name, None: the bundled one) to `out`.
+
+    `.gguf`: llama.cpp's gpt2 architecture, tensors in `type` (f32, f16 or q8_0) with the whole vocabulary.
+    `.onnx`: a decoder with past key/values (float32; `int8`: int8 weights, onnxruntime's weight-only quantizer).
+    Defaults: gpt2kit.options.ExportOptions.
+    """
+    from .gguf import check_type, write_gguf
+    out = Path(out).expanduser()
+    _check_out(out)
+    onnx = out.suffix.lower() == ".onnx"
+    if onnx and type != ExportOptions.type:
+        raise UserError("--type is for GGUF; an ONNX export is float32, or int8 with --int8")
+    if not onnx and int8:
+        raise UserError("--int8 is for ONNX; a GGUF's precision is --type f32, f16 or q8_0")
+    check_type(type)
+    _check_installed(["onnx", "onnxscript"] + (["onnxruntime"] if int8 else []) if onnx else ["gguf"])
+    from .source import load_source
+    source = load_source(model, checkpoint=checkpoint, offline=offline)
+    if onnx:
+        from .onnx import write_onnx
+        return write_onnx(source, out, int8=int8)
+    return write_gguf(source, out, type=type)
+
+
+__all__ = ["export"]
