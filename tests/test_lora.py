@@ -223,3 +223,17 @@ def test_an_adapter_for_another_base_shape_is_refused(peft_adapter, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="has no adapter_config.json"):
         gpt2kit.load(tmp_path / "wide", device="cpu", adapter=tmp_path / "empty")
+
+
+def test_export_merges_an_adapter_into_the_gguf(hf_tiny, peft_adapter, tmp_path):
+    """`export --adapter`: the GGUF holds base + adapter, the same logits as PEFT's model (fp32)."""
+    pytest.importorskip("gguf")
+    folder, ref = peft_adapter
+    r = run_cli("export", hf_tiny, tmp_path / "tuned.gguf", "--type", "f32", "--adapter", folder)
+    assert r.returncode == 0, r.stderr
+    back = gpt2kit.load(tmp_path / "tuned.gguf", device="cpu", dtype="float32")
+    assert (logits(back.model, IDX) - ref).abs().max() < 1e-4
+    plain = run_cli("export", hf_tiny, tmp_path / "plain.gguf", "--type", "f32")
+    assert plain.returncode == 0, plain.stderr
+    base = gpt2kit.load(tmp_path / "plain.gguf", device="cpu", dtype="float32")
+    assert (logits(base.model, IDX) - ref).abs().max() > 1e-2  # the adapter is really in the first

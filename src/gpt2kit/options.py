@@ -147,3 +147,4 @@ class ExportOptions:
     int8: bool = False  # ONNX: int8 weights (onnxruntime's weight-only MatMulNBits quantizer)
     checkpoint: str | None = None  # which checkpoint of a run folder; None: the newest
     offline: bool | None = None  # never download a published model
+    adapter: str | None = None  # a LoRA adapter (PEFT's format) merged into the weights before export

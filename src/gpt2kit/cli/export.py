@@ -17,6 +17,7 @@ def register(sub) -> None:
     add_field(p, ExportOptions, "int8", help="ONNX: int8 weights (onnxruntime's weight-only quantizer)")
     add_field(p, ExportOptions, "checkpoint", help="which checkpoint of a run folder (default: the newest)")
     add_field(p, ExportOptions, "offline", help="never download a published model")
+    add_field(p, ExportOptions, "adapter", metavar="DIR", help="a LoRA adapter (PEFT's format) merged in before export")
     p.set_defaults(func=cmd_export)
 
 
@@ -24,6 +25,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ..export import export
     options = ExportOptions(**given(args, *field_names(ExportOptions)))
     model = None if args.model == "bundled" else args.model
-    out = export(model, args.out, type=options.type, int8=options.int8, checkpoint=options.checkpoint, offline=options.offline)
+    out = export(model, args.out, type=options.type, int8=options.int8, checkpoint=options.checkpoint,
+                 offline=options.offline, adapter=options.adapter)
     print(f"wrote {out}")
     return 0

@@ -37,11 +37,13 @@ def _check_installed(modules: list[str]) -> None:
 
 
 def export(model: str | Path | None, out: str | Path, *, type: str = ExportOptions.type,
-           int8: bool = ExportOptions.int8, checkpoint: str | None = ExportOptions.checkpoint, offline: bool | None = ExportOptions.offline) -> Path:
+           int8: bool = ExportOptions.int8, checkpoint: str | None = ExportOptions.checkpoint,
+           offline: bool | None = ExportOptions.offline, adapter: str | Path | None = ExportOptions.adapter) -> Path:
     """Write `model` (a folder or file in any format gpt2kit reads, a published name, None: the bundled one) to `out`.
 
     `.gguf`: llama.cpp's gpt2 architecture, tensors in `type` (f32, f16 or q8_0) with the whole vocabulary.
     `.onnx`: a decoder with past key/values (float32; `int8`: int8 weights, onnxruntime's weight-only quantizer).
+    `adapter`: a LoRA adapter (PEFT's format) merged into the weights first.
     Defaults: gpt2kit.options.ExportOptions.
     """
     from .gguf import check_type, write_gguf
@@ -55,7 +57,7 @@ def export(model: str | Path | None, out: str | Path, *, type: str = ExportOptio
     check_type(type)
     _check_installed(["onnx", "onnxscript"] + (["onnxruntime"] if int8 else []) if onnx else ["gguf"])
     from .source import load_source
-    source = load_source(model, checkpoint=checkpoint, offline=offline)
+    source = load_source(model, checkpoint=checkpoint, offline=offline, adapter=adapter)
     if onnx:
         from .onnx import write_onnx
         return write_onnx(source, out, int8=int8)

@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..adapters.lora import merge_into
+from ..adapters.peft import read_adapter
 from ..formats import build_model, read_checkpoint
 from ..hub import resolve_model_path
 from ..model import GPT
@@ -53,10 +55,15 @@ def _training_run(path: Path, checkpoint: str | None) -> str:
     return "; ".join(parts)
 
 
-def load_source(model: str | Path | None, *, checkpoint: str | None = None, offline: bool | None = None) -> Source:
-    """Read `model` (a path, a published name, None for the bundled model) into a plain float32 GPT."""
+def load_source(model: str | Path | None, *, checkpoint: str | None = None, offline: bool | None = None,
+                adapter: str | Path | None = None) -> Source:
+    """Read `model` (a path, a published name, None for the bundled model) into a plain float32 GPT,
+    with a LoRA `adapter` merged into its weights if one is given."""
     path = resolve_model_path(model, offline=offline)
     ck = read_checkpoint(path, checkpoint)
+    lora = read_adapter(adapter, ck.config) if adapter is not None else None  # checked before any work
+    if lora is not None:
+        merge_into(ck.state_dict, lora)
     gpt = build_model(ck.config, ck.state_dict, ck.path, share=True).float().eval()
     ck.state_dict.clear()  # the model owns the tensors now
     name = "gpt2kit-bundled" if path == BUNDLED_DIR else (ck.checkpoint or ck.path.name)
