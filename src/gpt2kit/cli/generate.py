@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, TextIO
 
+from .. import durable
 from ..errors import UserError
 from ..options import GenerateOptions
 from .common import add_field, add_model_args, field_names, given, load_model, log
@@ -124,9 +125,7 @@ class SampleWriter:
             self.stream.flush()
         elif self.out_dir is not None:
             path = _free_name(self.out_dir, ev.index)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(ev.text, encoding="utf-8")
-            tmp.replace(path)
+            durable.write_text(path, ev.text)
             log.info("wrote %s", path)
         else:
             if ev.index not in self.started:  # a sample with no streamed text (empty continuation)

@@ -14,6 +14,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .. import durable
 from ..config import GPTConfig
 from ..errors import UserError
 
@@ -91,8 +92,8 @@ def save_hf(folder: Path, config: GPTConfig, state_dict: dict[str, torch.Tensor]
     tmp = folder / "model.safetensors.tmp"
     save_file(out, tmp, metadata={"format": "pt", "written_by": "gpt2kit"})
     _readable_by_umask(tmp)  # safetensors writes 0600; a model folder is meant to be shared like any file
-    os.replace(tmp, folder / "model.safetensors")
+    durable.replace(tmp, folder / "model.safetensors")
     cfg = config.to_hf_config()
     if dtype is not None:
         cfg["torch_dtype"] = str(dtype).removeprefix("torch.")
-    (folder / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    durable.write_text(folder / "config.json", json.dumps(cfg, indent=2) + "\n")

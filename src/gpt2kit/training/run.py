@@ -19,6 +19,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
+from .. import durable
 from ..config import GPTConfig
 from ..devices import cpu_has_fast_bf16
 from ..errors import UserError
@@ -117,6 +118,8 @@ def start_run(*, dataset, model_name, run_name: str, opts: TrainOptions, device:
     """Set a run up: from its newest step (resume), a given checkpoint, a model, or from scratch."""
     is_main = rank == 0
     run_dir = Path(opts.checkpoint_dir) / run_name
+    if is_main:
+        durable.check_writable(run_dir)  # a read-only folder fails now, not at the first save
     config, state_dict, tokenizer, state, source = _starting_point(model_name, run_dir, opts, is_main)
     if opts.dropout != config.dropout:
         config = config.replace(dropout=opts.dropout)
