@@ -25,11 +25,11 @@ def scratch() -> Path:
     return _scratch
 
 
-def main(check: Callable[[bytes], None]) -> None:
+def main(check: Callable[[bytes], None], mutate: Callable[[bytes, int, int], bytes] | None = None) -> None:
     import atheris
     # Coverage only of gpt2kit's own code: instrumenting torch or numpy would slow each run many times over.
     with atheris.instrument_imports(include=["gpt2kit"]):
         import gpt2kit.data.tokens  # noqa: F401
         import gpt2kit.formats  # noqa: F401
-    atheris.Setup(sys.argv, check)
+    atheris.Setup(sys.argv, check, **({"custom_mutator": mutate} if mutate else {}))
     atheris.Fuzz()
