@@ -54,7 +54,8 @@ def save_checkpoint(run_dir: Path, step: int, *, config: GPTConfig, model_state:
         tmp.mkdir()
         save_hf(tmp, config, model_state)
         write_vocab(tmp, tokenizer)
-        torch.save({"version": STATE_VERSION, **training_state}, tmp / STATE_FILE)
+        with open(tmp / STATE_FILE, "wb") as f:  # a Python file: its OSError (ENOSPC) is chained to torch's
+            torch.save({"version": STATE_VERSION, **training_state}, f)  # RuntimeError; by path there is none
         if final.exists():  # moved aside (a name the stale-folder sweep removes), never deleted in place
             aside = run_dir / f".tmp-step-{step:06d}-old-{os.getpid()}"
             shutil.rmtree(aside, ignore_errors=True)
