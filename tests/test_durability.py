@@ -132,32 +132,35 @@ def test_every_save_fsyncs_the_file_before_the_rename_and_the_folder_after(tmp_p
 class Launch:
     """`gpt2kit finetune` in a subprocess, its stderr read as it comes."""
 
-    def __init__(self, args):
+    def __init__(self, args, run_dir: Path):
+        self.run_dir = run_dir
+        self.launched, self.startup = time.time(), 0.0
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV,
                                      stdin=subprocess.DEVNULL)
         self.started = threading.Event()  # set-up done: the first step is next
+        self.logged_at_start = 0
+        self.pointer_at_start = pointer(run_dir)
         self.err: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self):
         for line in self.proc.stderr:
             self.err.append(line)
-            if "starting from" in line or "resuming from" in line:
+            if "starting from" in line or "resuming from" in line:  # metrics.csv is truncated by now
+                self.logged_at_start = logged_steps(self.run_dir)
+                self.startup = time.time() - self.launched
                 self.started.set()
         self.started.set()  # it ended
 
-    def kill_when(self, mode: str, rng: random.Random, run_dir: Path) -> bool:
+    def kill_when(self, mode: str, rng: random.Random, run_dir: Path, startup: float) -> bool:
         """SIGKILL at a moment picked by `mode`; False when the run finished first."""
         if mode == "any time":  # start-up, set-up, resume, training, saving alike
-            time.sleep(rng.uniform(0, 4.0))
-        elif mode == "training":
-            self.started.wait(300)
-            time.sleep(rng.uniform(0, 1.0))
-        else:  # "saving": the moment a step folder is being written, plus up to 20 ms
-            self.started.wait(300)
-            deadline = time.time() + 60
-            while self.proc.poll() is None and time.time() < deadline and not any(run_dir.glob(".tmp-step-*")):
-                time.sleep(0.001)
+            time.sleep(rng.uniform(0, startup * 1.3))
+        elif mode == "training":  # in the step or save after this launch's first save, plus up to 50 ms
+            self._wait(lambda: self.saved() and logged_steps(run_dir) > self.logged_at_start + 1)
+            time.sleep(rng.uniform(0, 0.05))
+        else:  # "saving": while the second save of this launch is being written, plus up to 20 ms
+            self._wait(lambda: self.saved() and any(run_dir.glob(f".tmp-step-*-{self.proc.pid}")))
             time.sleep(rng.uniform(0, 0.02))
         if self.proc.poll() is not None:
             return False
@@ -165,22 +168,45 @@ class Launch:
         self.proc.wait(60)
         return True
 
+    def saved(self) -> bool:
+        """This launch has completed a save (`latest` names a newer step than at its start)."""
+        return pointer(self.run_dir) != self.pointer_at_start
+
+    def _wait(self, ready) -> None:
+        deadline = time.time() + 120
+        while self.proc.poll() is None and time.time() < deadline and not ready():
+            time.sleep(0.002)
+
+
+def pointer(run_dir: Path) -> str:
+    try:
+        return (run_dir / "latest").read_text()
+    except OSError:
+        return ""
+
+
+def logged_steps(run_dir: Path) -> int:
+    try:
+        return (run_dir / "metrics.csv").read_text().count("\n")
+    except OSError:
+        return 0
+
 
 def test_finetune_killed_at_random_moments_resumes_to_the_same_weights(corpus, tmp_path):
-    steps = 40 + 2 * KILLS
-    ref = run(finetune_args(corpus, tmp_path / "ref", steps, "--save-every", "1000"))
-    assert ref.returncode == 0, ref.stderr
+    steps = 10 + 3 * KILLS // 2  # each kill lets ~1 step through, so the run outlasts the kills
+    ref = Launch(finetune_args(corpus, tmp_path / "ref", steps, "--save-every", "1000"), tmp_path / "ref" / "run1")
+    assert ref.proc.wait(600) == 0, "".join(ref.err)
     args = finetune_args(corpus, tmp_path / "ck", steps, "--save-every", "1", "--max-checkpoints", "2")
     run_dir = tmp_path / "ck" / "run1"
     rng = random.Random(KILL_SEED)
     newest_seen, kills, in_save = 0, 0, 0
     for i in range(KILLS):
-        launch = Launch(args)
-        if not launch.kill_when(("any time", "training", "saving")[i % 3], rng, run_dir):
+        launch = Launch(args, run_dir)
+        if not launch.kill_when(("any time", "training", "saving")[i % 3], rng, run_dir, ref.startup):
             assert launch.proc.returncode == 0, "".join(launch.err)
             break
         kills += 1
-        in_save += any(run_dir.glob(".tmp-step-*"))
+        in_save += any(run_dir.glob(f".tmp-step-*-{launch.proc.pid}"))  # its own half-written step folder
         newest = newest_step(run_dir) if run_dir.is_dir() else None
         if newest is None:
             assert newest_seen == 0, f"kill {i} lost every checkpoint"

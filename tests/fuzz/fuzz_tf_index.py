@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import HERE, main, scratch  # noqa: E402
+from fuzz_common import HERE, main, scratch  # noqa: E402
 
 DATA = HERE.parent / "fixtures" / "openai_tiny" / "model.ckpt.data-00000-of-00001"
 MAX_READS = 64  # an index may name thousands of entries; reading the first ones covers the reader

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import main, scratch  # noqa: E402
+from fuzz_common import main, scratch  # noqa: E402
 
 SUFFIXES = (".tokens", ".bin", ".npz")
 

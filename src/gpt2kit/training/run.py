@@ -145,6 +145,7 @@ def start_run(*, dataset, model_name, run_name: str, opts: TrainOptions, device:
             log.info("resuming from %s at step %d", source, run.step)
             truncate_metrics(run_dir, run.step)
     elif is_main:
+        truncate_metrics(run_dir, 0)  # rows of an attempt killed before its first save
         log.info("starting from %s (%s parameters, %s)", source, f"{model.num_params():,}", precision.plan.describe())
     run.net = torch.compile(model) if opts.compile else model
     if world > 1:

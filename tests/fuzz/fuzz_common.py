@@ -8,6 +8,8 @@ The same checks replay tests/fuzz/crashers/ and the seed corpora in tests/test_f
 """
 from __future__ import annotations
 
+import atexit
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -22,6 +24,7 @@ def scratch() -> Path:
     global _scratch
     if _scratch is None:
         _scratch = Path(tempfile.mkdtemp(prefix="gpt2kit-fuzz-"))
+        atexit.register(shutil.rmtree, _scratch, True)
     return _scratch
 
 
