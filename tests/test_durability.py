@@ -6,7 +6,6 @@ and where they land; raise the first for a longer local run.
 """
 import os
 import random
-import re
 import resource
 import shutil
 import signal
