@@ -158,8 +158,10 @@ class Launch:
         elif mode == "training":  # in the step or save after this launch's first save, plus up to 50 ms
             self._wait(lambda: self.saved() and logged_steps(run_dir) > self.logged_at_start + 1)
             time.sleep(rng.uniform(0, 0.05))
-        else:  # "saving": while the second save of this launch is being written, plus up to 20 ms
-            self._wait(lambda: self.saved() and any(run_dir.glob(f".tmp-step-*-{self.proc.pid}")))
+        else:  # "saving": while the second save of this launch is being written, plus up to 20 ms; if the
+            # polling misses every save (a busy machine), at the third step after the first save
+            self._wait(lambda: self.saved() and (any(run_dir.glob(f".tmp-step-*-{self.proc.pid}"))
+                                                 or logged_steps(run_dir) > self.logged_at_start + 3))
             time.sleep(rng.uniform(0, 0.02))
         if self.proc.poll() is not None:
             return False
