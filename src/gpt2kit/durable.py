@@ -27,7 +27,10 @@ READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 def fsync_path(path: Path) -> None:
     """fsync a file or a folder by name (Linux and macOS allow fsync on a read-only descriptor)."""
-    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if Path(path).is_dir() else 0)
+    is_dir = Path(path).is_dir()
+    if is_dir and os.name == "nt":  # Windows cannot open a folder, and NTFS journals renames itself
+        return
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if is_dir else 0)
     fd = os.open(path, flags)
     try:
         os.fsync(fd)
