@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, TextIO
 
+from .. import durable
 from ..data.templates import DOCUMENT_START, Template, parse_assignment, parse_template, read_field_sets
 from ..errors import UserError
 from ..options import GenerateOptions
@@ -164,9 +165,7 @@ class SampleWriter:
             self.stream.flush()
         elif self.out_dir is not None:
             path = _free_name(self.out_dir, ev.index)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(ev.text, encoding="utf-8")
-            tmp.replace(path)
+            durable.write_text(path, ev.text)
             log.info("wrote %s", path)
         else:
             if ev.index not in self.started:  # a sample with no streamed text (empty continuation)

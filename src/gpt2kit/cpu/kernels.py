@@ -24,6 +24,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import durable
 from ..paths import KERNEL_SOURCES_DIR, kernels_dir
 from .features import CpuInfo, detect
 from .structs import ModelStruct
@@ -143,7 +144,7 @@ def _build(so: Path, cc: str, flags: list[str]) -> None:
         subprocess.run([cc, *COMMON_FLAGS, *flags, "-o", tmp, *map(str, SOURCES), *LIBS],
                        check=True, capture_output=True, timeout=120)
         os.chmod(tmp, 0o755)
-        os.replace(tmp, so)  # atomic: a second process building at the same time finds a whole library
+        durable.replace(tmp, so)  # a second process building at the same time finds a whole library
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -13,8 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from importlib import metadata
@@ -22,6 +20,7 @@ from importlib import metadata
 import torch
 import torch.nn.functional as F
 
+from .. import durable
 from ..model import GPT
 from ..paths import HELDOUT_TEXT, tuning_dir
 from .candidates import Candidate, candidates, linear_maker, trial
@@ -80,10 +79,7 @@ def _read(path) -> dict:
 def _write(path, data: dict) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
+        durable.write_text(path, json.dumps(data, indent=1))
     except OSError as e:  # a read-only home only costs measuring again next time
         log.debug("could not keep the CPU tuning in %s: %s", path, e)
 

@@ -14,12 +14,15 @@ nanoGPT's headerless uint16 .bin.
 """
 from __future__ import annotations
 
-import os
+import contextlib
 import struct
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
+from .. import durable
 from ..errors import UserError
 
 MAGIC = b"GPT2KTOK"
@@ -32,7 +35,9 @@ def token_dtype(n_vocab: int) -> np.dtype:
 
 
 class TokenWriter:
-    """Appends token arrays to a file under a temporary name; `close` writes the header and renames."""
+    """Appends token arrays to a file under a temporary name; `close` writes the header, fsyncs and renames
+    (durable.py), so the dataset is whole or absent even after a power cut. A full or read-only disk is a
+    UserError."""
 
     def __init__(self, path: Path, n_vocab: int):
         self.path = Path(path)
@@ -41,25 +46,39 @@ class TokenWriter:
         self.n_vocab = n_vocab
         self.n_tokens = 0
         self.n_docs = 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.f = open(self.tmp, "wb")
-        self.f.write(b"\0" * HEADER.size)
+        with self._disk_errors():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.f = open(self.tmp, "wb")
+            self.f.write(b"\0" * HEADER.size)
 
     def write(self, tokens: np.ndarray | list[int], docs: int = 1) -> None:
         arr = np.asarray(tokens, dtype=self.dtype)
-        self.f.write(arr.tobytes())
+        with self._disk_errors():
+            self.f.write(arr.tobytes())
         self.n_tokens += arr.size
         self.n_docs += docs
 
     def close(self) -> None:
-        self.f.seek(0)
-        self.f.write(HEADER.pack(MAGIC, VERSION, self.dtype.itemsize, self.n_tokens, self.n_vocab, self.n_docs))
-        self.f.close()
-        os.replace(self.tmp, self.path)
+        with self._disk_errors():
+            self.f.seek(0)
+            self.f.write(HEADER.pack(MAGIC, VERSION, self.dtype.itemsize, self.n_tokens, self.n_vocab, self.n_docs))
+            self.f.close()
+            durable.replace(self.tmp, self.path)
 
     def abort(self) -> None:
-        self.f.close()
+        with contextlib.suppress(OSError):  # closing flushes, which fails again on a full disk
+            self.f.close()
         self.tmp.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def _disk_errors(self):
+        try:
+            yield
+        except OSError as e:
+            error = durable.user_error_for(e, self.path)
+            if error is None:
+                raise
+            raise error from None
 
 
 def is_token_file(path: Path) -> bool:
@@ -79,14 +98,7 @@ def read_tokens(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise UserError(f"dataset {path} does not exist; make one with `gpt2kit encode TEXT... --output {path}`")
     if path.suffix == ".npz":
-        try:
-            with np.load(path) as npz:
-                arrays = [npz[k].reshape(-1) for k in npz.files]
-        except (ValueError, OSError) as e:
-            raise UserError(f"{path} is not a readable .npz dataset ({e})") from None
-        if not arrays:
-            return np.zeros(0, np.uint16)
-        return np.concatenate(arrays).astype(np.int64 if max(a.max(initial=0) for a in arrays) > 65535 else np.uint16)
+        return _read_npz(path)
     with open(path, "rb") as f:
         head = f.read(HEADER.size)
     if head[:8] == MAGIC:
@@ -111,6 +123,25 @@ def read_tokens(path: str | Path) -> np.ndarray:
         return np.memmap(path, dtype=np.uint16, mode="r") if path.stat().st_size else np.zeros(0, np.uint16)
     raise UserError(f"{path} is not a token dataset (gpt2kit, .npz or nanoGPT .bin); "
                     f"pass text files and gpt2kit encodes them, or run `gpt2kit encode {path} --output data.tokens`")
+
+
+def _read_npz(path: Path) -> np.ndarray:
+    """gpt-2-simple's .npz: every array flattened and joined, as uint16 where the ids fit."""
+    try:
+        with np.load(path) as npz:
+            arrays = [npz[k].reshape(-1) for k in npz.files]
+    # A damaged zip fails inside zipfile or zlib with their own exception types, an "encrypted" member with
+    # RuntimeError, an absurd array size with MemoryError (all found by fuzzing).
+    except (ValueError, OSError, EOFError, RuntimeError, MemoryError, zipfile.BadZipFile, zlib.error,
+            NotImplementedError) as e:
+        raise UserError(f"{path} is not a readable .npz dataset ({str(e)[:120]}); encode the text again") from None
+    for a in arrays:
+        if a.dtype.kind not in "ui" or (a.size and int(a.min()) < 0):
+            raise UserError(f"{path} holds {a.dtype} values{' below 0' if a.dtype.kind in 'ui' else ''}, "
+                            f"not token ids; encode the text again")
+    if not arrays:
+        return np.zeros(0, np.uint16)
+    return np.concatenate(arrays).astype(np.int64 if max(a.max(initial=0) for a in arrays) > 65535 else np.uint16)
 
 
 def dataset_info(path: str | Path) -> dict:

@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .. import durable
 from ..config import GPTConfig
 from ..errors import UserError
 
@@ -78,7 +79,9 @@ def load_hf(folder: Path) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
                 continue
             key = key.removeprefix("transformer.")
             t = t.float()  # the same tensor when it is fp32 already
-            sd[key] = t.t() if key.endswith(TRANSPOSED) else t  # (out, in) view of the stored (in, out)
+            if key.endswith(TRANSPOSED) and t.dim() == 2:  # another rank fails build_model's shape check
+                t = t.t()  # (out, in) view of the stored (in, out)
+            sd[key] = t
     return config, sd
 
 
@@ -102,8 +105,8 @@ def save_hf(folder: Path, config: GPTConfig, state_dict: dict[str, torch.Tensor]
     tmp = folder / "model.safetensors.tmp"
     save_file(out, tmp, metadata={"format": "pt", "written_by": "gpt2kit"})
     _readable_by_umask(tmp)  # safetensors writes 0600; a model folder is meant to be shared like any file
-    os.replace(tmp, folder / "model.safetensors")
+    durable.replace(tmp, folder / "model.safetensors")
     cfg = config.to_hf_config()
     if dtype is not None:
         cfg["torch_dtype"] = str(dtype).removeprefix("torch.")
-    (folder / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    durable.write_text(folder / "config.json", json.dumps(cfg, indent=2) + "\n")

@@ -7,8 +7,9 @@
         training_state.pt     optimizer moments, schedule position, step, every RNG, sampler position
       metrics.csv, loss.png
 
-A step folder is written under a temporary name and renamed when complete, and `latest` moves
-only after that, so a kill -9 mid-save never leaves a broken newest checkpoint. Which step folder
+A step folder is written under a temporary name, fsynced, and renamed when complete, and `latest`
+moves only after that (durable.py), so neither a kill -9 mid-save nor a power cut after it leaves a
+broken newest checkpoint. Which step folder
 is the newest has one rule, `formats.newest_step`, shared by loading and resuming.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Callable
 
 import torch
 
+from .. import durable
 from ..config import GPTConfig
 from ..errors import UserError
 from ..formats import RUN_POINTER, newest_step, save_hf, write_vocab
@@ -43,30 +45,56 @@ latest_checkpoint = newest_step
 def save_checkpoint(run_dir: Path, step: int, *, config: GPTConfig, tokenizer: Tokenizer, training_state: dict,
                     max_checkpoints: int, model_state: dict | None = None,
                     write_weights: Callable[[Path], None] | None = None) -> Path:
-    """A step folder with `model_state` as model.safetensors, or whatever `write_weights(folder)` writes
-    there instead (a LoRA run's adapter: training/lora.py)."""
+    """Write step-N durably (every file and the folder fsynced before the rename), then point `latest` at it.
+    The weights are `model_state` as model.safetensors, or whatever `write_weights(folder)` writes there
+    instead (a LoRA run's adapter: training/lora.py).
+
+    A full or read-only disk is a UserError that leaves every earlier step folder as it was."""
     run_dir.mkdir(parents=True, exist_ok=True)
     final = run_dir / f"step-{step:06d}"
     tmp = run_dir / f".tmp-step-{step:06d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    if write_weights is not None:
-        write_weights(tmp)
-    else:
-        save_hf(tmp, config, model_state)
-    write_vocab(tmp, tokenizer)
-    torch.save({"version": STATE_VERSION, **training_state}, tmp / STATE_FILE)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    pointer_tmp = run_dir / f".{RUN_POINTER}.tmp"
-    pointer_tmp.write_text(final.name + "\n")
-    os.replace(pointer_tmp, run_dir / RUN_POINTER)
+    durable.require_space(run_dir, _bytes_in(model_state) + _bytes_in(training_state))
+    try:
+        tmp.mkdir()
+        if write_weights is not None:
+            write_weights(tmp)
+        else:
+            save_hf(tmp, config, model_state)
+        write_vocab(tmp, tokenizer)
+        with open(tmp / STATE_FILE, "wb") as f:  # a Python file: its OSError (ENOSPC) is chained to torch's
+            torch.save({"version": STATE_VERSION, **training_state}, f)  # RuntimeError; by path there is none
+        if final.exists():  # moved aside (a name the stale-folder sweep removes), never deleted in place
+            aside = run_dir / f".tmp-step-{step:06d}-old-{os.getpid()}"
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(final, aside)
+        durable.replace(tmp, final)
+        durable.write_text(run_dir / RUN_POINTER, final.name + "\n")
+    except Exception as e:
+        error = durable.user_error_for(e, tmp)
+        if error is None:
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # give the space back; the earlier steps are untouched
+        raise error from None
     for old in step_folders(run_dir)[:-max_checkpoints]:
         shutil.rmtree(old, ignore_errors=True)
-    for stale in run_dir.glob(".tmp-step-*"):  # left by a save that was killed
-        shutil.rmtree(stale, ignore_errors=True)
+    for stale in [*run_dir.glob(".tmp-step-*"), *run_dir.glob(f".{RUN_POINTER}.*.tmp")]:  # left by killed saves
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
     return final
+
+
+def _bytes_in(obj) -> int:
+    """Bytes of every tensor in a nested dict/list: what a save of it writes, give or take the headers."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_bytes_in(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_bytes_in(v) for v in obj)
+    return 0
 
 
 def load_training_state(folder: Path) -> dict | None:

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
+
+from .. import durable
 
 FIELDS = ["step", "elapsed_s", "loss", "avg_loss", "lr", "tokens_per_s", "val_loss", "val_ppl"]
 
@@ -23,9 +24,8 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
     path = run_dir / "metrics.csv"
     if not path.is_file():
         return
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
-    with open(path, "w", newline="") as f:
+    rows = [r for r in _read_rows(path) if int(r["step"]) <= step]
+    with durable.atomic_open(path, "w", newline="") as f:  # a kill mid-rewrite keeps the old file whole
         w = csv.DictWriter(f, fieldnames=FIELDS)
         w.writeheader()
         w.writerows(rows)
@@ -38,8 +38,7 @@ def plot_losses(run_dir: Path, title: str = "") -> Path | None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = _read_rows(path)
     train = [(int(r["step"]), float(r["avg_loss"])) for r in rows if r["avg_loss"]]
     val = [(int(r["step"]), float(r["val_loss"])) for r in rows if r["val_loss"]]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
@@ -57,5 +56,13 @@ def plot_losses(run_dir: Path, title: str = "") -> Path | None:
     tmp = run_dir / ".loss.tmp.png"
     fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, out)
+    durable.replace(tmp, out)
     return out
+
+
+def _read_rows(path: Path) -> list[dict]:
+    """The whole rows of metrics.csv: a last line without its newline was cut by a kill and is dropped."""
+    lines = path.read_text().splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines.pop()
+    return [r for r in csv.DictReader(lines) if (r.get("step") or "").isdigit()]

@@ -19,6 +19,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
+from .. import durable
 from ..config import GPTConfig
 from ..devices import cpu_has_fast_bf16
 from ..errors import UserError
@@ -127,6 +128,8 @@ def start_run(*, dataset, model_name, run_name: str, opts: TrainOptions, device:
     """Set a run up: from its newest step (resume), a given checkpoint, a model, or from scratch."""
     is_main = rank == 0
     run_dir = Path(opts.checkpoint_dir) / run_name
+    if is_main:
+        durable.check_writable(run_dir)  # a read-only folder fails now, not at the first save
     start = _starting_point(model_name, run_dir, opts, is_main)
     config, tokenizer, state, source = start.config, start.tokenizer, start.state, start.source
     if opts.dropout != config.dropout:
@@ -155,6 +158,7 @@ def start_run(*, dataset, model_name, run_name: str, opts: TrainOptions, device:
             log.info("resuming from %s at step %d", source, run.step)
             truncate_metrics(run_dir, run.step)
     elif is_main:
+        truncate_metrics(run_dir, 0)  # rows of an attempt killed before its first save
         log.info("starting from %s (%s parameters, %s)", source, f"{model.num_params():,}", precision.plan.describe())
         if opts.lora_rank is not None:
             log.info("%s", lora_summary(model, opts, storage))

@@ -1,0 +1,145 @@
+"""Durable saves: the one home for writing a file (or a folder) so that it is whole or absent.
+
+A rename alone survives a killed process but not a machine that loses power: ext4, XFS and btrfs
+may commit the rename before the file's data, so after a crash the new name can point at an empty
+file. SQLite and LevelDB avoid that the same way done here: write under a temporary name in the
+same folder, fsync the file, rename it over the old one, then fsync the folder so the rename
+itself is on disk. A folder (a checkpoint) gets every file in it fsynced, then the folder.
+
+`disk_full` and `user_error_for` turn "the disk is full / read-only" into a UserError, which
+PyTorch and safetensors otherwise report as an opaque RuntimeError or SafetensorError.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import IO, Iterator
+
+from .errors import UserError
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # EFBIG: a file-size limit (ulimit -f) was reached
+READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file or a folder by name (Linux and macOS allow fsync on a read-only descriptor)."""
+    is_dir = Path(path).is_dir()
+    if is_dir and os.name == "nt":  # Windows cannot open a folder, and NTFS journals renames itself
+        return
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if is_dir else 0)
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: Path) -> None:
+    """fsync every file under `folder`, then the folders themselves (deepest first)."""
+    folders = []
+    for root, _, files in os.walk(folder):
+        folders.append(Path(root))
+        for name in files:
+            fsync_path(Path(root) / name)
+    for d in reversed(folders):
+        fsync_path(d)
+
+
+def replace(tmp: Path, dest: Path) -> None:
+    """Move a finished `tmp` (file or folder, in dest's folder) onto `dest`, durably."""
+    tmp, dest = Path(tmp), Path(dest)
+    if tmp.is_dir():
+        fsync_tree(tmp)
+    else:
+        fsync_path(tmp)
+    os.replace(tmp, dest)
+    fsync_path(dest.parent)  # the rename itself: without this it may not survive a power cut
+
+
+def temp_name(dest: Path) -> Path:
+    """A temporary name beside `dest` that no other process picks and no reader mistakes for `dest`."""
+    dest = Path(dest)
+    return dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+
+
+@contextlib.contextmanager
+def atomic_open(dest: Path, mode: str = "wb", **kwargs) -> Iterator[IO]:
+    """Open a temporary file beside `dest`; on a clean exit it replaces `dest` durably, on an error it goes."""
+    dest = Path(dest)
+    tmp = temp_name(dest)
+    try:
+        with open(tmp, mode, **kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+        fsync_path(dest.parent)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def write_bytes(dest: Path, data: bytes) -> None:
+    with atomic_open(dest, "wb") as f:
+        f.write(data)
+
+
+def write_text(dest: Path, text: str, encoding: str = "utf-8") -> None:
+    write_bytes(dest, text.encode(encoding))
+
+
+def os_error(e: BaseException) -> int | None:
+    """The errno behind `e`: its own, a chained OSError's (torch.save wraps them), or one named in the
+    message (safetensors' Rust errors say "(os error 28)")."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno:
+            return e.errno
+        m = re.search(r"\(os error (\d+)\)", str(e))
+        if m:
+            return int(m.group(1))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def user_error_for(e: BaseException, path: Path) -> UserError | None:
+    """A clear UserError when `e` means the disk is full or not writable while writing `path`, else None."""
+    code = os_error(e)
+    if code in NO_SPACE:
+        return UserError(f"no space left while writing {path} ({os.strerror(code)}); free some space "
+                         f"(or raise the file-size limit) and run the command again")
+    if code in READ_ONLY:
+        return UserError(f"cannot write {path} ({os.strerror(code)}); choose a folder you can write")
+    return None
+
+
+def check_writable(folder: Path) -> None:
+    """Prove that `folder` can be written (or created), before any work starts, without leaving anything.
+
+    The probe is a real write in `folder`, or in its nearest existing parent when it does not exist
+    yet: os.access says yes to root on a chmod 0555 folder, and only a write meets a read-only mount."""
+    folder = Path(folder).absolute()
+    target = next((p for p in (folder, *folder.parents) if p.exists()), folder)
+    if not target.is_dir():
+        raise UserError(f"cannot create {folder}: {target} is a file, not a folder; choose another folder")
+    probe = target / f".write-test.{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise user_error_for(e, folder) or UserError(f"cannot write in {folder} ({e.strerror}); "
+                                                     f"choose a folder you can write") from None
+
+
+def require_space(folder: Path, needed: int) -> None:
+    """UserError before writing `needed` bytes into `folder` when the disk clearly lacks them."""
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise UserError(f"{folder} has {free / 2**20:,.0f} MiB free but the save needs about "
+                        f"{needed / 2**20:,.0f} MiB; free some space and run the command again")
