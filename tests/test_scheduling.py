@@ -12,6 +12,7 @@ import time
 import urllib.request
 
 import pytest
+import torch
 
 openai = pytest.importorskip("openai")
 requests = pytest.importorskip("requests")  # a plain HTTP client for raw server-sent events
@@ -176,10 +177,23 @@ def test_a_non_streaming_client_that_leaves_frees_its_rows(busy_server):
     assert post(url, {"prompt": "after", "max_tokens": 3})[0] == 200
 
 
-def test_sigterm_answers_every_accepted_stream_and_exits_0(hf_tiny):
-    proc, url = start_server(hf_tiny, "--dtype", "float32", "--max-batch", "7", "--shutdown-timeout", "3")
+@pytest.fixture(scope="module")
+def long_context(tmp_path_factory):
+    """A small random GPT-2 with a 1024-token context: rows that can run long enough to outlast a shutdown."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("long") / "long"
+    GPT2LMHeadModel(GPT2Config(n_positions=1024, n_embd=128, n_layer=4, n_head=4)).save_pretrained(folder)
+    return folder
+
+
+def test_sigterm_answers_every_accepted_stream_and_exits_0(long_context):
+    # The long ones ask for ~1000 tokens each (never <|endoftext|>): seconds of decoding, past the 1 s the
+    # server gives them; the short ones need a few steps.
+    proc, url = start_server(long_context, "--dtype", "float32", "--max-batch", "7", "--shutdown-timeout", "1")
     bodies = [{"prompt": f"Short {i}", "max_tokens": 5, "seed": i} for i in range(3)] + \
-             [{"prompt": f"Long {i}", "max_tokens": 1000, "n": 2, "seed": i} for i in range(4)]
+             [{"prompt": f"Long {i}", "max_tokens": 1000, "n": 2, "seed": i, "logit_bias": {"50256": -100}}
+              for i in range(4)]
     started, opened = threading.Semaphore(0), threading.Semaphore(0)
     with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
         # 7 rows fill the batch; the last two requests (4 rows) wait for room
@@ -200,6 +214,7 @@ def test_sigterm_answers_every_accepted_stream_and_exits_0(hf_tiny):
         errors += error
         complete += finished == set(range(body.get("n", 1)))
         assert error or finished == set(range(body.get("n", 1))), events[-3:]  # ...complete, or with an error event
-    assert errors >= 1 and complete >= 1  # the last long one waits for another: not done in 3 s; a short one is
+    summary = "; ".join(f"{b['prompt']}: {len(ev)} events, {str(ev[-2])[-160:]}" for b, ev in zip(bodies, outcomes))
+    assert errors >= 1 and complete >= 1, summary  # the last long one waits for another: not done in 1 s; a short one is
     with pytest.raises(requests.ConnectionError):  # and nothing new is accepted
         requests.post(url + "/v1/completions", json={"prompt": "x"}, timeout=5)
