@@ -69,7 +69,9 @@ def workload(n: int, n_ctx: int, lo: int, hi: int, seed: int) -> list[dict]:
         p = min(p, n_ctx - 1 - lo)
         m = min(m, n_ctx - 1 - p)
         out.append({"prompt": [rng.randrange(50000) for _ in range(p)], "max_tokens": m, "seed": i,
-                    "temperature": 1.0, "top_k": 40, "stream": True})
+                    "temperature": 1.0, "top_k": 40, "stream": True,
+                    # OpenAI's semantics: usage in a stream only when asked (the baseline sends it anyway)
+                    "stream_options": {"include_usage": True}})
     return out
 
 
