@@ -147,7 +147,8 @@ def _csv_documents(path: Path, text: str, column: str | None) -> Iterator[str]:
             yield row[col]
 
 
-def _jsonl_documents(path: Path, text: str, field: str) -> Iterator[str]:
+def json_lines(path: Path, text: str) -> Iterator[tuple[int, object]]:
+    """(line number, parsed value) of every non-blank line of a JSONL file; a bad line is a UserError."""
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -155,6 +156,11 @@ def _jsonl_documents(path: Path, text: str, field: str) -> Iterator[str]:
             obj = json.loads(line)
         except ValueError:
             raise UserError(f"{path}:{n} is not valid JSON") from None
+        yield n, obj
+
+
+def _jsonl_documents(path: Path, text: str, field: str) -> Iterator[str]:
+    for n, obj in json_lines(path, text):
         if not isinstance(obj, dict) or field not in obj:
             raise UserError(f"{path}:{n} has no field {field!r}; pass --field NAME")
         if obj[field]:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 from typing import Iterator
 
 from ..errors import UserError
-from .extract import ReadOptions, documents, read_text
+from .extract import ReadOptions, documents, json_lines, read_text
 from .keywords import SEPARATOR, extract_keywords
 from .templates import Field, Template, parse_template
 
@@ -43,13 +42,7 @@ def _csv_records(path: Path, text: str) -> Iterator[tuple[str, dict[str, str]]]:
 
 
 def _jsonl_records(path: Path, text: str) -> Iterator[tuple[str, dict[str, str]]]:
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            raise UserError(f"{path}:{n} is not valid JSON") from None
+    for n, obj in json_lines(path, text):
         if not isinstance(obj, dict):
             raise UserError(f"{path}:{n} is not a JSON object")
         yield f"{path} line {n}", {k: "" if v is None else str(v) for k, v in obj.items()}
