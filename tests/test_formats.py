@@ -54,6 +54,27 @@ def test_hf_logits_and_greedy_match_transformers(hf_tiny, lm_tiny):
     assert sample.tokens == out
 
 
+
+@pytest.mark.parametrize("key,value", [("activation_function", "relu"), ("scale_attn_by_inverse_layer_idx", True),
+                                       ("tie_word_embeddings", False)])
+def test_a_local_gpt2_variant_is_refused_not_misread(hf_tiny, tmp_path, key, value):
+    """A folder whose config.json asks transformers for a computation gpt2kit's model does not do loads as a
+    clear refusal, not as a model with silently different outputs. transformers says the outputs do differ."""
+    from transformers import GPT2LMHeadModel
+    folder = tmp_path / "variant"
+    shutil.copytree(hf_tiny, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg[key] = value
+    (folder / "config.json").write_text(json.dumps(cfg))
+    if key != "tie_word_embeddings":  # untied, the saved file has no separate lm_head to compare with
+        idx = torch.randint(0, 50257, (1, 16), generator=torch.Generator().manual_seed(2))
+        with torch.no_grad():
+            plain = GPT2LMHeadModel.from_pretrained(hf_tiny).eval()(idx).logits
+            variant = GPT2LMHeadModel.from_pretrained(folder).eval()(idx).logits
+        assert (plain - variant).abs().max() > 1e-4  # beyond the 1e-4 of the parity tests above
+    with pytest.raises(UserError, match=f"{key}.*variant"):
+        gpt2kit.load(folder, device="cpu")
+
 @pytest.mark.parametrize("variant", ["sharded", "bin"])
 def test_hf_sharded_and_bin(hf_tiny, lm_tiny, tmp_path, variant):
     from transformers import GPT2LMHeadModel

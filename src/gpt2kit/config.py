@@ -7,6 +7,13 @@ from dataclasses import dataclass
 from .errors import UserError
 
 
+# config.json keys that change what a GPT-2 computes, and the values gpt2kit's model reproduces
+# (transformers' GPT2Model options; "gelu_pytorch_tanh" is the same tanh GELU as "gelu_new").
+HF_EXACT = {"activation_function": (None, "gelu_pytorch_tanh", "gelu_new"), "scale_attn_weights": (None, True),
+            "scale_attn_by_inverse_layer_idx": (None, False), "add_cross_attention": (None, False),
+            "reorder_and_upcast_attn": (None, True, False), "tie_word_embeddings": (None, True)}
+
+
 @dataclass(frozen=True)
 class GPTConfig:
     n_vocab: int = 50257
@@ -57,10 +64,16 @@ class GPTConfig:
 
     @classmethod
     def from_hf_config(cls, cfg: dict) -> "GPTConfig":
+        """The shape a transformers config.json describes; one clear line for anything that is not a GPT-2
+        whose outputs gpt2kit's model reproduces (the one rule, for local folders and hub downloads alike)."""
         if cfg.get("model_type", "gpt2") != "gpt2":
             raise UserError(f"config.json describes a {cfg.get('model_type')!r} model, not GPT-2")
         if cfg.get("n_inner") not in (None, 4 * cfg["n_embd"]):
             raise UserError("config.json sets n_inner to something other than 4*n_embd; gpt2kit loads GPT-2's own shape only")
+        for key, allowed in HF_EXACT.items():
+            if cfg.get(key) not in allowed:
+                raise UserError(f"config.json sets {key}={cfg[key]!r}, a GPT-2 variant gpt2kit does not compute "
+                                f"(it computes {key}={allowed[-1]!r})")
         return cls(
             n_vocab=cfg["vocab_size"],
             n_ctx=cfg.get("n_positions", cfg.get("n_ctx", 1024)),

@@ -46,10 +46,6 @@ WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.b
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json", "generation_config.json")
 LISTING_LIMIT = 16 << 20  # bytes; a listing of thousands of files is a few MB
-# config.json keys that change what a GPT-2 computes, and the values that gpt2kit's model reproduces
-# (transformers' GPT2Model options; "gelu_pytorch_tanh" is the same tanh GELU as "gelu_new").
-EXACT = {"activation_function": (None, "gelu_new", "gelu_pytorch_tanh"), "scale_attn_weights": (None, True),
-         "scale_attn_by_inverse_layer_idx": (None, False), "add_cross_attention": (None, False)}
 
 
 def hub_url() -> str:
@@ -143,12 +139,10 @@ def check_gpt2(ref: RepoRef, config_path: Path) -> None:
     if kind != "gpt2":
         raise UserError(f"{ref.display} is not a GPT-2: its config.json says model_type {kind!r}; gpt2kit runs "
                         f"GPT-2 models (model_type \"gpt2\") only")
-    for key, allowed in EXACT.items():
-        if cfg.get(key) not in allowed:
-            raise UserError(f"{ref.display} is a GPT-2 variant gpt2kit does not compute: config.json sets "
-                            f"{key}={cfg[key]!r}")
     try:
         GPTConfig.from_hf_config(cfg)
+    except UserError as e:
+        raise UserError(f"{ref.display}: {e}") from None
     except (KeyError, TypeError) as e:
         raise UserError(f"{ref.display}: its config.json lacks or mistypes {e}; it is not a usable GPT-2 config") from None
 
