@@ -46,6 +46,12 @@ def test_onnx_decodes_with_past_like_gpt2kit(hf_tiny, tmp_path):
     sess = session(out)
     assert [i.name for i in sess.get_inputs()][:4] == ["input_ids", "attention_mask", "position_ids", "past_key_values.0.key"]
     assert [o.name for o in sess.get_outputs()][:3] == ["logits", "present.0.key", "present.0.value"]
+    shapes = {v.name: v.shape for v in [*sess.get_inputs(), *sess.get_outputs()]}  # Optimum's axis names
+    assert shapes["input_ids"] == ["batch_size", "sequence_length"]
+    assert shapes["attention_mask"] == ["batch_size", "total_sequence_length"]
+    assert shapes["past_key_values.1.value"] == ["batch_size", ck.config.n_head, "past_sequence_length",
+                                                 ck.config.n_embd // ck.config.n_head]
+    assert shapes["logits"] == ["batch_size", "sequence_length", ck.config.n_vocab]
     rows = [ck.tokenizer.encode("Past keys and values carry the prompt forward"), ck.tokenizer.encode("Short one")]
     width = max(map(len, rows))
     ids = np.array([[0] * (width - len(r)) + r for r in rows])

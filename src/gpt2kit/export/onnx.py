@@ -15,6 +15,7 @@ so a runtime prefills a prompt with empty pasts, then feeds each new token with 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -90,6 +91,28 @@ def _export_fp32(model: GPT, path: Path) -> None:
     torch.onnx.export(DecoderWithPast(model).eval(), _example(model), str(path), dynamo=True, opset_version=OPSET,
                       input_names=inputs, output_names=outputs, dynamic_shapes=shapes, external_data=big,
                       optimize=True, verbose=False)
+    _name_axes(path)
+
+
+def _name_axes(path: Path) -> None:
+    """Give the exporter's axis symbols (s3, s70, "s70 + s85") Optimum's names (batch_size, sequence_length,
+    past_sequence_length, total_sequence_length), so runtimes and readers see which axis is which.
+
+    The exporter gives every past tensor its own symbol for the same length; all of them become one name."""
+    import onnx
+    model = onnx.load(path, load_external_data=False)  # the proto only; the weights stay where they are
+    graph = model.graph
+    inputs = {v.name: v.type.tensor_type.shape.dim for v in graph.input}
+    names = {inputs["input_ids"][0].dim_param: "batch_size", inputs["input_ids"][1].dim_param: "sequence_length",
+             inputs["attention_mask"][1].dim_param: "total_sequence_length"}
+    names.update({dims[2].dim_param: "past_sequence_length" for name, dims in inputs.items()
+                  if name.startswith("past_key_values.")})
+    symbol = re.compile(r"\bs\d+\b")
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param:
+                dim.dim_param = symbol.sub(lambda m: names.get(m.group(), m.group()), dim.dim_param)
+    onnx.save(model, path)
 
 
 def _quantize_int8(src: Path, dst: Path) -> None:
