@@ -393,10 +393,11 @@ def test_lm_evaluation_harness_scores_a_served_model(tmp_path):
     model = scoring_model(folder)
     write_mc_task(tmp_path / "task")
     tok = AutoTokenizer.from_pretrained(folder)
-    with torch.no_grad():  # the model ends most scored texts and not all: both ways of ending are checked
-        ends = [model(torch.tensor([tok.encode(q) + tok.encode(" " + c)])).logits[0, -1].argmax().item() == 50256
-                for q, choices, _ in MC_ITEMS for c in choices]
-    assert any(ends) and not all(ends)
+    texts = [tok.encode(q) + tok.encode(" " + c) for q, choices, _ in MC_ITEMS for c in choices]
+    with torch.no_grad():  # the next token's logprobs after each scored text
+        after = [model(torch.tensor([ids])).logits[0, -1].log_softmax(-1) for ids in texts]
+    ends = [lp.argmax().item() == 50256 for lp in after]
+    assert any(ends) and not all(ends)  # the model ends most scored texts and not all: both ways are checked
     # the reference runs alongside (the machine has 2 cores; each run is mostly lm_eval's start-up)
     hf = lm_eval(tmp_path, "hf", "hf", f"pretrained={folder},dtype=float32", "--device", "cpu", "--batch_size", "4")
     proc, url = start_server(folder, "--dtype", "float32")
@@ -407,7 +408,20 @@ def test_lm_evaluation_harness_scores_a_served_model(tmp_path):
                          f"model=tiny,base_url={url}/v1/completions,tokenizer_backend=huggingface,"
                          f"tokenizer={folder},max_length=64,num_concurrent=1,max_retries=1", "--batch_size", "8")
         got = lm_eval_samples(tmp_path, "served", served)
-        assert 0 < health(url)["requests"] < sum(len(c) for _, c, _ in MC_ITEMS)  # lists of prompts were sent
+        assert 0 < health(url)["requests"] < len(texts)  # lists of prompts were sent
+        # The end of text that stops a row is listed in logprobs (not in the text), streamed or not, as OpenAI's.
+        ended, eot_logprob = next((ids, lp[50256].item()) for ids, lp, end in zip(texts, after, ends) if end)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused")
+        r = client.completions.create(model="tiny", prompt=ended, max_tokens=1, echo=True, logprobs=1, temperature=0)
+        lp = r.choices[0].logprobs
+        assert (r.choices[0].text, r.choices[0].finish_reason) == (tok.decode(ended), "stop")
+        assert len(lp.tokens) == len(ended) + 1 and lp.tokens[-1] == "<|endoftext|>"
+        assert lp.token_logprobs[-1] == pytest.approx(eot_logprob, abs=1e-4)
+        chunks = client.completions.create(model="tiny", prompt=ended, max_tokens=1, logprobs=1, temperature=0,
+                                           stream=True)
+        streamed = [c.choices[0].logprobs for c in chunks if c.choices and c.choices[0].logprobs]
+        assert [x.tokens for x in streamed] == [["<|endoftext|>"]]
+        assert streamed[0].token_logprobs[0] == pytest.approx(eot_logprob, abs=1e-4)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
