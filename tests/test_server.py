@@ -115,7 +115,7 @@ def test_stop_and_penalties(client):
     (dict(model="tiny", prompt="x", extra_body={"top_k": -1}), 400),
     (dict(model="tiny", prompt="x", temperature=2.5), 400),
     (dict(model="other", prompt="x"), 404),
-    (dict(model="tiny", prompt="word " * 100), 413),
+    (dict(model="tiny", prompt="word " * 100), 400),  # longer than the context: OpenAI's 400
 ])
 def test_errors_in_openai_shape(client, kwargs, status):
     with pytest.raises(openai.APIStatusError) as e:
@@ -268,7 +268,7 @@ def test_token_id_prompts_as_lm_evaluation_harness_sends_them(hf_tiny):
         text = client.completions.create(model="tiny", prompt="The cat sat on the mat.", max_tokens=6, seed=2)
         batch = client.completions.create(model="tiny", prompt=[ids, ids[:3]], max_tokens=6, seed=2)
         assert batch.choices[0].text == text.choices[0].text and len(batch.choices) == 2
-        for bad, status in (([50257], 400), ([[]], 400), ([1] * 64, 413)):  # out of vocabulary, empty, context full
+        for bad, status in (([50257], 400), ([[]], 400), ([1] * 64, 400)):  # out of vocabulary, empty, context full
             with pytest.raises(openai.APIStatusError) as e:
                 client.completions.create(model="tiny", prompt=bad, max_tokens=1)
             assert e.value.status_code == status
@@ -286,41 +286,147 @@ def test_a_request_over_the_row_limit_is_refused_before_any_work(client, server)
     assert client.completions.create(model="tiny", prompt=["hello"] * 4, n=16, max_tokens=1).usage.completion_tokens == 64
 
 
-def test_lm_evaluation_harness_scores_a_served_model(hf_tiny, tmp_path):
-    """EleutherAI's lm-evaluation-harness, as `lm_eval --model local-completions` runs it, against a live
-    server: its log-likelihoods equal transformers' on the same weights in fp32."""
+# A multiple-choice task for lm-evaluation-harness: (question, choices, answer). Multi-token choices, a
+# newline, non-ASCII text and one long context (43 tokens; the model's context is 64).
+MC_ITEMS = [
+    ("The capital of France is", ["Paris", "London", "a small village near the sea"], 0),
+    ("Water freezes at zero degrees", ["Celsius", "Fahrenheit"], 0),
+    ("The cat sat on the", ["mat", "moon", "roof of the old red car", "sky"], 0),
+    ("Two plus two equals", ["four", "five", "twenty-two"], 0),
+    ("The sun rises in the", ["east", "west"], 0),
+    ("A week has seven", ["days", "hours", "years and a half"], 0),
+    ("Question: What do bees make?\nAnswer:", ["honey", "milk", "bread"], 0),
+    ("The opposite of hot is", ["cold", "warm", "loud"], 0),
+    ("Snow is usually", ["white", "green", "purple with yellow dots"], 0),
+    ("Fish live in", ["water", "trees", "deserts"], 0),
+    ("In the beginning God created the heaven and the earth. And the earth was without form, and void; and "
+     "darkness was upon the face of the deep. And the Spirit of God moved upon the face of the", ["waters", "land"], 0),
+    ("Café, naïve, résumé: words with", ["accents", "numbers 1, 2, 3", "emoji 🙂"], 0),
+]
+
+
+def scoring_model(folder):
+    """A tiny GPT-2 saved by transformers, with GPT-2's tokenizer files (so both harness back ends read the
+    folder offline). Initialised 10x wider than GPT-2's 0.02 so that choices differ by whole nats, and with
+    ln_f's bias pointing at <|endoftext|>'s embedding so that after most scored texts the greedy next token
+    ends the text: the harness drops the last echoed logprob as the generated token's, so a server that
+    left the end of text out of logprobs shifted every such sum by one token."""
     import shutil
 
     import torch
-    from lm_eval.api.instance import Instance
-    from lm_eval.models.openai_completions import LocalCompletionsAPI
-    from transformers import GPT2LMHeadModel, GPT2TokenizerFast
+    from transformers import GPT2Config, GPT2LMHeadModel
 
     from gpt2kit.paths import ASSETS_DIR
-    tok_dir = tmp_path / "tokenizer"  # GPT-2's tokenizer for the harness, as a Hugging Face folder
-    tok_dir.mkdir()
-    shutil.copy(ASSETS_DIR / "encoder.json", tok_dir / "vocab.json")
-    shutil.copy(ASSETS_DIR / "vocab.bpe", tok_dir / "merges.txt")
-    shutil.copy(hf_tiny / "config.json", tok_dir / "config.json")
-    (tok_dir / "tokenizer_config.json").write_text('{"tokenizer_class": "GPT2Tokenizer", "model_max_length": 64}')
-    proc, url = start_server(hf_tiny, "--dtype", "float32")
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=50257, n_positions=64, n_embd=32, n_layer=2, n_head=4, initializer_range=0.2)
+    model = GPT2LMHeadModel(cfg).eval()
+    with torch.no_grad():
+        toward_eot = torch.randn(32)
+        toward_eot *= 2.5 / toward_eot.norm()
+        model.transformer.ln_f.bias.copy_(toward_eot)
+        model.transformer.wte.weight[50256] = toward_eot  # tied: the output row of <|endoftext|> too
+    model.save_pretrained(folder)
+    shutil.copy(ASSETS_DIR / "encoder.json", folder / "vocab.json")
+    shutil.copy(ASSETS_DIR / "vocab.bpe", folder / "merges.txt")
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "GPT2Tokenizer", "model_max_length": 64, "bos_token": "<|endoftext|>",
+        "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}))
+    return model
+
+
+def write_mc_task(folder):
+    """lm-evaluation-harness' task YAML and its JSONL data, for --include_path."""
+    folder.mkdir()
+    with open(folder / "items.jsonl", "w", encoding="utf-8") as f:
+        for question, choices, answer in MC_ITEMS:
+            f.write(json.dumps({"question": question, "choices": choices, "answer": answer}) + "\n")
+    (folder / "gpt2kit_mc.yaml").write_text(f"""task: gpt2kit_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {json.dumps(str(folder / "items.jsonl"))}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: answer
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+  - metric: acc_norm
+    aggregation: mean
+    higher_is_better: true
+""")
+
+
+def lm_eval(tmp_path, name, model_type, model_args, *extra):
+    """`lm_eval` itself in a subprocess, offline, on the task of write_mc_task (started, not waited for)."""
+    import os
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}
+    with open(tmp_path / f"{name}.log", "w") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, "-m", "lm_eval", "--model", model_type, "--model_args", model_args,
+                                 "--tasks", "gpt2kit_mc", "--include_path", str(tmp_path / "task"), "--log_samples",
+                                 "--output_path", str(tmp_path / name), *extra],
+                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+
+
+def lm_eval_samples(tmp_path, name, proc):
+    """Per document: each choice's log-likelihood, and the accuracies, from lm_eval's --log_samples file."""
+    assert proc.wait(timeout=600) == 0, (tmp_path / f"{name}.log").read_text()[-4000:]
+    (path,) = (tmp_path / name).glob("*/samples_gpt2kit_mc_*.jsonl")
+    docs = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        d = json.loads(line)
+        docs[d["doc_id"]] = ([float(r[0][0]) for r in d["resps"]], d["acc"], d["acc_norm"])
+    return docs
+
+
+def test_lm_evaluation_harness_scores_a_served_model(tmp_path):
+    """The issue's test: `lm_eval --model local-completions` against a live `gpt2kit serve` (fp32) gives the
+    same per-sample log-likelihoods (within 1e-4) and the same accuracies as `lm_eval --model hf` on the
+    same folder, on a multiple-choice JSONL task written here. Both run offline."""
+    import torch
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "tiny"
+    model = scoring_model(folder)
+    write_mc_task(tmp_path / "task")
+    tok = AutoTokenizer.from_pretrained(folder)
+    texts = [tok.encode(q) + tok.encode(" " + c) for q, choices, _ in MC_ITEMS for c in choices]
+    with torch.no_grad():  # the next token's logprobs after each scored text
+        after = [model(torch.tensor([ids])).logits[0, -1].log_softmax(-1) for ids in texts]
+    ends = [lp.argmax().item() == 50256 for lp in after]
+    assert any(ends) and not all(ends)  # the model ends most scored texts and not all: both ways are checked
+    # the reference runs alongside (the machine has 2 cores; each run is mostly lm_eval's start-up)
+    hf = lm_eval(tmp_path, "hf", "hf", f"pretrained={folder},dtype=float32", "--device", "cpu", "--batch_size", "4")
+    proc, url = start_server(folder, "--dtype", "float32")
     try:
-        harness = LocalCompletionsAPI(base_url=url + "/v1/completions", model="tiny", tokenizer_backend="huggingface",
-                                      tokenizer=str(tok_dir), max_length=64, num_concurrent=1, max_retries=1)
-        pairs = [("The cat sat on", " the mat."), ("Hello", " world"), ("And God said,", " Let there be light")]
-        got = harness.loglikelihood([Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)])
-        rolling = harness.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, ("The cat sat on the mat. " * 3,), 0)])
+        # max_length is the model's context: the harness keeps one position for the generated token.
+        # --batch_size 8: eight token-id prompts per request, as the harness batches them.
+        served = lm_eval(tmp_path, "served", "local-completions",
+                         f"model=tiny,base_url={url}/v1/completions,tokenizer_backend=huggingface,"
+                         f"tokenizer={folder},max_length=64,num_concurrent=1,max_retries=1", "--batch_size", "8")
+        got = lm_eval_samples(tmp_path, "served", served)
+        assert 0 < health(url)["requests"] < len(texts)  # lists of prompts were sent
+        # The end of text that stops a row is listed in logprobs (not in the text), streamed or not, as OpenAI's.
+        ended, eot_logprob = next((ids, lp[50256].item()) for ids, lp, end in zip(texts, after, ends) if end)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused")
+        r = client.completions.create(model="tiny", prompt=ended, max_tokens=1, echo=True, logprobs=1, temperature=0)
+        lp = r.choices[0].logprobs
+        assert (r.choices[0].text, r.choices[0].finish_reason) == (tok.decode(ended), "stop")
+        assert len(lp.tokens) == len(ended) + 1 and lp.tokens[-1] == "<|endoftext|>"
+        assert lp.token_logprobs[-1] == pytest.approx(eot_logprob, abs=1e-4)
+        chunks = client.completions.create(model="tiny", prompt=ended, max_tokens=1, logprobs=1, temperature=0,
+                                           stream=True)
+        streamed = [c.choices[0].logprobs for c in chunks if c.choices and c.choices[0].logprobs]
+        assert [x.tokens for x in streamed] == [["<|endoftext|>"]]
+        assert streamed[0].token_logprobs[0] == pytest.approx(eot_logprob, abs=1e-4)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    model, tok = GPT2LMHeadModel.from_pretrained(hf_tiny).eval(), GPT2TokenizerFast.from_pretrained(str(tok_dir))
-
-    def logprob(context: list[int], continuation: list[int]) -> float:
-        with torch.no_grad():
-            lp = model(torch.tensor([context + continuation])).logits[0].log_softmax(-1)
-        return sum(lp[len(context) - 1 + i, t].item() for i, t in enumerate(continuation))
-
-    for (ctx, cont), (ll, _) in zip(pairs, got):
-        assert ll == pytest.approx(logprob(tok.encode(ctx), tok.encode(cont)), abs=1e-3)
-    ids = tok.encode("The cat sat on the mat. " * 3)
-    assert rolling[0] == pytest.approx(logprob([50256], ids), abs=1e-3)  # scored from <|endoftext|>, as the harness does
+    expected = lm_eval_samples(tmp_path, "hf", hf)
+    assert sorted(got) == sorted(expected) == list(range(len(MC_ITEMS)))
+    for doc, (lls, acc, acc_norm) in expected.items():
+        assert got[doc][0] == pytest.approx(lls, abs=1e-4), doc
+        assert (got[doc][1], got[doc][2]) == (acc, acc_norm), doc

@@ -34,6 +34,9 @@ class Sample:
     tokens: list[int] = field(default_factory=list)
     finish_reason: str = "length"  # "stop" (end of text or a stop string) or "length"
     steps: list[StepResult] = field(default_factory=list)
+    # The end-of-text step that stopped it (recorded with logprobs): not text, but OpenAI's completions list
+    # it, and lm-evaluation-harness drops the last logprob of an echo as the generated token's.
+    end_step: StepResult | None = None
 
 
 @dataclass
@@ -112,7 +115,7 @@ class _TextStream:
 
 
 class PromptTooLong(UserError):
-    """A prompt that leaves no room in the context (the server answers 413 context_length_exceeded)."""
+    """A prompt that leaves no room in the context (the server answers 400 context_length_exceeded)."""
 
     def __init__(self, tokens: int, n_ctx: int):
         super().__init__(f"the prompt is {tokens} tokens; this model's context is {n_ctx}")
@@ -200,12 +203,14 @@ class RowOutput:
         self.pending_steps: list[StepResult] = []  # steps not yet attached to a Piece
         self.pieces: list[Piece] = []  # ready to hand out
         self.reason = "length"
+        self.end_step: StepResult | None = None  # the end of text that stopped it, when logprobs are recorded
         self.sample: Sample | None = None  # set once the row is finished
 
     def take(self, res: StepResult) -> bool:
         """One new token; True when the row is done with it (end of text, a stop string, its length)."""
         job = self.job
         if job.stop_at_eot and res.token == self.eot_id:
+            self.end_step = res if job.logprobs else None
             self.finish("stop")
             return True
         self.tokens.append(res.token)
@@ -236,7 +241,7 @@ class RowOutput:
         completion = self.stream.text
         self.sample = Sample(index=job.index, prompt=prefix, text=(prefix + completion) if job.include_prefix else completion,
                              completion=completion, seed=job.seed, prompt_tokens=len(job.ids), tokens=self.tokens,
-                             finish_reason=self.reason, steps=self.steps)
+                             finish_reason=self.reason, steps=self.steps, end_step=self.end_step)
 
     def pop_pieces(self) -> list[Piece]:
         pieces, self.pieces = self.pieces, []

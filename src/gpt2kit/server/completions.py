@@ -126,8 +126,9 @@ class Completion:
                                   max_new=_max_new(body, options, n_ctx),
                                   stops=stops + list(extra_stops), include_prefix=False, stop_at_eot=True,
                                   logprobs=_decoder_logprobs(body), index_base=first))
-        except PromptTooLong as e:
-            raise APIError(413, str(e), param="prompt", code="context_length_exceeded") from None
+        except PromptTooLong as e:  # 400, as OpenAI's and vLLM's answer it (413 is for a body over the byte limit)
+            raise APIError(400, f"{e}: a prompt may have at most {n_ctx - 1} tokens (one position stays free for "
+                           "the first new token)", param="prompt", code="context_length_exceeded") from None
         except UserError as e:
             raise APIError(400, str(e)) from None
         return cls(body, lm, model_name, prompts, encoded, jobs, first, metrics, arrival)
@@ -286,7 +287,7 @@ class TextLayout:
         if self.c.body.logprobs is not None:
             pi = ci // self.c.body.n
             prompt_part = (self.c.encoded[pi], prompt_results[pi]) if self.c.body.echo and prompt_results else None
-            lp = self.logprobs(s.steps, 0, prompt_part)
+            lp = self.logprobs(s.steps + ([s.end_step] if s.end_step else []), 0, prompt_part)
         return {"text": self.echo_of(ci) + s.completion, "index": ci, "logprobs": lp, "finish_reason": finish_reason(s)}
 
     async def response(self, req: Request) -> dict:
@@ -317,7 +318,9 @@ class TextLayout:
                 yield self._chunk(created, [{"text": ev.text, "index": ci, "logprobs": lp, "finish_reason": None}])
             elif isinstance(ev, Sample):
                 samples.append(ev)
-                yield self._chunk(created, [{"text": "", "index": ci, "logprobs": None, "finish_reason": finish_reason(ev)}])
+                end = [ev.end_step] if ev.end_step and self.c.body.logprobs is not None else []
+                lp = self.logprobs(end, offsets[ci]) if end else None
+                yield self._chunk(created, [{"text": "", "index": ci, "logprobs": lp, "finish_reason": finish_reason(ev)}])
         if self.c.include_usage():
             yield self._chunk(created, [], usage=self.c.usage(samples))
         yield "data: [DONE]\n\n"
