@@ -91,7 +91,8 @@ class _WidenedLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-        ctx.save_for_backward(w)
+        if ctx.needs_input_grad[0]:  # the first block's input (frozen embeddings) needs none
+            ctx.save_for_backward(w)
         return F.linear(x, w.to(x.dtype), None if b is None else b.to(x.dtype))
 
     @staticmethod
