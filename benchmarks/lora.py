@@ -4,7 +4,9 @@
     python benchmarks/lora.py --quick    # a smoke run: a 2-layer model, a few short steps, nothing written
 
 Random weights of the published shape (nothing is downloaded), batch 4 x 256, AdamW at lr 1e-4,
-gradients clipped to 1, `--dtype float32` for both (so the comparison is LoRA's, not a precision's).
+gradients clipped to 1, each with `--dtype auto`, its own default: on a CPU without native bf16 full
+fine-tuning runs in fp32 and LoRA computes in fp32 over a half-width frozen base (fp16 where the CPU has
+F16C; training/lora.py says why). `--dtype float32` compares the two on an fp32 base.
 Each case runs `gpt2kit.finetune` in its own process; its tokens/s is its own step time
 (metrics.csv's elapsed_s, without saving) after untimed warm-up steps, its peak RSS the process's
 ru_maxrss (loading included). LoRA: rank 16 on every matrix (c_attn, c_proj, c_fc), the base frozen.
@@ -91,7 +93,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--context", type=int, default=256)
-    p.add_argument("--dtype", default="float32", help="the model's dtype in both cases (LoRA: the frozen base's)")
+    p.add_argument("--dtype", default="auto", help="the model's dtype in both cases (LoRA: the frozen base's)")
     p.add_argument("--checkpointing", action="store_true", help="gradient checkpointing in both cases")
     p.add_argument("--quick", action="store_true", help="smoke run: a 2-layer model, 1 warm-up and 2 timed steps of 1 x 64; no file")
     p.add_argument("--out", default=str(HERE / "lora_results.json"))

@@ -3,6 +3,7 @@
     python benchmarks/memory.py                      # 124M, 355M, 774M, 1558M: writes memory.json and MEMORY.md
     python benchmarks/memory.py --quick              # 124M only, a few tokens: a smoke run
     python benchmarks/memory.py --sizes 1558M --only generate --dtypes int8 float16
+    python benchmarks/memory.py --sizes 1558M --only finetune --kinds lora --steps 2
 
 Random weights of the published shapes are written once into a cache folder (--cache) as a Hugging Face
 folder (config.json + model.safetensors, fp32 like the published checkpoints), tensor by tensor, so the
@@ -14,9 +15,12 @@ writer never holds more than one tensor. Every measurement then runs in a fresh 
   bytes of the loaded model's tensors (its size in its final dtype), and seconds.
 - generate: the load, then N new tokens after a 32-token prompt: peak RSS and decoding tokens/s, next to
   the bound this machine's read bandwidth sets (bytes of the matrices read per token).
-- finetune (full, and LoRA where this tree's `gpt2kit finetune` has --lora-rank): the real command in a
-  child process, batch 1 x 256, gradient checkpointing; peak RSS of that child (ru_maxrss) and tokens/s
-  from its metrics.csv (steps after the first).
+- finetune (full, and LoRA where this tree's `gpt2kit finetune` has --lora-rank; --kinds picks): the real
+  command in a child process, batch 1 x 256, gradient checkpointing, `--dtype auto` (LoRA: rank 16 on every
+  matrix, the frozen base at half width on a CPU); peak RSS of that child (ru_maxrss) and tokens/s from its
+  metrics.csv (steps after the first). Full fine-tuning that cannot fit (16 bytes a parameter for fp32
+  weights, gradients and AdamW's moments, over 90% of this machine's memory) is not run: its row says
+  what it needs, computed.
 """
 from __future__ import annotations
 
@@ -282,12 +286,12 @@ def measure_size(size: str, args, notes: list[str]) -> dict:
     if "finetune" in args.only:
         # fp32 weights, gradients and AdamW's two moments: 16 bytes a parameter before activations.
         need = 16 * params(size)
-        if need > 0.9 * total_memory_bytes():
+        if "full" in args.kinds and need > 0.9 * total_memory_bytes():
             row["finetune/full"] = {"skipped": f"needs {need / GB:.1f} GB for weights, gradients and AdamW alone (computed)"}
-        else:
+        elif "full" in args.kinds:
             row["finetune/full"] = run_case("finetune", folder=folder, dtype="full", dataset=token_file(args.cache),
                                             steps=args.steps, train_dtype=args.train_dtype)
-        if args.lora:
+        if args.lora and "lora" in args.kinds:
             row["finetune/lora"] = run_case("finetune", folder=folder, dtype="lora", dataset=token_file(args.cache),
                                             steps=args.steps, train_dtype=args.train_dtype)
         elif size == args.sizes[0]:
@@ -333,6 +337,8 @@ def parse(argv=None):
     p.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     p.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     p.add_argument("--only", nargs="+", default=["load", "generate", "finetune"], choices=["load", "generate", "finetune"])
+    p.add_argument("--kinds", nargs="+", default=["full", "lora"], choices=["full", "lora"],
+                   help="which fine-tunings to measure (full is skipped, as computed, where it cannot fit)")
     p.add_argument("--tokens", type=int, default=64, help="new tokens per generation")
     p.add_argument("--steps", type=int, default=4, help="fine-tuning steps (the first is not timed)")
     p.add_argument("--train-dtype", default="auto")

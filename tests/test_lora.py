@@ -237,3 +237,95 @@ def test_export_merges_an_adapter_into_the_gguf(hf_tiny, peft_adapter, tmp_path)
     assert plain.returncode == 0, plain.stderr
     base = gpt2kit.load(tmp_path / "plain.gguf", device="cpu", dtype="float32")
     assert (logits(base.model, IDX) - ref).abs().max() > 1e-2  # the adapter is really in the first
+
+
+def _tiny_gpt(n_embd=64, n_layer=2):
+    from gpt2kit.config import GPTConfig
+    from gpt2kit.model import GPT
+    model = GPT(GPTConfig(n_vocab=512, n_ctx=64, n_embd=n_embd, n_head=4, n_layer=n_layer))
+    model.init_weights(torch.Generator().manual_seed(0))
+    return model
+
+
+def _with_adapter(model, dtype):
+    from gpt2kit.adapters.lora import LoraSpec, apply_adapter, freeze_base, new_adapter
+    spec = LoraSpec(rank=4, alpha=8.0, dropout=0.0, targets=("c_attn", "c_proj", "c_fc"))
+    adapter = new_adapter(model.config, spec, torch.Generator().manual_seed(1))
+    for w in adapter.modules.values():  # B off zero, so the adapter's path carries gradient to A
+        w.B.normal_(0, 0.02, generator=torch.Generator().manual_seed(2))
+    freeze_base(model, dtype)
+    return apply_adapter(model, adapter, trainable=True)
+
+
+def test_a_half_width_base_matches_plain_autograd_on_the_rounded_base():
+    """Adapter gradients over an fp16 base (widened per product, narrow kept for backward) equal plain
+    nn.Linear autograd on a copy whose matrices were rounded to fp16 beforehand."""
+    import copy
+    from gpt2kit.adapters.names import MATRICES
+    plain = _tiny_gpt()
+    rounded = copy.deepcopy(plain)
+    with torch.no_grad():
+        for name, p in rounded.named_parameters():
+            if any(f"{m}.weight" in name for m in MATRICES):
+                p.copy_(p.half().float())
+    idx = torch.randint(0, 512, (2, 16), generator=torch.Generator().manual_seed(3))
+    grads = []
+    for model, dtype in ((plain, torch.float16), (rounded, torch.float32)):
+        params = _with_adapter(model, dtype)
+        if dtype == torch.float32:  # the reference: nn.Linear's own autograd, not FrozenLinear
+            for m in model.modules():
+                if type(m).__name__ == "LoraLinear":
+                    lin = torch.nn.Linear(*reversed(m.base.weight.shape))
+                    lin.weight.data, lin.bias.data = m.base.weight.data, m.base.bias.data
+                    lin.requires_grad_(False)
+                    m.base = lin
+        model(idx).square().mean().backward()
+        grads.append([p.grad for p in params])
+    assert plain.h[0].attn.c_attn.base.weight.dtype == torch.float16
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-8)
+
+
+def test_autograd_keeps_the_narrow_base_not_a_widened_copy():
+    """What autograd saves for backward: with an fp16 base, about the fp32 base's less half its matrices."""
+    def saved_bytes(dtype):
+        model = _tiny_gpt(n_embd=256)
+        _with_adapter(model, dtype)
+        storages = {}
+        def pack(t):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(torch.zeros(1, 8, dtype=torch.long)).sum()
+        return sum(storages.values())
+    # 2 layers of 12 C^2 weights, less the first c_attn (3 C^2): its input, the frozen embeddings, needs no gradient
+    matrices_fp32 = (2 * 12 - 3) * 256 * 256 * 4
+    saving = saved_bytes(torch.float32) - saved_bytes(torch.float16)
+    assert saving == matrices_fp32 // 2
+
+
+def test_widened_product_has_the_numerical_gradient():
+    from gpt2kit.adapters.lora import FrozenLinear
+    lin = torch.nn.Linear(5, 3).double()
+    frozen = FrozenLinear(lin, torch.float64)
+    x = torch.randn(2, 4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(frozen, (x,))
+
+
+def test_the_auto_base_is_half_width_on_every_cpu_and_fp16_falls_back_to_bf16_out_of_range():
+    from gpt2kit.adapters.lora import FrozenLinear
+    from gpt2kit.cpu.features import info
+    from gpt2kit.training.lora import lora_precision
+    from gpt2kit.training.options import TrainOptions
+    cpu = torch.device("cpu")
+    want = {"old_x86": torch.bfloat16, "avx2": torch.float16, "amx": torch.float16, "arm": torch.float16}
+    for family, dtype in want.items():
+        storage, plan = lora_precision(TrainOptions(lora_rank=4), cpu, info(family))
+        assert storage == dtype and plan.dtype == torch.float32, family
+    assert lora_precision(TrainOptions(lora_rank=4, dtype="float32"), cpu, info("avx2"))[0] == torch.float32
+    lin = torch.nn.Linear(4, 2)
+    with torch.no_grad():
+        lin.weight[0, 0] = 1e5  # beyond fp16's 65504
+    assert FrozenLinear(lin, torch.float16).weight.dtype == torch.bfloat16
+    lin.weight.data[0, 0] = 1.0
+    assert FrozenLinear(lin, torch.float16).weight.dtype == torch.float16

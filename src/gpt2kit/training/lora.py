@@ -18,6 +18,7 @@ from ..adapters.lora import LoraSpec, adapter_of, apply_adapter, freeze_base, ne
 from ..adapters.names import parse_targets
 from ..adapters.peft import read_adapter, write_adapter
 from ..config import GPTConfig
+from ..cpu.features import CpuInfo, detect
 from ..devices import resolve_dtype
 from ..errors import UserError
 from .options import TrainOptions
@@ -29,18 +30,34 @@ def lora_spec(opts: TrainOptions) -> LoraSpec:
                     targets=parse_targets(opts.lora_targets))
 
 
-def lora_precision(opts: TrainOptions, device: torch.device) -> tuple[torch.dtype, PrecisionPlan]:
+def lora_precision(opts: TrainOptions, device: torch.device,
+                   cpu: CpuInfo | None = None) -> tuple[torch.dtype, PrecisionPlan]:
     """(the frozen base's storage dtype, how steps compute): --dtype names the first.
 
     On a CPU the arithmetic stays fp32 (the adapters are fp32 and the base is widened per product,
-    since bf16 arithmetic is emulated on CPUs without AVX512-BF16/AMX); on a GPU, autocast as usual.
+    since bf16 arithmetic is emulated on CPUs without AVX512-BF16/AMX), so `auto` stores the base at
+    half width whatever the CPU (frozen_base_dtype); on a GPU, autocast as usual. `cpu`: tests inject one.
     """
     if opts.dtype == "int8":
         raise UserError("--dtype int8 is for generation; a LoRA base trains in float32, bfloat16 or float16")
-    storage = resolve_dtype(opts.dtype, device)
     if device.type == "cpu":
+        storage = frozen_base_dtype(cpu or detect()) if opts.dtype == "auto" else resolve_dtype(opts.dtype, device, cpu)
         return storage, PrecisionPlan(torch.float32, FP32)
-    return storage, plan_precision(opts.dtype, device)
+    return resolve_dtype(opts.dtype, device), plan_precision(opts.dtype, device)
+
+
+def frozen_base_dtype(cpu: CpuInfo) -> torch.dtype:
+    """`--dtype auto`'s storage for a frozen LoRA base on a CPU that computes in fp32: always half width.
+
+    float16 where the CPU widens it in hardware (x86 F16C, every aarch64), else bfloat16 (widening it
+    is a 16-bit shift on any CPU). Both widen at the speed of a copy (measured on the 2-core AVX2 EPYC:
+    28.4 and 28.8 ms for a 3072 x 768 matrix, 134 ms for its 256-token product), and fp16 keeps 3 more
+    mantissa bits: GPT-2's weights rounded to fp16 are 8x closer to fp32 than in bf16 (max error 3.1e-4
+    against 2.4e-3 of the largest weight). A matrix beyond fp16's range is kept in bf16 (FrozenLinear).
+    """
+    if "f16c" in cpu.flags or cpu.machine in ("aarch64", "arm64"):
+        return torch.float16
+    return torch.bfloat16
 
 
 def attach_lora(model: nn.Module, opts: TrainOptions, storage: torch.dtype, adapter_dir: Path | None) -> None:

@@ -37,7 +37,8 @@ class TrainOptions:
     device: str = "auto"
     fsdp: bool = False  # under torchrun: shard weights, gradients and optimizer state across processes (sharding.py)
     # LoRA (adapters/): train rank-r adapters on a frozen base instead of every weight; None = full fine-tuning.
-    # The base is stored in --dtype (bf16/fp16 halve it); on a CPU it computes in fp32, on a GPU under autocast.
+    # The base is stored in --dtype (bf16/fp16 halve it; auto on a CPU: half width, lora.frozen_base_dtype); on a
+    # CPU it computes in fp32, on a GPU under autocast.
     lora_rank: int | None = None
     lora_alpha: float | None = None  # the update is scaled by alpha / rank; default: alpha = rank (scale 1)
     lora_dropout: float = 0.0
