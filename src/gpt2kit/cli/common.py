@@ -34,16 +34,11 @@ class _Handler(logging.Handler):
         msg = record.getMessage()
         if record.levelno >= logging.WARNING:
             msg = f"gpt2kit: {msg}"
-        # A progress bar can be on screen only once tqdm is loaded; loading it just to print a line
-        # would cost every `gpt2kit generate` its import and a multiprocessing lock.
-        tqdm = sys.modules.get("tqdm")
         try:
-            if tqdm is not None:
-                tqdm.tqdm.write(msg, file=sys.stderr)
-                return
+            from tqdm import tqdm
+            tqdm.write(msg, file=sys.stderr)
         except Exception:
-            pass
-        print(msg, file=sys.stderr)
+            print(msg, file=sys.stderr)
 
 
 def build_parser(commands: Sequence[ModuleType]) -> Parser:
