@@ -147,3 +147,37 @@ def test_missing_and_unrecognised_folders(tmp_path):
         gpt2kit.load(tmp_path / "empty", device="cpu")
     with pytest.raises(UserError, match="no checkpoint 'model-99'"):
         gpt2kit.load(FIXTURES / "gpt2_simple_run/run1", device="cpu", checkpoint="model-99")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_hf_checkpoints_load_as_transformers_widens_them(hf_tiny, tmp_path, dtype):
+    from transformers import GPT2LMHeadModel
+    ref = GPT2LMHeadModel.from_pretrained(hf_tiny, torch_dtype=getattr(torch, dtype))
+    ref.save_pretrained(tmp_path / "m")  # stored in fp16 / bf16, Conv1D weights (in, out)
+    ref = ref.float().eval()
+    lm = gpt2kit.load(tmp_path / "m", device="cpu", dtype="float32")
+    idx = torch.randint(0, 50257, (2, 24), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert (ref(idx).logits - lm.model(idx)).abs().max() < 1e-4
+
+
+def test_a_model_is_built_without_drawing_random_numbers(hf_tiny):
+    """A checkpoint or init_weights sets every weight, so PyTorch's own random init is never run."""
+    from gpt2kit.config import GPTConfig
+    from gpt2kit.formats import build_model, read_checkpoint
+    from gpt2kit.model import GPT
+    ck = read_checkpoint(hf_tiny)
+    state = torch.random.get_rng_state()
+    GPT(GPTConfig(n_vocab=97, n_ctx=16, n_embd=32, n_layer=2, n_head=4))
+    model = build_model(ck.config, ck.state_dict, ck.path)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert torch.equal(model.h[0].attn.c_attn.weight, read_checkpoint(hf_tiny).state_dict["h.0.attn.c_attn.weight"])
+
+
+def test_a_vocabulary_that_is_not_byte_level_bpe_is_named(hf_tiny, tmp_path):
+    folder = tmp_path / "m"
+    shutil.copytree(hf_tiny, folder)
+    (folder / "encoder.json").write_text(json.dumps({"a": 0, "b": 1, "ab": 2, "\u4e2d": 3, "<|endoftext|>": 4}))
+    (folder / "vocab.bpe").write_text("#version: 0.2\na b\n")
+    with pytest.raises(UserError, match="has token '\u4e2d', which is not byte-level BPE"):
+        gpt2kit.load(folder, device="cpu")

@@ -2,6 +2,7 @@
 import ast
 import dataclasses
 import inspect
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -109,6 +110,20 @@ def test_import_gpt2kit_and_help_load_nothing_heavy():
                                    "perplexity", "download", "models", "serve"])
     assert loaded_after("import contextlib, io\nfrom gpt2kit.cli import main\n"
                         "with contextlib.redirect_stdout(io.StringIO()):\n" + "\n".join("    " + l for l in help_all.splitlines())) == []
+
+
+def test_generating_a_token_loads_nothing_it_does_not_use():
+    """Start-up is what people feel when they call `gpt2kit generate` in a loop (issue 16)."""
+    # torch._dynamo: what PyTorch imported when the embeddings' init ran under build_model's meta device
+    unused = ("torch._dynamo", "transformers", "fastapi", "uvicorn", "jinja2", "matplotlib")
+    code = ("import contextlib, io, sys\nfrom gpt2kit.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    assert main(['generate', 'Hello', '--length', '1', '--seed', '1']) == 0\n"
+            f"print([m for m in {unused!r} if m in sys.modules])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "GPT2KIT_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr
+    assert eval(r.stdout.strip().splitlines()[-1]) == []
 
 
 def test_public_names_are_the_library_functions_with_their_signatures():

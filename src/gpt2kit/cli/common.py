@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import logging
 import sys
 import typing
@@ -87,6 +88,13 @@ def default_of(options: type, name: str) -> Any:
     return {f.name: f.default for f in dataclasses.fields(options)}[name]
 
 
+@functools.lru_cache(maxsize=None)
+def _field_types(options: type) -> dict[str, Any]:
+    """The evaluated annotations of an options dataclass, once per class: evaluating them for every flag
+    was most of the time spent building the parser (TrainOptions' fields, once per field)."""
+    return typing.get_type_hints(options)
+
+
 def add_field(p: argparse.ArgumentParser, options: type, name: str, *flags: str, help: str = "",
               show_default: bool = True, **kwargs: Any) -> None:
     """A flag for field `name` of the dataclass `options`, which owns its default and its type.
@@ -100,7 +108,7 @@ def add_field(p: argparse.ArgumentParser, options: type, name: str, *flags: str,
     if show_default and default is not None and default != ():
         help = f"{help} (default {default})" if help else f"(default {default})"
     if "action" not in kwargs:
-        hint = typing.get_type_hints(options)[name]
+        hint = _field_types(options)[name]
         base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
         if base is bool:
             kwargs["action"] = argparse.BooleanOptionalAction

@@ -7,7 +7,7 @@ Nothing is copied: safetensors maps the file and hands out views of it, pytorch_
 torch.load(mmap=True), and the Conv1D weights become transposed views. Whoever converts them to their
 final form (gpt2kit.cpu, a contiguous copy) releases the source pages as it goes (mapped.py), so a load
 holds about one copy of the model, in its final dtype. Only checkpoints stored in fp16/bf16 are widened to
-fp32 here, which copies.
+fp32 here, which copies (once: the Conv1D weights straight into (out, in) order).
 """
 from __future__ import annotations
 
@@ -78,11 +78,18 @@ def load_hf(folder: Path) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
             if any(key.endswith(s) for s in SKIPPED):
                 continue
             key = key.removeprefix("transformer.")
-            t = t.float()  # the same tensor when it is fp32 already
             if key.endswith(TRANSPOSED) and t.dim() == 2:  # another rank fails build_model's shape check
                 t = t.t()  # (out, in) view of the stored (in, out)
-            sd[key] = t
+            sd[key] = _fp32(t)
     return config, sd
+
+
+def _fp32(t: torch.Tensor) -> torch.Tensor:
+    """t as fp32: itself when it is fp32 already (a view of the mapped file), else one widened copy,
+    contiguous in t's shape, so a transposed fp16 matrix is not copied a second time into (out, in) order."""
+    if t.dtype == torch.float32:
+        return t
+    return torch.empty(t.shape, dtype=torch.float32).copy_(t)
 
 
 def _readable_by_umask(path: Path) -> None:
