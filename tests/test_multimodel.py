@@ -156,10 +156,16 @@ def test_models_that_do_not_fit_are_refused_before_loading(hf_tiny, other, tmp_p
     # without --max-memory, the memory available: a KV budget of a trillion positions is over any machine's
     r = run_cli("serve", "--model", hf_tiny, "--max-batch-tokens", 10**12, "--port", free_port(), timeout=60)
     assert r.returncode == 2 and "MemAvailable" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    r = run_cli("serve", "--model", hf_tiny, "--model", hf_tiny, "--port", free_port(), timeout=60)
-    assert r.returncode == 2 and "ID=PATH" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    r = run_cli("serve", "--model", hf_tiny, "--model", other, "--served-name", "x", "--port", free_port(), timeout=60)
-    assert r.returncode == 2 and "--served-name" in r.stderr, r.stderr
+    # ids that clash, or one name for several models: refused before anything loads or binds
+    from gpt2kit.errors import UserError
+    from gpt2kit.options import ServeOptions
+    from gpt2kit.server import serve
+    with pytest.raises(UserError, match="ID=PATH"):
+        serve([hf_tiny, hf_tiny], ServeOptions(port=free_port()))
+    with pytest.raises(UserError, match="--served-name"):
+        serve([hf_tiny, other], ServeOptions(port=free_port(), served_name="x"))
+    with pytest.raises(UserError, match="ID=PATH"):
+        serve(["=" + str(hf_tiny)], ServeOptions(port=free_port()))
 
 
 def test_sigterm_drains_every_engine(tmp_path):
@@ -179,3 +185,39 @@ def test_sigterm_drains_every_engine(tmp_path):
     assert proc.wait(timeout=60) == 0
     for events in outcomes:  # each engine ended its row at the deadline: an error event, then [DONE]
         assert events[-1] == "[DONE]" and any("error" in ev for ev in events[:-1]), events[-3:]
+
+
+AUTHORS = {  # two small "authors", unlike in every word, for two fine-tunes
+    "shire": "The hobbit walked slowly along the green road to the shire, and the elves sang under the old trees.\n",
+    "sea": "An old man fished alone in a skiff in the gulf stream, and the sharks came at night for his marlin.\n",
+}
+
+
+def test_a_new_user_fine_tunes_two_authors_and_serves_both(tmp_path):
+    """The README's workflow: two texts, two fine-tunes (the real CLI), one server for both."""
+    runs = {}
+    for name, line in AUTHORS.items():
+        (tmp_path / f"{name}.txt").write_text(line * 40)
+        r = run_cli("finetune", "--dataset", tmp_path / f"{name}.txt", "--from-scratch", "--n-layer", "2", "--n-embd", "32",
+                    "--n-head", "2", "--n-ctx", "32", "--batch-size", "4", "--steps", "40", "--learning-rate", "1e-2",
+                    "--checkpoint-dir", tmp_path / "checkpoint", "--run-name", name, "--no-progress",
+                    "--save-every", "1000", "--sample-every", "0", timeout=900)
+        assert r.returncode == 0, r.stderr
+        runs[name] = tmp_path / "checkpoint" / name
+    proc, url = start_servers([runs["shire"], runs["sea"]])
+    try:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused")
+        assert [m.id for m in client.models.list().data] == ["shire", "sea"]  # the run folders' names
+        texts = {}
+        for name, run in runs.items():
+            texts[name] = client.completions.create(model=name, prompt="The", max_tokens=12, temperature=0).choices[0].text
+            lm = gpt2kit.load(run, device="cpu", dtype="float32")
+            assert texts[name] == lm.generate("The", length=12, temperature=0, include_prefix=False)[0]
+        for name, text in texts.items():  # each writes like its own author
+            own = set(AUTHORS[name].split())
+            other = set(next(v for k, v in AUTHORS.items() if k != name).split()) - own
+            words = text.split()
+            assert sum(w in own for w in words) > sum(w in other for w in words), texts
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
