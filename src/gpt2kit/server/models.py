@@ -91,7 +91,9 @@ def available_bytes() -> int | None:
 def _config_of(folder: Path, checkpoint: str | None) -> GPTConfig | None:
     """The model's shape from its config file alone, without reading the weights (None: the format has none)."""
     from ..formats import resolve_run_folder
-    folder = resolve_run_folder(folder, checkpoint) if folder.is_dir() else folder.parent
+    if not folder.is_dir():
+        return None  # a single file (GGUF): its size says
+    folder = resolve_run_folder(folder, checkpoint)
     try:
         if (folder / "config.json").is_file():
             return GPTConfig.from_hf_config(json.loads((folder / "config.json").read_text()))
@@ -120,9 +122,16 @@ def kv_bytes(config: GPTConfig, positions: int, element_size: int) -> int:
 
 def expected_bytes(folder: Path, options: ServeOptions) -> int:
     """What serving the model in `folder` will take: weights plus its KV budget. A format without a
-    config file (GGUF, a TF run without hparams.json) counts its weight files' size on disk."""
+    config file (GGUF, a TF run without hparams.json) counts its weight files' size on disk: a lower
+    bound (quantized GGUF weights load as float32, and the KV budget is left out)."""
+    from ..adapters.peft import adapter_base
+    from ..hub import resolve_model_path
     element = 2 if (options.dtype or "").lower() in HALF_DTYPES and (options.device or "cpu") != "cpu" else 4
-    config = _config_of(folder, options.checkpoint)
+    checkpoint = options.checkpoint
+    if folder.is_dir() and (found := adapter_base(folder, checkpoint)) is not None:
+        # a LoRA run: its base model, as `load` reads it (the adapter's own matrices are small)
+        folder, checkpoint = resolve_model_path(found[1], offline=options.offline), None
+    config = _config_of(folder, checkpoint)
     if config is not None:
         positions = options.max_batch_tokens or options.max_batch * config.n_ctx  # what Engine.budget() will say
         return weight_bytes(config, element) + kv_bytes(config, positions, element)
