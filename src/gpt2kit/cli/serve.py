@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..options import ServeOptions
 from .common import add_field, add_model_args, field_names, given, in_models_dir
@@ -49,8 +48,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _in_models_dir(spec: str | None, models_dir: str | None) -> str | None:
-    """--models-dir applies to the PATH of ID=PATH too (split as the server splits it: a path with = stays whole)."""
-    if spec and "=" in spec and not Path(spec).expanduser().exists():
-        id_, _, path = spec.partition("=")
-        return f"{id_}={in_models_dir(path, models_dir)}"
-    return in_models_dir(spec, models_dir)
+    """--models-dir applies to the PATH of ID=PATH too."""
+    from ..server.models import split_id
+    id_, source = split_id(spec)
+    found = in_models_dir(source, models_dir)
+    return found if id_ is None else f"{id_}={found}"

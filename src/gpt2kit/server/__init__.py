@@ -39,14 +39,15 @@ def serve(model: str | Path | Sequence[str | Path | None] | None = None, options
     from ..hub import resolve_model_path
     from .api import create_app
     from .chat import ChatTemplate
-    from .models import check_fit, expected_bytes, parse_specs, start_engines
+    from .models import check_fit, expected_bytes, memory_limit, parse_specs, start_engines
 
     options = options or ServeOptions()
     specs = parse_specs([model] if model is None or isinstance(model, (str, Path)) else model, options.served_name)
+    limit = memory_limit(options)  # a bad --max-memory: stop before any download
     # Fail fast, before binding or loading, on a bad path or models that do not fit.
     folders = [resolve_model_path(s.source, offline=options.offline) for s in specs]
     needs = [expected_bytes(folder, options) for folder in folders]
-    check_fit({s.id: n for s, n in zip(specs, needs)}, options)
+    check_fit({s.id: n for s, n in zip(specs, needs)}, limit, options)
     # The environment is read here, at call time, never at import.
     options = dataclasses.replace(options, api_key=options.api_key or os.environ.get("GPT2KIT_API_KEY") or None)
     chat_template = ChatTemplate(options.chat_template, tuple(options.chat_stop))  # a bad template: stop before binding

@@ -18,13 +18,13 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
+from ..formats.mapped import resident_bytes
 from ..lm import LM
 from ..options import ServeOptions
 from ..paths import STATIC_DIR
 from . import metrics as prometheus
 from .chat import ChatLayout, ChatTemplate, as_completion
 from .completions import APIError, Completion, TextLayout
-from ..formats.mapped import resident_bytes
 from .engine import Refused, Request
 from .models import Models, ServedModel
 from .protocol import (ChatCompletionResponse, ChatRequest, CompletionRequest, CompletionResponse, DetokenizeRequest,

@@ -98,7 +98,7 @@ class Metrics:
         metric("gpt2kit_generation_tokens_total", "counter", "tokens generated",
                ["gpt2kit_generation_tokens_total" + s for s in each(lambda m: m.metrics.generated_tokens)])
         for name, kind, help_, attribute in ENGINE_COUNTERS:
-            metric(name, kind, help_, [name + s for s in each(lambda m: int(getattr(m.engine, attribute, 0) or 0))])
+            metric(name, kind, help_, [name + s for s in each(lambda m, a=attribute: int(getattr(m.engine, a, 0) or 0))])
         metric("gpt2kit_time_to_first_token_seconds", "histogram", "from a request's arrival to its first token",
                [x for m in models for x in m.metrics.ttft.lines("gpt2kit_time_to_first_token_seconds",
                                                                  f'model="{_label(m.id)}",')])

@@ -46,19 +46,24 @@ def parse_specs(models: Sequence[str | Path | None], served_name: str | None = N
         raise UserError("--served-name names a single model; with several, name each as --model ID=PATH")
     specs = []
     for raw in models:
-        text = None if raw is None else str(raw)
-        if text and "=" in text and not Path(text).expanduser().exists():
-            id_, _, text = text.partition("=")
-            if not id_ or not text:
-                raise UserError(f"--model {raw!r}: write ID=PATH, both parts non-empty")
-        else:
-            id_ = os.path.basename(os.path.normpath(text)) if text else BUNDLED_ID
+        id_, text = split_id(None if raw is None else str(raw))
+        if id_ == "" or text == "":
+            raise UserError(f"--model {raw!r}: write ID=PATH, both parts non-empty")
+        id_ = id_ or (os.path.basename(os.path.normpath(text)) if text else BUNDLED_ID)
         specs.append(ModelSpec(served_name or id_, text))
     ids = [s.id for s in specs]
     if len(set(ids)) < len(ids):
         twice = sorted({i for i in ids if ids.count(i) > 1})
         raise UserError(f"two models would both be called {', '.join(twice)}; name them apart with --model ID=PATH")
     return specs
+
+
+def split_id(text: str | None) -> tuple[str | None, str | None]:
+    """'ID=SOURCE' -> (ID, SOURCE); anything else (no '=', or a path that exists with one) -> (None, text)."""
+    if text and "=" in text and not Path(text).expanduser().exists():
+        id_, _, source = text.partition("=")
+        return id_, source
+    return None, text
 
 
 # --- memory -----------------------------------------------------------------------------------------
@@ -139,9 +144,13 @@ def expected_bytes(folder: Path, options: ServeOptions) -> int:
     return sum(f.stat().st_size for f in files if f.is_file() and (f.suffix in WEIGHT_SUFFIXES or ".data-" in f.name))
 
 
-def check_fit(needs: dict[str, int], options: ServeOptions) -> None:
+def memory_limit(options: ServeOptions) -> int | None:
+    """--max-memory in bytes, else the memory available (None: unknown, no check)."""
+    return parse_bytes(options.max_memory) if options.max_memory else available_bytes()
+
+
+def check_fit(needs: dict[str, int], limit: int | None, options: ServeOptions) -> None:
     """Refuse, before loading anything, models whose expected memory is over the limit."""
-    limit = parse_bytes(options.max_memory) if options.max_memory else available_bytes()
     total = sum(needs.values())
     if limit is None or total <= limit:
         return
