@@ -293,16 +293,17 @@ def test_metrics_parse_as_prometheus_text_and_move(server, client):
     post(server, "/v1/chat/completions", {"messages": []})
     after = metrics(server)
 
-    def moved(name, labels=()):
+    def moved(name, labels=(("model", "tiny"),)):  # each model's figures carry its id
         return after[(name, labels)] - before.get((name, labels), 0)
 
+    tiny = (("model", "tiny"),)
     assert moved(*ok) == 1 and moved(*bad) == 1
     assert moved("gpt2kit_prompt_tokens_total") == usage.prompt_tokens
     assert moved("gpt2kit_generation_tokens_total") == usage.completion_tokens
     assert moved("gpt2kit_engine_requests_total") == 1
     assert moved("gpt2kit_time_to_first_token_seconds_count") == 1
     assert moved("gpt2kit_time_per_output_token_seconds_count") >= 1
-    assert after[("gpt2kit_time_to_first_token_seconds_bucket", (("le", "+Inf"),))] == \
-        after[("gpt2kit_time_to_first_token_seconds_count", ())]
+    assert after[("gpt2kit_time_to_first_token_seconds_bucket", (("le", "+Inf"), *tiny))] == \
+        after[("gpt2kit_time_to_first_token_seconds_count", tiny)]
     for name in ("gpt2kit_queue_depth", "gpt2kit_running_rows", "gpt2kit_cancelled_rows_total", "gpt2kit_batches_total"):
-        assert (name, ()) in after
+        assert (name, tiny) in after

@@ -9,7 +9,10 @@ from gpt2kit.data.templates import parse_template
 
 from conftest import run_cli
 
-TITLES = {"legaladvice": "My landlord kept my deposit", "askscience": "Why is the sky blue"}
+# Several titles per subreddit, none starting alike across them: a model that learned the conditioning writes
+# one of the chosen subreddit's titles, and one that learned only "titles" mixes the two sets.
+TITLES = {"legaladvice": ["My landlord kept my deposit", "Can my boss fire me for this", "Neighbor built a fence here"],
+          "askscience": ["Why is the sky blue", "How do magnets work", "What makes ice float on water"]}
 
 
 def decode(path) -> str:
@@ -122,31 +125,33 @@ def test_titles_model_generates_titles_for_a_chosen_subreddit(tmp_path):
     with open(data, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["subreddit", "title"])
-        for _ in range(60):
-            w.writerows([sub, title] for sub, title in TITLES.items())
+        for _ in range(20):
+            w.writerows([sub, title] for sub, titles in TITLES.items() for title in titles)
     template = "[{subreddit}] {title}"
     r = run_cli("encode", data, "-o", tmp_path / "titles.tokens", "--template", template, "--quiet")
     assert r.returncode == 0, r.stderr
-    # a tiny model from scratch learns, within a minute of CPU, which title goes with which subreddit
+    # a tiny model from scratch learns in 120 steps which titles go with which subreddit (60 mixed the two sets)
     r = run_cli("finetune", "--dataset", tmp_path / "titles.tokens", "--from-scratch", "--n-layer", "2", "--n-embd", "32",
-                "--n-head", "2", "--n-ctx", "32", "--batch-size", "4", "--steps", "60", "--learning-rate", "1e-2",
+                "--n-head", "2", "--n-ctx", "32", "--batch-size", "4", "--steps", "120", "--learning-rate", "1e-2",
                 "--checkpoint-dir", tmp_path / "ck", "--no-progress", "--save-every", "1000", "--sample-every", "0",
                 timeout=900)
     assert r.returncode == 0, r.stderr
     model = tmp_path / "ck" / "run1"
     r = run_cli("generate", "--model", model, "--template", template, "--field", "subreddit=legaladvice",
-                "--nsamples", "3", "--seed", "3", "--top-k", "3", "--format", "jsonl")
+                "--nsamples", "6", "--seed", "3", "--top-k", "3", "--format", "jsonl")
     assert r.returncode == 0, r.stderr
     samples = [json.loads(line) for line in r.stdout.splitlines()]
-    assert len(samples) == 3
+    assert len(samples) == 6
     for s in samples:
         assert s["finish_reason"] == "stop"  # it ended at the end of the document
-        assert s["fields"] == {"subreddit": "legaladvice", "title": TITLES["legaladvice"]}, s
-        assert s["text"] == f"[legaladvice] {TITLES['legaladvice']}"
+        assert s["fields"]["subreddit"] == "legaladvice" and s["fields"]["title"] in TITLES["legaladvice"], s
+        assert s["text"] == f"[legaladvice] {s['fields']['title']}"
+    assert len({s["fields"]["title"] for s in samples}) >= 2  # it learned the subreddit's titles, not one line
     # --fields: one prompt per line; the same model, asked for the other subreddit, writes its title
     fields = tmp_path / "fields.jsonl"
     fields.write_text('{"subreddit": "askscience"}\n{"subreddit": "legaladvice"}\n')
     r = run_cli("generate", "--model", model, "--template", template, "--fields", fields, "--temperature", "0")
     assert r.returncode == 0, r.stderr
-    assert r.stdout == (f"[askscience] {TITLES['askscience']}\n" + "=" * 20 + "\n"
-                        f"[legaladvice] {TITLES['legaladvice']}\n")
+    askscience, legaladvice = r.stdout.split("\n" + "=" * 20 + "\n")
+    assert askscience.removeprefix("[askscience] ") in TITLES["askscience"], r.stdout
+    assert legaladvice.removeprefix("[legaladvice] ").removesuffix("\n") in TITLES["legaladvice"], r.stdout

@@ -109,7 +109,7 @@ class ServeOptions:
     host: str = "127.0.0.1"  # this machine only; anything else warns without an API key
     port: int = 8000
     api_key: str | None = None  # None: GPT2KIT_API_KEY if set, else no key
-    served_name: str | None = None  # the model id clients send; None: the model folder's name
+    served_name: str | None = None  # the model id clients send; None: the model folder's name (one model only)
     max_batch: int = 16  # rows decoded together (requests join and leave the running batch at every step)
     max_queue: int = 64  # requests waiting before 429
     max_tokens_limit: int = 1024  # the largest max_tokens a request may ask
@@ -121,6 +121,9 @@ class ServeOptions:
     # None: max_batch x n_ctx. Requests wait in the queue until their rows fit; a row that never could gets 400.
     max_batch_tokens: int | None = None
     shutdown_timeout: float = 30.0  # seconds SIGTERM gives running requests to finish before they are cancelled
+    # The most memory the models may need together (8G, 512M, bytes), checked before any loads: each
+    # model's weights plus its KV budget. None: what /proc/meminfo says is available.
+    max_memory: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_batch_tokens is not None and self.max_batch_tokens < 1:

@@ -122,11 +122,14 @@ def add_field(p: argparse.ArgumentParser, options: type, name: str, *flags: str,
 LOAD_OPTIONS = ("device", "dtype", "checkpoint", "offline", "adapter")  # adapter: where a command adds --adapter
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    """--model and how it loads. Unset flags are not passed on: `load`'s defaults are the only ones."""
+def add_model_args(p: argparse.ArgumentParser, *, many: bool = False) -> None:
+    """--model and how it loads. Unset flags are not passed on: `load`'s defaults are the only ones.
+    many: --model may repeat (a list), for `serve`."""
     p.add_argument("--model", "--model_name", "--model-name", dest="model", default=None,
+                   action="append" if many else "store",
                    help="a folder in any GPT-2 format, 124M/355M/774M/1558M, or a GPT-2 on the Hugging Face hub, "
-                        "OWNER/NAME[@REVISION] (default: the small bundled model)")
+                        "OWNER/NAME[@REVISION] (default: the small bundled model)"
+                        + ("; repeat to serve several, ID=PATH names one's id" if many else ""))
     p.add_argument("--models-dir", "--models_dir", dest="models_dir", default=None,
                    help="look for published models in DIR/<name> (OpenAI's layout), as download_model.py writes them")
     p.add_argument("--checkpoint", default=None, help="which checkpoint in a run folder: model-N (TF runs) or step-N (gpt2kit runs)")
@@ -137,9 +140,13 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def model_name(args: argparse.Namespace) -> str | None:
     """--model, looked up in --models-dir first when that holds it (OpenAI's models/<name>/ layout)."""
-    if args.model and getattr(args, "models_dir", None) and not Path(args.model).exists():
-        return str(Path(args.models_dir) / args.model)
-    return args.model
+    return in_models_dir(args.model, getattr(args, "models_dir", None))
+
+
+def in_models_dir(name: str | None, models_dir: str | None) -> str | None:
+    if name and models_dir and not Path(name).exists():
+        return str(Path(models_dir) / name)
+    return name
 
 
 def load_model(args: argparse.Namespace):

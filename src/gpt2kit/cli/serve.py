@@ -4,17 +4,19 @@ from __future__ import annotations
 import argparse
 
 from ..options import ServeOptions
-from .common import add_field, add_model_args, field_names, given, model_name
+from .common import add_field, add_model_args, field_names, given, in_models_dir
 
 
 def register(sub) -> None:
     p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible API with a web playground")
-    add_model_args(p)
+    add_model_args(p, many=True)
     S = ServeOptions
     add_field(p, S, "host", help="address to bind; 127.0.0.1 is this machine only")
     add_field(p, S, "port", help="port to listen on")
     add_field(p, S, "api_key", "--api-key", help="require Authorization: Bearer KEY (or set GPT2KIT_API_KEY)")
-    add_field(p, S, "served_name", "--served-name", help="the model id clients send (default: the folder's name)")
+    add_field(p, S, "served_name", "--served-name",
+              help="the model id clients send, for a single --model (default: the folder's name; with several "
+                   "models: --model ID=PATH)")
     add_field(p, S, "max_batch", "--max-batch", help="rows decoded together")
     add_field(p, S, "max_queue", "--max-queue", help="requests waiting before 429")
     add_field(p, S, "max_tokens_limit", "--max-tokens-limit", help="the largest max_tokens a request may ask")
@@ -30,6 +32,9 @@ def register(sub) -> None:
                    "context); requests wait until they fit, a row that never could gets 400 (default: max-batch x context)")
     add_field(p, S, "shutdown_timeout", "--shutdown-timeout",
               help="seconds SIGTERM gives running requests to finish before they are cancelled")
+    add_field(p, S, "max_memory", "--max-memory", metavar="SIZE",
+              help="the most memory the models may take together (e.g. 8G, 512M), checked before any loads: "
+                   "weights plus KV budget each (default: the memory available)")
     p.set_defaults(func=cmd_serve)
 
 
@@ -38,5 +43,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     options = given(args, *field_names(ServeOptions))
     if "chat_stop" in options:
         options["chat_stop"] = tuple(options["chat_stop"])
-    serve(model_name(args), ServeOptions(**options))
+    serve([_in_models_dir(m, args.models_dir) for m in args.model or [None]], ServeOptions(**options))
     return 0
+
+
+def _in_models_dir(spec: str | None, models_dir: str | None) -> str | None:
+    """--models-dir applies to the PATH of ID=PATH too."""
+    from ..server.models import split_id
+    id_, source = split_id(spec)
+    found = in_models_dir(source, models_dir)
+    return found if id_ is None else f"{id_}={found}"

@@ -1,7 +1,8 @@
 """OpenAI-compatible HTTP API (POST /v1/completions, GET /v1/models, GET /health) and the playground.
 
-Thin: each route checks what HTTP owns (authentication, body size, readiness) and hands the rest
-to completions.py and the engine.
+Thin: each route checks what HTTP owns (authentication, body size, readiness), picks the served model
+the request's `model` names (models.py; none: the first) and hands the rest to completions.py and
+that model's engine.
 """
 from __future__ import annotations
 
@@ -17,13 +18,15 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
+from ..formats.mapped import resident_bytes
 from ..lm import LM
 from ..options import ServeOptions
 from ..paths import STATIC_DIR
 from . import metrics as prometheus
 from .chat import ChatLayout, ChatTemplate, as_completion
-from .completions import APIError, Completion, TextLayout, check_model
-from .engine import Engine, Refused, Request
+from .completions import APIError, Completion, TextLayout
+from .engine import Refused, Request
+from .models import Models, ServedModel
 from .protocol import (ChatCompletionResponse, ChatRequest, CompletionRequest, CompletionResponse, DetokenizeRequest,
                        DetokenizeResponse, ErrorResponse, HealthResponse, InfoResponse, ModelList, NextTokenRequest,
                        NextTokenResponse, TokenizeRequest, TokenizeResponse)
@@ -47,28 +50,26 @@ def _answers(model: type[BaseModel], *codes: int, stream: bool = False) -> dict:
 
 @dataclass
 class Served:
-    """What every route reads: the engine, the name clients use, and the server's options."""
-    engine: Engine
-    model_name: str
+    """What every route reads: the served models, the server's options, and its request counters."""
+    models: Models
     options: ServeOptions
     chat_template: ChatTemplate
     metrics: prometheus.Metrics = field(default_factory=prometheus.Metrics)
-    created: int = field(default_factory=lambda: int(time.time()))
 
-    def ready_model(self) -> LM:
-        """The loaded model, or 503 while it loads (or if it could not)."""
-        if self.engine.load_error:
-            raise APIError(503, f"the model failed to load: {self.engine.load_error}", type_="server_error")
-        if self.engine.lm is None:
+    def ready_model(self, name: str | None) -> tuple[ServedModel, LM]:
+        """The model `name` picks (404 if none such) once loaded, or 503 while it loads (or if it could not)."""
+        served = self.models.pick(name)
+        if served.engine.load_error:
+            raise APIError(503, f"the model failed to load: {served.engine.load_error}", type_="server_error")
+        if served.engine.lm is None:
             raise APIError(503, "the model is still loading; try again in a moment", type_="server_error")
-        return self.engine.lm
+        return served, served.engine.lm
 
 
-def create_app(engine: Engine, *, model_name: str, options: ServeOptions,
-               chat_template: ChatTemplate | None = None) -> FastAPI:
+def create_app(models: Models, *, options: ServeOptions, chat_template: ChatTemplate | None = None) -> FastAPI:
     """chat_template: None reads options' (serve() reads it first, so a bad template stops it before binding)."""
     app = FastAPI(title="gpt2kit", docs_url="/docs", redoc_url=None)
-    served = Served(engine, model_name, options, chat_template or ChatTemplate(options.chat_template, options.chat_stop))
+    served = Served(models, options, chat_template or ChatTemplate(options.chat_template, options.chat_stop))
     _add_error_handlers(app)
     _add_guard(app, options)
     app.add_middleware(_Outcomes, metrics=served.metrics)  # outermost: counts the guard's refusals too
@@ -215,43 +216,57 @@ def _replay(body: bytes, receive):
 
 
 def _add_status_routes(app: FastAPI, served: Served) -> None:
-    engine = served.engine
-
     @app.get("/health", responses={200: {"model": HealthResponse}, 503: {"model": HealthResponse}})
     async def health():
-        if engine.load_error:
-            return JSONResponse({"status": "error", "error": engine.load_error}, status_code=503)
-        if not engine.ready:
+        """ok once every model is in; the totals over the models, then each model's own figures."""
+        failed = next((m for m in served.models if m.engine.load_error), None)
+        if failed is not None:
+            return JSONResponse({"status": "error", "error": f"{failed.id}: {failed.engine.load_error}"}, status_code=503)
+        if not all(m.engine.ready for m in served.models):
             return JSONResponse({"status": "loading"}, status_code=503)
-        return {"status": "ok", "model": served.model_name, "batches": engine.batches_run,
-                "requests": engine.requests_done, "cancelled_rows": engine.cancelled_rows,
-                "queue_depth": engine.queue_depth, "running_rows": engine.running_rows}
+        each = [_engine_figures(m) for m in served.models]
+        totals = {key: sum(f[key] for f in each) for key in each[0] if key not in ("id", "memory")}
+        return {"status": "ok", "model": served.models.first.id, **totals, "models": each,
+                "resident_bytes": resident_bytes()}
 
     @app.get("/metrics", response_class=Response, responses={200: {"content": {prometheus.CONTENT_TYPE: {}}}})
     async def metrics():
-        """Prometheus' text format: requests by outcome, tokens, queue depth, running rows, latencies."""
-        return Response(served.metrics.render(engine), media_type=prometheus.CONTENT_TYPE)
+        """Prometheus' text format: requests by outcome, and per model (label model) tokens, queue depth,
+        running rows, latencies and memory; the process's resident memory."""
+        return Response(served.metrics.render(served.models, resident_bytes()), media_type=prometheus.CONTENT_TYPE)
 
     @app.get("/v1/models", response_model=ModelList, responses=_errors(401))
     async def models():
-        return {"object": "list", "data": [{"id": served.model_name, "object": "model", "created": served.created,
-                                            "owned_by": "gpt2kit"}]}
+        """OpenAI's list; each entry adds its context length and memory (bytes) once loaded."""
+        return {"object": "list", "data": [_card(m) for m in served.models]}
 
-    @app.get("/v1/info", response_model=InfoResponse, responses=_errors(401, 503))
-    async def info():
-        c = served.ready_model().config
-        return {"model": served.model_name, "n_ctx": c.n_ctx, "n_layer": c.n_layer, "n_embd": c.n_embd,
+    @app.get("/v1/info", response_model=InfoResponse, responses=_errors(401, 404, 503))
+    async def info(model: str | None = None):
+        """The shape of the model `model` names (none: the first), for the playground."""
+        picked, lm = served.ready_model(model)
+        c = lm.config
+        return {"model": picked.id, "n_ctx": c.n_ctx, "n_layer": c.n_layer, "n_embd": c.n_embd,
                 "n_head": c.n_head, "n_vocab": c.n_vocab, "max_tokens_limit": served.options.max_tokens_limit,
                 "auth": bool(served.options.api_key)}
 
 
-def _add_generation_routes(app: FastAPI, served: Served) -> None:
-    engine = served.engine
+def _engine_figures(m: ServedModel) -> dict:
+    e = m.engine
+    return {"id": m.id, "batches": e.batches_run, "requests": e.requests_done, "cancelled_rows": e.cancelled_rows,
+            "queue_depth": e.queue_depth, "running_rows": e.running_rows, "memory": m.memory()}
 
-    @app.post("/v1/next_token", response_model=NextTokenResponse, responses=_errors(400, 401, 413, 503))
+
+def _card(m: ServedModel) -> dict:
+    lm = m.engine.lm
+    return {"id": m.id, "object": "model", "created": m.created, "owned_by": "gpt2kit",
+            "max_model_len": lm.config.n_ctx if lm is not None else None, "memory": m.memory()}
+
+
+def _add_generation_routes(app: FastAPI, served: Served) -> None:
+    @app.post("/v1/next_token", response_model=NextTokenResponse, responses=_errors(400, 401, 404, 413, 503))
     async def next_token(body: NextTokenRequest):
-        lm = served.ready_model()
-        top = await asyncio.to_thread(engine.call, lambda m: m.next_token_probs(body.prompt or None, body.top))
+        picked, lm = served.ready_model(body.model)
+        top = await asyncio.to_thread(picked.engine.call, lambda m: m.next_token_probs(body.prompt or None, body.top))
         return {"prompt": body.prompt, "tokens": [{"token": lm.tokenizer.decode([i]), "id": i, "prob": p} for i, p in top]}
 
     @app.post("/v1/completions", responses=_answers(CompletionResponse, 400, 401, 404, 413, 429, 500, 503, stream=True))
@@ -262,22 +277,22 @@ def _add_generation_routes(app: FastAPI, served: Served) -> None:
               responses=_answers(ChatCompletionResponse, 400, 401, 404, 413, 429, 500, 503, stream=True))
     async def chat_completions(body: ChatRequest, http: HTTPRequest):
         arrival = time.perf_counter()
-        check_model(body.model, served.model_name)
+        served.models.pick(body.model)  # an unknown model is refused before the template runs
         return await _generate(served, as_completion(body, served.chat_template), http, ChatLayout, arrival=arrival,
                                extra_stops=served.chat_template.stops)
 
 
 async def _generate(served: Served, body: CompletionRequest, http: HTTPRequest, layout, *, arrival: float,
                     extra_stops: tuple[str, ...] = ()):
-    """Build the request's jobs, queue them, and answer in `layout` (TextLayout or ChatLayout)."""
-    lm = served.ready_model()
-    completion = Completion.build(body, lm, model_name=served.model_name, options=served.options,
-                                  reserve=served.engine.reserve, metrics=served.metrics, arrival=arrival,
+    """Build the request's jobs, queue them on the model's engine, and answer in `layout` (TextLayout or ChatLayout)."""
+    picked, lm = served.ready_model(body.model)
+    completion = Completion.build(body, lm, model_name=picked.id, options=served.options,
+                                  reserve=picked.engine.reserve, metrics=picked.metrics, arrival=arrival,
                                   extra_stops=extra_stops)
     req = Request(jobs=completion.jobs, sink=asyncio.Queue(), loop=asyncio.get_running_loop(),
                   prompt_logprobs=completion.prompt_logprobs())
     try:
-        served.engine.submit(req)
+        picked.engine.submit(req)
     except Refused as e:  # queue full (429), a row that never fits (400), shutting down (503): before any work
         raise APIError(e.status, str(e), type_=e.type_) from None
     if body.stream:
@@ -289,13 +304,11 @@ async def _generate(served: Served, body: CompletionRequest, http: HTTPRequest, 
 def _add_token_routes(app: FastAPI, served: Served) -> None:
     @app.post("/tokenize", response_model=TokenizeResponse, responses=_errors(400, 401, 404, 413, 503))
     async def tokenize_route(body: TokenizeRequest):
-        check_model(body.model, served.model_name)
-        return tokenize(served.ready_model(), body)
+        return tokenize(served.ready_model(body.model)[1], body)
 
     @app.post("/detokenize", response_model=DetokenizeResponse, responses=_errors(400, 401, 404, 413, 503))
     async def detokenize_route(body: DetokenizeRequest):
-        check_model(body.model, served.model_name)
-        return detokenize(served.ready_model(), body)
+        return detokenize(served.ready_model(body.model)[1], body)
 
 
 class _Outcomes:

@@ -14,7 +14,7 @@ from ..generation import Job, Piece, PromptTooLong, Sample, encode_prompt, make_
 from ..lm import LM
 from ..options import SamplingSettings, ServeOptions
 from .engine import DONE, Request
-from .metrics import Metrics
+from .metrics import ModelMetrics
 from .protocol import CompletionRequest, SamplingFields
 
 MAX_STOPS = 4  # OpenAI's limit on stop sequences
@@ -91,7 +91,7 @@ class Completion:
     encoded: list[list[int]]
     jobs: list[Job]
     first_index: int
-    metrics: Metrics
+    metrics: ModelMetrics  # the served model's own
     arrival: float  # time.perf_counter() when the request arrived
     id: str = field(default_factory=lambda: "cmpl-" + secrets.token_hex(12))
 
@@ -101,7 +101,7 @@ class Completion:
 
     @classmethod
     def build(cls, body: CompletionRequest, lm: LM, *, model_name: str, options: ServeOptions, reserve: Any,
-              metrics: Metrics, arrival: float, extra_stops: Iterable[str] = ()) -> Completion:
+              metrics: ModelMetrics, arrival: float, extra_stops: Iterable[str] = ()) -> Completion:
         """Check `body`, encode its prompts and make its jobs; `reserve(count)` gives the first job index."""
         check_common(body, model_name)
         _check(body, options)

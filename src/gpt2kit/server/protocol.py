@@ -94,6 +94,7 @@ class ChatRequest(SamplingFields):
 
 class NextTokenRequest(BaseModel):
     model_config = REQUEST
+    model: str | None = None
     prompt: str = ""
     top: Int = Field(default=20, ge=1, le=100)
 
@@ -208,11 +209,29 @@ class NextTokenResponse(BaseModel):
     tokens: list[NextTokenEntry]
 
 
+class ModelMemory(BaseModel):
+    expected_bytes: int  # the estimate checked before loading: weights plus KV budget
+    weights_bytes: int | None  # the loaded model's tensors (None while it loads)
+    kv_budget_bytes: int | None  # the KV cache its engine may reserve (--max-batch-tokens, else max-batch x context)
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"]
     created: int
     owned_by: str
+    max_model_len: int | None = None  # the context, once loaded (vLLM's name)
+    memory: ModelMemory | None = None
+
+
+class ModelHealth(BaseModel):
+    id: str
+    batches: int
+    requests: int
+    cancelled_rows: int
+    queue_depth: int
+    running_rows: int
+    memory: ModelMemory
 
 
 class ModelList(BaseModel):
@@ -240,3 +259,5 @@ class HealthResponse(BaseModel):
     queue_depth: int | None = None  # engines that count them (continuous batching)
     running_rows: int | None = None
     error: str | None = None
+    models: list[ModelHealth] | None = None  # each served model's own figures (the fields above sum them)
+    resident_bytes: int | None = None  # the server process's resident memory (VmRSS)

@@ -3,6 +3,10 @@
 const $ = (id) => document.getElementById(id);
 const tokens = [];  // {text, logprob, top: [[token, logprob], ...]} per generated token
 let controller = null;
+const MODEL_STORE = "gpt2kit.model.v1";  // localStorage key of the chosen model; the version is in the name
+
+// The model every request names: the picker's choice (none while the list loads: the server's first).
+function chosenModel() { return $("model").value || undefined; }
 
 function headers() {
   const h = { "Content-Type": "application/json" };
@@ -89,7 +93,8 @@ async function generate() {
 // POST /v1/completions with stream: true; onMessage gets each server-sent event's JSON.
 // A failed request throws an Error with the server's message and its HTTP status as .status.
 async function streamCompletions(body, signal, onMessage) {
-  const resp = await fetch("/v1/completions", { method: "POST", headers: headers(), body: JSON.stringify(body), signal });
+  const sent = { model: chosenModel(), ...body };  // a body that names its model keeps it
+  const resp = await fetch("/v1/completions", { method: "POST", headers: headers(), body: JSON.stringify(sent), signal });
   if (!resp.ok) {
     const e = await resp.json().catch(() => ({}));
     const err = new Error((e.error && e.error.message) || resp.statusText);
@@ -120,7 +125,7 @@ async function streamCompletions(body, signal, onMessage) {
 async function nextToken() {
   showError("");
   try {
-    const resp = await fetch("/v1/next_token", { method: "POST", headers: headers(), body: JSON.stringify({ prompt: $("prompt").value, top: 20 }) });
+    const resp = await fetch("/v1/next_token", { method: "POST", headers: headers(), body: JSON.stringify({ model: chosenModel(), prompt: $("prompt").value, top: 20 }) });
     const data = await resp.json();
     if (!resp.ok) throw new Error(data.error ? data.error.message : resp.statusText);
     renderAlternatives("Next token after the prompt", data.tokens.map((t) => [t.token, t.prob]), null);
@@ -145,12 +150,34 @@ async function status() {
     const resp = await fetch("/health");
     const data = await resp.json();
     $("status").textContent = data.status === "ok" ? "ready" : data.status;
-    if (data.model) $("model-name").textContent = data.model;
     if (data.status === "loading") setTimeout(status, 1000);
+    if (data.status === "ok") await loadModels((data.models || []).map((m) => m.id));
   } catch (e) { $("status").textContent = "offline"; setTimeout(status, 2000); }
 }
 
+// The picker lists /v1/models (or, while the server wants an API key not typed yet, /health's ids);
+// the choice is kept in this browser across reloads, like the document.
+async function loadModels(fallback) {
+  let ids = fallback;
+  try {
+    const resp = await fetch("/v1/models", { headers: headers() });
+    if (resp.ok) ids = (await resp.json()).data.map((m) => m.id);
+  } catch (e) { /* the fallback list */ }
+  const picker = $("model");
+  const wanted = picker.value || localStorage.getItem(MODEL_STORE);
+  picker.replaceChildren(...ids.map((id) => new Option(id, id)));
+  if (ids.includes(wanted)) picker.value = wanted;
+  showModel();
+}
+
+function showModel() {
+  $("model-name").textContent = chosenModel() || "";
+  try { if (chosenModel()) localStorage.setItem(MODEL_STORE, chosenModel()); } catch (e) { /* private mode: not kept */ }
+}
+
 $("generate").addEventListener("click", generate);
+$("model").addEventListener("change", showModel);
+$("api_key").addEventListener("change", () => loadModels([...$("model").options].map((o) => o.value)));
 $("stop").addEventListener("click", () => controller && controller.abort());
 $("next").addEventListener("click", nextToken);
 $("prompt").addEventListener("keydown", (e) => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) generate(); });

@@ -11,7 +11,7 @@ const W = {
   lastEdit: 0, lastKind: "", editEnd: null,  // typing within a second, of one kind, in one place is one undo step
   caret: null,  // the last caret offset in the document (buttons take the focus away)
   suggestions: [], active: -1, at: 0, controller: null,
-  nCtx: null,
+  nCtx: {},  // model id -> its context length
 };
 
 // --- history and storage ------------------------------------------------------------------------
@@ -77,12 +77,13 @@ function settings() {
 }
 
 async function contextLength() {
-  if (W.nCtx) return W.nCtx;
+  const model = chosenModel() || "";
+  if (W.nCtx[model]) return W.nCtx[model];
   try {
-    const resp = await fetch("/v1/info", { headers: headers() });
-    if (resp.ok) W.nCtx = (await resp.json()).n_ctx;
+    const resp = await fetch("/v1/info" + (model ? "?model=" + encodeURIComponent(model) : ""), { headers: headers() });
+    if (resp.ok) W.nCtx[model] = (await resp.json()).n_ctx;
   } catch (e) { /* the completion request will say what is wrong */ }
-  return W.nCtx || 1024;
+  return W.nCtx[model] || 1024;
 }
 
 // The end of the text before the cursor that fits the model's context, cut at a space. A token is
