@@ -9,6 +9,12 @@ it sits in: a joining prompt is prefilled alone (in chunks, so a long one does n
 others' steps) and its keys and values are copied in right-aligned at the shared column. `n` samples
 of one prompt prefill once and get copies. A leaving row's slot is marked dead (it computes a throwaway
 token until it is reused by a joining row or compacted away), so a leave costs no copy of the cache.
+Why not drop it at once: the C step takes one contiguous (L, B, ...) cache, so dropping a row is a copy
+of every other row's keys and values (124M, 15 rows of 700 positions: 0.8 GB), and the next row to join
+would copy them all again; a dead slot costs 1/B of a step. Under load a waiting row takes the slot at
+the next step, and in a closed loop (a client thinks ~1 s, then sends its next request) the slot is
+dead for ~10 steps, less than the two copies; the engine compacts when half the slots are dead and
+nothing is waiting to join.
 
 The cache's memory is bounded: a rebuild allocates rows x (their span + up to GROW) columns, never more
 than `budget` positions (the server's --max-batch-tokens; its admission keeps rows x the longest
