@@ -14,8 +14,9 @@ for ever by smaller ones.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ..generation import Job
 
@@ -30,11 +31,6 @@ class Group:
     request: Any  # the engine's Request
     jobs: list[Job]
     row_cost: int  # KV positions each row reserves: min(n_ctx, prompt + max_new), the largest of its rows'
-
-    @property
-    def cost(self) -> int:
-        """Positions the group holds in the dense cache when it runs alone."""
-        return self.row_cost * len(self.jobs)
 
 
 def row_cost(job: Job, n_ctx: int) -> int:
