@@ -189,7 +189,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--out", default=str(HERE / "serve_results.json"))
     args = p.parse_args()
     if args.quick:
-        args.clients, args.requests, args.think, args.hi = [1, 4, 16], [3, 8, 16], 0.1, 48
+        args.clients, args.requests, args.think, args.hi = [1, 4, 16], [3, 6, 16], 0.1, 32
     if args.requests is None:
         args.requests = [requests_for(c) for c in args.clients]
     elif len(args.requests) == 1:
