@@ -267,7 +267,7 @@ class Engine:
         decoding = len(self._batch.rows)
         budget = max(PREFILL_CHUNK, self.step_tokens - decoding)
         if not decoding and self._prefills:
-            budget = self._prefills[0].remaining
+            budget = max(1, self._prefills[0].remaining)
         ready = []
         while self._prefills and budget > 0:
             p = self._prefills[0]
