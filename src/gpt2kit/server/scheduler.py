@@ -110,4 +110,6 @@ class Scheduler:
         return gone
 
     def requests(self) -> list[Any]:
-        return [r for r, _ in self._turns]
+        """Safe from the HTTP thread (queue_depth): tuple() copies the deque in one C call, under the GIL, where
+        a Python-level loop over it could see the worker's next admit and raise 'deque mutated during iteration'."""
+        return [r for r, _ in tuple(self._turns)]
