@@ -1,18 +1,24 @@
 """`gpt2kit serve` under the issue's mixed workload, today's engine against a baseline commit's, in one run.
 
-    python benchmarks/serve.py                    # 124M shapes, random weights; about 30-60 minutes on 2 cores
-    python benchmarks/serve.py --quick            # the bundled model, short lengths, 1 and 4 clients: a smoke run
-    python benchmarks/serve.py --baseline-ref 5dc81f4 --clients 1 4 16 64 --requests 64
+    python benchmarks/serve.py                    # 124M shapes, random weights; about 25 minutes on 2 cores
+    python benchmarks/serve.py --quick            # the bundled model, short lengths, 1/4/16 clients: ~1 minute
+    python benchmarks/serve.py --clients 16 --requests 32      # one level, 32 requests
+    python benchmarks/serve.py --clients 1 4 16 64 --requests 8 12 48 96    # the defaults, spelled out
 
-Each concurrency level runs `--requests` streamed completions from that many client threads. A client
-waits an exponential time before each request (Poisson arrivals, mean `--think` seconds), then sends a
-token-id prompt of 16-512 tokens asking for 16-512 new tokens (uniform; clipped to the model's context),
-the same sequence of requests for both engines. Reported per engine and level: throughput (generated
-tokens/s over the level's wall time), time to first token (submit -> first streamed text, p50/p99) and
-per-token latency (each request's (last - first token time) / (tokens - 1), p50/p99).
+Each concurrency level runs its number of streamed completions (`--requests`: one count for every level,
+or one per level; default 3 per client, at least 8, and 1.5 per client past 16 clients) from that many
+client threads. A client waits an exponential time before each request (Poisson arrivals, mean `--think`
+seconds), then sends a token-id prompt of 16-512 tokens asking for 16-512 new tokens (uniform; clipped
+to the model's context), the same sequence of requests for both engines. Reported per engine and level:
+throughput (generated tokens/s over the level's wall time), time to first token (submit -> first
+streamed text, p50/p99) and per-token latency (each request's (last - first token time) / (tokens - 1),
+p50/p99), and this engine's figures over the baseline's (the issue's targets: at 16 clients, p99 time to
+first token at most 1/3 of the baseline's, tokens/s at least the baseline's).
 
 The baseline is the same package at `--baseline-ref` (default 5dc81f4, the engine that ran each batch to
-its end), checked out into a temporary git worktree and served from there in its own process.
+its end), checked out into a temporary git worktree and served from there in its own process. Both
+servers run for the whole benchmark and take turns level by level (baseline, then this engine, at each
+level), so a change in the machine's load shows in both.
 """
 import argparse
 import concurrent.futures
@@ -129,18 +135,30 @@ def pct(values: list[float], q: float) -> float | None:
     return values[min(len(values) - 1, int(q * len(values)))] if values else None
 
 
-def run_engine(name: str, src: Path, args, n_ctx: int) -> list[dict]:
-    proc, url = start(src, args.model, args.serve_args)
+def requests_for(clients: int) -> int:
+    """The default requests per level: 3 per client (at least 8), 1.5 per client past 16. For 1, 4, 16 and 64
+    clients, 8 + 12 + 48 + 96 requests of ~264 new tokens each: about 25 minutes for both engines on 2 cores."""
+    return max(8, 3 * clients) if clients <= 16 else 3 * clients // 2
+
+
+def run_engines(engines: list[tuple[str, Path]], args, n_ctx: int) -> list[dict]:
+    """Every server up at once; at each level, each engine in turn on the same requests."""
+    servers = []
     rows = []
     try:
-        one(url, workload(1, n_ctx, args.lo, min(args.hi, 32), 99)[0])  # warm-up
-        for clients in args.clients:
-            bodies = workload(args.requests, n_ctx, args.lo, args.hi, seed=clients)
-            rows.append({"engine": name, **level(url, bodies, clients, args.think, seed=clients)})
-            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        for name, src in engines:
+            servers.append((name, *start(src, args.model, args.serve_args)))
+        for name, _, url in servers:
+            one(url, workload(1, n_ctx, args.lo, min(args.hi, 32), 99)[0])  # warm-up
+        for clients, count in zip(args.clients, args.requests):
+            bodies = workload(count, n_ctx, args.lo, args.hi, seed=clients)
+            for name, _, url in servers:
+                rows.append({"engine": name, **level(url, bodies, clients, args.think, seed=clients)})
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     finally:
-        proc.terminate()
-        proc.wait(timeout=120)
+        for _, proc, _ in servers:
+            proc.terminate()
+            proc.wait(timeout=120)
     return rows
 
 
@@ -160,16 +178,24 @@ def parse() -> argparse.Namespace:
     p.add_argument("--model", default=None, help="a model folder (default: 124M shapes, random weights; --quick: bundled)")
     p.add_argument("--baseline-ref", default="5dc81f4", help="the commit whose engine is the baseline ('' to skip)")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
-    p.add_argument("--requests", type=int, default=64, help="requests per concurrency level")
+    p.add_argument("--requests", type=int, nargs="+", default=None,
+                   help="requests per level: one count for all, or one per --clients level (default: 3 per client, "
+                        "at least 8; 1.5 per client past 16)")
     p.add_argument("--think", type=float, default=1.0, help="mean seconds a client waits before each request")
     p.add_argument("--lo", type=int, default=16)
     p.add_argument("--hi", type=int, default=512)
     p.add_argument("--serve-args", nargs=argparse.REMAINDER, default=[], help="passed to both servers (last)")
-    p.add_argument("--quick", action="store_true", help="a smoke run of a minute: bundled model, short, 1 and 4 clients")
+    p.add_argument("--quick", action="store_true", help="a smoke run of a minute: bundled model, short, 1/4/16 clients")
     p.add_argument("--out", default=str(HERE / "serve_results.json"))
     args = p.parse_args()
     if args.quick:
-        args.clients, args.requests, args.think, args.hi = [1, 4], 4, 0.1, 24
+        args.clients, args.requests, args.think, args.hi = [1, 4, 16], [3, 6, 16], 0.1, 32
+    if args.requests is None:
+        args.requests = [requests_for(c) for c in args.clients]
+    elif len(args.requests) == 1:
+        args.requests = args.requests * len(args.clients)
+    elif len(args.requests) != len(args.clients):
+        p.error(f"--requests: one count, or one per --clients level ({len(args.clients)})")
     return args
 
 
@@ -188,27 +214,49 @@ def main() -> None:
                            check=True, capture_output=True)
             engines.insert(0, (f"baseline {args.baseline_ref}", base / "src"))
         try:
-            rows = [r for name, src in engines for r in run_engine(name, src, args, n_ctx)]
+            rows = run_engines(engines, args, n_ctx)
         finally:
             if args.baseline_ref:
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], capture_output=True)
     report(args, rows)
 
 
+def cpu_line() -> str:
+    """This CPU and its flags that gpt2kit's kernels depend on (gpt2kit.cpu's own reading of them)."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from gpt2kit.cpu.features import detect
+    return detect().describe()
+
+
 def report(args, rows: list[dict]) -> None:
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-            "model": args.model or "bundled", "requests": args.requests, "lengths": [args.lo, args.hi],
-            "think_s": args.think, "quick": args.quick}
+            "cpu": cpu_line(), "model": args.model or "bundled", "requests": dict(zip(args.clients, args.requests)),
+            "lengths": [args.lo, args.hi], "think_s": args.think, "quick": args.quick, "serve_args": args.serve_args}
     if not args.quick:
         Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    print(f"`gpt2kit serve`, {meta['model']} model, {args.requests} streamed requests per level, prompts and outputs "
-          f"{args.lo}-{args.hi} tokens, Poisson arrivals (mean think {args.think} s), {meta['machine']}, {meta['date']}:\n")
+    print(f"`gpt2kit serve`, {meta['model']} model, streamed requests per level {meta['requests']}, prompts and "
+          f"outputs {args.lo}-{args.hi} tokens, Poisson arrivals (mean think {args.think} s), {meta['cpu']}, "
+          f"{meta['date']}:\n")
     print("| engine | clients | tokens/s | TTFT p50 | TTFT p99 | per-token p50 | per-token p99 |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     ms = lambda v: "-" if v is None else f"{v * 1000:.0f} ms"  # noqa: E731
     for r in rows:
         print(f"| {r['engine']} | {r['clients']} | {r['tokens_per_s']:.0f} | {ms(r['ttft_p50_s'])} | "
               f"{ms(r['ttft_p99_s'])} | {ms(r['per_token_p50_s'])} | {ms(r['per_token_p99_s'])} |")
+    ratios(rows)
+
+
+def ratios(rows: list[dict]) -> None:
+    """This engine over the baseline at each level (the targets: TTFT p99 <= 0.33, tokens/s >= 1.0 at 16)."""
+    base = {r["clients"]: r for r in rows if r["engine"].startswith("baseline")}
+    pairs = [(r, base[r["clients"]]) for r in rows if r["engine"] == "this" and r["clients"] in base]
+    if not pairs:
+        return
+    print("\n| clients | TTFT p99, this / baseline | tokens/s, this / baseline |")
+    print("| ---: | ---: | ---: |")
+    for r, b in pairs:
+        ttft = r["ttft_p99_s"] / b["ttft_p99_s"] if r["ttft_p99_s"] and b["ttft_p99_s"] else float("nan")
+        print(f"| {r['clients']} | {ttft:.2f} | {r['tokens_per_s'] / b['tokens_per_s']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -218,3 +218,42 @@ def test_sigterm_answers_every_accepted_stream_and_exits_0(long_context):
     assert errors >= 1 and complete >= 1, summary  # the last long one waits for another: not done in 1 s; a short one is
     with pytest.raises(requests.ConnectionError):  # and nothing new is accepted
         requests.post(url + "/v1/completions", json={"prompt": "x"}, timeout=5)
+
+
+def gauges(url):
+    """The /metrics gauges of the one served model, by name (Prometheus' text format: `name{model="..."} value`)."""
+    with urllib.request.urlopen(url + "/metrics") as r:
+        lines = r.read().decode().splitlines()
+    return {ln.split("{")[0]: float(ln.split()[-1]) for ln in lines if ln.startswith("gpt2kit_") and "model=" in ln
+            and "_bucket" not in ln}
+
+
+def test_the_kv_cache_stays_within_its_budget(hf_tiny):
+    """Rows of many lengths at once against a small --max-batch-tokens: the cache the running batch holds
+    never exceeds it (rows wait in the queue instead), and every request is answered in full."""
+    budget = 160  # positions: 2-5 rows of the tiny model's 64-position context at a time
+    proc, url = start_server(hf_tiny, "--dtype", "float32", "--max-batch-tokens", str(budget), "--max-batch", "8")
+    bodies = [{"prompt": "word " * (3 + 7 * i % 29), "max_tokens": 5 + 11 * i % 40, "seed": i} for i in range(12)]
+    seen, waiting, stop = [], [], threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            g = gauges(url)
+            seen.append(g["gpt2kit_kv_cache_positions"])
+            waiting.append(g["gpt2kit_queue_depth"])
+            assert g["gpt2kit_kv_cache_budget_positions"] == budget
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(len(bodies) + 1) as pool:
+            watcher = pool.submit(watch)
+            answers = list(pool.map(lambda b: post(url, b), bodies))
+            stop.set()
+            watcher.result()
+        assert all(code == 200 and answer["usage"]["completion_tokens"] >= 1 for code, answer in answers), answers
+        assert max(seen) > 0 and max(waiting) > 0, (seen, waiting)  # the batch ran, and requests had to wait
+        assert max(seen) <= budget, max(seen)
+        assert gauges(url)["gpt2kit_kv_cache_positions"] == 0  # nothing runs: the cache's memory went back
+    finally:
+        stop.set()
+        proc.terminate()
+        proc.wait(timeout=60)

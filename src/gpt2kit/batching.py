@@ -9,6 +9,16 @@ it sits in: a joining prompt is prefilled alone (in chunks, so a long one does n
 others' steps) and its keys and values are copied in right-aligned at the shared column. `n` samples
 of one prompt prefill once and get copies. A leaving row's slot is marked dead (it computes a throwaway
 token until it is reused by a joining row or compacted away), so a leave costs no copy of the cache.
+Why not drop it at once: the C step takes one contiguous (L, B, ...) cache, so dropping a row is a copy
+of every other row's keys and values (124M, 15 rows of 700 positions: 0.8 GB), and the next row to join
+would copy them all again; a dead slot costs 1/B of a step. Under load a waiting row takes the slot at
+the next step, and in a closed loop (a client thinks ~1 s, then sends its next request) the slot is
+dead for ~10 steps, less than the two copies; the engine compacts when half the slots are dead and
+nothing is waiting to join.
+
+The cache's memory is bounded: a rebuild allocates rows x (their span + up to GROW) columns, never more
+than `budget` positions (the server's --max-batch-tokens; its admission keeps rows x the longest
+reservation within it), and dead slots are reused by joining rows before the cache grows.
 
 A row's text depends on its prompt, its settings and its generator alone: its prefill runs alone, its
 keys are the same wherever they sit, padding is masked out, and it draws from its own generator.
@@ -23,8 +33,12 @@ from .decoding import StepResult, add_logprobs, draw_rows
 from .model import GPT, KVCache
 from .sampling import SamplingSettings
 
-PREFILL_CHUNK = 128  # prompt tokens per prefill call: a 1024-token prompt takes 8 steps of the others' time
-GROW = 128  # columns added on the right when the shared write column reaches the end of the cache
+PREFILL_CHUNK = 128  # the fewest prompt tokens a step gives a waiting prefill, however many rows decode
+# Prompt tokens plus decoding rows one engine step runs (vLLM's token budget per step, chunked prefill). A
+# prompt's tokens go through GEMMs, many times cheaper per token than a decoding row's, so this keeps
+# the time to first token low while bounding how long the decoding rows wait: a 512-token prompt is one step.
+STEP_TOKENS = 512
+GROW = 256  # columns added on the right when the shared write column reaches the end (each time: one copy)
 
 
 @dataclass
@@ -87,8 +101,9 @@ class Prefill:
 class RunningBatch:
     """The rows being decoded, in the slots of one KV cache; `None` slots are dead, waiting for reuse."""
 
-    def __init__(self, model: GPT, pad_id: int):
-        self.model, self.pad_id = model, pad_id
+    def __init__(self, model: GPT, pad_id: int, budget: int | None = None):
+        """budget: the most positions (rows x columns) the cache may hold; None: unbounded."""
+        self.model, self.pad_id, self.budget = model, pad_id, budget
         self.n_ctx, self.n_vocab = model.config.n_ctx, model.config.n_vocab
         self.device, self.dtype = model.wte.weight.device, model.wte.weight.dtype
         self.slots: list[Row | None] = []
@@ -102,6 +117,11 @@ class RunningBatch:
     def width(self) -> int:
         """Columns the cache holds per row now (its memory is slots x width x 2 x n_layer x n_embd)."""
         return 0 if self.cache is None else self.cache.max_len
+
+    @property
+    def positions(self) -> int:
+        """KV-cache positions allocated now (slots x columns, dead slots included)."""
+        return len(self.slots) * self.width
 
     def join(self, prefills: list[Prefill]) -> None:
         """Put the finished prefills' rows into the batch: into dead slots where the prompt fits, else
@@ -149,12 +169,13 @@ class RunningBatch:
         return int(used.to(torch.int8).argmax()) if bool(used.any()) else self.cache.length
 
     def _rebuild(self, joining: list[tuple[Row, KVCache]]) -> None:
-        """A new cache: live rows and joining rows, right-aligned at a shared column, GROW free columns after."""
+        """A new cache: live rows and joining rows, right-aligned at a shared column, free columns after."""
         old, keep = self.cache, [i for i, r in enumerate(self.slots) if r is not None]
         span = old.length - self._trim() if keep else 0  # the live rows' columns worth keeping
         W = max([span] + [src.length for _, src in joining] + [1])
         B = len(keep) + len(joining)
-        new = KVCache(self.model.config, B, W + GROW, self.device, self.dtype)
+        grow = GROW if self.budget is None else max(1, min(GROW, self.budget // B - W))  # within the budget
+        new = KVCache(self.model.config, B, W + grow, self.device, self.dtype)
         new.valid[:, :W] = False  # columns from W on are where the rows' next tokens go: valid
         new.length, new.padded = W, True
         for j, i in enumerate(keep):  # live rows: their last `span` columns move, with their validity

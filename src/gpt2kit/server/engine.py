@@ -1,9 +1,12 @@
 """The model worker: one thread owns the model and schedules requests step by step (continuous batching).
 
 Every iteration the worker takes in new requests, admits waiting rows that fit the batch (scheduler.py:
-round-robin across requests, within --max-batch rows and --max-batch-tokens of KV cache), runs one
-chunk of prompt prefill, and one decoding step of every running row (batching.py). A request that
-arrives while others run joins them at the next step; a finished or cancelled row leaves at once.
+round-robin across requests, within --max-batch rows and --max-batch-tokens of KV cache), prefills
+waiting prompts first (vLLM's order: a new prompt's first token is what its client waits for) within a
+token budget per step (batching.STEP_TOKENS, less the decoding rows; at least PREFILL_CHUNK), then runs
+one decoding step of every running row (batching.py). A prompt that arrives when nothing decodes is
+prefilled whole in one pass. A request that arrives while others run joins them at the next step; a
+finished or cancelled row leaves at once.
 Results go to each request's own asyncio queue without waiting on the client, so a slow reader never
 holds up the others.
 
@@ -23,11 +26,11 @@ from typing import Callable
 
 import torch
 
-from ..batching import PREFILL_CHUNK, Prefill, Row, RunningBatch
+from ..batching import PREFILL_CHUNK, STEP_TOKENS, Prefill, Row, RunningBatch
 from ..generation import Job, RowOutput
 from ..lm import LM
 from ..sampling import make_generator
-from .scheduler import Group, Scheduler, TooLarge, make_groups
+from .scheduler import Group, KvBudget, Scheduler, TooLarge, make_groups
 from .stats import Stats
 
 log = logging.getLogger("gpt2kit")
@@ -93,8 +96,11 @@ class _Live:
 
 class Engine:
     def __init__(self, loader: Callable[[], LM], *, max_batch: int, max_queue: int,
-                 max_batch_tokens: int | None = None, on_load_error: Callable[[BaseException], None] | None = None):
+                 max_batch_tokens: int | None = None, on_load_error: Callable[[BaseException], None] | None = None,
+                 step_tokens: int = STEP_TOKENS):
+        """step_tokens: prompt tokens plus decoding rows per step while rows decode (batching.STEP_TOKENS)."""
         self.lm: LM | None = None
+        self.step_tokens = step_tokens
         self.on_load_error = on_load_error
         self.load_exception: BaseException | None = None  # why the model did not load
         self.max_batch, self.max_queue, self.max_batch_tokens = max_batch, max_queue, max_batch_tokens
@@ -128,6 +134,9 @@ class Engine:
                            doc="requests accepted and not started (a request some of whose rows run is running)")
     running_rows = property(lambda self: len(self._live), doc="rows admitted and not finished (prefill or decoding)")
     batch_size = property(lambda self: self.stats.batch_size, doc="rows in the latest decoding step")
+    kv_cache_positions = property(lambda self: self.stats.kv_cache_positions,
+                                  doc="KV-cache positions the running batch holds now (at most kv_budget_positions)")
+    kv_budget_positions = property(lambda self: self.stats.kv_budget_positions, doc="--max-batch-tokens, resolved")
     draining = property(lambda self: self._deadline is not None)
 
     @property
@@ -183,7 +192,8 @@ class Engine:
             else:
                 log.error("could not load the model: %s", e)
             return
-        self._batch = RunningBatch(self.lm.model, self.lm.tokenizer.eot_id)
+        self._batch = RunningBatch(self.lm.model, self.lm.tokenizer.eot_id, budget=self.budget())
+        self.stats.kv_budget_positions = self.budget()
         while True:
             self._take_new(block=not self._live and not len(self._scheduler))
             try:
@@ -220,11 +230,12 @@ class Engine:
             batch.slots, batch.cache = [], None  # nothing runs: the cache's memory goes back
         elif dead * 2 >= len(batch.slots) and not self._prefills and not len(self._scheduler):
             batch.compact()
+        self.stats.kv_cache_positions = batch.positions
 
     def _admit(self) -> None:
-        free_rows = self.max_batch - len(self._live)
-        free_tokens = self.budget() - sum(live.cost for live in self._live.values())
-        for group in self._scheduler.admit(free_rows, free_tokens):
+        running = [live.cost for live in self._live.values()]
+        room = KvBudget(positions=self.budget(), max_rows=self.max_batch, running=running)
+        for group in self._scheduler.admit(room.take):
             request = group.request
             if not request.started:
                 request.started = True
@@ -251,8 +262,12 @@ class Engine:
             self.stats.prompt_tokens += len(group.jobs[0].ids)
 
     def _prefill(self) -> None:
-        """One chunk of prompt work while rows decode (so they are not stalled), all of it when none do."""
-        budget = PREFILL_CHUNK if self._batch.rows else 1 << 30
+        """Waiting prompts first, oldest first, within the step's token budget; when no row decodes, the
+        oldest prompt alone and whole, so its first token comes after one pass over it (a lone request)."""
+        decoding = len(self._batch.rows)
+        budget = max(PREFILL_CHUNK, self.step_tokens - decoding)
+        if not decoding and self._prefills:
+            budget = max(1, self._prefills[0].remaining)
         ready = []
         while self._prefills and budget > 0:
             p = self._prefills[0]

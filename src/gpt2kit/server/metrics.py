@@ -68,6 +68,8 @@ ENGINE_COUNTERS = (
     ("gpt2kit_cancelled_rows_total", "counter", "rows stopped because their client left", "cancelled_rows"),
     ("gpt2kit_engine_requests_total", "counter", "requests the engine finished", "requests_done"),
     ("gpt2kit_batches_total", "counter", "batches the engine ran", "batches_run"),
+    ("gpt2kit_kv_cache_positions", "gauge", "KV-cache positions the running batch holds", "kv_cache_positions"),
+    ("gpt2kit_kv_cache_budget_positions", "gauge", "the most KV-cache positions it may hold", "kv_budget_positions"),
 )
 
 

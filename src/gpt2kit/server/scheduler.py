@@ -1,5 +1,10 @@
 """Admission: which waiting rows start next, within the batch's rows and KV-cache budget, fairly.
 
+The KV cache is one dense block (batching.RunningBatch): every row holds as many columns as the row that
+reaches furthest back, so what the running rows cost is rows x the largest reservation among them, not the
+sum of their reservations. Admission checks exactly that (KvBudget), so the cache a running batch
+allocates never exceeds --max-batch-tokens positions.
+
 A request's jobs come in groups: the samples of one prompt, prefilled once and admitted together
 (split where one group would not fit the batch or the budget). Waiting requests take turns, one group
 each (round-robin), so a request of 64 rows cannot hold back a one-row request behind all of its rows.
@@ -9,6 +14,7 @@ for ever by smaller ones.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,11 +30,7 @@ class Group:
     """Jobs of one request continuing the same prompt: one prefill, admitted together."""
     request: Any  # the engine's Request
     jobs: list[Job]
-    row_cost: int  # KV positions each row reserves: min(n_ctx, prompt + max_new)
-
-    @property
-    def cost(self) -> int:
-        return self.row_cost * len(self.jobs)
+    row_cost: int  # KV positions each row reserves: min(n_ctx, prompt + max_new), the largest of its rows'
 
 
 def row_cost(job: Job, n_ctx: int) -> int:
@@ -37,8 +39,8 @@ def row_cost(job: Job, n_ctx: int) -> int:
 
 
 def make_groups(request: Any, jobs: list[Job], *, n_ctx: int, max_rows: int, budget: int) -> list[Group]:
-    """Consecutive jobs of equal prompts, in groups that fit `max_rows` rows and `budget` positions;
-    TooLarge if a single row does not fit the budget."""
+    """Consecutive jobs of equal prompts, in groups that fit `max_rows` rows and `budget` positions when they
+    run alone (so every group is admitted once the batch empties); TooLarge if a single row does not fit."""
     groups: list[Group] = []
     for job in jobs:
         cost = row_cost(job, n_ctx)
@@ -47,11 +49,29 @@ def make_groups(request: Any, jobs: list[Job], *, n_ctx: int, max_rows: int, bud
                            f"server's --max-batch-tokens is {budget}: ask for fewer tokens")
         last = groups[-1] if groups else None
         if last is not None and last.jobs[0].ids == job.ids and len(last.jobs) < max_rows \
-                and last.cost + cost <= budget:
+                and (len(last.jobs) + 1) * max(last.row_cost, cost) <= budget:
             last.jobs.append(job)
+            last.row_cost = max(last.row_cost, cost)
         else:
             groups.append(Group(request, [job], cost))
     return groups
+
+
+class KvBudget:
+    """What admitting more rows would cost: rows x the largest reservation, within `positions` and `max_rows`."""
+
+    def __init__(self, *, positions: int, max_rows: int, running: list[int]):
+        """running: the reservation (row_cost) of every row admitted and not finished."""
+        self.positions, self.max_rows = positions, max_rows
+        self.rows, self.longest = len(running), max(running, default=0)
+
+    def take(self, group: Group) -> bool:
+        """Reserve room for `group` if it fits; False (and nothing reserved) if not."""
+        rows, longest = self.rows + len(group.jobs), max(self.longest, group.row_cost)
+        if rows > self.max_rows or rows * longest > self.positions:
+            return False
+        self.rows, self.longest = rows, longest
+        return True
 
 
 class Scheduler:
@@ -68,18 +88,17 @@ class Scheduler:
         if groups:
             self._turns.append((request, deque(groups)))
 
-    def admit(self, free_rows: int, free_tokens: int) -> list[Group]:
-        """Groups to start now, one per request in turn, while the next in turn fits."""
+    def admit(self, take: Callable[[Group], bool]) -> list[Group]:
+        """Groups to start now, one per request in turn, while take(next in turn) says it fits (and reserves it)."""
         out: list[Group] = []
         while self._turns:
             request, groups = self._turns[0]
             g = groups[0]
-            if len(g.jobs) > free_rows or g.cost > free_tokens:
+            if not take(g):
                 break
             self._turns.popleft()
             groups.popleft()
             out.append(g)
-            free_rows, free_tokens = free_rows - len(g.jobs), free_tokens - g.cost
             if groups:
                 self._turns.append((request, groups))
         return out
@@ -91,4 +110,6 @@ class Scheduler:
         return gone
 
     def requests(self) -> list[Any]:
-        return [r for r, _ in self._turns]
+        """Safe from the HTTP thread (queue_depth): tuple() copies the deque in one C call, under the GIL, where
+        a Python-level loop over it could see the worker's next admit and raise 'deque mutated during iteration'."""
+        return [r for r, _ in tuple(self._turns)]

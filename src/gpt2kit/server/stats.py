@@ -56,5 +56,7 @@ class Stats:
     prompt_tokens: int = 0  # prompt tokens prefilled (n samples of one prompt count once)
     tokens_generated: int = 0  # tokens drawn, every row
     batch_size: int = 0  # rows in the latest step
+    kv_cache_positions: int = 0  # KV-cache positions (rows x columns) the running batch holds now
+    kv_budget_positions: int = 0  # the most it may hold (--max-batch-tokens, or --max-batch x context)
     time_to_first_token: Histogram = field(default_factory=Histogram)  # seconds, submit -> a request's first token
     token_latency: Histogram = field(default_factory=Histogram)  # seconds per token after the first, per row
