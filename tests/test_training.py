@@ -197,3 +197,36 @@ def test_one_rule_for_the_newest_step_in_loading_and_resuming(corpus, tmp_path):
     assert gpt2kit.load(run, device="cpu").info["checkpoint"] == "step-000003"
     with pytest.raises(UserError, match="training_state.pt"):
         gpt2kit.finetune(dataset=corpus, checkpoint_dir=tmp_path / "ck", steps=4, **TINY)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_the_fused_head_loss_is_pytorchs_cross_entropy(dtype, tol):
+    """training/loss.py against F.cross_entropy(F.linear(...)) and PyTorch's autograd: loss and both gradients."""
+    from gpt2kit.training.loss import head_cross_entropy
+    g = torch.Generator().manual_seed(0)
+    # 300 rows do not divide into the blocks; 1000 classes with one target repeated in a block.
+    hidden, weight = torch.randn(3, 100, 48, generator=g), torch.randn(1000, 48, generator=g) * 0.3
+    targets = torch.randint(0, 1000, (3, 100), generator=g)
+    targets[0, :5] = 7
+    results = []
+    for fused in (False, True):
+        h = hidden.to(dtype).requires_grad_()
+        w = weight.to(dtype).requires_grad_()
+        if fused:
+            loss = head_cross_entropy(h, w, targets)
+        else:
+            logits = torch.nn.functional.linear(h, w)
+            loss = torch.nn.functional.cross_entropy(logits.float().view(-1, 1000), targets.view(-1))
+        (loss * 3).backward()  # a factor from the caller reaches both gradients
+        results.append((loss.detach(), h.grad.float(), w.grad.float()))
+    for ref, got in zip(*results):
+        assert torch.allclose(got, ref, rtol=tol, atol=tol * ref.abs().max().item()), (got - ref).abs().max()
+    assert results[1][0].dtype == torch.float32
+
+
+def test_the_fused_head_loss_skips_a_frozen_heads_gradient():
+    from gpt2kit.training.loss import head_cross_entropy
+    h = torch.randn(10, 8, requires_grad=True)
+    w = torch.randn(50, 8)
+    head_cross_entropy(h, w, torch.randint(0, 50, (10,))).backward()
+    assert h.grad is not None and w.grad is None

@@ -126,3 +126,21 @@ def test_bf16_loss_curve_stays_within_1_percent_of_fp32(tmp_path):
     assert fp32[-1] < fp32[0] - 1.0  # it learned: the curve is a curve
     worst = max(abs(b - a) / a for a, b in zip(fp32, bf16))
     assert worst < 0.01, (worst, fp32, bf16)
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 1e6])
+@pytest.mark.parametrize("old_torch", [False, True])
+def test_clip_gradients_is_clip_grad_norm_bit_for_bit(max_norm, old_torch, monkeypatch):
+    """Clipping and not clipping (where the pass is skipped), and torch < 2.6's fallback, against PyTorch's own."""
+    from gpt2kit.training.precision import clip_gradients
+    if old_torch:
+        monkeypatch.delattr(torch.nn.utils, "get_total_norm")
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(s, generator=g) for s in ((30, 7), (11,), (5, 5, 5))]
+    ours, theirs = ([torch.nn.Parameter(torch.zeros_like(x)) for x in grads] for _ in range(2))
+    for a, b, x in zip(ours, theirs, grads):
+        a.grad, b.grad = x.clone(), x.clone()
+    clip_gradients(ours, max_norm)
+    torch.nn.utils.clip_grad_norm_(theirs, max_norm)
+    assert all(torch.equal(a.grad, b.grad) for a, b in zip(ours, theirs))
+    assert torch.equal(ours[0].grad, grads[0]) == (max_norm == 1e6)

@@ -23,8 +23,10 @@ from ..formats import newest_step
 from ..generation import Sample, iter_samples
 from ..model import GPT
 from ..sampling import SamplingSettings
+from .loss import head_cross_entropy
 from .metrics import append_metrics, plot_losses
 from .options import TrainOptions
+from .precision import AUTOCAST
 from .run import Run, start_run
 from .sampler import eval_windows
 from .setup import all_reduce_mean, init_distributed, lr_at
@@ -117,9 +119,7 @@ def _step(run: Run, lr: float) -> float:
             sync = gradients_unsynced(run.net)  # reduce gradients once per step, not per micro-batch
         with sync:
             with run.precision.autocast():
-                logits = run.net(x)  # (B, T, n_vocab)
-                loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
-            del logits  # autograd keeps log_softmax's output, not the logits: (B, T, n_vocab) less during backward
+                loss = _loss(run, x, y)
             run.precision.backward(loss / micro_batches)
         loss_sum += loss.item()
     run.precision.step(run.optimizer, run.opts.grad_clip)
@@ -130,6 +130,16 @@ def _step(run: Run, lr: float) -> float:
     run.avg = [run.avg[0] * 0.99 + loss_value, run.avg[1] * 0.99 + 1.0]
     run.interval_tokens += run.tokens_per_step
     return loss_value
+
+
+def _loss(run: Run, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy of the batch x (B, T) -> targets y (B, T)."""
+    # The fused head (loss.py) reads wte outside the model's forward: not where --fsdp shards it, nor under
+    # autocast (GPUs), nor for LoRA, whose frozen base may be stored in another dtype than it computes in.
+    if run.opts.fsdp or run.opts.lora_rank is not None or run.precision.plan.mode == AUTOCAST:
+        logits = run.net(x)  # (B, T, n_vocab)
+        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
+    return head_cross_entropy(run.net(x, hidden_only=True), run.model.wte.weight, y)
 
 
 def _report(run: Run, loss: float, lr: float, bar) -> None:

@@ -87,7 +87,7 @@ class Precision:
         if self.scaler:
             self.scaler.unscale_(optimizer)
         if grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.parameters(), grad_clip)
+            clip_gradients(self.parameters(), grad_clip)
         if self.scaler:
             self.scaler.step(optimizer)
             self.scaler.update()
@@ -146,6 +146,22 @@ class MasterWeights(Precision):
 
     def weights(self) -> dict[str, torch.Tensor]:
         return {name: m.detach() for name, m in self.masters.items()}
+
+
+def clip_gradients(parameters: list[torch.Tensor], max_norm: float) -> None:
+    """torch.nn.utils.clip_grad_norm_, bit for bit, without its pass over every gradient when nothing is clipped.
+
+    clip_grad_norm_ multiplies every gradient by min(1, max_norm / (norm + 1e-6)) even when that is 1, to spare
+    a GPU the sync an `if` needs; on a CPU that is a read and a write of every gradient (1 GB for 124M) that
+    changes no bit. Where the factor is below 1 this calls the same two functions clip_grad_norm_ does.
+    """
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads or grads[0].device.type != "cpu" or not hasattr(torch.nn.utils, "get_total_norm"):  # torch < 2.6
+        torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+        return
+    norm = torch.nn.utils.get_total_norm(grads)
+    if max_norm / (norm + 1e-6) < 1.0:  # the factor clip_grad_norm_ clamps to 1
+        torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, norm)
 
 
 def make_precision(model: nn.Module, plan: PrecisionPlan, device: torch.device) -> Precision:
