@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .. import durable
 from ..devices import resolve_device
 from ..formats import newest_step
 from ..generation import Sample, iter_samples
@@ -240,7 +241,7 @@ def write_samples(model: GPT, tokenizer, opts: TrainOptions, run_name: str, step
     out_dir = Path(opts.sample_dir) / run_name
     out_dir.mkdir(parents=True, exist_ok=True)
     delim = "=" * 20
-    (out_dir / f"step-{step:06d}.txt").write_text(f"\n{delim}\n".join(texts) + "\n", encoding="utf-8")
+    durable.write_text(out_dir / f"step-{step:06d}.txt", f"\n{delim}\n".join(texts) + "\n")  # whole or not at all
     for t in texts:
         log.info("======== SAMPLE at step %d ========\n%s", step, t)
     return texts
