@@ -257,3 +257,45 @@ def test_the_kv_cache_stays_within_its_budget(hf_tiny):
         stop.set()
         proc.terminate()
         proc.wait(timeout=60)
+
+
+def test_prompt_scoring_is_interleaved_and_scores_like_transformers(long_context):
+    """A big scoring request (echo + logprobs, max_tokens 0: lm-evaluation-harness's loglikelihood) is prefilled
+    in chunks like any prompt, interleaved with the others: a short generation request sent while it runs
+    finishes long before it instead of waiting for every one of its prompts (the scoring of all of them once
+    ran in one step when the request was admitted), and the scores are transformers' (fp32)."""
+    from transformers import GPT2LMHeadModel
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(0, 50256, (1000 + i,), generator=g).tolist() for i in range(8)]  # near-full context
+    scoring = {"prompt": prompts, "max_tokens": 0, "echo": True, "logprobs": 2}
+    proc, url = start_server(long_context, "--dtype", "float32")
+    try:
+        timed(url, {"prompt": "warm", "max_tokens": 2})
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            start = time.perf_counter()
+            big = pool.submit(post, url, scoring)
+            # The engine has the scoring request (its prompt tokens are counted when it is submitted)
+            wait_for(lambda: gauges(url)["gpt2kit_prompt_tokens_total"] >= sum(map(len, prompts)))
+            short = timed(url, {"prompt": "Quick", "max_tokens": 2, "seed": 1})
+            overtook = not big.done()
+            code, answer = big.result()
+            big_took = time.perf_counter() - start
+        assert code == 200, answer
+        assert overtook and short < big_took / 2, (short, big_took)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    reference = GPT2LMHeadModel.from_pretrained(long_context).eval()
+    assert [c["index"] for c in answer["choices"]] == list(range(len(prompts)))
+    for ids, choice in zip(prompts, answer["choices"]):
+        with torch.no_grad():
+            lp = reference(torch.tensor([ids])).logits[0, :-1].log_softmax(-1)  # (T - 1, V)
+        expected = lp.gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
+        got = choice["logprobs"]
+        assert got["token_logprobs"][0] is None and got["top_logprobs"][0] is None and choice["finish_reason"] == "length"
+        assert got["token_logprobs"][1:] == pytest.approx(expected.tolist(), abs=1e-4)
+        # The top 2 and the prompt's own token, keyed by text: random ids can decode alike (a lone UTF-8 byte is
+        # '\ufffd') and share a key, so only "none above the model's best" holds at every position.
+        best = [max(top.values()) for top in got["top_logprobs"][1:]]
+        assert all(b <= m + 1e-4 for b, m in zip(best, lp.max(-1).values.tolist()))
+        assert all(len(top) <= 3 for top in got["top_logprobs"][1:])

@@ -7,7 +7,11 @@ The cache is decoding's left-padded one: one shared write column for every row, 
 positions are absolute learned embeddings, so a cached key or value does not depend on the column
 it sits in: a joining prompt is prefilled alone (in chunks, so a long one does not stall the
 others' steps) and its keys and values are copied in right-aligned at the shared column. `n` samples
-of one prompt prefill once and get copies. A leaving row's slot is marked dead (it computes a throwaway
+of one prompt prefill once and get copies. A prefill can also score its prompt (the server's echo with
+logprobs, lm-evaluation-harness's loglikelihood) chunk by chunk: the output head then runs over every
+position of a chunk, not just the last, so what a scoring prompt holds at a time is chunk x V logits
+(the rows' first-token logits come from that full-width head: equal to the last-position one up to float
+rounding). A leaving row's slot is marked dead (it computes a throwaway
 token until it is reused by a joining row or compacted away), so a leave costs no copy of the cache.
 Why not drop it at once: the C step takes one contiguous (L, B, ...) cache, so dropping a row is a copy
 of every other row's keys and values (124M, 15 rows of 700 positions: 0.8 GB), and the next row to join
@@ -65,13 +69,17 @@ class Row:
 
 
 class Prefill:
-    """A prompt run through the model alone, chunk by chunk, for the rows that will continue it."""
+    """A prompt run through the model alone, chunk by chunk, for the rows that will continue it, and/or scored."""
 
-    def __init__(self, model: GPT, ids: list[int], rows: list[Row]):
-        self.model, self.ids, self.rows = model, ids, rows
+    def __init__(self, model: GPT, ids: list[int], rows: list[Row], score: int = 0):
+        """score: also record every prompt token's log-probability and its `score` most likely alternatives
+        (the server's echo with logprobs); the prompt's own tokens are then scored in its prefill's chunks."""
+        self.model, self.ids, self.rows, self.score = model, ids, rows, score
         device = model.wte.weight.device
         self.cache = KVCache(model.config, 1, len(ids), device, model.wte.weight.dtype)
         self.logits: torch.Tensor | None = None
+        # Per prompt token (logprob, [(token, logprob)] top `score`); the first token has none (OpenAI's null).
+        self.scores: list[tuple[float | None, list[tuple[int, float]]]] = [(None, [])] if score else []
 
     @property
     def done(self) -> bool:
@@ -90,12 +98,29 @@ class Prefill:
         self.cache.padded = start > 0
         x = torch.tensor([chunk], dtype=torch.long, device=self.cache.k.device)  # (1, T)
         with torch.inference_mode():
-            logits = self.model(x, cache=self.cache, last_only=True)  # (1, 1, V)
+            # Scoring needs every position's logits (at most chunk x V at a time); a plain prefill only the last.
+            logits = self.model(x, cache=self.cache, last_only=not self.score)  # (1, T or 1, V)
+        if self.score:
+            self._score(logits[0], start)
         if self.cache.length == len(self.ids):
-            self.logits = logits[0, -1]
+            # A copy when scoring: a view would keep the whole chunk's (T, V) logits alive with the rows.
+            self.logits = logits[0, -1].clone() if self.score else logits[0, -1]
             for row in self.rows:
                 row.pos, row.logits = len(self.ids), self.logits
         return len(chunk)
+
+    def _score(self, logits: torch.Tensor, start: int) -> None:
+        """logits (T, V) of positions start.. : position t scores prompt token t + 1 (the chunk's last
+        position scores the next chunk's first token; the prompt's last position scores nothing)."""
+        n = min(logits.shape[0], len(self.ids) - 1 - start)  # positions with a next prompt token
+        if n <= 0:
+            return
+        lp = logits[:n].float().log_softmax(-1)  # (n, V)
+        following = torch.tensor(self.ids[start + 1:start + 1 + n], device=lp.device)  # (n,)
+        chosen = lp.gather(1, following[:, None])[:, 0]  # (n,)
+        values, indices = torch.topk(lp, self.score, dim=-1)  # (n, score)
+        for c, i, v in zip(chosen.tolist(), indices.tolist(), values.tolist()):
+            self.scores.append((c, list(zip(i, v))))
 
 
 class RunningBatch:

@@ -134,8 +134,9 @@ class Completion:
         return cls(body, lm, model_name, prompts, encoded, jobs, first, metrics, arrival)
 
     def prompt_logprobs(self) -> list[list[int]] | None:
-        """The prompts whose own tokens' logprobs the engine computes (echo with logprobs)."""
-        return self.encoded if (self.body.echo and self.body.logprobs is not None) else None
+        """The prompts whose own tokens' logprobs the engine computes (echo with logprobs, not streamed: a stream
+        echoes the prompt's text without them)."""
+        return self.encoded if (self.body.echo and self.body.logprobs is not None and not self.body.stream) else None
 
     def candidate_of(self, ev: Piece | Sample) -> int:
         return ev.index - self.first_index

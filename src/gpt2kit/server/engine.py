@@ -6,7 +6,12 @@ waiting prompts first (vLLM's order: a new prompt's first token is what its clie
 token budget per step (batching.STEP_TOKENS, less the decoding rows; at least PREFILL_CHUNK), then runs
 one decoding step of every running row (batching.py). A prompt that arrives when nothing decodes is
 prefilled whole in one pass. A request that arrives while others run joins them at the next step; a
-finished or cancelled row leaves at once.
+finished or cancelled row leaves at once. Prompts take turns across requests (_enqueue): a request's k-th
+waiting prompt runs after every other request's k-th.
+Prompt scoring (echo with logprobs) is part of the prompt's prefill (batching.Prefill's `score`): chunked,
+within the step's token budget, interleaved like any prefill; with max_tokens 0 the prefill has no rows
+and its jobs end when it does. (Scoring every prompt of a request in one full forward each when it was
+admitted stalled every running row for all of them: 64 prompts of 1023 tokens, 64 forwards in one step.)
 Results go to each request's own asyncio queue without waiting on the client, so a slow reader never
 holds up the others.
 
@@ -62,12 +67,16 @@ class Request:
     sink: asyncio.Queue
     loop: asyncio.AbstractEventLoop
     prompt_logprobs: list[list[int]] | None = None  # prompts whose token logprobs to compute (echo + logprobs)
-    prompt_results: list = field(default_factory=list)
+    prompt_results: list = field(default_factory=list)  # per prompt, batching.Prefill.scores: filled before DONE
     submitted: float = field(default_factory=time.monotonic)
     first_token: float | None = None
     open_rows: int = 0  # rows not yet finished
     groups: list[Group] = field(default_factory=list)
-    started: bool = False  # some group admitted (its prompt logprobs are computed then)
+    started: bool = False  # some group admitted
+    scoring: set[tuple[int, ...]] = field(default_factory=set)  # prompts whose scoring prefill has been made
+
+    def __post_init__(self) -> None:
+        self.prompt_results = [None] * len(self.prompt_logprobs or [])
 
     def put(self, item) -> None:
         try:
@@ -86,12 +95,21 @@ class Request:
 
 @dataclass
 class _Live:
-    """A row admitted and not finished: in a prefill or in the running batch."""
+    """A row admitted and not finished: in a prefill or in the running batch (row None: a max_tokens 0 job
+    waiting for its prompt's scoring)."""
     request: Request
     output: RowOutput
-    row: Row
+    row: Row | None
     cost: int
     first_token: float | None = None
+
+
+@dataclass
+class _Prompt:
+    """A prefill waiting or under way: for the rows that will continue it, and/or scoring its prompt."""
+    prefill: Prefill
+    request: Request
+    ends: list[int] = field(default_factory=list)  # jobs (max_tokens 0) that end when the prompt is scored
 
 
 class Engine:
@@ -109,7 +127,7 @@ class Engine:
         self._lock = threading.Lock()
         self._next_index = 0
         self._scheduler = Scheduler()
-        self._prefills: deque[Prefill] = deque()
+        self._prefills: deque[_Prompt] = deque()
         self._live: dict[int, _Live] = {}  # job index -> its row
         self._batch: RunningBatch | None = None
         self._deadline: float | None = None  # set by drain(): when what still runs is cancelled
@@ -236,47 +254,82 @@ class Engine:
         running = [live.cost for live in self._live.values()]
         room = KvBudget(positions=self.budget(), max_rows=self.max_batch, running=running)
         for group in self._scheduler.admit(room.take):
-            request = group.request
-            if not request.started:
-                request.started = True
-                if request.prompt_logprobs:
-                    top = max(j.logprobs for j in request.jobs)
-                    request.prompt_results = [self._prompt_logprobs(ids, top) for ids in request.prompt_logprobs]
+            group.request.started = True
             self._start(group)
 
     def _start(self, group: Group) -> None:
-        """Rows of `group` go live: a prefill of their prompt, shared by them all."""
-        rows = []
+        """Rows of `group` go live: a prefill of their prompt, shared by them all, scoring it if it is the
+        first of its request's groups of that prompt to ask (echo with logprobs). A max_tokens 0 job ends
+        at once, or when the prompt is scored."""
+        request, ids = group.request, list(group.jobs[0].ids)
+        score = 0
+        if request.prompt_logprobs and tuple(ids) not in request.scoring:
+            request.scoring.add(tuple(ids))
+            score = max(j.logprobs for j in request.jobs)
+        prompt = _Prompt(Prefill(self.lm.model, ids, [], score=score), request)
         for job in group.jobs:
             output = RowOutput(job, self.lm.tokenizer)
-            if job.max_new == 0:
+            if job.max_new == 0 and not score:
                 output.finish("length")
-                self._finished(group.request, output)
+                self._finished(request, output)
                 continue
-            row = Row(key=job.index, settings=job.settings, generator=make_generator(job.seed), tokens=list(job.ids),
-                      logprobs=job.logprobs)
-            self._live[job.index] = _Live(group.request, output, row, group.row_cost)
-            rows.append(row)
-        if rows:
-            self._prefills.append(Prefill(self.lm.model, list(group.jobs[0].ids), rows))
-            self.stats.prompt_tokens += len(group.jobs[0].ids)
+            row = None
+            if job.max_new == 0:
+                prompt.ends.append(job.index)
+            else:
+                row = Row(key=job.index, settings=job.settings, generator=make_generator(job.seed),
+                          tokens=list(job.ids), logprobs=job.logprobs)
+                prompt.prefill.rows.append(row)
+            self._live[job.index] = _Live(request, output, row, group.row_cost)
+        if prompt.prefill.rows or prompt.ends:
+            self._enqueue(prompt)
+            self.stats.prompt_tokens += len(ids)
+
+    def _enqueue(self, prompt: _Prompt) -> None:
+        """Prefills take turns across requests: a request's k-th waiting prompt goes after every other request's
+        k-th, so a one-prompt request admitted after a 64-prompt one waits for one of its prompts, not all 64.
+        The head (maybe half done) keeps its place."""
+        mine = sum(p.request is prompt.request for p in self._prefills)
+        turns: dict[int, int] = {}  # request -> its prompts seen so far
+        for i, p in enumerate(self._prefills):
+            turn = turns[id(p.request)] = turns.get(id(p.request), -1) + 1
+            if turn > mine:
+                self._prefills.insert(i, prompt)
+                return
+        self._prefills.append(prompt)
 
     def _prefill(self) -> None:
-        """Waiting prompts first, oldest first, within the step's token budget; when no row decodes, the
-        oldest prompt alone and whole, so its first token comes after one pass over it (a lone request)."""
+        """Waiting prompts first, in turns (_enqueue), within the step's token budget; when no row decodes, the
+        oldest prompt alone and whole, so its first token comes after one pass over it (a lone request). A
+        prompt that is only scored (max_tokens 0) has no first token to hurry: it keeps to the step's budget,
+        so a request arriving meanwhile waits for a chunk of it, not for a whole 1023-token prompt."""
         decoding = len(self._batch.rows)
         budget = max(PREFILL_CHUNK, self.step_tokens - decoding)
-        if not decoding and self._prefills:
-            budget = max(1, self._prefills[0].remaining)
+        if not decoding and self._prefills and self._prefills[0].prefill.rows:
+            budget = max(1, self._prefills[0].prefill.remaining)
         ready = []
         while self._prefills and budget > 0:
-            p = self._prefills[0]
+            p = self._prefills[0].prefill
             budget -= p.advance(budget)
             self.stats.prefill_chunks += 1
             if p.done:
-                ready.append(self._prefills.popleft())
+                self._scored(self._prefills.popleft())
+                if p.rows:
+                    ready.append(p)
         if ready:
             self._batch.join(ready)
+
+    def _scored(self, prompt: _Prompt) -> None:
+        """A finished prefill's scores go to every prompt of its request with its ids; its max_tokens 0 jobs end."""
+        request, p = prompt.request, prompt.prefill
+        if p.score:
+            for i, ids in enumerate(request.prompt_logprobs):
+                if ids == p.ids:
+                    request.prompt_results[i] = p.scores
+        now = time.monotonic()
+        for key in prompt.ends:
+            self._live[key].output.finish("length")
+            self._end_row(key, now)
 
     def _step(self) -> None:
         """Draw a token for every running row, hand out what it makes, and feed the rows that go on."""
@@ -302,7 +355,8 @@ class Engine:
                 batch.leave(res.row)
                 self._end_row(res.row, now)
         for row in batch.feed():  # rows whose context is full: re-prefill their last n_ctx/2 tokens first
-            self._prefills.appendleft(Prefill(self.lm.model, row.tokens[-(self.lm.config.n_ctx // 2):], [row]))
+            window = Prefill(self.lm.model, row.tokens[-(self.lm.config.n_ctx // 2):], [row])
+            self._prefills.appendleft(_Prompt(window, self._live[row.key].request))
 
     def _end_row(self, key: int, now: float) -> None:
         live = self._live.pop(key)
@@ -338,11 +392,12 @@ class Engine:
                 self._finished(group.request, output)
 
     def _drop_live(self, key: int) -> None:
-        """Take row `key` out of the batch or out of its prefill."""
+        """Take row `key` out of the batch or out of its prefill (a prefill nobody waits for is dropped)."""
         self._batch.leave(key)
         for p in list(self._prefills):
-            p.rows = [r for r in p.rows if r.key != key]
-            if not p.rows:
+            p.prefill.rows = [r for r in p.prefill.rows if r.key != key]
+            p.ends = [k for k in p.ends if k != key]
+            if not p.prefill.rows and not p.ends:
                 self._prefills.remove(p)
 
     def _fail_all(self, error: Exception, *, waiting: bool = False) -> None:
@@ -360,14 +415,3 @@ class Engine:
             request.put(DONE)
             self.stats.requests_done += 1
             self.stats.requests_failed += 1
-
-    def _prompt_logprobs(self, ids: list[int], top: int) -> list[tuple[float | None, list[tuple[int, float]]]]:
-        """For each prompt token: its log-probability given the tokens before it, and the top alternatives."""
-        lm = self.lm
-        x = torch.tensor([ids], device=lm.device)
-        lp = lm.model(x)[0].float().log_softmax(-1)  # (T, V)
-        out: list[tuple[float | None, list[tuple[int, float]]]] = [(None, [])]
-        for t in range(1, len(ids)):
-            values, indices = torch.topk(lp[t - 1], top)
-            out.append((lp[t - 1, ids[t]].item(), list(zip(indices.tolist(), values.tolist()))))
-        return out
