@@ -294,7 +294,7 @@ def measure_size(size: str, args, notes: list[str]) -> dict:
         if args.lora and "lora" in args.kinds:
             row["finetune/lora"] = run_case("finetune", folder=folder, dtype="lora", dataset=token_file(args.cache),
                                             steps=args.steps, train_dtype=args.train_dtype)
-        elif size == args.sizes[0]:
+        elif not args.lora and size == args.sizes[0]:
             notes.append("LoRA not measured: this tree's `gpt2kit finetune` has no --lora-rank")
     return row
 
