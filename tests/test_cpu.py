@@ -17,8 +17,9 @@ import torch.nn.functional as F
 
 import gpt2kit
 from gpt2kit.config import GPTConfig
-from gpt2kit.cpu import features, kernels, policy
-from gpt2kit.cpu.candidates import Candidate, build, candidates, for_dtype, trial
+from gpt2kit.cpu import features, kernels, policy, tuning
+from gpt2kit.cpu.candidates import Candidate, build, candidates, for_dtype
+from gpt2kit.cpu.tuning import compare
 from gpt2kit.cpu.policy import Fidelity
 from gpt2kit.cpu.runner import CpuGPT
 from gpt2kit.cpu.weights import KINDS, KernelLinear, kernel_linear
@@ -231,14 +232,26 @@ def test_each_format_stays_close_to_the_fp32_reference(fmt, tol):
         assert (a - b).abs().max() < tol * b.abs().max()
 
 
-def test_trial_leaves_the_model_as_it_was():
-    gpt = random_gpt(32, 4)
-    idx = torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(0))
+@pytest.mark.parametrize("fmt", ["float16", "int8"])
+def test_the_block_by_block_check_equals_the_built_models_fidelity(fmt, monkeypatch):
+    """tuning.compare runs fp32 and the candidate side by side one block at a time (so a first auto load
+    never holds two models); its figures equal those of the whole built model against the whole fp32 one."""
+    gpt, c = random_gpt(32, 4), Candidate(fmt, "torch")
+    probe = torch.randint(0, 97, (150,), generator=torch.Generator().manual_seed(1)).tolist()
+    windows = tuning._windows(probe, gpt.config.n_ctx)  # 48, 48, 48 and 6 positions
+    monkeypatch.setattr(tuning, "HEAD_ROWS", 20)  # the head in chunks of 20, 20, 8 positions per window
     with torch.no_grad():
-        before = gpt(idx)
-        with trial(gpt, Candidate("int8", "torch"), None) as m:
-            assert (m(idx) - before).abs().max() > 0  # rounded weights: a different answer
-        assert torch.equal(gpt(idx), before) and isinstance(gpt.h[0].mlp.c_fc, torch.nn.Linear)
+        ref = [gpt(w)[0] for w in windows]
+        got = compare(gpt, c, None, windows)
+        assert torch.equal(gpt(windows[0])[0], ref[0])  # the model is left as it was
+        built = build(random_gpt(32, 4), c, None)
+        logits = [built(w)[0] for w in windows]
+
+    def loss(ls):
+        return torch.cat([F.cross_entropy(l[:-1], w[0, 1:], reduction="none") for l, w in zip(ls, windows)]).mean().item()
+    top1 = torch.cat([a.argmax(-1) == b.argmax(-1) for a, b in zip(logits, ref)]).float().mean().item()
+    assert got == Fidelity(top1, loss(logits), loss(ref))
+    assert got.loss != got.reference_loss  # rounded weights: a different answer, so the check can fail
 
 
 # --- the whole policy on this machine ---------------------------------------------------------

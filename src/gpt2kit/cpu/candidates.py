@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import torch
+import torch.nn as nn
 
 from ..errors import UserError
 from ..model import GPT
 from .features import CpuInfo
 from .kernels import Kernels
-from .runner import CpuGPT, MakeLinear, swap_matrices
+from .runner import CpuGPT, MakeLinear, block_matrices, swap_matrices
 from .step import KernelStep
 from .weights import BF16Linear, InputMajorLinear, KernelLinear, OneDNNLinear, TorchInt8Linear, has_onednn
 
@@ -76,32 +77,17 @@ def build(gpt: GPT, c: Candidate, kernels: Kernels | None) -> CpuGPT:
     return CpuGPT(gpt, head, step, c.name)
 
 
-class _OnTheFly(torch.nn.Module):
-    """A matrix converted to a candidate's format at each call and dropped after: a trial then holds one
-    converted matrix at a time beside the fp32 model, not a whole second model. It computes exactly what
-    the built module computes (it is that module, made from the same weight)."""
-
-    def __init__(self, make: MakeLinear, weight: torch.Tensor, bias: torch.Tensor | None):
-        super().__init__()
-        self.make, self.weight, self.bias = make, weight, bias
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.make(self.weight, self.bias)(x)
-
-
-def _on_the_fly(make: MakeLinear) -> MakeLinear:
-    return lambda w, b: _OnTheFly(make, w, b)
-
-
 @contextlib.contextmanager
-def trial(gpt: GPT, c: Candidate, kernels: Kernels | None) -> Iterator[CpuGPT]:
-    """`gpt` on candidate `c` for the duration of the block, then back as it was (for measuring)."""
-    saved = [(parent, name, getattr(parent, name)) for block in gpt.h
-             for parent, name in ((block.attn, "c_attn"), (block.attn, "c_proj"), (block.mlp, "c_fc"), (block.mlp, "c_proj"))]
+def on_candidate(block: nn.Module, c: Candidate, kernels: Kernels | None) -> Iterator[nn.Module]:
+    """`block` (one of a GPT's) with its four matrices on candidate `c` for the duration of the `with`,
+    then back as it was (for measuring): one block's converted matrices exist at a time, never a second model.
+    They compute exactly what the built model's do (the same modules, made from the same weights)."""
+    make = linear_maker(c, kernels)
+    saved = [(parent, name, getattr(parent, name)) for parent, name in block_matrices(block)]
     try:
-        head = swap_matrices(gpt, _on_the_fly(linear_maker(c, kernels)))
-        yield CpuGPT(gpt, head, None, c.name)
+        for parent, name, lin in saved:
+            setattr(parent, name, make(lin.weight, lin.bias))
+        yield block
     finally:
         for parent, name, module in saved:
             setattr(parent, name, module)
-

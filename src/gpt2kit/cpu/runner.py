@@ -21,6 +21,11 @@ from .step import KernelStep
 MakeLinear = Callable[[torch.Tensor, torch.Tensor | None], nn.Module]
 
 
+def block_matrices(block: nn.Module) -> list[tuple[nn.Module, str]]:
+    """A block's four matrices as (parent module, attribute name): c_attn, attn.c_proj, c_fc, mlp.c_proj."""
+    return [(block.attn, "c_attn"), (block.attn, "c_proj"), (block.mlp, "c_fc"), (block.mlp, "c_proj")]
+
+
 def swap_matrices(gpt: GPT, make: MakeLinear, *, release_sources: bool = False) -> nn.Module:
     """Replace every block's Linear by make(weight (out, in), bias or None), in place; returns the
     output head made the same way from wte (tied, as in GPT-2). The embedding lookup keeps wte as it is.
@@ -29,7 +34,7 @@ def swap_matrices(gpt: GPT, make: MakeLinear, *, release_sources: bool = False) 
     exists, so converting a memory-mapped model holds one source matrix at a time, not all of them.
     """
     for block in gpt.h:
-        for parent, name in ((block.attn, "c_attn"), (block.attn, "c_proj"), (block.mlp, "c_fc"), (block.mlp, "c_proj")):
+        for parent, name in block_matrices(block):
             lin = getattr(parent, name)
             new = make(lin.weight, lin.bias)
             setattr(parent, name, new)

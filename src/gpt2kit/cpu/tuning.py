@@ -21,16 +21,19 @@ import torch
 import torch.nn.functional as F
 
 from .. import durable
+from ..formats.mapped import release
 from ..model import GPT
 from ..paths import HELDOUT_TEXT, tuning_dir
-from .candidates import Candidate, candidates, linear_maker, trial
+from .candidates import Candidate, candidates, linear_maker, on_candidate
 from .features import CpuInfo
 from .kernels import Kernels
+from .runner import block_matrices
 from .policy import TIMED_ROWS, Fidelity, by_speed, choose
 
 log = logging.getLogger("gpt2kit")
 FORMAT_VERSION = 1  # of the tuning file
 PROBE_TOKENS = 512  # held-out tokens the fidelity runs on: 1 disagreement in 512 is 99.8%
+HEAD_ROWS = 64  # positions whose logits exist at once in the check: 64 x 50257 fp32 is 13 MB
 
 
 def probe_ids(encode) -> list[int]:
@@ -133,17 +136,44 @@ def _windows(probe: list[int], n_ctx: int) -> list[torch.Tensor]:
     return [torch.tensor(probe[i:i + n]).unsqueeze(0) for i in range(0, len(probe) - 1, n) if len(probe[i:i + n]) > 1]
 
 
+def _release_matrices(block) -> None:
+    """Give back the pages of a block's fp32 matrices (views of the model file) once the check is past them."""
+    for parent, name in block_matrices(block):
+        lin = getattr(parent, name)
+        release(lin.weight)
+        release(lin.bias)
+
+
 @torch.inference_mode()
-def _logits(model, windows: list[torch.Tensor]) -> list[torch.Tensor]:
-    return [model(w)[0].float() for w in windows]  # each (T, V)
+def compare(gpt: GPT, c: Candidate, kernels: Kernels | None, windows: list[torch.Tensor]) -> Fidelity:
+    """Candidate `c` against fp32 on the held-out `windows` (each (1, T)), the two side by side.
 
-
-def _fidelity(got: list[torch.Tensor], ref: list[torch.Tensor], windows: list[torch.Tensor]) -> Fidelity:
-    agree = torch.cat([(a.argmax(-1) == b.argmax(-1)) for a, b in zip(got, ref)]).float().mean().item()
-
-    def loss(logits):
-        return torch.cat([F.cross_entropy(l[:-1], w[0, 1:], reduction="none") for l, w in zip(logits, windows)]).mean().item()
-    return Fidelity(agree, loss(got), loss(ref))
+    One block at a time: each block runs every window on fp32, then on c's matrices (converted for
+    that block alone), then its fp32 pages go back to the kernel; the output head runs HEAD_ROWS
+    positions at a time. So the check holds about one block, the head and its conversion, never the
+    whole fp32 model beside a converted one: a model's first `--dtype auto` load peaks like a plain load.
+    """
+    xs_ref = [gpt.wte(w) + gpt.wpe(torch.arange(w.shape[1]).unsqueeze(0)) for w in windows]  # each (1, T, C)
+    xs = list(xs_ref)
+    for block in gpt.h:
+        xs_ref = [block(x) for x in xs_ref]
+        with on_candidate(block, c, kernels) as b:
+            xs = [b(x) for x in xs]
+        _release_matrices(block)
+    head = linear_maker(c, kernels)(gpt.wte.weight, None)
+    agree, losses, ref_losses = [], [], []
+    for w, x_ref, x in zip(windows, xs_ref, xs):
+        h_ref, h, targets = gpt.ln_f(x_ref)[0], gpt.ln_f(x)[0], w[0, 1:]  # (T, C), (T, C), (T - 1,)
+        for s in range(0, h.shape[0], HEAD_ROWS):
+            ref = F.linear(h_ref[s:s + HEAD_ROWS], gpt.wte.weight)  # (n, V)
+            got = head(h[s:s + HEAD_ROWS]).float()  # (n, V)
+            agree.append(ref.argmax(-1) == got.argmax(-1))
+            t = targets[s:s + HEAD_ROWS]  # the last position of a window has no next token
+            losses.append(F.cross_entropy(got[:len(t)], t, reduction="none"))
+            ref_losses.append(F.cross_entropy(ref[:len(t)], t, reduction="none"))
+    release(gpt.wte.weight)
+    return Fidelity(torch.cat(agree).float().mean().item(), torch.cat(losses).mean().item(),
+                    torch.cat(ref_losses).mean().item())
 
 
 def decide(gpt: GPT, cpu: CpuInfo, kernels: Kernels | None, probe: list[int]) -> Decision:
@@ -161,15 +191,13 @@ def decide(gpt: GPT, cpu: CpuInfo, kernels: Kernels | None, probe: list[int]) ->
     timings = data["timings"][shape]
     key = fingerprint(gpt, probe)
     fid = {n: Fidelity(**f) for n, f in data["fidelity"].get(key, {}).items()}
-    windows, reference = _windows(probe, gpt.config.n_ctx), None
+    windows = _windows(probe, gpt.config.n_ctx)
     for name in by_speed(timings, baseline):
         if name == baseline or (name in fid and fid[name].meets_bar):
             break
         if name not in fid and windows:
             log.info("checking %s against fp32 on held-out text (once per model)", name)
-            reference = reference if reference is not None else _logits(gpt, windows)
-            with trial(gpt, found[name], kernels) as model:
-                fid[name] = _fidelity(_logits(model, windows), reference, windows)
+            fid[name] = compare(gpt, found[name], kernels, windows)
             data["fidelity"].setdefault(key, {})[name] = asdict(fid[name])
             _write(path, data)
             if fid[name].meets_bar:
