@@ -1,7 +1,9 @@
 """Token ids against transformers' GPT2Tokenizer (Hugging Face tokenizers, a BPE engine independent of tiktoken)."""
+import marshal
+
 import pytest
 
-from gpt2kit.tokenizer import ASSETS, gpt2_tokenizer
+from gpt2kit.tokenizer import ASSETS, RANKS_FORMAT, Tokenizer, _read_vocab, gpt2_tokenizer
 
 NASTY = [
     "Hello, world!",
@@ -58,3 +60,22 @@ def test_stream_decoder_never_splits_characters():
     pieces = [dec.push(i) for i in tok.encode(text)] + [dec.flush()]
     assert "".join(pieces) == text
     assert all("\ufffd" not in p for p in pieces)
+
+
+def test_a_vocabulary_read_once_is_read_back_from_the_home(tmp_path, monkeypatch, reference):
+    """Building tiktoken's ranks from encoder.json and vocab.bpe is kept under GPT2KIT_HOME by the files'
+    content: a second load reads that file; a damaged one is built again; the ids stay the reference's."""
+    monkeypatch.setenv("GPT2KIT_HOME", str(tmp_path))
+    first = Tokenizer(ASSETS / "encoder.json", ASSETS / "vocab.bpe")
+    [kept] = (tmp_path / "tokenizers").iterdir()
+    _, ranks, special = marshal.loads(kept.read_bytes())
+    assert ranks == _read_vocab(ASSETS / "encoder.json", ASSETS / "vocab.bpe")[0]
+    # What is kept is what a second load uses: a kept file that maps "Hello" elsewhere shows it is read.
+    hello = first.encode("Hello")
+    assert len(hello) == 1
+    swapped = {**ranks, b"Hello": ranks[b" the"], b" the": ranks[b"Hello"]}
+    kept.write_bytes(marshal.dumps((RANKS_FORMAT, swapped, special)))
+    assert Tokenizer(ASSETS / "encoder.json", ASSETS / "vocab.bpe").encode("Hello") == [ranks[b" the"]]
+    kept.write_bytes(b"\x00damaged")
+    again = Tokenizer(ASSETS / "encoder.json", ASSETS / "vocab.bpe")
+    assert again.encode(NASTY[1]) == reference.encode(NASTY[1]) and marshal.loads(kept.read_bytes())[1] == ranks

@@ -42,3 +42,8 @@ def datasets_dir() -> Path:
 def tuning_dir() -> Path:
     """Measured per-machine decisions (which CPU path `--dtype auto` takes)."""
     return home() / "tuning"
+
+
+def tokenizers_dir() -> Path:
+    """Vocabularies already turned into tiktoken's ranks, by the content of their files."""
+    return home() / "tokenizers"
