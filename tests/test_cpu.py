@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 import gpt2kit
 from gpt2kit.config import GPTConfig
-from gpt2kit.cpu import features, kernels, policy, tuning
+from gpt2kit.cpu import features, kernels, policy, tuning, weights
 from gpt2kit.cpu.candidates import Candidate, build, candidates, for_dtype
 from gpt2kit.cpu.tuning import compare
 from gpt2kit.cpu.policy import Fidelity
@@ -166,6 +166,20 @@ def test_linear_matches_torch(isa, fmt, M, K, N):
     tol = 1e-4 * max(1.0, ref.abs().max().item())  # fp32 accumulation in another order
     assert got.shape == (M, N) and (got - ref).abs().max() < tol
     assert (lin(x.view(M, 1, K)).view(M, N) - ref).abs().max() < tol
+
+
+@pytest.mark.parametrize("fmt", ["float32", "float16", "bfloat16", "int8"])
+def test_a_prompts_product_widens_the_stored_weights_block_by_block(fmt, monkeypatch):
+    """Above KERNEL_MAX_ROWS rows (a prompt) the product is PyTorch's GEMM on the stored weights widened
+    a block of rows at a time into a reused buffer: the same numbers as on the whole widened matrix."""
+    k = loaded("avx2")
+    monkeypatch.setattr(weights, "PREFILL_BLOCK_WEIGHTS", 7 * 40)  # 7 of W's rows a block: 301 rows in 43
+    g = torch.Generator().manual_seed(5)
+    w, b, x = torch.randn(301, 40, generator=g), torch.randn(301, generator=g), torch.randn(70, 40, generator=g)
+    lin = KernelLinear(k, w, b, fmt)
+    ref = F.linear(x, lin.dense_weight(), b)  # (70, 301)
+    assert torch.allclose(lin(x), ref, rtol=0, atol=1e-5 * ref.abs().max().item())
+    assert torch.equal(lin(x), lin(x))  # the reused buffer carries nothing over between calls
 
 
 def rounded_activations(x: torch.Tensor, fmt: str) -> torch.Tensor:
