@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 import torch
 
-from test_server import free_port, start_server
+from live_server import free_port, start_server
 
 openai = pytest.importorskip("openai")
 DEFAULT_STOPS = ["\nUser:", "\nAssistant:", "\nSystem:"]

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from test_server import start_server
+from live_server import start_server
 
 pytest.importorskip("schemathesis")
 

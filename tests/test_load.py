@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from test_server import health, start_server
+from live_server import health, start_server
 
 SECONDS = float(os.environ.get("GPT2KIT_LOAD_SECONDS", "60"))
 CONNECTIONS = int(os.environ.get("GPT2KIT_LOAD_CONNECTIONS", "200"))

@@ -3,10 +3,7 @@ official openai client, each model's text against the library's own generation f
 import concurrent.futures
 import json
 import signal
-import subprocess
-import sys
 import threading
-import time
 import urllib.request
 
 import openai
@@ -17,7 +14,7 @@ import gpt2kit
 from conftest import run_cli
 from test_api import metrics, post
 from test_scheduling import stream_events
-from test_server import free_port
+from live_server import free_port, start_server
 
 
 def tiny_model(folder, *, seed, n_positions=64, n_embd=32, n_layer=2):
@@ -25,25 +22,6 @@ def tiny_model(folder, *, seed, n_positions=64, n_embd=32, n_layer=2):
     torch.manual_seed(seed)
     GPT2LMHeadModel(GPT2Config(n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=4)).save_pretrained(folder)
     return folder
-
-
-def start_servers(models, *extra, timeout=180):
-    """`gpt2kit serve` with one --model per entry of `models`; returns (process, url) once /health is ok."""
-    port = free_port()
-    args = [a for m in models for a in ("--model", str(m))]
-    proc = subprocess.Popen([sys.executable, "-m", "gpt2kit", "serve", *args, "--port", str(port), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                if json.load(r)["status"] == "ok":
-                    return proc, url
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not start: " + proc.stdout.read())
 
 
 def get(url):
@@ -60,7 +38,7 @@ def other(tmp_path_factory):
 @pytest.fixture(scope="module")
 def two(hf_tiny, other):
     """hf_tiny under its folder's name (tiny), the other under an id given on the command line."""
-    proc, url = start_servers([hf_tiny, f"other={other}"])
+    proc, url = start_server([hf_tiny, f"other={other}"])
     yield url
     proc.terminate()
     proc.wait(timeout=30)
@@ -172,7 +150,7 @@ def test_sigterm_drains_every_engine(tmp_path):
     # Rows of ~1000 tokens (end of text banned) outlast the 1 s the server gives them, on both models.
     a = tiny_model(tmp_path / "a", seed=0, n_positions=1024, n_embd=128, n_layer=4)
     b = tiny_model(tmp_path / "b", seed=1, n_positions=1024, n_embd=128, n_layer=4)
-    proc, url = start_servers([a, b], "--dtype", "float32", "--shutdown-timeout", "1")
+    proc, url = start_server([a, b], "--dtype", "float32", "--shutdown-timeout", "1")
     bodies = [{"model": m, "prompt": f"Long {m}", "max_tokens": 1000, "seed": 1, "logit_bias": {"50256": -100}}
               for m in ("a", "b")]
     started = threading.Semaphore(0)
@@ -204,7 +182,7 @@ def test_a_new_user_fine_tunes_two_authors_and_serves_both(tmp_path):
                     "--save-every", "1000", "--sample-every", "0", timeout=900)
         assert r.returncode == 0, r.stderr
         runs[name] = tmp_path / "checkpoint" / name
-    proc, url = start_servers([runs["shire"], runs["sea"]])
+    proc, url = start_server([runs["shire"], runs["sea"]])
     try:
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused")
         assert [m.id for m in client.models.list().data] == ["shire", "sea"]  # the run folders' names

@@ -1,7 +1,6 @@
 """Corrupted model and dataset files: every variant loads or ends in a UserError (one line, exit 2 in the
 CLI), quickly, never another exception. Variants are generated from the small fixtures: truncations
 at many points, bit flips, absurd sizes in headers, empty and missing files."""
-import json
 import random
 import shutil
 import struct

@@ -4,7 +4,7 @@ import shutil
 import pytest
 
 from gpt2kit.paths import BUNDLED_DIR
-from test_server import start_server
+from live_server import start_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 sync_api = pytest.importorskip("playwright.sync_api")

@@ -6,7 +6,8 @@ import shutil
 import pytest
 
 import gpt2kit
-from test_multimodel import start_servers, tiny_model
+from live_server import start_server
+from test_multimodel import tiny_model
 from test_playground import ARGS, CHROMIUM
 
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -17,7 +18,7 @@ def served(hf_tiny, tmp_path_factory):
     if not shutil.which("chromium"):
         pytest.fail("chromium is not installed: apt-get install chromium (see README)")
     other = tiny_model(tmp_path_factory.mktemp("other") / "other", seed=1, n_positions=128, n_layer=1)
-    proc, url = start_servers([hf_tiny, other])
+    proc, url = start_server([hf_tiny, other])
     yield url, {"tiny": gpt2kit.load(hf_tiny, device="cpu", dtype="float32"),
                 "other": gpt2kit.load(other, device="cpu", dtype="float32")}
     proc.terminate()

@@ -2,11 +2,8 @@
 checked before work, cancelled rows freed, SIGTERM answering every accepted request."""
 import concurrent.futures
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -17,7 +14,7 @@ import torch
 openai = pytest.importorskip("openai")
 requests = pytest.importorskip("requests")  # a plain HTTP client for raw server-sent events
 
-from test_server import health, start_server  # noqa: E402 (the same live-server helpers)
+from live_server import health, start_server  # noqa: E402
 
 
 def post(url, body, timeout=120):

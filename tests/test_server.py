@@ -12,28 +12,7 @@ import pytest
 
 openai = pytest.importorskip("openai")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(model, *extra):
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "gpt2kit", "serve", "--model", str(model), "--port", str(port), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                if json.load(r)["status"] == "ok":
-                    return proc, url
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not start: " + proc.stdout.read())
+from live_server import free_port, health, start_server  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +26,6 @@ def server(hf_tiny):
 @pytest.fixture(scope="module")
 def client(server):
     return openai.OpenAI(base_url=server + "/v1", api_key="unused")
-
-
-def health(url):
-    with urllib.request.urlopen(url + "/health") as r:
-        return json.load(r)
 
 
 def test_models_and_plain_completion(client, lm_tiny):
