@@ -113,19 +113,18 @@ class KernelLinear(nn.Module):
         N, K = self.weight.shape
         if self.scales is None and self.weight.dtype == torch.float32:
             return F.linear(x, self.weight, self.bias)  # nothing to widen: one GEMM
-        y = torch.empty(x.shape[0], N)
         rows = max(1, PREFILL_BLOCK_WEIGHTS // K)
         scratch = _scratch(min(rows, N) * K)
-        for r in range(0, N, rows):
-            w = self.weight[r:r + rows]
-            wide = scratch[:w.numel()].view(w.shape).copy_(w)  # (rows, K) fp32
-            if self.scales is not None:
-                wide.mul_(self.scales[r:r + rows, None])  # int8's per-row scales: dense()'s values
-            out = F.linear(x, wide, None if self.bias is None else self.bias[r:r + rows])  # (M, rows)
-            if rows >= N:
-                return out  # one block: the product is the answer
-            y[:, r:r + rows] = out
-        return y
+        outs = [self._block_product(x, scratch, r, rows) for r in range(0, N, rows)]  # each (M, <= rows)
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+
+    def _block_product(self, x: torch.Tensor, scratch: torch.Tensor, r: int, rows: int) -> torch.Tensor:
+        """x @ W[r:r + rows]^T + b[r:r + rows], the block widened into `scratch` (dense()'s values)."""
+        w = self.weight[r:r + rows]
+        wide = scratch[:w.numel()].view(w.shape).copy_(w)  # (rows, K) fp32
+        if self.scales is not None:
+            wide.mul_(self.scales[r:r + rows, None])  # int8's per-row scales
+        return F.linear(x, wide, None if self.bias is None else self.bias[r:r + rows])
 
 
 _scratches = threading.local()
