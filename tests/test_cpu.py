@@ -182,6 +182,20 @@ def test_a_prompts_product_widens_the_stored_weights_block_by_block(fmt, monkeyp
     assert torch.equal(lin(x), lin(x))  # the reused buffer carries nothing over between calls
 
 
+def test_a_prompt_pass_runs_inside_and_outside_inference_mode_in_any_order():
+    """The reused widening buffer is per thread: one first made under inference_mode (generate) must still
+    take writes in a later no_grad forward (a script scoring text after generating), and the other way."""
+    k = loaded("avx2")
+    g = torch.Generator().manual_seed(6)
+    w, x = torch.randn(64, 48, generator=g), torch.randn(40, 48, generator=g)
+    ref = F.linear(x, KernelLinear(k, w, None, "float16").dense_weight())
+    for first, then in ((torch.inference_mode, torch.no_grad), (torch.no_grad, torch.inference_mode)):
+        weights._scratches.__dict__.clear()  # this thread's buffer: made afresh by the first pass below
+        for mode in (first, then, first):
+            with mode():
+                assert torch.allclose(KernelLinear(k, w, None, "float16")(x), ref, atol=1e-5)
+
+
 def rounded_activations(x: torch.Tensor, fmt: str) -> torch.Tensor:
     """x as the kind's arithmetic sees it: int8 per row (symmetric) for int8a8, bf16 for bfloat16a16."""
     if fmt == "int8a8":
@@ -290,6 +304,25 @@ def test_auto_measures_once_and_its_choice_keeps_fp32s_answers(hf_tiny, tmp_path
     with torch.no_grad():
         a, b = lm.model(idx), full.model(idx)
     assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 0.95
+
+
+def test_a_change_to_any_one_matrix_is_another_model_for_auto():
+    """auto keeps its fidelity figures per model: an adapter merged into one matrix of one middle block
+    (LoRA's update is dense) must not reuse the base's figures."""
+    gpt = GPT(GPTConfig(n_vocab=97, n_ctx=48, n_embd=32, n_layer=3, n_head=2))
+    gpt.init_weights(torch.Generator().manual_seed(0))
+    probe = list(range(40))
+    base = tuning.fingerprint(gpt, probe)
+    assert tuning.fingerprint(gpt, probe) == base and tuning.fingerprint(gpt, probe[:-1]) != base
+    for name in ("h.1.mlp.c_fc.weight", "h.1.attn.c_proj.weight", "ln_f.bias"):
+        p = gpt.get_parameter(name)
+        before = p.detach().clone()
+        with torch.no_grad():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 1e-3)
+        assert tuning.fingerprint(gpt, probe) != base, name
+        with torch.no_grad():
+            p.copy_(before)
+    assert tuning.fingerprint(gpt, probe) == base
 
 
 def test_without_the_kernels_pytorch_does_the_work(hf_tiny, monkeypatch):

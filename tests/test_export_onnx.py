@@ -3,7 +3,6 @@ import importlib.util
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import run_cli
 from gpt2kit.export import export

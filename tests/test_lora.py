@@ -122,7 +122,14 @@ def test_peft_adapter_loads_in_gpt2kit_and_merges(hf_tiny, peft_adapter, tmp_pat
     merged = logits(gpt2kit.load(tmp_path / "merged", device="cpu", dtype="float32").model, IDX)
     assert (merged_hf - ref).abs().max() < 1e-4
     assert (merged - unmerged).abs().max() < 1e-4
-    # int8 weights with the adapter unmerged: the kernels' matrices plus the fp32 update
+    # --adapter merges in memory, so on every CPU path (kernels where they build) it runs exactly the model
+    # that `merge` wrote, at its speed: the same matrices, the same one-call token step
+    for dtype in ("int8", "float16", "auto"):
+        lm = gpt2kit.load(hf_tiny, device="cpu", dtype=dtype, adapter=folder)
+        plain = gpt2kit.load(tmp_path / "merged", device="cpu", dtype=dtype)
+        assert lm.info["cpu_path"] == plain.info["cpu_path"] and (lm.model.step is None) == (plain.model.step is None)
+        assert torch.equal(logits(lm.model, IDX), logits(plain.model, IDX)), dtype
+        assert lm.generate("The quick", length=8, seed=3) == plain.generate("The quick", length=8, seed=3)
     q = logits(gpt2kit.load(hf_tiny, device="cpu", dtype="int8", adapter=folder).model, IDX)
     assert (q - ref).abs().max() < 0.05 * ref.abs().max()
 

@@ -237,3 +237,29 @@ def test_a_lora_run_holds_its_fp16_base_once(folders, tmp_path):
     base = N_LAYER * (12 * C * C * 2 + 13 * C * 4) + (1000 + 128) * C * 4  # fp16 matrices; fp32 biases, norms, wte, wpe
     ratio = (r["peak"] - r["before"]) / base
     assert ratio <= 1.5, f"a LoRA step peaked at {ratio:.2f}x its fp16 base ({r}, base {base})"
+
+
+def test_release_gives_back_a_files_pages_and_never_loses_memory(tmp_path):
+    """formats.mapped.release: a read file mapping's pages go back (and read the same again); pages written
+    copy-on-write and plain memory are kept, and plain memory is not paged out to swap either."""
+    from gpt2kit.formats.mapped import _PAGE, _pages, release, resident_bytes
+    n = 4 << 20  # 16 MB of float32
+    np.arange(n, dtype=np.float32).tofile(tmp_path / "w.bin")
+    w = torch.from_numpy(np.memmap(tmp_path / "w.bin", dtype=np.float32, mode="c"))  # copy-on-write, as TF files
+    start = -(-w.data_ptr() // _PAGE) * _PAGE
+    span = (start, (w.data_ptr() + 4 * n) // _PAGE * _PAGE)
+    total = float(w.double().sum())
+    assert _pages(*span) == "file"
+    before = resident_bytes()
+    release(w)
+    assert before - resident_bytes() > 12 << 20  # most of the 16 MB went back
+    assert float(w.double().sum()) == total  # and reads the file again
+    w[: n // 2] = -1.0  # written: private copies of half the pages
+    assert _pages(*span) == "mixed"
+    release(w)
+    assert bool((w[: n // 2] == -1).all()) and torch.equal(w[n // 2:], torch.arange(n // 2, n, dtype=torch.float32))
+    plain = torch.arange(n, dtype=torch.float32)
+    plain_span = (-(-plain.data_ptr() // _PAGE) * _PAGE, (plain.data_ptr() + 4 * n) // _PAGE * _PAGE)
+    assert _pages(*plain_span) == "anonymous"
+    release(plain)
+    assert torch.equal(plain, torch.arange(n, dtype=torch.float32))

@@ -9,7 +9,7 @@ from typing import Iterator
 import torch
 
 from . import cpu
-from .adapters.lora import apply_adapter
+from .adapters.lora import merge_into
 from .adapters.peft import adapter_base, read_adapter
 from .config import GPTConfig
 from .cpu.candidates import for_dtype
@@ -120,6 +120,10 @@ def load(name: str | Path | None = None, *, device: str = "auto", dtype: str = "
     lora = read_adapter(adapter, ck.config) if adapter is not None else None  # checked before the model is built
     for note in ck.notes:
         log.info("%s: %s", ck.path, note)
+    if lora is not None:
+        # Merged in memory before any path is chosen: the kernels (and --dtype auto's fidelity check) see
+        # one plain model, so an adapter decodes as fast as its base. The files are left as they are.
+        merge_into(ck.state_dict, lora)
     gpt = build_model(ck.config, ck.state_dict, ck.path, share=True)
     ck.state_dict.clear()  # the model owns those tensors now; no second reference keeps old copies alive
     gpt = gpt.to(device=dev, dtype=torch_dtype).eval()
@@ -128,15 +132,8 @@ def load(name: str | Path | None = None, *, device: str = "auto", dtype: str = "
     if lora is not None:
         info["adapter"] = str(adapter)
     if dev.type != "cpu":
-        if lora is not None:
-            apply_adapter(gpt, lora)
         return LM(gpt, ck.tokenizer, {**info, "dtype": str(torch_dtype).removeprefix("torch.")})
     model = cpu.prepare(gpt, dtype, probe=cpu.probe_ids(ck.tokenizer.encode))
-    if lora is not None:
-        # The LoRA update wraps the chosen path's matrices (an extra rank-r product each); the one-call
-        # C step knows nothing of adapters, so each token runs those matrices from PyTorch instead.
-        apply_adapter(model.reference, lora)
-        model.step = None
     info.update(dtype=model.path.split("/")[0], cpu_path=model.path)
     if model.decision is not None:
         info["cpu_auto"] = model.decision.summary()

@@ -5,6 +5,6 @@
     merge.py   merge(base, adapter, out): a plain model folder with the update added in
     names.py   the matrices LoRA adapts and the --lora-targets names (no PyTorch: TrainOptions checks them)
 
-Training with an adapter lives in training/ (TrainOptions.lora_rank and friends); running one
-unmerged is `gpt2kit.load(..., adapter=DIR)`.
+Training with an adapter lives in training/ (TrainOptions.lora_rank and friends); running one,
+merged in memory at load is `gpt2kit.load(..., adapter=DIR)`.
 """

@@ -8,8 +8,8 @@ matrices need no gradient buffers, no optimizer moments and no weight-gradient m
 (2 of the 6 FLOPs per parameter and token of full fine-tuning, the tied output head's included),
 which is where LoRA's speed and memory come from.
 
-`LoraLinear` wraps any module that maps (..., in) -> (..., out): a `FrozenLinear` while training,
-and the CPU path's kernel-backed matrices when `load(..., adapter=)` runs an adapter unmerged.
+`LoraLinear` wraps any module that maps (..., in) -> (..., out): a `FrozenLinear` while training.
+To run an adapter, `load(..., adapter=)` merges it into the weights in memory (`merge_into`).
 """
 from __future__ import annotations
 
@@ -189,8 +189,13 @@ def adapter_of(model: nn.Module, spec: LoraSpec | None = None, dropout: float = 
 
 
 def merge_into(state_dict: dict[str, torch.Tensor], adapter: Adapter) -> None:
-    """W += scaling * B A for every adapted matrix of a gpt2kit state dict ((out, in) weights), in place."""
+    """W += scaling * B A for every adapted matrix of a gpt2kit state dict ((out, in) weights), in place.
+
+    The sums are new tensors, computed in fp32; an old weight mapped from its file gives its pages back
+    once read, so merging holds the adapted matrices once, not twice."""
     for path, weights in adapter.modules.items():
         key = f"{path}.weight"
         w = state_dict[key]
-        state_dict[key] = (w.float() + weights.delta().to(w.device)).to(w.dtype)
+        B, A = weights.B.float().to(w.device), weights.A.float().to(w.device)
+        state_dict[key] = torch.addmm(w.float(), B, A, alpha=weights.scaling).to(w.dtype)  # one new tensor
+        release(w)

@@ -48,7 +48,7 @@ def register(sub) -> None:
 
 
 def add_adapter_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--adapter", default=None, help="run this LoRA adapter (gpt2kit's or PEFT's folder) on --model, unmerged")
+    p.add_argument("--adapter", default=None, help="run this LoRA adapter (gpt2kit's or PEFT's folder) on --model, merged in memory at load")
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:

@@ -124,10 +124,17 @@ def time_candidates(found: dict[str, Candidate], kernels: Kernels | None, n_embd
 
 
 def fingerprint(gpt: GPT, probe: list[int]) -> str:
-    """Which model this is, by a sample of its weights (a fine-tuned copy differs) and the probe."""
+    """Which model this is, by a sample of every weight (a fine-tuned copy differs, even one whose adapter
+    touched a single matrix of one block: LoRA's update B A is dense) and the probe. The first and last
+    256 values of each tensor in memory order: a page or two of each file mapping is read, not the model,
+    so a first auto load's peak stays that of a plain load (a strided sample, or flattening a transposed
+    view of a file, faulted in nearly every page)."""
     h = hashlib.sha256(json.dumps([asdict(gpt.config), probe]).encode())
-    for t in (gpt.wte.weight, gpt.h[0].attn.c_attn.weight, gpt.h[-1].mlp.c_proj.weight, gpt.ln_f.weight):
-        h.update(t.detach().float().flatten()[::997].contiguous().numpy().tobytes())
+    for _, t in sorted(gpt.named_parameters()):
+        t = t.detach()
+        flat = t.permute(*sorted(range(t.dim()), key=lambda d: -t.stride(d))).flatten()  # a view where it can be
+        for part in (flat[:256], flat[-256:]):
+            h.update(part.float().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
 

@@ -135,7 +135,10 @@ def _scratch(n: int) -> torch.Tensor:
     block each time would be fresh pages, and faulting them in cost more than the widening itself."""
     buf = getattr(_scratches, "buf", None)
     if buf is None or buf.numel() < n:
-        buf = _scratches.buf = torch.empty(n)
+        # A normal tensor even when first asked for under inference_mode (generation), or a later prompt
+        # pass outside it (a script's no_grad forward after a generate) could not write into it.
+        with torch.inference_mode(False):
+            buf = _scratches.buf = torch.empty(n)
     return buf[:n]
 
 

@@ -50,22 +50,26 @@ def release(t: torch.Tensor | None) -> None:
     begin = t.data_ptr()  # the first element; the last one is sum((size - 1) * stride) elements further
     end_byte = begin + (sum((s - 1) * st for s, st in zip(t.shape, t.stride())) + 1) * t.element_size()
     start, end = -(-begin // _PAGE) * _PAGE, end_byte // _PAGE * _PAGE
-    if end > start:
-        madvise(start, end - start, MADV_DONTNEED if _only_file_pages(start, end) else MADV_PAGEOUT)
+    if end > start and (pages := _pages(start, end)) != "anonymous":
+        madvise(start, end - start, MADV_DONTNEED if pages == "file" else MADV_PAGEOUT)
 
 
-def _only_file_pages(start: int, end: int) -> bool:
-    """Whether no page in [start, end) is private anonymous memory (written copy-on-write, or swapped)."""
+def _pages(start: int, end: int) -> str:
+    """What backs the resident pages of [start, end): "file" (only the file's own pages), "anonymous"
+    (no file page: plain memory, freed by dropping the tensor, and paging it out would only write it
+    to swap), or "mixed" (a file mapping with pages written copy-on-write, or unknown)."""
     try:
         with open("/proc/self/pagemap", "rb") as f:
             f.seek(start // _PAGE * 8)
             entries = np.frombuffer(f.read((end - start) // _PAGE * 8), dtype=np.uint64)
     except OSError:
-        return False
+        return "mixed"
     # bit 63 present, bit 62 swapped, bit 61 a file page (or shared anonymous): kernel's pagemap.rst
     in_use = (entries >> np.uint64(62)) != 0
     file_page = ((entries >> np.uint64(61)) & np.uint64(1)) == 1
-    return len(entries) > 0 and not bool(np.any(in_use & ~file_page))
+    if not len(entries) or bool(np.any(in_use & ~file_page)):
+        return "anonymous" if len(entries) and not bool(np.any(file_page)) else "mixed"
+    return "file"
 
 
 def resident_bytes() -> int:
