@@ -4,7 +4,8 @@ import importlib.util
 import numpy as np
 import pytest
 
-from conftest import run_cli
+import gpt2kit
+from conftest import FIXTURES, run_cli
 from gpt2kit.export import export
 from gpt2kit.formats import build_model, read_checkpoint
 from gpt2kit.paths import BUNDLED_DIR
@@ -93,3 +94,65 @@ def test_onnx_option_mistakes_exit_2(tmp_path):
         r = run_cli("export", "bundled", out, *args)
         assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert not list(tmp_path.iterdir())
+
+
+@pytest.fixture(scope="module")
+def genai_folder(tmp_path_factory):
+    """`gpt2kit export bundled FOLDER`: the bundled model (a real small fine-tune) as an onnxruntime-genai folder."""
+    out = tmp_path_factory.mktemp("genai") / "bundled-genai"
+    r = run_cli("export", "bundled", out, timeout=1200)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["genai_config.json", "model.onnx", "tokenizer.json",
+                                                     "tokenizer_config.json"]
+    return out
+
+
+TEXTS = [(FIXTURES / "heldout_phoenix_and_the_turtle.txt").read_text(encoding="utf-8"),
+         "  leading spaces, tabs\tand\n\nnew lines; it's we'll they've 1234567 émigré naïve 東京 😀 <|endoftext|> after"]
+
+
+def test_the_folders_tokenizer_json_is_gpt2s_for_the_tokenizers_library(genai_folder):
+    """Hugging Face's `tokenizers` (Rust) reads the exported tokenizer.json and splits text as gpt2kit does."""
+    from tokenizers import Tokenizer
+    hf = Tokenizer.from_file(str(genai_folder / "tokenizer.json"))
+    ours = read_checkpoint(BUNDLED_DIR).tokenizer
+    for text in TEXTS:
+        ids = ours.encode(text)
+        assert hf.encode(text).ids == ids
+        assert hf.decode(ids, skip_special_tokens=False) == ours.decode(ids)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime_genai") is None,
+                    reason="onnxruntime-genai is not installed (pip install 'gpt2kit[export-test]')")
+def test_onnxruntime_genai_runs_the_folder_as_gpt2kit_does(genai_folder):
+    """onnxruntime-genai opens the folder as it is: its tokenizer gives gpt2kit's ids, and greedy search over
+    two prompts of different lengths in one batch (it pads them) gives gpt2kit's fp32 greedy tokens."""
+    import onnxruntime_genai as og
+    lm = gpt2kit.load(None, device="cpu", dtype="float32")
+    model = og.Model(str(genai_folder))
+    tok = og.Tokenizer(model)
+    for text in TEXTS:
+        assert [int(i) for i in tok.encode(text)] == lm.tokenizer.encode(text)
+    prompts = ["Once upon a time", "The meaning of life is not what we"]
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=40, batch_size=2)
+    generator = og.Generator(model, params)
+    generator.append_tokens(tok.encode_batch(prompts))
+    while not generator.is_done():
+        generator.generate_next_token()
+    for i, prompt in enumerate(prompts):
+        ids = lm.tokenizer.encode(prompt)
+        got = [int(t) for t in generator.get_sequence(i) if t != lm.tokenizer.eot_id]  # without its padding
+        assert got[:len(ids)] == ids
+        new = got[len(ids):]
+        want = lm.tokenizer.encode(lm.generate(prompt, length=len(new), temperature=0, include_prefix=False)[0])
+        assert len(new) >= 20 and new == want[:len(new)], (prompt, tok.decode(got))
+
+
+def test_an_export_folder_that_is_not_empty_is_refused_before_work(tmp_path):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    for out in (tmp_path / "taken", tmp_path / "model.v2"):
+        r = run_cli("export", "bundled", out)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert (tmp_path / "taken" / "notes.txt").read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["taken"]

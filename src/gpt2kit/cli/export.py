@@ -10,9 +10,10 @@ from .common import add_field, field_names, given
 def register(sub) -> None:
     p = sub.add_parser("export", help="write a model as GGUF (llama.cpp, Ollama, LM Studio) or ONNX (onnxruntime)",
                        description="Write MODEL (any format gpt2kit reads, a published name, or `bundled`) "
-                                   "to OUT; OUT's suffix picks the format: .gguf or .onnx")
+                                   "to OUT; OUT's suffix picks the format: .gguf, .onnx, or none for a folder "
+                                   "that onnxruntime-genai runs (model.onnx, genai_config.json, tokenizer.json)")
     p.add_argument("model", help="a folder or file in any GPT-2 format, 124M/355M/774M/1558M, or `bundled`")
-    p.add_argument("out", help="the file to write: NAME.gguf or NAME.onnx")
+    p.add_argument("out", help="what to write: NAME.gguf, NAME.onnx, or a new folder NAME (ONNX for onnxruntime-genai)")
     add_field(p, ExportOptions, "type", help="GGUF tensor type: f32, f16 or q8_0")
     add_field(p, ExportOptions, "int8", help="ONNX: int8 weights (onnxruntime's weight-only quantizer)")
     add_field(p, ExportOptions, "checkpoint", help="which checkpoint of a run folder (default: the newest)")

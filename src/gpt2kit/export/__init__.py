@@ -2,9 +2,10 @@
 
     export("checkpoint/run1", "model.gguf", type="q8_0")
     export("checkpoint/run1", "model.onnx", int8=True)
+    export("checkpoint/run1", "gpt2-genai")           # a folder onnxruntime-genai runs as it is
 
-The output's suffix picks the format. Every option is checked, and the output's folder too, before the
-model is read: a mistake costs no time.
+The output's suffix picks the format (no suffix: a new folder). Every option is checked, and the output's
+folder too, before the model is read: a mistake costs no time.
 """
 from __future__ import annotations
 
@@ -18,10 +19,13 @@ SUFFIXES = (".gguf", ".onnx")
 
 
 def _check_out(out: Path) -> None:
-    if out.suffix.lower() not in SUFFIXES:
-        raise UserError(f"{out}: the output's suffix picks the format; name it *.gguf (llama.cpp, Ollama) or *.onnx (onnxruntime)")
-    if out.is_dir():
+    if out.suffix and out.suffix.lower() not in SUFFIXES:
+        raise UserError(f"{out}: the output's suffix picks the format; name it *.gguf (llama.cpp, Ollama), *.onnx "
+                        f"(onnxruntime), or a folder without a suffix (an ONNX folder for onnxruntime-genai)")
+    if out.suffix and out.is_dir():
         raise UserError(f"{out} is a folder; give the path of the file to write")
+    if not out.suffix and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out} exists and is not an empty folder; choose a new folder")
     folder = out.parent
     if not folder.is_dir():
         raise UserError(f"{folder} does not exist; create it first or write elsewhere")
@@ -43,13 +47,14 @@ def export(model: str | Path | None, out: str | Path, *, type: str = ExportOptio
 
     `.gguf`: llama.cpp's gpt2 architecture, tensors in `type` (f32, f16 or q8_0) with the whole vocabulary.
     `.onnx`: a decoder with past key/values (float32; `int8`: int8 weights, onnxruntime's weight-only quantizer).
+    no suffix: a folder with that ONNX file, genai_config.json and tokenizer.json, for onnxruntime-genai.
     `adapter`: a LoRA adapter (PEFT's format) merged into the weights first.
     Defaults: gpt2kit.options.ExportOptions.
     """
     from .gguf import check_type, write_gguf
     out = Path(out).expanduser()
     _check_out(out)
-    onnx = out.suffix.lower() == ".onnx"
+    onnx = out.suffix.lower() in (".onnx", "")
     if onnx and type != ExportOptions.type:
         raise UserError("--type is for GGUF; an ONNX export is float32, or int8 with --int8")
     if not onnx and int8:
@@ -58,6 +63,9 @@ def export(model: str | Path | None, out: str | Path, *, type: str = ExportOptio
     _check_installed(["onnx", "onnxscript"] + (["onnxruntime"] if int8 else []) if onnx else ["gguf"])
     from .source import load_source
     source = load_source(model, checkpoint=checkpoint, offline=offline, adapter=adapter)
+    if not out.suffix:
+        from .genai import write_genai_folder
+        return write_genai_folder(source, out, int8=int8)
     if onnx:
         from .onnx import write_onnx
         return write_onnx(source, out, int8=int8)
