@@ -64,6 +64,27 @@ def test_logprobs_layout_and_values(client, lm_tiny):
     assert max(lp.top_logprobs[first_new].values()) == pytest.approx(ref.max().item(), abs=1e-3)
 
 
+def test_a_streamed_echo_carries_the_prompts_logprobs(client):
+    """stream + echo + logprobs: the chunk that echoes the prompt carries its tokens' logprobs, so the stream
+    adds up to the same logprobs object as the response without stream (OpenAI's legacy completions)."""
+    body = dict(model="tiny", prompt=["The cat sat", "On a mat"], max_tokens=3, temperature=0, logprobs=2, echo=True, n=2)
+    whole = {c.index: c for c in client.completions.create(**body).choices}
+    got: dict[int, dict] = {}
+    for chunk in client.completions.create(**body, stream=True):
+        for c in chunk.choices:
+            g = got.setdefault(c.index, {"text": "", "tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []})
+            g["text"] += c.text
+            for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+                g[key] += getattr(c.logprobs, key) if c.logprobs else []
+    assert sorted(got) == sorted(whole) == [0, 1, 2, 3]
+    for i, g in got.items():
+        want = whole[i].logprobs
+        assert g["text"] == whole[i].text and g["tokens"] == want.tokens and g["text_offset"] == want.text_offset
+        assert g["token_logprobs"][0] is None and g["top_logprobs"][0] is None
+        assert g["token_logprobs"][1:] == pytest.approx(want.token_logprobs[1:], abs=1e-5)
+        assert [sorted(t) for t in g["top_logprobs"][1:]] == [sorted(t) for t in want.top_logprobs[1:]]
+
+
 def test_list_of_prompts_and_n(client):
     r = client.completions.create(model="tiny", prompt=["One", "Two"], max_tokens=4, n=2, seed=5)
     assert [c.index for c in r.choices] == [0, 1, 2, 3]

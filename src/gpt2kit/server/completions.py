@@ -134,9 +134,8 @@ class Completion:
         return cls(body, lm, model_name, prompts, encoded, jobs, first, metrics, arrival)
 
     def prompt_logprobs(self) -> list[list[int]] | None:
-        """The prompts whose own tokens' logprobs the engine computes (echo with logprobs, not streamed: a stream
-        echoes the prompt's text without them)."""
-        return self.encoded if (self.body.echo and self.body.logprobs is not None and not self.body.stream) else None
+        """The prompts whose own tokens' logprobs the engine computes (echo with logprobs, streamed or not)."""
+        return self.encoded if (self.body.echo and self.body.logprobs is not None) else None
 
     def candidate_of(self, ev: Piece | Sample) -> int:
         return ev.index - self.first_index
@@ -312,7 +311,8 @@ class TextLayout:
                 prefix = self.echo_of(ci)
                 offsets[ci] = len(prefix)
                 if prefix:
-                    yield self._chunk(created, [{"text": prefix, "index": ci, "logprobs": None, "finish_reason": None}])
+                    yield self._chunk(created, [{"text": prefix, "index": ci, "logprobs": self._echo_logprobs(ci, req),
+                                                 "finish_reason": None}])
             if isinstance(ev, Piece):
                 lp = self.logprobs(ev.steps, offsets[ci]) if self.c.body.logprobs is not None else None
                 offsets[ci] += len(ev.text)
@@ -325,6 +325,14 @@ class TextLayout:
         if self.c.include_usage():
             yield self._chunk(created, [], usage=self.c.usage(samples))
         yield "data: [DONE]\n\n"
+
+    def _echo_logprobs(self, ci: int, req: Request) -> dict | None:
+        """The echoed prompt's logprobs, in the chunk that echoes it: the engine scored the prompt in its
+        prefill, which ends before the choice's first event."""
+        pi = ci // self.c.body.n
+        if self.c.body.logprobs is None or not req.prompt_results or req.prompt_results[pi] is None:
+            return None
+        return self.logprobs([], 0, (self.c.encoded[pi], req.prompt_results[pi]))
 
     def _chunk(self, created: int, choices: list, usage: dict | None = None) -> str:
         body: dict[str, Any] = {"id": self.c.id, "object": "text_completion", "created": created,
