@@ -150,10 +150,52 @@ def test_best_of_returns_the_n_best_candidates_by_mean_logprob(client):
     ({"prompt": [-1]}, "prompt"),
     ({"best_of": 17}, "best_of"),
     ({"max_tokens": 5000}, "max_tokens"),
+    ({"prompt": "Hi \ud800 there", "echo": True}, "prompt: Value error, the text holds '\\ud800' at character 3"),
+    ({"stop": ["ok", "\udc00"]}, "stop.1: Value error, the text holds"),
+    ({"prompt": 5}, "prompt: Input should be a valid string"),  # the field, not pydantic's union tag prompt.str
+    ({"repetition_penalty": 1e-300}, "repetition_penalty: Input should be greater than or equal to 0.0001"),
 ])
 def test_bad_completion_requests_are_400_with_a_clear_message(server, body, message):
     status, answer = post(server, "/v1/completions", {"prompt": "x", "max_tokens": 1, **body})
-    assert status == 400 and message in answer["error"]["message"]
+    assert status == 400 and message in answer["error"]["message"], answer
+    if ": " in message:  # pydantic's complaints name the field as the client spelled it
+        assert answer["error"]["param"] == message.split(":")[0]
+
+
+def test_a_body_that_is_not_a_json_object_says_so(server):
+    for data, message in ((b'{"prompt": "Hi",}', "the body is not valid JSON (at character 16)"),
+                          (b'"Hi"', "the body must be a JSON object")):
+        req = urllib.request.Request(server + "/v1/completions", data=data, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=60)
+        answer = json.load(e.value)
+        assert e.value.code == 400 and answer["error"]["message"].startswith(message), answer
+        assert answer["error"]["param"] is None
+
+
+def test_a_chat_message_with_half_a_surrogate_pair_is_400(server):
+    status, answer = post(server, "/v1/chat/completions", {"messages": [{"role": "user", "content": "a\ud83d"}]})
+    assert status == 400 and answer["error"]["param"] == "messages.0.content", answer
+
+
+def test_retrieve_model(client):
+    assert client.models.retrieve("tiny").id == "tiny" and client.models.retrieve("tiny").max_model_len == 64
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("nope")
+
+
+def test_max_tokens_past_the_context_is_honoured(client):
+    """The window slides on past n_ctx (64 here), so 100 new tokens are 100, not cut to the context."""
+    r = client.completions.create(model="tiny", prompt="x", max_tokens=100, temperature=0, logit_bias={"50256": -100})
+    assert r.usage.completion_tokens == 100 and r.choices[0].finish_reason == "length"
+
+
+def test_a_temperature_too_small_to_divide_by_is_greedy(client):
+    greedy = client.completions.create(model="tiny", prompt="The", max_tokens=8, temperature=0).choices[0].text
+    for seed in (1, 2):
+        tiny = client.completions.create(model="tiny", prompt="The", max_tokens=8, temperature=1e-40, seed=seed)
+        assert tiny.choices[0].text == greedy
 
 
 def test_stream_options_include_usage(client):

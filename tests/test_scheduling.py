@@ -296,3 +296,34 @@ def test_prompt_scoring_is_interleaved_and_scores_like_transformers(long_context
         best = [max(top.values()) for top in got["top_logprobs"][1:]]
         assert all(b <= m + 1e-4 for b, m in zip(best, lp.max(-1).values.tolist()))
         assert all(len(top) <= 3 for top in got["top_logprobs"][1:])
+
+
+def test_a_request_whose_numbers_break_down_fails_alone(hf_tiny, tmp_path):
+    """A row whose logits hold NaN (here a position embedding broken on purpose, reached only by a long
+    prompt) fails its own request with a server error; the request decoding beside it goes on, and its text
+    is what it is alone. (It once failed every request in the batch.)"""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    broken = tmp_path / "broken"
+    shutil.copytree(hf_tiny, broken)
+    tensors = load_file(broken / "model.safetensors")
+    key = next(k for k in tensors if k.endswith("wpe.weight"))
+    tensors[key][60:] = float("nan")
+    save_file(tensors, broken / "model.safetensors", metadata={"format": "pt"})
+    proc, url = start_server(broken, "--dtype", "float32", "--max-batch", "16")
+    try:
+        good = {"prompt": [464, 3797], "max_tokens": 56, "temperature": 0.8, "seed": 5, "n": 8}  # positions < 60
+        alone = texts_of(stream_events(url, good), 8)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            running = pool.submit(stream_events, url, good)
+            wait_for(lambda: health(url)["running_rows"] >= 1)
+            code, answer = post(url, {"prompt": [464] * 61, "max_tokens": 2, "n": 2})
+            overlapped = not running.done()
+            events = running.result()
+        assert code == 500 and "NaN" in answer["error"]["message"], answer
+        assert overlapped and events[-1] == "[DONE]" and texts_of(events, 8) == alone
+        assert post(url, {"prompt": [464] * 4, "max_tokens": 3})[0] == 200  # and the server serves on
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)

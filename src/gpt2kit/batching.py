@@ -35,7 +35,7 @@ import torch
 
 from .decoding import StepResult, add_logprobs, draw_rows
 from .model import GPT, KVCache
-from .sampling import SamplingSettings
+from .sampling import NonFiniteLogits, SamplingSettings
 
 PREFILL_CHUNK = 128  # the fewest prompt tokens a step gives a waiting prefill, however many rows decode
 # Prompt tokens plus decoding rows one engine step runs (vLLM's token budget per step, chunked prefill). A
@@ -133,6 +133,7 @@ class RunningBatch:
         self.device, self.dtype = model.wte.weight.device, model.wte.weight.dtype
         self.slots: list[Row | None] = []
         self.cache: KVCache | None = None  # a row's positions are its own (Row.pos), whatever its column
+        self.failed: list[tuple[int, NonFiniteLogits]] = []  # (row key, why) of the last draw's rows that drew nothing
 
     @property
     def rows(self) -> list[Row]:
@@ -216,7 +217,9 @@ class RunningBatch:
         self.slots = [self.slots[i] for i in keep] + [row for row, _ in joining]
 
     def draw(self) -> list[StepResult]:
-        """One token for every live row from its ready logits; the rows keep them for feed()."""
+        """One token for every live row from its ready logits; the rows keep them for feed(). A row whose
+        logits no token can be drawn from gets none: it is in `failed`, for its caller to end."""
+        self.failed = []
         live = self.rows
         if not live:
             return []
@@ -225,12 +228,14 @@ class RunningBatch:
             first = live[0]  # rows of the same settings track the same penalties (Row.track)
             seen = torch.stack([r.seen for r in live]) if first.seen is not None else None  # (B, V)
             counts = torch.stack([r.counts for r in live]) if first.counts is not None else None  # (B, V)
-            tokens = draw_rows(raw, [r.settings for r in live], [r.generator for r in live], seen, counts)
+            try:
+                tokens = draw_rows(raw, [r.settings for r in live], [r.generator for r in live], seen, counts)
+            except NonFiniteLogits:  # one row's numbers broke down: it alone must fail, not the batch
+                live, raw, tokens = self._draw_apart(live, raw)
         else:  # a row's draw takes the path its own settings pick, whatever shares the batch
-            tokens = torch.cat([draw_rows(raw[i:i + 1], [r.settings], [r.generator],
-                                          None if r.seen is None else r.seen[None],
-                                          None if r.counts is None else r.counts[None])
-                                for i, r in enumerate(live)])
+            live, raw, tokens = self._draw_apart(live, raw)
+        if not live:
+            return []
         results = [StepResult(r.key, int(t)) for r, t in zip(live, tokens.tolist())]
         top_n = max(r.logprobs for r in live)
         if top_n:
@@ -242,6 +247,22 @@ class RunningBatch:
             if r.counts is not None:
                 r.counts[res.token] += 1
         return results
+
+    def _draw_apart(self, live: list[Row], raw: torch.Tensor) -> tuple[list[Row], torch.Tensor, torch.Tensor]:
+        """Each row drawn alone -> (the rows that drew, their logits (B', V), their tokens (B',)). A draw
+        checks its logits before it uses the row's generator, so a row that fails leaves the others' draws
+        as they would have been."""
+        kept, tokens = [], []
+        for i, r in enumerate(live):
+            try:
+                tokens.append(draw_rows(raw[i:i + 1], [r.settings], [r.generator],
+                                        None if r.seen is None else r.seen[None],
+                                        None if r.counts is None else r.counts[None]))
+                kept.append(i)
+            except NonFiniteLogits as e:
+                self.failed.append((r.key, e))
+        rows = [live[i] for i in kept]
+        return rows, raw[kept], torch.cat(tokens) if tokens else torch.empty(0, dtype=torch.long)
 
     def feed(self) -> list[Row]:
         """Run every live row's last drawn token through the model. Rows whose context is full leave and

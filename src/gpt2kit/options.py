@@ -13,6 +13,12 @@ from .data.extract import ReadOptions
 from .errors import UserError
 
 
+# Temperatures this small are greedy, the limit they approach: dividing logits by less could overflow fp32
+# into +inf, a row no token can be drawn from (one such request once failed every request batched with it).
+GREEDY_BELOW = 1e-4
+PENALTY_RANGE = (1e-4, 1e4)  # repetition_penalty: outside it a seen logit overflows to +-inf (or 0 x inf = NaN)
+
+
 @dataclass(frozen=True)
 class SamplingSettings:
     """The per-row filters of sampling.py (re-exported there); the one rule for their valid ranges."""
@@ -27,12 +33,15 @@ class SamplingSettings:
     def __post_init__(self) -> None:
         if not self.temperature >= 0:
             raise UserError(f"temperature must be 0 (greedy) or more, got {self.temperature}")
+        if self.temperature < GREEDY_BELOW:
+            object.__setattr__(self, "temperature", 0.0)  # frozen: normalised once, here
         if self.top_k < 0:
             raise UserError(f"top_k must be 0 (off) or a positive number of tokens, got {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not self.repetition_penalty > 0:
-            raise UserError(f"repetition_penalty must be positive (1.0 = off), got {self.repetition_penalty}")
+        if not PENALTY_RANGE[0] <= self.repetition_penalty <= PENALTY_RANGE[1]:
+            raise UserError(f"repetition_penalty must be between {PENALTY_RANGE[0]:g} and {PENALTY_RANGE[1]:g} "
+                            f"(1.0 = off), got {self.repetition_penalty}")
         for name in ("presence_penalty", "frequency_penalty"):
             if not -2.0 <= getattr(self, name) <= 2.0:
                 raise UserError(f"{name} must be between -2 and 2, got {getattr(self, name)}")

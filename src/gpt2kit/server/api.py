@@ -28,7 +28,7 @@ from .completions import APIError, Completion, TextLayout
 from .engine import Refused, Request
 from .models import Models, ServedModel
 from .protocol import (ChatCompletionResponse, ChatRequest, CompletionRequest, CompletionResponse, DetokenizeRequest,
-                       DetokenizeResponse, ErrorResponse, HealthResponse, InfoResponse, ModelList, NextTokenRequest,
+                       DetokenizeResponse, ErrorResponse, HealthResponse, InfoResponse, ModelCard, ModelList, NextTokenRequest,
                        NextTokenResponse, TokenizeRequest, TokenizeResponse)
 from .tokens import detokenize, tokenize
 
@@ -97,10 +97,31 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request, e: RequestValidationError):
-        first = e.errors()[0] if e.errors() else {}
-        param = ".".join(str(p) for p in first.get("loc", [])[1:]) or None
-        return JSONResponse(APIError(400, f"{param}: {first.get('msg', 'invalid request')}", param=param).body(),
-                            status_code=400)
+        return JSONResponse(_invalid_body(e.errors()).body(), status_code=400)
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none"}  # pydantic's names of a union's members
+
+
+def _field_path(error: dict) -> list[str]:
+    """Where pydantic found `error`, as the client spells it: without "body", and without a union's member
+    tags (prompt.str, stop.list[function-after[...]]), which are pydantic's names, not fields."""
+    loc = list(error.get("loc", []))[1:]
+    return [str(p) for p in loc if not (isinstance(p, str) and (p in _TYPE_TAGS or "[" in p))]
+
+
+def _invalid_body(errors: list) -> APIError:
+    """pydantic's complaint as one line a person can act on. Of a union's complaints (one per member), the
+    one that got deepest: stop=["ok", <half a surrogate pair>] is about stop.1, not "stop is not a string"."""
+    first = max(errors, key=lambda e: len(_field_path(e)), default={})
+    loc = list(first.get("loc", []))[1:]
+    if first.get("type") == "json_invalid":
+        at = f" (at character {loc[0]})" if loc else ""
+        return APIError(400, f"the body is not valid JSON{at}: {first.get('ctx', {}).get('error', 'check its syntax')}")
+    if not loc:
+        return APIError(400, "the body must be a JSON object (send it with Content-Type: application/json)")
+    param = ".".join(_field_path(first)) or None
+    return APIError(400, f"{param}: {first.get('msg', 'invalid request')}", param=param)
 
 
 def _document_errors_as_400(app: FastAPI) -> None:
@@ -239,6 +260,11 @@ def _add_status_routes(app: FastAPI, served: Served) -> None:
     async def models():
         """OpenAI's list; each entry adds its context length and memory (bytes) once loaded."""
         return {"object": "list", "data": [_card(m) for m in served.models]}
+
+    @app.get("/v1/models/{model_id:path}", response_model=ModelCard, responses=_errors(401, 404))
+    async def model(model_id: str):
+        """OpenAI's retrieve-model: one entry of the list (ids may hold a slash, as hub names do)."""
+        return _card(served.models.pick(model_id))
 
     @app.get("/v1/info", response_model=InfoResponse, responses=_errors(401, 404, 503))
     async def info(model: str | None = None):

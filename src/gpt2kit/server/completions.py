@@ -123,7 +123,7 @@ class Completion:
             first = reserve(len(prompts) * per_prompt)
             jobs = list(make_jobs(prompts, encoded, per_prompt=per_prompt,
                                   seed=new_seed() if body.seed is None else body.seed, settings=settings,
-                                  max_new=_max_new(body, options, n_ctx),
+                                  max_new=_max_new(body, options),
                                   stops=stops + list(extra_stops), include_prefix=False, stop_at_eot=True,
                                   logprobs=_decoder_logprobs(body), index_base=first))
         except PromptTooLong as e:  # 400, as OpenAI's and vLLM's answer it (413 is for a body over the byte limit)
@@ -206,10 +206,12 @@ def mean_logprob(s: Sample) -> float:
     return sum(values) / len(values) if values else float("-inf")
 
 
-def _max_new(body: CompletionRequest, options: ServeOptions, n_ctx: int) -> int:
+def _max_new(body: CompletionRequest, options: ServeOptions) -> int:
     """New tokens per row: max_tokens, or for null (chat's default) as many as the server allows. Capped by
-    --max-tokens-limit either way (a null once ran to the end of the context past it: found by the API fuzzer)."""
-    return min(options.max_tokens_limit if body.max_tokens is None else body.max_tokens, n_ctx)
+    --max-tokens-limit either way (a null once ran to the end of the context past it: found by the API fuzzer).
+    Not by the context: a row that fills it slides its window on (decoding's sliding window), as it does
+    when prompt + max_tokens pass it, so a max_tokens over n_ctx is honoured, not silently cut to n_ctx."""
+    return options.max_tokens_limit if body.max_tokens is None else body.max_tokens
 
 
 def _decoder_logprobs(body: CompletionRequest) -> int:

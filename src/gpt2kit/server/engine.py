@@ -335,6 +335,10 @@ class Engine:
         """Draw a token for every running row, hand out what it makes, and feed the rows that go on."""
         batch = self._batch
         results = batch.draw()
+        for key, error in batch.failed:  # its own numbers broke down: that request fails, the batch goes on
+            if key in self._live:
+                self._fail_request(self._live[key].request, error)
+        results = [res for res in results if res.row in self._live]  # not the failed requests' other rows
         if not results:
             return
         now = time.monotonic()
@@ -399,6 +403,18 @@ class Engine:
             p.ends = [k for k in p.ends if k != key]
             if not p.prefill.rows and not p.ends:
                 self._prefills.remove(p)
+
+    def _fail_request(self, request: Request, error: Exception) -> None:
+        """End one request with `error`: its rows leave the batch and its prefills, its waiting rows never start."""
+        log.error("a request failed, the others go on: %s", error)
+        for key in [k for k, live in self._live.items() if live.request is request]:
+            self._drop_live(key)
+            del self._live[key]
+        self._scheduler.remove(lambda r: r is not request)
+        request.put(error)
+        request.put(DONE)
+        self.stats.requests_done += 1
+        self.stats.requests_failed += 1
 
     def _fail_all(self, error: Exception, *, waiting: bool = False) -> None:
         """End the admitted requests with `error` (a bug), or every accepted one (the shutdown deadline)."""

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
+from ..options import PENALTY_RANGE
 from ..options import GenerateOptions as G
 
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit on logprobs / top_logprobs
@@ -32,6 +33,19 @@ Int = whole()
 TokenId = whole(ge=0)  # below the model's vocabulary size too, checked once it is loaded
 
 
+def _unicode(value: str) -> str:
+    """JSON's \\ud800 escapes decode to lone surrogates, which no UTF-8 answer can carry (echo failed with 500)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"the text holds {value[e.start]!r} at character {e.start}, half of a UTF-16 surrogate "
+                         f"pair: send whole characters") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_unicode)]  # any text the model reads or the answer repeats
+
+
 class StreamOptions(BaseModel):
     model_config = REQUEST
     include_usage: bool = False  # a last chunk with usage and no choices (every other chunk: usage null)
@@ -45,9 +59,9 @@ class SamplingFields(BaseModel):
     temperature: float = Field(default=G.temperature, ge=0, le=2.0)  # 0: greedy; 2: OpenAI's limit
     top_p: float = Field(default=G.top_p, gt=0, le=1)
     top_k: Int = Field(default=G.top_k, ge=0)  # extension
-    repetition_penalty: float = Field(default=G.repetition_penalty, gt=0)  # extension
+    repetition_penalty: float = Field(default=G.repetition_penalty, ge=PENALTY_RANGE[0], le=PENALTY_RANGE[1])  # extension
     n: Int = Field(default=1, ge=1, le=16)
-    stop: str | list[str] | None = None
+    stop: Text | list[Text] | None = None
     seed: Int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -62,7 +76,7 @@ class SamplingFields(BaseModel):
 
 class CompletionRequest(SamplingFields):
     # Text, texts, token ids, or lists of token ids (what lm-evaluation-harness sends), as OpenAI's API takes.
-    prompt: str | list[str] | list[TokenId] | list[list[TokenId]] | None = None
+    prompt: Text | list[Text] | list[TokenId] | list[list[TokenId]] | None = None
     max_tokens: whole(ge=0) | None = 16  # OpenAI's default, not the library's (to the end of the context)
     logprobs: whole(ge=0, le=MAX_TOP_LOGPROBS) | None = None
     echo: bool = False
@@ -73,14 +87,14 @@ class CompletionRequest(SamplingFields):
 class TextPart(BaseModel):
     model_config = REQUEST
     type: str
-    text: str | None = None
+    text: Text | None = None
 
 
 class ChatMessage(BaseModel):
     model_config = REQUEST
     role: Literal["system", "developer", "user", "assistant"]  # GPT-2 calls no tools: no "tool" messages
-    content: str | list[TextPart] | None = None
-    name: str | None = None
+    content: Text | list[TextPart] | None = None
+    name: Text | None = None
 
 
 class ChatRequest(SamplingFields):
@@ -95,14 +109,14 @@ class ChatRequest(SamplingFields):
 class NextTokenRequest(BaseModel):
     model_config = REQUEST
     model: str | None = None
-    prompt: str = ""
+    prompt: Text = ""
     top: Int = Field(default=20, ge=1, le=100)
 
 
 class TokenizeRequest(BaseModel):
     model_config = REQUEST
     model: str | None = None
-    prompt: str
+    prompt: Text
 
 
 class DetokenizeRequest(BaseModel):
