@@ -72,6 +72,34 @@ def test_csv_column_and_no_eot(tmp_path):
         gpt2kit.encode_dataset([f], tmp_path / "o2.tokens", column="nope", progress=False)
 
 
+def test_a_byte_order_mark_is_not_text(tmp_path):
+    """Excel's "CSV UTF-8" starts with a byte-order mark: it is not part of the first column's name (which then
+    matched no --column or template field), nor of the first JSON record, nor a token of a text file."""
+    bom = b"\xef\xbb\xbf"
+    (tmp_path / "t.csv").write_bytes(bom + b"subreddit,title\r\naskscience,Why?\r\n")
+    (tmp_path / "t.jsonl").write_bytes(bom + b'{"text": "alpha"}\n')
+    (tmp_path / "t.txt").write_bytes(bom + b"beta")
+    out = tmp_path / "o.tokens"
+    gpt2kit.encode_dataset([tmp_path / "t.csv"], out, column="subreddit", eot=False, progress=False)
+    assert "".join(decode_dataset(out)) == "askscience"
+    gpt2kit.encode_dataset([tmp_path / "t.csv"], out, template="[{subreddit}] {title}", eot=False, progress=False)
+    assert "".join(decode_dataset(out)) == "[askscience] Why?"
+    for name, text in (("t.jsonl", "alpha"), ("t.txt", "beta")):
+        gpt2kit.encode_dataset([tmp_path / name], out, eot=False, progress=False)
+        assert "".join(decode_dataset(out)) == text
+
+
+def test_output_and_encoding_mistakes_are_refused_before_encoding(tmp_path):
+    (tmp_path / "a.txt").write_text("some text")
+    (tmp_path / "outdir").mkdir()
+    (tmp_path / "afile").write_text("")
+    for args, message in (([tmp_path / "outdir"], "is a folder"), ([tmp_path / "afile" / "x.tokens"], "is a file"),
+                          ([tmp_path / "o.tokens", "--encoding", "nosuch"], "unknown --encoding 'nosuch'")):
+        r = run_cli("encode", tmp_path / "a.txt", "--output", *args)
+        assert r.returncode == 2 and "Traceback" not in r.stderr and message in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "afile", "outdir"] and not any((tmp_path / "outdir").iterdir())
+
+
 def test_validation_split_is_by_documents(tmp_path):
     for i in range(40):
         (tmp_path / f"doc{i:02d}.txt").write_text(f"Document number {i}. " * 20)

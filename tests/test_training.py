@@ -144,6 +144,54 @@ def test_existing_run_is_not_overwritten_by_fresh(corpus, tmp_path):
         gpt2kit.finetune(dataset=corpus, checkpoint_dir=tmp_path / "ck", steps=2, restore_from="fresh", **TINY)
 
 
+def test_starting_over_an_existing_run_loses_nothing_until_the_new_one_is_ready(corpus, tmp_path):
+    """--overwrite deletes the old run only once the new one's inputs are read; a checkpoint from elsewhere
+    needs --overwrite too (it once wrote step 2 into a run at step 5, then pruned it as the oldest); a step of
+    the run itself cannot be restored over the run's later steps."""
+    ck = tmp_path / "ck"
+    gpt2kit.finetune(dataset=corpus, checkpoint_dir=ck, steps=5, save_every=1, run_name="rb", **TINY)
+    other = gpt2kit.finetune(dataset=corpus, checkpoint_dir=ck, steps=1, run_name="src", **TINY)
+    before = sorted(p.name for p in (ck / "rb").iterdir())
+    with pytest.raises(UserError, match="does not exist"):  # a typo: the old run must survive it
+        gpt2kit.finetune(dataset=tmp_path / "nope.tokens", checkpoint_dir=ck, steps=2, run_name="rb",
+                         restore_from="fresh", overwrite=True, **TINY)
+    with pytest.raises(UserError, match="--overwrite"):
+        gpt2kit.finetune(dataset=corpus, checkpoint_dir=ck, steps=2, run_name="rb", restore_from=str(other), **TINY)
+    with pytest.raises(UserError, match="new --run-name"):
+        gpt2kit.finetune(dataset=corpus, checkpoint_dir=ck, steps=7, run_name="rb",
+                         restore_from=str(sorted((ck / "rb").glob("step-*"))[0]), overwrite=True, **TINY)
+    assert sorted(p.name for p in (ck / "rb").iterdir()) == before
+    final = gpt2kit.finetune(dataset=corpus, checkpoint_dir=ck, steps=2, run_name="rb", restore_from=str(other),
+                             overwrite=True, **TINY)
+    assert final == ck / "rb" / "step-000002" and final.is_dir() and newest_step(ck / "rb") == final
+    with pytest.raises(UserError, match="give --steps above 1"):  # a new run already past --steps: nothing saved
+        gpt2kit.finetune(dataset=corpus, checkpoint_dir=ck, steps=1, run_name="new", restore_from=str(other), **TINY)
+
+
+def test_what_training_writes_or_reads_later_is_checked_before_it_starts(corpus, tmp_path):
+    """A sample folder that cannot be made, and validation tokens outside the vocabulary, fail before the
+    first step with one line (they once failed at step N with a traceback, and every unsaved step was lost);
+    --val-dataset takes text as --dataset does; --epochs must be finite."""
+    (tmp_path / "afile").write_text("")
+    env = {"GPT2KIT_HOME": str(tmp_path / "home")}
+    base = ["finetune", "--dataset", corpus, "--checkpoint-dir", tmp_path / "ck", "--from-scratch", "--n-layer", "1",
+            "--n-embd", "16", "--n-head", "2", "--n-ctx", "16", "--steps", "3"]
+    from gpt2kit.data.tokens import TokenWriter
+    bad_val = tmp_path / "bad.tokens"
+    writer = TokenWriter(bad_val, n_vocab=65536)  # ids a 50257-token model has no row for
+    writer.write([60000] * 100)
+    writer.close()
+    for extra, message in ((["--sample-every", "1", "--sample-dir", tmp_path / "afile"], "is a file"),
+                           (["--val-dataset", bad_val, "--val-every", "1"], "token ids up to 60000"),
+                           (["--epochs", "inf"], "epochs must be a finite number")):
+        r = run_cli(*base, *extra, env=env)
+        assert r.returncode == 2 and "Traceback" not in r.stderr and message in r.stderr, r.stderr
+        assert r.stderr.strip().count("\n") == 0, r.stderr
+    (tmp_path / "val.txt").write_text(TEXT)
+    r = run_cli(*base, "--val-dataset", tmp_path / "val.txt", "--val-every", "2", env=env)
+    assert r.returncode == 0, r.stderr
+
+
 def test_a_save_killed_midway_never_breaks_the_newest(corpus, tmp_path):
     gpt2kit.finetune(dataset=corpus, checkpoint_dir=tmp_path / "ck", steps=3, **TINY)
     run = tmp_path / "ck" / "run1"

@@ -25,7 +25,7 @@ HELP = {
     "restore_from": "latest (resume the run if it has checkpoints) | fresh | PATH (any format)",
     "overwrite": "with --restore-from fresh: replace an existing run",
     "sample_every": "write samples every N steps (0 = off)",
-    "val_dataset": "validation tokens (or text)",
+    "val_dataset": "validation data: a token file, or text (files, folders, globs) encoded as --dataset is",
     "val_fraction": "hold out this fraction for validation",
     "progress": "show a progress bar",
     "run_name": "the run's folder under --checkpoint-dir (and --sample-dir)",

@@ -9,6 +9,7 @@ from typing import Iterator
 
 import numpy as np
 
+from .. import durable
 from ..errors import UserError
 from ..options import EncodeOptions
 from ..tokenizer import Tokenizer, gpt2_tokenizer
@@ -43,7 +44,7 @@ def _file_pieces(path: Path, opts: ReadOptions, template: Template | None = None
         for doc in templated_documents(path, opts, template, keywords, by_record=by_record):
             yield doc, True
     elif path.suffix.lower() in (".txt", "") and path.stat().st_size > BIG_TEXT:
-        with open(path, "r", encoding=opts.encoding, errors=opts.errors, newline="") as f:
+        with open(path, "r", encoding=opts.decoding, errors=opts.errors, newline="") as f:
             carry = ""
             while True:
                 try:
@@ -152,6 +153,9 @@ def encode_dataset(inputs: list[str | Path] | str | Path, output: str | Path, *,
     output = Path(output)
     if output.resolve() in {f.resolve() for f in files}:
         raise UserError(f"the output {output} is also an input; choose another output path")
+    if output.is_dir():
+        raise UserError(f"the output {output} is a folder; give the path of the file to write, such as {output / 'corpus.tokens'}")
+    durable.check_writable(output.parent)  # before the corpus is encoded, not after
     opts = ReadOptions(encoding=encoding, errors=errors, column=column, field=field)
     run = _Encoding(output, tokenizer or gpt2_tokenizer(), val_fraction, eot)
     start, n_bytes = time.time(), 0

@@ -6,6 +6,7 @@ markup and front matter go), as people clean blog posts by hand before training.
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import glob
 import html
@@ -30,6 +31,19 @@ class ReadOptions:
     errors: str = "strict"  # or "replace" to go on past undecodable bytes
     column: str | None = None  # CSV column (name or 0-based number); default the first
     field: str = "text"  # JSONL field
+
+    def __post_init__(self) -> None:
+        try:  # checked before any file is read (a big text file once met it midway, with a traceback)
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise UserError(f"unknown --encoding {self.encoding!r}: give a Python codec name such as utf-8, "
+                            f"latin-1 or cp1252") from None
+
+    @property
+    def decoding(self) -> str:
+        """The codec files are read with: UTF-8 drops a leading byte-order mark (Excel's "CSV UTF-8" writes one,
+        and it would be part of the first column's name, or of the first token)."""
+        return "utf-8-sig" if codecs.lookup(self.encoding).name == "utf-8" else self.encoding
 
 
 def expand_inputs(inputs: list[str | Path]) -> list[Path]:
@@ -58,7 +72,7 @@ def read_text(path: Path, opts: ReadOptions) -> str:
     if b"\x00" in data[:8192]:
         raise UserError(f"{path} looks like a binary file, not text; leave it out of the inputs")
     try:
-        return data.decode(opts.encoding, errors=opts.errors)
+        return data.decode(opts.decoding, errors=opts.errors)
     except UnicodeDecodeError as e:
         raise UserError(f"{path} is not valid {opts.encoding} (byte {e.start}); pass --encoding NAME, "
                         f"or --errors replace to go on anyway") from None

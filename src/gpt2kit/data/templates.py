@@ -145,7 +145,7 @@ def read_field_sets(path: str | Path) -> list[dict[str, str]]:
     if not path.is_file():
         raise UserError(f"the fields file {path} does not exist")
     sets = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):  # -sig: a BOM is not data
         if not line.strip():
             continue
         try:

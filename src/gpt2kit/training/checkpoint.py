@@ -77,7 +77,8 @@ def save_checkpoint(run_dir: Path, step: int, *, config: GPTConfig, tokenizer: T
         shutil.rmtree(tmp, ignore_errors=True)  # give the space back; the earlier steps are untouched
         raise error from None
     for old in step_folders(run_dir)[:-max_checkpoints]:
-        shutil.rmtree(old, ignore_errors=True)
+        if old != final:  # never the step just written, whatever other step folders the run holds
+            shutil.rmtree(old, ignore_errors=True)
     for stale in [*run_dir.glob(".tmp-step-*"), *run_dir.glob(f".{RUN_POINTER}.*.tmp")]:  # left by killed saves
         if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from .. import durable
 from ..devices import resolve_device
+from ..errors import UserError
 from ..formats import newest_step
 from ..generation import Sample, iter_samples
 from ..model import GPT
@@ -52,9 +53,12 @@ def finetune(*, dataset, model=None, run_name: str = "run1", **options) -> Path:
         run = start_run(dataset=dataset, model_name=model, run_name=run_name, opts=opts, device=device,
                         rank=rank, world=world)
         if run.step >= run.steps:
+            if newest_step(run.run_dir) is None:  # a new run restored from a checkpoint already past --steps
+                raise UserError(f"the checkpoint it starts from is at step {run.step}, and --steps is {run.steps}: "
+                                f"nothing to train; give --steps above {run.step} (steps count on from the checkpoint's)")
             if run.is_main:
                 log.info("the run is already at step %d of %d; raise --steps to train further", run.step, run.steps)
-            return newest_step(run.run_dir) or run.run_dir
+            return newest_step(run.run_dir)
         return _train(run)
 
 

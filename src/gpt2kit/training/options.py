@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from ..adapters.names import parse_targets
@@ -89,8 +90,11 @@ class TrainOptions:
         if not 0 <= self.val_fraction < 1:
             raise UserError(f"val-fraction must be in [0, 1), got {self.val_fraction}")
         for name in ("warmup_steps", "freeze_layers", "sample_every", "grad_clip", "weight_decay", "sample_length"):
-            if getattr(self, name) < 0:
+            if not getattr(self, name) >= 0:  # NaN too
                 raise UserError(f"{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
+        for name in ("epochs", "learning_rate", "grad_clip", "weight_decay", "noise", "dropout", "val_fraction"):
+            if getattr(self, name) is not None and not math.isfinite(getattr(self, name)):
+                raise UserError(f"{name.replace('_', '-')} must be a finite number, got {getattr(self, name)}")
         if self.fsdp and self.lora_rank is not None:
             raise UserError("--fsdp shards full fine-tuning; LoRA trains a few adapters on a frozen base and needs no "
                             "sharding: drop --fsdp (torchrun alone gives LoRA data parallelism)")

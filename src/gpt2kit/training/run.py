@@ -138,6 +138,10 @@ def start_run(*, dataset, model_name, run_name: str, opts: TrainOptions, device:
     model = _build_model(config, start.state_dict, source, opts, device)
     window = min(opts.context_length or config.n_ctx, config.n_ctx)
     train_tokens, val_tokens = _read_data(dataset, opts, tokenizer, config, window, is_main)
+    if is_main:
+        if opts.sample_every:  # samples are written during training: a bad folder must fail now, not at step N
+            durable.check_writable(Path(opts.sample_dir) / run_name)
+        _replace_old_run(run_dir, opts)
     sampler = WindowSampler(train_tokens, window, opts.batch_size, seed=opts.seed, rank=rank, world_size=world,
                             noise=opts.noise, n_vocab=config.n_vocab)
     steps = total_steps(opts, train_tokens.size, sampler.T, world)
@@ -208,14 +212,13 @@ def _starting_point(model_name, run_dir: Path, opts: TrainOptions, is_main: bool
                                 f"a new --run-name with --restore-from {folder}")
             return _from_folder(folder, opts, state)
     elif opts.restore_from == "fresh":
-        if newest_step(run_dir) is not None:
-            if not opts.overwrite:
-                raise UserError(f"{run_dir} already holds a run; pass --overwrite to start it again, "
-                                f"or a new --run-name (or --restore-from latest to continue it)")
-            if is_main:
-                shutil.rmtree(run_dir)
+        _check_replaceable(run_dir, opts)
     else:
         folder = resolve_model_path(opts.restore_from)
+        if newest_step(run_dir) is not None and folder.resolve().is_relative_to(run_dir.resolve()):
+            raise UserError(f"{folder} is a step of {run_dir}, whose later steps would be overwritten: restore it "
+                            f"into a new --run-name (or --restore-from latest to continue the run)")
+        _check_replaceable(run_dir, opts)
         state = load_training_state(resolve_run_folder(folder))
         if state is not None and state["options"].get("lora_rank") != opts.lora_rank:
             state = None  # LoRA on a full run's weights (or the reverse): the weights, not the optimizer
@@ -225,6 +228,22 @@ def _starting_point(model_name, run_dir: Path, opts: TrainOptions, is_main: bool
         return Start(scratch_config(opts, tok.n_vocab), None, tok, None, "from scratch")
     ck = read_checkpoint(resolve_model_path(model_name))
     return Start(ck.config, ck.state_dict, ck.tokenizer, None, str(ck.path), base=_absolute(ck.path, opts))
+
+
+def _check_replaceable(run_dir: Path, opts: TrainOptions) -> None:
+    """A run started afresh (or from another checkpoint) in a folder that holds one needs --overwrite. The old
+    run is deleted only once the new one's inputs have all been read (`_replace_old_run`)."""
+    if newest_step(run_dir) is not None and not opts.overwrite:
+        raise UserError(f"{run_dir} already holds a run; pass --overwrite to start it again, "
+                        f"or a new --run-name (or --restore-from latest to continue it)")
+
+
+def _replace_old_run(run_dir: Path, opts: TrainOptions) -> None:
+    """--overwrite: the old run goes now that the new one's model and data have been read without error."""
+    if opts.restore_from != "latest" and newest_step(run_dir) is not None:
+        log.info("--overwrite: deleting the old run in %s", run_dir)
+        shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
 
 
 def _from_folder(folder: Path, opts: TrainOptions, state: dict | None) -> Start:
@@ -267,8 +286,10 @@ def _read_data(dataset, opts: TrainOptions, tokenizer: Tokenizer, config: GPTCon
     train_tokens, val_tokens = prepare_dataset(dataset, opts, tokenizer, is_main)
     if train_tokens.size < 2:
         raise UserError("the training dataset is empty: encode some text first (`gpt2kit encode`)")
-    if int(train_tokens.max()) >= config.n_vocab:
-        raise UserError(f"the dataset has token ids up to {int(train_tokens.max())} but the model's vocabulary is {config.n_vocab}")
+    for name, tokens in (("dataset", train_tokens), ("validation dataset", val_tokens)):
+        if tokens is not None and tokens.size and int(tokens.max()) >= config.n_vocab:
+            raise UserError(f"the {name} has token ids up to {int(tokens.max())} but the model's vocabulary is "
+                            f"{config.n_vocab}: encode it with this model's tokenizer")
     if train_tokens.size - 1 < window and is_main:
         log.warning("the dataset has %d tokens, fewer than the context of %d: training on %d-token windows",
                     train_tokens.size, window, train_tokens.size - 1)
