@@ -187,6 +187,14 @@ def test_what_training_writes_or_reads_later_is_checked_before_it_starts(corpus,
         r = run_cli(*base, *extra, env=env)
         assert r.returncode == 2 and "Traceback" not in r.stderr and message in r.stderr, r.stderr
         assert r.stderr.strip().count("\n") == 0, r.stderr
+    for extra, message in ((["--dtype", "int8"], "int8 is for running a model on a CPU"),):
+        r = run_cli(*base, *extra, env=env)
+        assert r.returncode == 2 and message in r.stderr, r.stderr
+    r = run_cli(*base[:2], corpus, corpus, *base[3:], env=env)
+    assert r.returncode == 2 and "one token file" in r.stderr, r.stderr
+    from gpt2kit.devices import DTYPES
+    from gpt2kit.training.options import TRAIN_DTYPES
+    assert set(TRAIN_DTYPES) == {"auto", *DTYPES}  # the torch-free list is devices.DTYPES' names
     (tmp_path / "val.txt").write_text(TEXT)
     r = run_cli(*base, "--val-dataset", tmp_path / "val.txt", "--val-every", "2", env=env)
     assert r.returncode == 0, r.stderr

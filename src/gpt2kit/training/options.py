@@ -9,6 +9,10 @@ from ..adapters.names import parse_targets
 from ..errors import UserError
 
 
+# What a training step can compute in (devices.DTYPES' names, which this torch-free module does not import).
+TRAIN_DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
+
+
 @dataclass(frozen=True)
 class TrainOptions:
     # length of training
@@ -98,6 +102,9 @@ class TrainOptions:
         if self.fsdp and self.lora_rank is not None:
             raise UserError("--fsdp shards full fine-tuning; LoRA trains a few adapters on a frozen base and needs no "
                             "sharding: drop --fsdp (torchrun alone gives LoRA data parallelism)")
+        if self.dtype not in TRAIN_DTYPES:
+            hint = " (int8 is for running a model on a CPU, not for training)" if self.dtype == "int8" else ""
+            raise UserError(f"unknown --dtype {self.dtype!r} for fine-tuning{hint}: use {', '.join(TRAIN_DTYPES)}")
         if self.context_length is not None and self.context_length < 2:
             raise UserError(f"context-length must be at least 2, got {self.context_length}")
         self._check_lora()

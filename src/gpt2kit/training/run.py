@@ -137,6 +137,9 @@ def start_run(*, dataset, model_name, run_name: str, opts: TrainOptions, device:
     torch.manual_seed(opts.seed + rank)  # dropout's stream; restored exactly on resume
     model = _build_model(config, start.state_dict, source, opts, device)
     window = min(opts.context_length or config.n_ctx, config.n_ctx)
+    if opts.context_length and opts.context_length > config.n_ctx and is_main:
+        log.warning("--context-length %d is more than the model's context of %d: training on %d-token windows",
+                    opts.context_length, config.n_ctx, config.n_ctx)
     train_tokens, val_tokens = _read_data(dataset, opts, tokenizer, config, window, is_main)
     if is_main:
         if opts.sample_every:  # samples are written during training: a bad folder must fail now, not at step N

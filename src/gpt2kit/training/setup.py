@@ -31,6 +31,9 @@ def prepare_dataset(dataset, opts: TrainOptions, tokenizer: Tokenizer, is_main: 
     if not items:
         raise UserError("no dataset given")
     paths = [Path(p) for p in items]
+    if len(paths) > 1 and any(p.is_file() and is_token_file(p) for p in paths):
+        raise UserError("--dataset takes one token file, or text files, folders and globs (encoded together); "
+                        "to train on several token files, encode their text together with `gpt2kit encode`")
     val = _validation(opts, tokenizer, is_main)
     if len(paths) == 1 and paths[0].is_file() and is_token_file(paths[0]):
         train = read_tokens(paths[0])
