@@ -70,6 +70,8 @@ def test_csv_column_and_no_eot(tmp_path):
     assert "".join(decode_dataset(tmp_path / "o.tokens")) == "alphabeta"
     with pytest.raises(UserError, match="no column 'nope'"):
         gpt2kit.encode_dataset([f], tmp_path / "o2.tokens", column="nope", progress=False)
+    with pytest.raises(UserError, match="has 2 columns .* --column 7 is past the last"):
+        gpt2kit.encode_dataset([f], tmp_path / "o2.tokens", column="7", progress=False)
 
 
 def test_a_byte_order_mark_is_not_text(tmp_path):

@@ -153,7 +153,10 @@ def _csv_documents(path: Path, text: str, column: str | None) -> Iterator[str]:
         col = header.index(column)
     elif column.isdigit():
         col = int(column)
-        yield header[col] if col < len(header) else ""
+        if col >= len(header):
+            raise UserError(f"{path} has {len(header)} columns (numbered from 0: {', '.join(header)}); "
+                            f"--column {column} is past the last")
+        yield header[col]
     else:
         raise UserError(f"{path} has no column {column!r}; its columns are: {', '.join(header)}")
     for row in rows:
