@@ -53,10 +53,6 @@ class LoraWeights:
     B: torch.Tensor
     scaling: float
 
-    def delta(self) -> torch.Tensor:
-        """The update as a weight (out, in), in fp32."""
-        return (self.B.float() @ self.A.float()) * self.scaling
-
 
 @dataclass
 class Adapter:

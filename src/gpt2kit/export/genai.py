@@ -11,10 +11,10 @@ separate key and value per layer (its "gpt2" type expects the older combined pas
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
+from .. import durable
 from ..config import GPTConfig
 from ..formats.gguf import vocab_lists
 from ..tokenizer import EOT
@@ -67,7 +67,7 @@ def tokenizer_config(config: GPTConfig) -> dict:
 def write_genai_folder(source: Source, out: Path, *, int8: bool = False) -> Path:
     """Write the folder `out` (new, or an empty folder); it appears whole or not at all."""
     config, eot_id = source.model.config, source.tokenizer.eot_id
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    tmp = durable.temp_name(out)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
@@ -79,7 +79,7 @@ def write_genai_folder(source: Source, out: Path, *, int8: bool = False) -> Path
             (tmp / name).write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
         if out.exists():
             out.rmdir()  # checked empty before any work
-        os.replace(tmp, out)
+        durable.replace(tmp, out)  # fsync'd files, then the rename
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
