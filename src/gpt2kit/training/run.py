@@ -7,6 +7,7 @@ every process, the step, the running loss average.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import time
@@ -130,7 +131,7 @@ def start_run(*, dataset, model_name, run_name: str, opts: TrainOptions, device:
     run_dir = Path(opts.checkpoint_dir) / run_name
     if is_main:
         durable.check_writable(run_dir)  # a read-only folder fails now, not at the first save
-    start = _starting_point(model_name, run_dir, opts, is_main)
+    start = _starting_point(model_name, run_dir, opts)
     config, tokenizer, state, source = start.config, start.tokenizer, start.state, start.source
     if opts.dropout != config.dropout:
         config = config.replace(dropout=opts.dropout)
@@ -144,7 +145,10 @@ def start_run(*, dataset, model_name, run_name: str, opts: TrainOptions, device:
     if is_main:
         if opts.sample_every:  # samples are written during training: a bad folder must fail now, not at step N
             durable.check_writable(Path(opts.sample_dir) / run_name)
-        _replace_old_run(run_dir, opts)
+        if start.replaces_run:  # --overwrite: the new run's model and data were read without error
+            log.info("--overwrite: deleting the old run in %s", run_dir)
+            shutil.rmtree(run_dir)
+            run_dir.mkdir(parents=True)
     sampler = WindowSampler(train_tokens, window, opts.batch_size, seed=opts.seed, rank=rank, world_size=world,
                             noise=opts.noise, n_vocab=config.n_vocab)
     steps = total_steps(opts, train_tokens.size, sampler.T, world)
@@ -199,9 +203,11 @@ class Start:
     source: str  # where it came from, for people
     base: str | None = None  # a LoRA run's base model folder (the adapter's base_model_name_or_path)
     adapter: Path | None = None  # a LoRA run's saved adapter to continue
+    replaces_run: bool = False  # --overwrite of a run folder that holds a run: deleted once the inputs are read
 
 
-def _starting_point(model_name, run_dir: Path, opts: TrainOptions, is_main: bool) -> Start:
+def _starting_point(model_name, run_dir: Path, opts: TrainOptions) -> Start:
+    replaces = False
     if opts.restore_from == "latest":
         folder = newest_step(run_dir)
         if folder is not None:
@@ -215,38 +221,34 @@ def _starting_point(model_name, run_dir: Path, opts: TrainOptions, is_main: bool
                                 f"a new --run-name with --restore-from {folder}")
             return _from_folder(folder, opts, state)
     elif opts.restore_from == "fresh":
-        _check_replaceable(run_dir, opts)
+        replaces = _check_replaceable(run_dir, opts)
     else:
         folder = resolve_model_path(opts.restore_from)
         if newest_step(run_dir) is not None and folder.resolve().is_relative_to(run_dir.resolve()):
             raise UserError(f"{folder} is a step of {run_dir}, whose later steps would be overwritten: restore it "
                             f"into a new --run-name (or --restore-from latest to continue the run)")
-        _check_replaceable(run_dir, opts)
+        replaces = _check_replaceable(run_dir, opts)
         state = load_training_state(resolve_run_folder(folder))
         if state is not None and state["options"].get("lora_rank") != opts.lora_rank:
             state = None  # LoRA on a full run's weights (or the reverse): the weights, not the optimizer
-        return _from_folder(folder, opts, state)
+        return dataclasses.replace(_from_folder(folder, opts, state), replaces_run=replaces)
     if opts.from_scratch:
         tok = gpt2_tokenizer()
-        return Start(scratch_config(opts, tok.n_vocab), None, tok, None, "from scratch")
+        return Start(scratch_config(opts, tok.n_vocab), None, tok, None, "from scratch", replaces_run=replaces)
     ck = read_checkpoint(resolve_model_path(model_name))
-    return Start(ck.config, ck.state_dict, ck.tokenizer, None, str(ck.path), base=_absolute(ck.path, opts))
+    return Start(ck.config, ck.state_dict, ck.tokenizer, None, str(ck.path), base=_absolute(ck.path, opts),
+                 replaces_run=replaces)
 
 
-def _check_replaceable(run_dir: Path, opts: TrainOptions) -> None:
-    """A run started afresh (or from another checkpoint) in a folder that holds one needs --overwrite. The old
-    run is deleted only once the new one's inputs have all been read (`_replace_old_run`)."""
-    if newest_step(run_dir) is not None and not opts.overwrite:
+def _check_replaceable(run_dir: Path, opts: TrainOptions) -> bool:
+    """Whether a run started afresh (or from another checkpoint) replaces one in its folder, which needs
+    --overwrite. The old run is deleted only once the new one's inputs have all been read (start_run)."""
+    if newest_step(run_dir) is None:
+        return False
+    if not opts.overwrite:
         raise UserError(f"{run_dir} already holds a run; pass --overwrite to start it again, "
                         f"or a new --run-name (or --restore-from latest to continue it)")
-
-
-def _replace_old_run(run_dir: Path, opts: TrainOptions) -> None:
-    """--overwrite: the old run goes now that the new one's model and data have been read without error."""
-    if opts.restore_from != "latest" and newest_step(run_dir) is not None:
-        log.info("--overwrite: deleting the old run in %s", run_dir)
-        shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True)
+    return True
 
 
 def _from_folder(folder: Path, opts: TrainOptions, state: dict | None) -> Start:
