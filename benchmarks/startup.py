@@ -42,6 +42,10 @@ FLOOR = {
     "python -c pass": [sys.executable, "-c", "pass"],
     "import torch": [sys.executable, "-c", "import torch"],
 }
+# `import torch` timed as the first token is, to its first byte on stdout: process exit is left out of both,
+# and PyTorch's teardown at exit (a few tenths of a second) would otherwise count against the floor alone.
+TORCH_FIRST_BYTE = "import torch, to first byte"
+TORCH_PRINT = [sys.executable, "-c", "import sys, torch; sys.stdout.write('.'); sys.stdout.flush()"]
 GPT2KIT = {
     "import gpt2kit": [sys.executable, "-c", "import gpt2kit"],
     "gpt2kit --help": [sys.executable, "-m", "gpt2kit", "--help"],
@@ -94,6 +98,7 @@ def load_seconds(env: dict) -> tuple[float, float]:
 def cases(envs: dict[str, dict]) -> dict:
     """name -> (how to time it, its env); every gpt2kit case once per source tree in `envs`."""
     found = {name: (timed, cmd, next(iter(envs.values()))) for name, cmd in FLOOR.items()}
+    found[TORCH_FIRST_BYTE] = (first_byte, TORCH_PRINT, next(iter(envs.values())))
     for label, env in envs.items():
         plain = {k: v for k, v in env.items() if k != "PYTHONPYCACHEPREFIX"} | {"PYTHONDONTWRITEBYTECODE": "1"}
         rows = {**{n: (timed, cmd, env) for n, cmd in GPT2KIT.items()},
@@ -125,13 +130,15 @@ def measure(envs: dict[str, dict], repeats: int) -> dict[str, dict[str, list[flo
 def verdicts(results: dict, label: str = "") -> dict[str, dict]:
     """Issue 16's targets on the medians, and the first token's distance from `import torch`."""
     med = {name: statistics.median(r["wall"]) for name, r in results.items()}
-    torch_s, first = med["import torch"], med[FIRST_TOKEN + label]
+    torch_s, first = med[TORCH_FIRST_BYTE], med[FIRST_TOKEN + label]
     return {
         "load() at most 0.2 s beyond import torch": {"seconds": med[LOAD + label], "target": LOAD_TARGET,
                                                       "met": med[LOAD + label] <= LOAD_TARGET},
         "first token within 1.5 s of the command": {"seconds": first, "target": FIRST_TOKEN_TARGET,
                                                      "met": first <= FIRST_TOKEN_TARGET},
-        "first token minus import torch": {"seconds": first - torch_s, "ratio": first / torch_s},
+        # what gpt2kit adds to PyTorch's import (both to the first byte): where `import torch` takes 1.0 s, as
+        # on the machine issue 16 was written on, the first token comes this much later
+        "first token minus import torch (both to first byte)": {"seconds": first - torch_s, "ratio": first / torch_s},
     }
 
 
