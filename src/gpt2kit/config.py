@@ -76,11 +76,11 @@ class GPTConfig:
                                 f"(it computes {key}={allowed[-1]!r})")
         return cls(
             n_vocab=cfg["vocab_size"],
-            n_ctx=cfg.get("n_positions", cfg.get("n_ctx", 1024)),
+            n_ctx=cfg.get("n_positions", cfg.get("n_ctx", cls.n_ctx)),
             n_embd=cfg["n_embd"],
             n_head=cfg["n_head"],
             n_layer=cfg["n_layer"],
-            layer_norm_epsilon=cfg.get("layer_norm_epsilon", 1e-5),
+            layer_norm_epsilon=cfg.get("layer_norm_epsilon", cls.layer_norm_epsilon),
         )
 
 

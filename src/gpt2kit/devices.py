@@ -9,12 +9,9 @@ import torch
 
 from .cpu.features import CpuInfo, detect
 from .errors import UserError
+from .options import DTYPE_NAMES, dtype_choices
 
-DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16,
-}
+DTYPES = {name: getattr(torch, canonical) for name, canonical in DTYPE_NAMES.items()}
 
 
 def cpu_has_fast_bf16(cpu: CpuInfo | None = None) -> bool:
@@ -26,7 +23,7 @@ def cpu_has_fast_bf16(cpu: CpuInfo | None = None) -> bool:
     return (cpu or detect()).native_bf16
 
 
-def resolve_device(device: str = "auto") -> torch.device:
+def resolve_device(device: str) -> torch.device:
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -56,5 +53,5 @@ def resolve_dtype(dtype: str, device: torch.device, cpu: CpuInfo | None = None) 
     if dtype == "auto":
         return auto_dtype(device, cpu)
     if dtype not in DTYPES:
-        raise UserError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16, float16 (fp32, bf16, fp16) or int8")
+        raise UserError(f"unknown dtype {dtype!r}: use {dtype_choices()}")
     return DTYPES[dtype]

@@ -160,8 +160,8 @@ def make_jobs(prompts: list[str | None], encoded: list[list[int]], *, per_prompt
 
 def iter_samples(model: GPT, tokenizer: Tokenizer, prompts: list[str | None], *, length: int | None,
                  settings: SamplingSettings, stop: list[str], seed: int, nsamples: int, batch_size: int,
-                 truncate: str | None, include_prefix: bool, stop_at_eot: bool = True,
-                 logprobs: int = 0) -> Iterator[Piece | Sample]:
+                 truncate: str | None, include_prefix: bool, stop_at_eot: bool,
+                 logprobs: int) -> Iterator[Piece | Sample]:
     """Yield streamed Pieces and finished Samples, in output order. nsamples=0 runs forever."""
     if batch_size < 1:
         raise UserError(f"batch_size must be at least 1, got {batch_size}")

@@ -19,7 +19,7 @@ from .errors import UserError
 from .formats import build_model, read_checkpoint
 from .formats.mapped import keep_big_allocations_returnable
 from .hub import resolve_model_path
-from .options import GenerateOptions
+from .options import INT8, GenerateOptions, LoadOptions
 from .paths import BUNDLED_DIR
 from .generation import Piece, Sample, encode_prompt, iter_samples, new_seed
 from .model import GPT
@@ -28,6 +28,7 @@ from .tokenizer import Tokenizer
 
 log = logging.getLogger("gpt2kit")
 _G = GenerateOptions  # the one home of generation's defaults
+_L = LoadOptions  # and of load's
 
 
 @dataclass
@@ -99,15 +100,16 @@ class LM:
         return list(zip(i.tolist(), p.tolist()))
 
 
-def load(name: str | Path | None = None, *, device: str = "auto", dtype: str = "auto",
-         checkpoint: str | None = None, offline: bool | None = None, adapter: str | Path | None = None) -> LM:
+def load(name: str | Path | None = None, *, device: str = _L.device, dtype: str = _L.dtype,
+         checkpoint: str | None = _L.checkpoint, offline: bool | None = _L.offline,
+         adapter: str | Path | None = _L.adapter) -> LM:
     """Load any GPT-2 people have on disk (or a published name, downloaded on first use).
 
     On a CPU, `lm.model` is a `gpt2kit.cpu.CpuGPT`: the reference GPT on the path gpt2kit.cpu chose
     for this CPU and `dtype` (`lm.info["cpu_path"]` names it). Elsewhere it is the plain `GPT`.
     """
     dev = resolve_device(device)
-    if dtype == "int8" and dev.type != "cpu":
+    if dtype == INT8 and dev.type != "cpu":
         raise UserError("--dtype int8 is weight-only quantization for CPUs; on a GPU use bfloat16 or float16")
     torch_dtype = torch.float32 if dev.type == "cpu" else resolve_dtype(dtype, dev)
     if dev.type == "cpu":

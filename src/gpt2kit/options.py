@@ -74,6 +74,30 @@ class GenerateOptions:
         return dataclasses.asdict(self)
 
 
+# PyTorch compute dtypes by the names people type (the short ones are llama.cpp's and PyTorch users' habit),
+# each with the torch dtype it names. devices.py maps them to torch; this torch-free module holds the names.
+DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+               "float16": "float16", "fp16": "float16"}
+INT8 = "int8"  # on CPUs only: weight-only int8 with per-row scales (gpt2kit.cpu.weights)
+
+
+def dtype_choices() -> str:
+    """The --dtype values, for messages: auto, PyTorch's dtypes (and their short names), int8."""
+    full = list(dict.fromkeys(DTYPE_NAMES.values()))
+    short = [name for name in DTYPE_NAMES if name not in full]
+    return f"auto, {', '.join(full)} ({', '.join(short)}) or {INT8}"
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How `load` reads a model (every command with --model, and each model `serve` loads)."""
+    device: str = "auto"  # cuda, then mps, then cpu
+    dtype: str = "auto"  # CPUs: the fastest path measured to keep fp32's answers; elsewhere devices.auto_dtype
+    checkpoint: str | None = None  # which checkpoint of a run folder; None: the newest
+    offline: bool | None = None  # never download; None: the environment decides (GPT2KIT_OFFLINE=1)
+    adapter: str | None = None  # a LoRA adapter (PEFT's format) merged in at load
+
+
 # The `errors` argument of Python's open(): what to do with bytes that are not valid text.
 DECODE_ERRORS = ("strict", "replace", "ignore")
 
@@ -110,6 +134,16 @@ class ConvertOptions:
     """`convert`'s options (`gpt2kit convert`)."""
     checkpoint: str | None = None  # which checkpoint of a run folder; None: the newest
     dtype: str = "float32"  # lossless for every published model; halves are for smaller files
+
+
+DOWNLOAD_SOURCES = ("openai", "huggingface")  # the published models: OpenAI's TensorFlow files, or the hub's safetensors
+
+
+@dataclass(frozen=True)
+class DownloadOptions:
+    """`download`'s options (`gpt2kit download`)."""
+    source: str = DOWNLOAD_SOURCES[0]  # for the published names (124M ... 1558M)
+    revision: str = "main"  # for hub repositories: a branch, tag or commit
 
 
 @dataclass(frozen=True)
@@ -149,7 +183,8 @@ class ServeOptions:
 
     def load_kwargs(self) -> dict:
         """The options meant for `load`, those that were set."""
-        return {k: v for k in ("device", "dtype", "checkpoint", "offline") if (v := getattr(self, k)) is not None}
+        return {f.name: v for f in dataclasses.fields(LoadOptions)
+                if (v := getattr(self, f.name, None)) is not None}
 
 
 @dataclass(frozen=True)

@@ -4,17 +4,18 @@ from __future__ import annotations
 import argparse
 
 from ..errors import UserError
+from ..options import DOWNLOAD_SOURCES, DownloadOptions
 
 
 def register(sub) -> None:
     p = sub.add_parser("download", help="download published GPT-2 models (124M 355M 774M 1558M) or any GPT-2 on "
                                         "the Hugging Face hub (OWNER/NAME)")
     p.add_argument("names", nargs="+", metavar="NAME", help="124M/355M/774M/1558M, or a hub repository OWNER/NAME[@REVISION]")
-    p.add_argument("--source", choices=["openai", "huggingface"],
-                   help="for the published names: openai (default), OpenAI's original TensorFlow files; "
-                        "huggingface, the Hugging Face hub's safetensors")
-    p.add_argument("--revision", help="for hub repositories: a branch, tag or commit (default main); "
-                                      "each revision is kept in its own folder")
+    p.add_argument("--source", choices=DOWNLOAD_SOURCES,
+                   help="for the published names: openai, OpenAI's original TensorFlow files; huggingface, the "
+                        f"Hugging Face hub's safetensors (default {DownloadOptions.source})")
+    p.add_argument("--revision", help="for hub repositories: a branch, tag or commit (default "
+                                      f"{DownloadOptions.revision}); each revision is kept in its own folder")
     p.add_argument("--models-dir", "--models_dir", dest="models_dir", help="write OpenAI's layout DIR/<name>/ (hub repositories: DIR/OWNER/NAME) instead of the cache")
     p.add_argument("--offline", action="store_true", default=None,
                    help="download nothing: succeed only if the models are here already (also GPT2KIT_OFFLINE=1)")

@@ -41,9 +41,6 @@ def register(sub) -> None:
     p.add_argument("--dataset", nargs="+", required=True, help="a token dataset, or text files/folders to encode first")
     p.add_argument("--model", "--model_name", "--model-name", dest="model", help="start from this model (default: the bundled one)")
     p.add_argument("--models-dir", "--models_dir", dest="models_dir")
-    if "run_name" not in field_names(TrainOptions):
-        # finetune()'s own default names the run until TrainOptions owns it (then the loop below adds the flag).
-        p.add_argument("--run-name", "--run_name", dest="run_name", help=HELP["run_name"])
     add_train_options(p)
     p.set_defaults(func=cmd_finetune)
 
@@ -56,7 +53,7 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     from ..training.loop import finetune
-    options = given(args, *field_names(TrainOptions), "run_name")
+    options = given(args, *field_names(TrainOptions))
     model = model_name(args)
     if model is None and not options.get("from_scratch"):
         log.info("no --model: fine-tuning the small bundled model (pass --model 124M for real GPT-2)")

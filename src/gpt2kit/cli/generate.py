@@ -12,7 +12,7 @@ from typing import Iterator, TextIO
 from .. import durable
 from ..data.templates import DOCUMENT_START, Template, parse_assignment, parse_template, read_field_sets
 from ..errors import UserError
-from ..options import GenerateOptions
+from ..options import GREEDY_BELOW, GenerateOptions
 from .common import add_field, add_model_args, field_names, given, load_model, log
 
 SAMPLE_DELIM = "=" * 20 + "\n"  # between samples, as OpenAI's and gpt-2-simple's scripts print them
@@ -54,7 +54,7 @@ def add_adapter_arg(p: argparse.ArgumentParser) -> None:
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
     G = GenerateOptions
     add_field(p, G, "length", help="new tokens per sample (default: until <|endoftext|> or the context is full)")
-    add_field(p, G, "temperature", help="0 = greedy (so is anything below 1e-4)")
+    add_field(p, G, "temperature", help=f"0 = greedy (so is anything below {GREEDY_BELOW:g})")
     add_field(p, G, "top_k", help="keep the k likeliest tokens; 0 = off")
     add_field(p, G, "top_p", help="nucleus sampling; 1.0 = off")
     add_field(p, G, "repetition_penalty", help="CTRL's penalty on tokens already seen; 1.0 = off")

@@ -22,7 +22,7 @@ from .tuning import Decision, decide, probe_ids
 log = logging.getLogger("gpt2kit")
 
 
-def prepare(gpt: GPT, dtype: str = "auto", *, cpu: CpuInfo | None = None, probe: list[int] | None = None) -> CpuGPT:
+def prepare(gpt: GPT, dtype: str, *, cpu: CpuInfo | None = None, probe: list[int] | None = None) -> CpuGPT:
     """`gpt` (fp32, on the CPU; consumed: its matrices are replaced) on this CPU's path for `dtype`.
 
     auto: the fastest candidate measured here whose answers on `probe` (held-out token ids) meet

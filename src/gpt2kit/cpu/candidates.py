@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserError
+from ..options import DTYPE_NAMES, INT8, dtype_choices
 from ..model import GPT
 from .features import CpuInfo
 from .kernels import Kernels
@@ -21,8 +22,7 @@ from .runner import CpuGPT, MakeLinear, block_matrices, swap_matrices
 from .step import KernelStep
 from .weights import BF16Linear, InputMajorLinear, KernelLinear, OneDNNLinear, TorchInt8Linear, has_onednn
 
-DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
-               "bfloat16": "bfloat16", "bf16": "bfloat16", "int8": "int8"}
+WEIGHT_FORMATS = {**DTYPE_NAMES, INT8: INT8}  # --dtype's names -> the weight format on the CPU path
 
 
 @dataclass(frozen=True)
@@ -51,9 +51,9 @@ def candidates(cpu: CpuInfo, kernels: Kernels | None) -> list[Candidate]:
 
 def for_dtype(dtype: str, kernels: Kernels | None) -> Candidate:
     """The candidate an explicit `--dtype` names: the kernels' where they are here."""
-    if dtype not in DTYPE_NAMES:
-        raise UserError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16, float16 (fp32, bf16, fp16) or int8")
-    return Candidate(DTYPE_NAMES[dtype], "kernels" if kernels is not None else "torch")
+    if dtype not in WEIGHT_FORMATS:
+        raise UserError(f"unknown dtype {dtype!r}: use {dtype_choices()}")
+    return Candidate(WEIGHT_FORMATS[dtype], "kernels" if kernels is not None else "torch")
 
 
 def linear_maker(c: Candidate, kernels: Kernels | None) -> MakeLinear:

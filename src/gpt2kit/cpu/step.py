@@ -26,7 +26,8 @@ class KernelStep:
 
     def __init__(self, kernels: Kernels, gpt: GPT, head: KernelLinear):
         cfg = gpt.config
-        self.kernels, self.n_vocab = kernels, cfg.n_vocab
+        self.kernels, self.n_vocab, self.n_ctx = kernels, cfg.n_vocab, cfg.n_ctx
+        self.cache_dims = (cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head)  # KVCache's (L, ., nh, ., hs)
         self.tensors = list(gpt.state_dict(keep_vars=True).values()) + [head.weight]  # keeps the memory alive
         for b in gpt.h:
             for lin in (b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj):
@@ -48,8 +49,7 @@ class KernelStep:
         tokens = idx.reshape(B).to(torch.int64).contiguous()
         pos = positions.expand(B, 1).reshape(B).to(torch.int64).contiguous()
         cache.k, cache.v, cache.valid = cache.k.contiguous(), cache.v.contiguous(), cache.valid.contiguous()
-        fp32_address(cache.k)
-        fp32_address(cache.v)
+        self._check(tokens, pos, cache)
         logits = torch.empty(B, self.n_vocab)
         rc = self.kernels.lib.gpt2kit_decode_step(
             ctypes.byref(self.struct), tokens.data_ptr(), pos.data_ptr(), B, cache.k.data_ptr(), cache.v.data_ptr(),
@@ -58,3 +58,18 @@ class KernelStep:
             raise RuntimeError(f"gpt2kit_decode_step failed ({rc}) at cache length {cache.length} of {cache.max_len}")
         cache.length += 1
         return logits.view(B, 1, self.n_vocab)
+
+    def _check(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> None:
+        """What the C step indexes with, checked here: it reads wte[token] and wpe[position] and writes
+        the cache with no bounds of its own."""
+        B, (L, nh, hs) = tokens.shape[0], self.cache_dims
+        fp32_address(cache.k)
+        fp32_address(cache.v)
+        if cache.k.shape != (L, B, nh, cache.max_len, hs) or cache.v.shape != cache.k.shape \
+                or cache.valid.shape != (B, cache.max_len) or cache.valid.dtype != torch.bool:
+            raise ValueError(f"KernelStep: a cache of {tuple(cache.k.shape)} for {B} rows of a model with "
+                             f"(n_layer, n_head, head size) {self.cache_dims}")
+        if int(tokens.min()) < 0 or int(tokens.max()) >= self.n_vocab or int(pos.min()) < 0 \
+                or int(pos.max()) >= self.n_ctx:
+            raise ValueError(f"KernelStep: token ids {tokens.tolist()} or positions {pos.tolist()} out of range "
+                             f"(n_vocab {self.n_vocab}, n_ctx {self.n_ctx})")

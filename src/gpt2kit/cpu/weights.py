@@ -149,6 +149,10 @@ def kernel_linear(kernels: Kernels, x: torch.Tensor, weight: torch.Tensor, kind:
     N = weight.shape[0]
     if weight.shape[1] != K or not (x.is_contiguous() and weight.is_contiguous()) or x.dtype != torch.float32:
         raise ValueError(f"kernel_linear: x {tuple(x.shape)} {x.dtype} against weight {tuple(weight.shape)}")
+    # read by address: fp32, one per output row (int8a8's scales: a second row of N, each row's sum)
+    for name, v, sizes in (("scales", scales, (N, 2 * N)), ("bias", bias, (N,))):
+        if v is not None and (v.numel() not in sizes or v.dtype != torch.float32 or not v.is_contiguous()):
+            raise ValueError(f"kernel_linear: {name} {tuple(v.shape)} {v.dtype} for {N} output rows")
     y = torch.empty(M, N, dtype=torch.float32)
     rc = kernels.lib.gpt2kit_linear(x.data_ptr(), M, K, weight.data_ptr(), N, kind,
                                     None if scales is None else scales.data_ptr(),

@@ -37,8 +37,8 @@ def _safe_cut(text: str) -> int:
     return tail_start + last.end() if last else len(text)
 
 
-def _file_pieces(path: Path, opts: ReadOptions, template: Template | None = None, keywords: int = 0,
-                 by_record: bool = True) -> Iterator[tuple[str, bool]]:
+def _file_pieces(path: Path, opts: ReadOptions, template: Template | None, keywords: int,
+                 by_record: bool) -> Iterator[tuple[str, bool]]:
     """(text, ends_document) pieces of a file; one piece per document except for huge plain-text files."""
     if template is not None:
         for doc in templated_documents(path, opts, template, keywords, by_record=by_record):

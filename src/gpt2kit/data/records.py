@@ -48,7 +48,7 @@ def _jsonl_records(path: Path, text: str) -> Iterator[tuple[str, dict[str, str]]
         yield f"{path} line {n}", {k: "" if v is None else str(v) for k, v in obj.items()}
 
 
-def templated_documents(path: Path, opts: ReadOptions, template: Template, keywords: int = 0, *,
+def templated_documents(path: Path, opts: ReadOptions, template: Template, keywords: int, *,
                         by_record: bool = True) -> Iterator[str]:
     """One document per record, written by `template`. keywords > 0 fills its {keywords} field with that
     many keywords of the fields after it (the text the keywords are to steer). by_record=False reads

@@ -7,6 +7,7 @@ from urllib.parse import unquote
 
 from ..config import canonical_name
 from ..errors import UserError
+from ..options import DownloadOptions
 from ..formats import FORMATS_HELP, detect_format
 from ..paths import BUNDLED_DIR, models_root
 from .published import NAMES_HELP, download_published, ensure_model
@@ -31,7 +32,7 @@ def download(*names: str, source: str | None = None, models_dir: str | Path | No
             if revision:
                 raise UserError(f"--revision is for hub repositories (OWNER/NAME); {raw} is OpenAI's release, "
                                 f"which has none (its hub copy is openai-community/gpt2...)")
-            folders.append(download_published(published, source=source or "openai", models_dir=models_dir,
+            folders.append(download_published(published, source=source or DownloadOptions.source, models_dir=models_dir,
                                               progress=progress, offline=offline))
         elif ref is not None:
             if source == "openai":
@@ -84,7 +85,7 @@ def list_models() -> list[dict]:
         if folder.is_dir():
             owner, name, rev = folder.relative_to(root / HUB_DIR).parts
             rev = unquote(rev)
-            rows.append(_row(f"{owner}/{name}" + ("" if rev == "main" else f"@{rev}"), folder))
+            rows.append(_row(f"{owner}/{name}" + ("" if rev == DownloadOptions.revision else f"@{rev}"), folder))
     return rows
 
 

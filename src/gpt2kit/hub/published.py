@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..config import canonical_name
 from ..errors import UserError
+from ..options import DOWNLOAD_SOURCES, DownloadOptions
 from ..paths import models_root
 from .repos import auth_headers, hub_url
 from .transfer import COMPLETE, fetch, is_offline, make_folder, mark_complete
@@ -34,11 +35,11 @@ def ensure_model(name: str, *, offline: bool | None = None) -> Path:
     return download_published(name, offline=False)
 
 
-def download_published(name: str, *, source: str = "openai", models_dir: str | Path | None = None,
+def download_published(name: str, *, source: str = DownloadOptions.source, models_dir: str | Path | None = None,
                        progress: bool = True, offline: bool | None = None) -> Path:
     """One published model (a canonical name, e.g. 124M) -> its folder. models_dir writes DIR/<name>/."""
-    if source not in ("openai", "huggingface"):
-        raise UserError(f"source must be openai or huggingface, got {source!r}")
+    if source not in DOWNLOAD_SOURCES:
+        raise UserError(f"source must be {' or '.join(DOWNLOAD_SOURCES)}, got {source!r}")
     folder = (Path(models_dir) / name) if models_dir else models_root() / name
     if (folder / COMPLETE).is_file():
         log.info("%s is already downloaded in %s", name, folder)

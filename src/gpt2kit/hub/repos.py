@@ -23,6 +23,7 @@ from urllib.parse import quote
 
 from ..config import GPTConfig
 from ..errors import UserError
+from ..options import DownloadOptions
 from ..paths import models_root
 from .transfer import (
     COMPLETE,
@@ -62,11 +63,11 @@ def auth_headers() -> dict[str, str]:
 @dataclass(frozen=True)
 class RepoRef:
     repo: str  # OWNER/NAME
-    revision: str = "main"
+    revision: str = DownloadOptions.revision
 
     @property
     def display(self) -> str:
-        return self.repo if self.revision == "main" else f"{self.repo}@{self.revision}"
+        return self.repo if self.revision == DownloadOptions.revision else f"{self.repo}@{self.revision}"
 
 
 def parse_repo(name: str, revision: str | None = None) -> RepoRef | None:
@@ -76,7 +77,7 @@ def parse_repo(name: str, revision: str | None = None) -> RepoRef | None:
         return None
     if at and revision and rev != revision:
         raise UserError(f"{name} names revision {rev!r} and --revision says {revision!r}; give one")
-    rev = revision or rev or "main"
+    rev = revision or rev or DownloadOptions.revision
     if not rev.isprintable() or rev.strip() != rev or len(rev) > 255:
         raise UserError(f"revision {rev!r} is not a branch, tag or commit name")
     return RepoRef(repo, rev)
@@ -85,7 +86,7 @@ def parse_repo(name: str, revision: str | None = None) -> RepoRef | None:
 def repo_folder(ref: RepoRef, models_dir: str | Path | None = None) -> Path:
     if models_dir:  # DIR/OWNER/NAME, beside OpenAI's DIR/124M layout; another revision gets NAME@REV
         owner, name = ref.repo.split("/")
-        return Path(models_dir) / owner / (name if ref.revision == "main" else f"{name}@{quote(ref.revision, safe='')}")
+        return Path(models_dir) / owner / (name if ref.revision == DownloadOptions.revision else f"{name}@{quote(ref.revision, safe='')}")
     return models_root() / HUB_DIR / ref.repo / quote(ref.revision, safe="")
 
 

@@ -33,6 +33,7 @@ import torch
 
 from ..batching import PREFILL_CHUNK, STEP_TOKENS, Prefill, Row, RunningBatch
 from ..generation import Job, RowOutput
+from ..errors import UserError
 from ..lm import LM
 from ..sampling import make_generator
 from .scheduler import Group, KvBudget, Scheduler, TooLarge, make_groups
@@ -207,8 +208,8 @@ class Engine:
             self.load_exception = e
             if self.on_load_error is not None:
                 self.on_load_error(e)
-            else:
-                log.error("could not load the model: %s", e)
+            else:  # a user's mistake in one line; anything else with its traceback
+                log.error("could not load the model: %s", e, exc_info=not isinstance(e, UserError))
             return
         self._batch = RunningBatch(self.lm.model, self.lm.tokenizer.eot_id, budget=self.budget())
         self.stats.kv_budget_positions = self.budget()

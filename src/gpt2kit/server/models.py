@@ -20,14 +20,15 @@ from typing import Callable, Sequence
 
 from ..config import GPTConfig
 from ..errors import UserError
-from ..options import ServeOptions
+from ..options import DTYPE_NAMES, ServeOptions
 from .completions import APIError
 from .engine import Engine
 from .metrics import ModelMetrics
 
 BUNDLED_ID = "gpt2kit-bundled"
 UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}  # binary, as free(1) and ulimit count
-HALF_DTYPES = ("float16", "fp16", "half", "bfloat16", "bf16")  # 2 bytes a weight; on CPUs weights load as float32
+# 2 bytes a weight off the CPU (on CPUs weights load as float32 first, and --dtype auto may keep them so)
+HALF_DTYPES = tuple(name for name, canonical in DTYPE_NAMES.items() if canonical != "float32")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")  # what the on-disk estimate counts
 
 

@@ -15,8 +15,10 @@ is the newest has one rule, `formats.newest_step`, shared by loading and resumin
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -98,14 +100,21 @@ def _bytes_in(obj) -> int:
     return 0
 
 
+# torch.load on a damaged file: a truncated zip (RuntimeError), random bytes (UnpicklingError), an empty
+# file (EOFError), zero-filled pages as a crash can leave them (KeyError: the zip's records are missing)
+TORN = (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, KeyError, zipfile.BadZipFile)
+
+
 def load_training_state(folder: Path) -> dict | None:
     path = folder / STATE_FILE
     if not path.is_file():
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # a torn or foreign file: say which one
+    except TORN as e:  # what torch.load raises on truncated, zero-filled or foreign bytes (anything else is a bug)
         raise UserError(f"{path} is corrupted ({type(e).__name__}); restore from an older step folder with --restore-from") from None
+    if not isinstance(state, dict):
+        raise UserError(f"{path} is not a gpt2kit training state; restore from an older step folder with --restore-from")
     if state.get("version") != STATE_VERSION:
         raise UserError(f"{path} has training-state version {state.get('version')}; this gpt2kit reads {STATE_VERSION}")
     return state

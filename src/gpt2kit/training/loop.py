@@ -13,6 +13,7 @@ import math
 import signal
 import time
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +38,7 @@ from .sharding import gradients_unsynced
 log = logging.getLogger("gpt2kit")
 
 
-def finetune(*, dataset, model=None, run_name: str = "run1", **options) -> Path:
+def finetune(*, dataset: str | Path | Sequence[str | Path], model: str | Path | None = None, **options) -> Path:
     """Fine-tune `model` (default: the bundled model) on `dataset`; returns the final checkpoint folder.
 
     The caller's global RNG comes back as it was: training seeds it (dropout draws from it, and
@@ -50,7 +51,7 @@ def finetune(*, dataset, model=None, run_name: str = "run1", **options) -> Path:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     with _global_rng_kept(device):
-        run = start_run(dataset=dataset, model_name=model, run_name=run_name, opts=opts, device=device,
+        run = start_run(dataset=dataset, model_name=model, run_name=opts.run_name, opts=opts, device=device,
                         rank=rank, world=world)
         if run.step >= run.steps:
             if newest_step(run.run_dir) is None:  # a new run restored from a checkpoint already past --steps
@@ -238,7 +239,7 @@ def write_samples(model: GPT, tokenizer, opts: TrainOptions, run_name: str, step
     texts = [ev.text for ev in iter_samples(model, tokenizer, [opts.sample_prefix], length=opts.sample_length,
                                               settings=SamplingSettings(temperature=1.0, top_k=40), stop=[], seed=opts.seed + step,
                                               nsamples=opts.sample_num, batch_size=opts.sample_num, truncate=None,
-                                              include_prefix=True) if isinstance(ev, Sample)]
+                                              include_prefix=True, stop_at_eot=True, logprobs=0) if isinstance(ev, Sample)]
     model.train(was_training)
     if not report:
         return texts

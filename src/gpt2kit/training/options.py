@@ -7,16 +7,16 @@ from dataclasses import dataclass
 
 from ..adapters.names import parse_targets
 from ..errors import UserError
+from ..options import DTYPE_NAMES, INT8
 
 
-# What a training step can compute in (devices.DTYPES' names, which this torch-free module does not import).
-TRAIN_DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
+TRAIN_DTYPES = ("auto", *DTYPE_NAMES)  # what a training step can compute in
 
 
 @dataclass(frozen=True)
 class TrainOptions:
     # length of training
-    steps: int | None = None  # the total to reach (resuming continues to the same end); default 1000
+    steps: int | None = None  # the total to reach (resuming continues to the same end); None: DEFAULT_STEPS
     epochs: float | None = None  # or: passes over the training tokens
     # batch and optimiser
     batch_size: int = 2  # windows per step on each process
@@ -56,6 +56,7 @@ class TrainOptions:
     n_ctx: int = 256
     # run folder
     checkpoint_dir: str = "checkpoint"
+    run_name: str = "run1"  # the run's folder under checkpoint_dir (and sample_dir)
     restore_from: str = "latest"  # latest | fresh | PATH
     overwrite: bool = False
     save_every: int = 500
@@ -103,7 +104,7 @@ class TrainOptions:
             raise UserError("--fsdp shards full fine-tuning; LoRA trains a few adapters on a frozen base and needs no "
                             "sharding: drop --fsdp (torchrun alone gives LoRA data parallelism)")
         if self.dtype not in TRAIN_DTYPES:
-            hint = " (int8 is for running a model on a CPU, not for training)" if self.dtype == "int8" else ""
+            hint = " (int8 is for running a model on a CPU, not for training)" if self.dtype == INT8 else ""
             raise UserError(f"unknown --dtype {self.dtype!r} for fine-tuning{hint}: use {', '.join(TRAIN_DTYPES)}")
         if self.context_length is not None and self.context_length < 2:
             raise UserError(f"context-length must be at least 2, got {self.context_length}")
