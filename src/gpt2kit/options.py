@@ -168,11 +168,22 @@ class ServeOptions:
     # model's weights plus its KV budget. None: what /proc/meminfo says is available.
     max_memory: str | None = None
 
+    # Not fields (no annotation): the valid ranges. TCP ports are 16 bits; each limit below must be 1 or
+    # more (the unit its message names): at 0 every request would be refused (429, 400, 413) or get no tokens.
+    PORT_MAX = 65535
+    AT_LEAST_ONE = (("max_batch", "row"), ("max_queue", "waiting request"), ("max_tokens_limit", "token"),
+                    ("max_request_rows", "row"), ("max_request_bytes", "byte"))
+
     def __post_init__(self) -> None:
         if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
             raise UserError(f"max_batch_tokens must be at least 1, got {self.max_batch_tokens}")
-        if self.max_batch < 1:
-            raise UserError(f"max_batch must be at least 1 row, got {self.max_batch}")
+        if not 0 <= self.port <= self.PORT_MAX:  # 0 is the system's choice of a free port (serve prints which)
+            raise UserError(f"port must be between 1 and {self.PORT_MAX} (or 0: any free port), got {self.port}; "
+                            f"pass e.g. --port {ServeOptions.port}")
+        for name, unit in self.AT_LEAST_ONE:
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be at least 1 {unit}, got {getattr(self, name)}; "
+                                f"pass --{name.replace('_', '-')} 1 or more")
         if not self.shutdown_timeout >= 0:
             raise UserError(f"shutdown_timeout must be 0 seconds or more, got {self.shutdown_timeout}")
     # How the model loads; None leaves the choice to `load` (its defaults are its own).

@@ -12,7 +12,7 @@ def register(sub) -> None:
     add_model_args(p, many=True)
     S = ServeOptions
     add_field(p, S, "host", help="address to bind; 127.0.0.1 is this machine only")
-    add_field(p, S, "port", help="port to listen on")
+    add_field(p, S, "port", help="port to listen on; 0: any free port (the one bound is printed)")
     add_field(p, S, "api_key", "--api-key", help="require Authorization: Bearer KEY (or set GPT2KIT_API_KEY)")
     add_field(p, S, "served_name", "--served-name",
               help="the model id clients send, for a single --model (default: the folder's name; with several "

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from jinja2 import TemplateError
+from jinja2 import TemplateError, TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ..errors import UserError
@@ -24,24 +24,26 @@ from .engine import Request
 from .protocol import ChatMessage, ChatRequest, CompletionRequest
 
 EOT = "<|endoftext|>"
+DEFAULT_TRANSCRIPT = "gpt2kit's plain 'User: ... Assistant:' transcript"  # what no --chat-template gives
 
 
 class ChatTemplate:
     """A compiled chat template and the stop strings that end a reply."""
 
     def __init__(self, path: str | Path | None, stops: tuple[str, ...]):
-        self.path = Path(path) if path else CHAT_TEMPLATE
-        try:
-            source = self.path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise UserError(f"cannot read the chat template {self.path}: {e}") from None
+        self.path = Path(path).expanduser() if path else CHAT_TEMPLATE
+        source = _read_template(self.path)
         # transformers' settings for chat templates, so that a template written for it renders the same here
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
         env.globals["raise_exception"] = _raise_exception
         try:
             self.template = env.from_string(source)
+        except TemplateSyntaxError as e:
+            raise UserError(f"the chat template {self.path} is not valid Jinja: {e.message} (line {e.lineno}); "
+                            f"fix it, or leave out --chat-template for {DEFAULT_TRANSCRIPT}") from None
         except TemplateError as e:
-            raise UserError(f"the chat template {self.path} is not valid Jinja: {e}") from None
+            raise UserError(f"the chat template {self.path} is not valid Jinja: {e}; "
+                            f"fix it, or leave out --chat-template for {DEFAULT_TRANSCRIPT}") from None
         self.stops = tuple(s for s in stops if s)
 
     def render(self, messages: list[dict[str, str]]) -> str:
@@ -51,6 +53,25 @@ class ChatTemplate:
             raise APIError(400, f"the chat template refused these messages: {e}", param="messages") from None
         except (TemplateError, TypeError, ValueError) as e:  # a template that fails on these messages
             raise APIError(400, f"the chat template could not render these messages: {e}", param="messages") from None
+
+
+def _read_template(path: Path) -> str:
+    """The template's text, or one line saying which file could not be read, why, and what to do."""
+    fix = f"pass --chat-template a readable Jinja file, or leave it out for {DEFAULT_TRANSCRIPT}"
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"the chat template {path} does not exist; {fix}") from None
+    except IsADirectoryError:
+        raise UserError(f"the chat template {path} is a folder, not a file; {fix}") from None
+    except PermissionError:
+        raise UserError(f"cannot read the chat template {path}: permission denied; make it readable "
+                        f"(chmod +r) or {fix}") from None
+    except OSError as e:
+        raise UserError(f"cannot read the chat template {path}: {e.strerror or e}; {fix}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"the chat template {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+                        f"{e.start}); save it as UTF-8, or {fix}") from None
 
 
 class _TemplateRefusal(Exception):

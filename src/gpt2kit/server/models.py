@@ -11,7 +11,6 @@ fit are refused with one line, rather than found out by the OOM killer halfway t
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -96,18 +95,14 @@ def available_bytes() -> int | None:
 
 def _config_of(folder: Path, checkpoint: str | None) -> GPTConfig | None:
     """The model's shape from its config file alone, without reading the weights (None: the format has none)."""
-    from ..formats import resolve_run_folder
+    from ..formats import read_hf_config, read_hparams, resolve_run_folder
     if not folder.is_dir():
         return None  # a single file (GGUF): its size says
     folder = resolve_run_folder(folder, checkpoint)
-    try:
-        if (folder / "config.json").is_file():
-            return GPTConfig.from_hf_config(json.loads((folder / "config.json").read_text()))
-        if (folder / "hparams.json").is_file():
-            hp = json.loads((folder / "hparams.json").read_text())
-            return GPTConfig(**{k: hp[k] for k in ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer")})
-    except (ValueError, KeyError, TypeError):
-        return None  # the load says what is wrong with the file, in its own words
+    if (folder / "config.json").is_file():
+        return read_hf_config(folder / "config.json")  # a damaged file: one line naming it, before any load
+    if (folder / "hparams.json").is_file():
+        return read_hparams(folder / "hparams.json")
     return None
 
 
