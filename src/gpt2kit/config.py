@@ -2,9 +2,42 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 from dataclasses import dataclass
 
 from .errors import UserError
+
+SIZES = ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer")
+
+
+class MalformedConfig(UserError):
+    """A config value of the wrong type or out of range, or a config that is not a JSON object.
+
+    A subclass so that the loaders, which know the file, can name it and say what to do (the file is
+    damaged: restore it); the same checks guard shapes given as options, where UserError's text suffices.
+    """
+
+
+def _show(value: object) -> str:
+    """A value as a config file spells it (null, true, "x"), since that is where people will look for it."""
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _bad_size(name: str, value: object) -> str | None:
+    # bool is an int to Python, but `"n_layer": true` in a file is damage, not a size of 1
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        return f"{name} is {_show(value)}; it must be a positive whole number"
+    return None
+
+
+def _bad_epsilon(name: str, value: object) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        return f"{name} is {_show(value)}; it must be a finite positive number such as 1e-05"
+    return None
 
 
 # config.json keys that change what a GPT-2 computes, and the values gpt2kit's model reproduces
@@ -25,18 +58,36 @@ class GPTConfig:
     layer_norm_epsilon: float = 1e-5
 
     def __post_init__(self) -> None:
-        for name in ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer"):
-            if getattr(self, name) <= 0:
-                raise UserError(f"model size {name}={getattr(self, name)} must be positive")
+        # Checked here, where every shape is made (config files, GGUF headers, options), so a bad value
+        # stops the load at once rather than as a TypeError deep in the model or after auto-tuning began.
+        for name in SIZES:
+            if (problem := _bad_size(name, getattr(self, name))):
+                raise MalformedConfig(f"model size {problem}")
+        if (problem := _bad_epsilon("layer_norm_epsilon", self.layer_norm_epsilon)):
+            raise MalformedConfig(problem)
+        # JSON may spell it as a whole number (1 for 1.0); the model wants a float
+        object.__setattr__(self, "layer_norm_epsilon", float(self.layer_norm_epsilon))
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise MalformedConfig(f"dropout is {_show(self.dropout)}; it must be a number from 0 up to (not including) 1")
         if self.n_embd % self.n_head:
-            raise UserError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+            raise MalformedConfig(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
 
     def replace(self, **changes) -> "GPTConfig":
         return dataclasses.replace(self, **changes)
 
     # OpenAI's hparams.json names are the same as ours (n_vocab, n_ctx, n_embd, n_head, n_layer).
     def to_hparams(self) -> dict:
-        return {k: getattr(self, k) for k in ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer")}
+        return {k: getattr(self, k) for k in SIZES}
+
+    @classmethod
+    def from_hparams(cls, hp: object) -> "GPTConfig":
+        """The shape OpenAI's hparams.json describes; MalformedConfig for anything but an object of sizes."""
+        if not isinstance(hp, dict):
+            raise MalformedConfig(f"it holds {_json_kind(hp)}, not a JSON object of sizes")
+        missing = [k for k in SIZES if k not in hp]
+        if missing:
+            raise MalformedConfig(_missing(missing))
+        return cls(**{k: hp[k] for k in SIZES})
 
     # Hugging Face's config.json for GPT2LMHeadModel, so transformers opens our folders.
     def to_hf_config(self) -> dict:
@@ -63,9 +114,22 @@ class GPTConfig:
         }
 
     @classmethod
-    def from_hf_config(cls, cfg: dict) -> "GPTConfig":
+    def from_hf_config(cls, cfg: object) -> "GPTConfig":
         """The shape a transformers config.json describes; one clear line for anything that is not a GPT-2
-        whose outputs gpt2kit's model reproduces (the one rule, for local folders and hub downloads alike)."""
+        whose outputs gpt2kit's model reproduces (the one rule, for local folders and hub downloads alike).
+        MalformedConfig when the file itself is damaged: not an object, a size missing or mistyped."""
+        if not isinstance(cfg, dict):
+            raise MalformedConfig(f"it holds {_json_kind(cfg)}, not a JSON object")
+        missing = [k for k in ("vocab_size", "n_embd", "n_head", "n_layer") if k not in cfg]
+        if missing:
+            raise MalformedConfig(_missing(missing))
+        # Named as the file names them (n_positions, vocab_size), before they become GPTConfig's fields
+        ctx_key = "n_positions" if "n_positions" in cfg else "n_ctx"
+        for key in ("vocab_size", "n_embd", "n_head", "n_layer", *([ctx_key] if ctx_key in cfg else [])):
+            if (problem := _bad_size(key, cfg[key])):
+                raise MalformedConfig(problem)
+        if "layer_norm_epsilon" in cfg and (problem := _bad_epsilon("layer_norm_epsilon", cfg["layer_norm_epsilon"])):
+            raise MalformedConfig(problem)
         if cfg.get("model_type", "gpt2") != "gpt2":
             raise UserError(f"config.json describes a {cfg.get('model_type')!r} model, not GPT-2")
         if cfg.get("n_inner") not in (None, 4 * cfg["n_embd"]):
@@ -98,6 +162,18 @@ ALIASES: dict[str, str] = {
     "openai-community/gpt2": "124M", "openai-community/gpt2-medium": "355M",
     "openai-community/gpt2-large": "774M", "openai-community/gpt2-xl": "1558M",
 }
+
+
+def _missing(keys: list[str]) -> str:
+    # "lacks or mistypes 'x'" is the wording hub/repos.py gave for a repository's config before this check
+    return f"it lacks or mistypes {', '.join(map(repr, keys))}: {'it is' if len(keys) == 1 else 'they are'} missing"
+
+
+def _json_kind(value: object) -> str:
+    """How JSON spells the type of a parsed value, for messages: 'a list', 'null'."""
+    if value is None:
+        return "null"
+    return {list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}.get(type(value), "something else")
 
 
 def canonical_name(name: str) -> str | None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import GPTConfig
+from ..config import GPTConfig, MalformedConfig
 from ..errors import UserError
 from ..tokenizer import Tokenizer, gpt2_tokenizer
 
@@ -96,12 +96,15 @@ def _config(reader, path: Path) -> GPTConfig:
     embd = next((t for t in reader.tensors if t.name == TOP_NAMES["wte.weight"]), None)
     if embd is None:
         raise UserError(f"{path} has no token_embd.weight tensor; it is not a complete GPT-2 GGUF")
-    return GPTConfig(n_vocab=int(embd.shape[1]),  # ggml's shape is (ne0=n_embd, ne1=n_vocab)
-                     n_ctx=_field(reader, path, f"{ARCH}.context_length", int),
-                     n_embd=n_embd, n_head=_field(reader, path, f"{ARCH}.attention.head_count", int),
-                     n_layer=_field(reader, path, f"{ARCH}.block_count", int),
-                     # GGUF stores it as float32: 1e-5 comes back 9.9999997e-06 unless rounded to float32's 7 digits
-                     layer_norm_epsilon=float(f"{_field(reader, path, f'{ARCH}.attention.layer_norm_epsilon', float):.7g}"))
+    try:
+        return GPTConfig(n_vocab=int(embd.shape[1]),  # ggml's shape is (ne0=n_embd, ne1=n_vocab)
+                         n_ctx=_field(reader, path, f"{ARCH}.context_length", int),
+                         n_embd=n_embd, n_head=_field(reader, path, f"{ARCH}.attention.head_count", int),
+                         n_layer=_field(reader, path, f"{ARCH}.block_count", int),
+                         # GGUF stores it as float32: 1e-5 comes back 9.9999997e-06 unless rounded to float32's 7 digits
+                         layer_norm_epsilon=float(f"{_field(reader, path, f'{ARCH}.attention.layer_norm_epsilon', float):.7g}"))
+    except MalformedConfig as e:  # a header value that no GPT-2 has: the file is damaged
+        raise UserError(f"{path}: its GGUF header is damaged ({e}); export or download it again") from None
 
 
 def _tensors(reader, path: Path) -> tuple[dict[str, torch.Tensor], set[str]]:

@@ -22,8 +22,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .. import durable
-from ..config import GPTConfig
+from ..config import GPTConfig, MalformedConfig
 from ..errors import UserError
+
+# What to do about a damaged config file (formats' loaders end their one line with it).
+RESTORE = ("restore it from where the model came from (download it again, or `gpt2kit convert` the original "
+           "checkpoint into a new folder)")
 
 TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 SKIPPED = ("lm_head.weight", ".attn.bias", ".attn.masked_bias")  # tied head; causal-mask buffers
@@ -67,11 +71,26 @@ def _read(path: Path) -> dict[str, torch.Tensor]:
         raise UserError(f"{path} is truncated or corrupted ({str(e).splitlines()[0][:120]}); download or copy it again") from None
 
 
-def load_hf(folder: Path) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
+def read_hf_config(path: Path) -> GPTConfig:
+    """config.json -> GPTConfig, or one line that names the file, what is wrong and what to do."""
     try:
-        config = GPTConfig.from_hf_config(json.loads((folder / "config.json").read_text()))
-    except (ValueError, KeyError) as e:
-        raise UserError(f"{folder / 'config.json'} is not a GPT-2 config ({e})") from None
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not text, so not a config.json; {RESTORE}") from None
+    except ValueError as e:  # json.JSONDecodeError
+        raise UserError(f"{path} is not valid JSON ({e}); {RESTORE}") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        return GPTConfig.from_hf_config(cfg)
+    except MalformedConfig as e:
+        raise UserError(f"{path} is damaged: {e}; {RESTORE}") from None
+    except UserError as e:  # a well-formed config of a model gpt2kit does not compute: its own words suffice
+        raise UserError(f"{path}: {e}") from None
+
+
+def load_hf(folder: Path) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
+    config = read_hf_config(folder / "config.json")
     sd: dict[str, torch.Tensor] = {}
     for path in _weight_files(folder):
         for key, t in _read(path).items():
@@ -81,7 +100,22 @@ def load_hf(folder: Path) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
             if key.endswith(TRANSPOSED) and t.dim() == 2:  # another rank fails build_model's shape check
                 t = t.t()  # (out, in) view of the stored (in, out)
             sd[key] = _fp32(t)
+    _check_sizes(folder / "config.json", config, sd)
     return config, sd
+
+
+def _check_sizes(path: Path, config: GPTConfig, sd: dict[str, torch.Tensor]) -> None:
+    """The sizes config.json gives against the tensors', before a model of those sizes is built (a damaged
+    n_layer=1000000000 would otherwise build a billion blocks before build_model's shape check)."""
+    if "wte.weight" not in sd or "wpe.weight" not in sd:
+        return  # build_model names the missing tensors
+    layers = {k.split(".")[1] for k in sd if k.startswith("h.")}
+    found = {"vocab_size": sd["wte.weight"].shape[0], "n_embd": sd["wte.weight"].shape[-1],
+             "n_positions": sd["wpe.weight"].shape[0], "n_layer": len(layers)}
+    said = {"vocab_size": config.n_vocab, "n_embd": config.n_embd, "n_positions": config.n_ctx, "n_layer": config.n_layer}
+    wrong = [f"{k}={said[k]} but the weights have {v}" for k, v in found.items() if said[k] != v]
+    if wrong:
+        raise UserError(f"{path} does not match the weights beside it ({', '.join(wrong)}); {RESTORE}")
 
 
 def _fp32(t: torch.Tensor) -> torch.Tensor:

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import GPTConfig
+from ..config import GPTConfig, MalformedConfig
 from ..errors import UserError
+from .huggingface import RESTORE
 from .tf_checkpoint import TFCheckpoint
 
 # Conv1D weights are stored (1, in, out) by OpenAI's model.py; ours are nn.Linear (out, in).
@@ -29,13 +30,23 @@ def is_tf_folder(folder: Path) -> bool:
     return (folder / "checkpoint").is_file() or any(folder.glob("*.index"))
 
 
+def _natural(name: str) -> list:
+    """Sort key that puts model-500 before model-1000."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def no_such_checkpoint(checkpoint: str, folder: Path, have: list[str]) -> UserError:
+    """The one wording for a --checkpoint a run folder does not hold, TF runs (model-N) and gpt2kit runs (step-N) alike."""
+    return UserError(f"no checkpoint {checkpoint!r} in {folder}; it has: {', '.join(sorted(have, key=_natural)) or 'none'} "
+                     f"(pass one of those, or leave --checkpoint out for the newest)")
+
+
 def checkpoint_prefix(folder: Path, checkpoint: str | None) -> Path:
     """Which checkpoint in the folder: `checkpoint` (e.g. 'model-500'), else the newest named by the `checkpoint` file."""
     if checkpoint:
         prefix = folder / Path(checkpoint).name.removesuffix(".index")
         if not Path(str(prefix) + ".index").is_file():
-            have = sorted(p.name.removesuffix(".index") for p in folder.glob("*.index"))
-            raise UserError(f"no checkpoint {checkpoint!r} in {folder}; it has: {', '.join(have) or 'none'}")
+            raise no_such_checkpoint(checkpoint, folder, [p.name.removesuffix(".index") for p in folder.glob("*.index")])
         return prefix
     state = folder / "checkpoint"
     if state.is_file():
@@ -45,10 +56,28 @@ def checkpoint_prefix(folder: Path, checkpoint: str | None) -> Path:
             prefix = folder / Path(m.group(1)).name
             if Path(str(prefix) + ".index").is_file():
                 return prefix
-    indexes = sorted(folder.glob("*.index"), key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)])
+    indexes = sorted(folder.glob("*.index"), key=lambda p: _natural(p.name))
     if not indexes:
         raise UserError(f"{folder} has a `checkpoint` file but no .index/.data files beside it; copy the whole folder")
     return Path(str(indexes[-1]).removesuffix(".index"))
+
+
+def read_hparams(path: Path) -> GPTConfig:
+    """OpenAI's hparams.json -> GPTConfig, or one line that names the file, what is wrong and what to do."""
+    try:
+        hp = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not text, so not an hparams.json; {RESTORE}") from None
+    except ValueError as e:  # json.JSONDecodeError
+        raise UserError(f"{path} is not valid JSON ({e}); {RESTORE}") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        return GPTConfig.from_hparams(hp)
+    except MalformedConfig as e:
+        raise UserError(f"{path} is damaged: {e}; {RESTORE}") from None
+    except UserError as e:
+        raise UserError(f"{path}: {e}; {RESTORE}") from None
 
 
 def _infer_config(ckpt: TFCheckpoint, folder: Path, notes: list[str]) -> GPTConfig:
@@ -63,11 +92,7 @@ def _infer_config(ckpt: TFCheckpoint, folder: Path, notes: list[str]) -> GPTConf
     n_layer = len({int(m.group(1)) for k in shapes if (m := re.match(r"model/h(\d+)/", k))})
     hparams_path = folder / "hparams.json"
     if hparams_path.is_file():
-        try:
-            hp = json.loads(hparams_path.read_text())
-            config = GPTConfig(n_vocab=hp["n_vocab"], n_ctx=hp["n_ctx"], n_embd=hp["n_embd"], n_head=hp["n_head"], n_layer=hp["n_layer"])
-        except (ValueError, KeyError) as e:
-            raise UserError(f"{hparams_path} is not a valid GPT-2 hparams.json ({e})") from None
+        config = read_hparams(hparams_path)
         found = dict(n_vocab=n_vocab, n_ctx=n_ctx, n_embd=n_embd, n_layer=n_layer)
         wrong = {k: (getattr(config, k), v) for k, v in found.items() if getattr(config, k) != v}
         if wrong:
@@ -77,7 +102,11 @@ def _infer_config(ckpt: TFCheckpoint, folder: Path, notes: list[str]) -> GPTConf
     # nshepperd's runs carry no hparams.json. Every published GPT-2 uses 64-wide heads.
     n_head = max(1, n_embd // 64)
     notes.append(f"no hparams.json: sizes inferred from the tensors (n_head = n_embd / 64 = {n_head})")
-    return GPTConfig(n_vocab=n_vocab, n_ctx=n_ctx, n_embd=n_embd, n_head=n_head, n_layer=n_layer)
+    try:
+        return GPTConfig(n_vocab=n_vocab, n_ctx=n_ctx, n_embd=n_embd, n_head=n_head, n_layer=n_layer)
+    except MalformedConfig as e:  # shapes no GPT-2 has (no blocks, an empty embedding)
+        raise UserError(f"{ckpt.prefix}.index describes no usable GPT-2 ({e}): the checkpoint is corrupted; "
+                        f"download or copy it again") from None
 
 
 def load_tf(folder: Path, checkpoint: str | None, notes: list[str]) -> tuple[GPTConfig, dict[str, torch.Tensor], str]:

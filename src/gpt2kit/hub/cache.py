@@ -8,7 +8,7 @@ from urllib.parse import unquote
 from ..config import canonical_name
 from ..errors import UserError
 from ..options import DownloadOptions
-from ..formats import FORMATS_HELP, detect_format
+from ..formats import FORMATS_HELP, bundled_model, detect_format, local_model, what_is_there
 from ..paths import BUNDLED_DIR, models_root
 from .published import NAMES_HELP, download_published, ensure_model
 from .repos import HUB_DIR, download_repo, ensure_repo, parse_repo, repo_folder
@@ -45,22 +45,24 @@ def download(*names: str, source: str | None = None, models_dir: str | Path | No
 
 
 def resolve_model_path(name: str | Path | None, *, offline: bool | None = None) -> Path:
-    """A model name or path -> the folder to read. None is the small model bundled in the package."""
+    """A model name or path -> the folder to read. None, or the word `bundled`, is the small model bundled
+    in the package; a path that exists wins over any name (formats.local_model says why)."""
     if name is None:
-        if not (BUNDLED_DIR / "config.json").is_file():
-            raise UserError("this installation has no bundled model; pass --model PATH or a published name like 124M")
-        return BUNDLED_DIR
-    path = Path(name).expanduser()
-    if path.exists():
-        return path
+        return bundled_model()
+    local = local_model(name)
+    if local is not None:
+        return local
+    there = what_is_there(Path(name).expanduser())
+    if there:  # a path that runs through a file is a path mistake, never a published name or a repository
+        raise UserError(there)
     published = canonical_name(str(name))
     if published:
         return ensure_model(published, offline=offline)
     ref = parse_repo(str(name))
     if ref is not None:
         return ensure_repo(ref, offline=offline)
-    raise UserError(f"no model folder {str(name)!r}, and it is not a published name (124M, 355M, 774M, 1558M) "
-                    f"nor a hub repository (OWNER/NAME[@REVISION]). {FORMATS_HELP}")
+    raise UserError(f"no model folder {str(name)!r}, and it is not a published name (124M, 355M, 774M, 1558M), "
+                    f"`bundled`, nor a hub repository (OWNER/NAME[@REVISION]). {FORMATS_HELP}")
 
 
 def _size(path: Path) -> int:
