@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_model_args, load_model
+from ..options import DECODE_ERRORS, EncodeOptions
+from .common import add_field, add_model_args, given, load_model
 
 
 def register(sub) -> None:
@@ -11,13 +12,20 @@ def register(sub) -> None:
     p.add_argument("files", nargs="+")
     add_model_args(p)
     p.add_argument("--context-length", type=int, help="tokens per scoring window (default: the model's context)")
+    # Text files are read as `encode` reads them, so a file and its token dataset score the same.
+    add_field(p, EncodeOptions, "encoding", help="the text files' encoding")
+    add_field(p, EncodeOptions, "errors", choices=DECODE_ERRORS, help="undecodable bytes: stop, replace them, or drop them")
     p.set_defaults(func=cmd_perplexity)
 
 
 def cmd_perplexity(args: argparse.Namespace) -> int:
-    from ..evaluation import perplexity
+    from ..evaluation import check_context_length, check_input, input_tokens, read_options, score
+    check_context_length(args.context_length)  # every check that needs no model, before it loads
+    paths = [check_input(name) for name in args.files]
+    opts = read_options(**given(args, "encoding", "errors"))
     lm = load_model(args)
-    for name in args.files:
-        r = perplexity(lm, name, context_length=args.context_length)
+    inputs = [(path, input_tokens(lm, path, opts)) for path in paths]  # every file readable before any is scored
+    for path, tokens in inputs:
+        r = score(lm, path, tokens, args.context_length)
         print(f"{r.path}: {r.tokens:,} tokens, loss {r.loss:.4f} nats/token, perplexity {r.perplexity:.2f}")
     return 0

@@ -16,7 +16,7 @@ from ..tokenizer import Tokenizer, gpt2_tokenizer
 from .extract import ReadOptions, documents, expand_inputs
 from .records import conditional_template, templated_documents
 from .templates import Template
-from .tokens import TokenWriter
+from .tokens import TokenWriter, check_replaceable
 
 BIG_TEXT = 16 << 20  # plain-text files larger than this are read in pieces
 PIECE = 4 << 20
@@ -122,6 +122,10 @@ class _Encoding:
         """Publish both files, or neither when one would be empty."""
         if self.train.n_tokens == 0:
             self.abort()
+            if self.val and self.val.n_tokens:  # whole documents are held out, so a few can all go
+                raise UserError(f"all {self.documents} document(s) of the inputs went to validation with --val-fraction "
+                                f"{self.val_fraction}, leaving none to train on; give more documents, a smaller "
+                                f"--val-fraction, or --val-fraction 0")
             raise UserError(f"the inputs hold no text to train on ({', '.join(map(str, inputs))})")
         if self.val and self.val.n_tokens == 0:
             self.abort()
@@ -144,6 +148,7 @@ def encode_dataset(inputs: list[str | Path] | str | Path, output: str | Path, *,
     a validation file beside the output (corpus.val.tokens), spread through the inputs. A template
     ("[{subreddit}] {title}") writes one document per CSV row or JSONL record from its fields; keywords=N
     fills its {keywords} field with N keywords of each document (alone: "keywords: ...\n" before each).
+    An existing output (or validation file) is replaced only when it is a gpt2kit dataset: re-encoding.
     """
     EncodeOptions(val_fraction=val_fraction, eot=eot, encoding=encoding, errors=errors, column=column,
                   field=field, progress=progress, template=template, keywords=keywords)  # the one check of these values
@@ -155,6 +160,9 @@ def encode_dataset(inputs: list[str | Path] | str | Path, output: str | Path, *,
         raise UserError(f"the output {output} is also an input; choose another output path")
     if output.is_dir():
         raise UserError(f"the output {output} is a folder; give the path of the file to write, such as {output / 'corpus.tokens'}")
+    check_replaceable(output)  # re-encoding replaces a dataset; any other file stays the user's
+    if val_fraction:
+        check_replaceable(val_path_for(output))
     durable.check_writable(output.parent)  # before the corpus is encoded, not after
     opts = ReadOptions(encoding=encoding, errors=errors, column=column, field=field)
     run = _Encoding(output, tokenizer or gpt2_tokenizer(), val_fraction, eot)
@@ -197,10 +205,13 @@ def _summary(run: _Encoding, output: Path, n_files: int, n_bytes: int, seconds: 
 
 
 def decode_dataset(path: str | Path, tokenizer: Tokenizer | None = None, chunk: int = 1 << 20) -> Iterator[str]:
-    """A token dataset back to text, in pieces (like nshepperd's train_decode_text.py)."""
-    from .tokens import read_tokens
+    """A token dataset back to text, in pieces (like nshepperd's train_decode_text.py).
+    Ids outside the tokenizer's vocabulary are a UserError before the first piece."""
+    from .tokens import check_ids, read_tokens
     tok = tokenizer or gpt2_tokenizer()
     tokens = read_tokens(path)
+    check_ids(tokens, tok.n_vocab, path, whose="GPT-2's" if tokenizer is None else "the tokenizer's",
+              advice="decode it with the tokenizer it was encoded with")
     dec = tok.stream_decoder()
     for i in range(0, tokens.size, chunk):
         data = tok.decode_bytes(np.asarray(tokens[i:i + chunk]).tolist())

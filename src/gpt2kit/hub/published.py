@@ -9,7 +9,7 @@ from ..config import canonical_name
 from ..errors import UserError
 from ..options import DOWNLOAD_SOURCES, DownloadOptions
 from ..paths import models_root
-from .repos import auth_headers, hub_url
+from .repos import auth_headers, download_command, hub_url, offline_advice
 from .transfer import COMPLETE, fetch, is_offline, make_folder, mark_complete
 
 log = logging.getLogger("gpt2kit")
@@ -30,7 +30,7 @@ def ensure_model(name: str, *, offline: bool | None = None) -> Path:
         return folder
     if is_offline(offline):
         raise UserError(f"model {name} is not on this machine and downloads are off (--offline / GPT2KIT_OFFLINE); "
-                        f"run `gpt2kit download {name}` where there is a network")
+                        f"{offline_advice(download_command(name), None)}")
     log.warning("model %s is not on this machine: downloading it first (once) into %s", name, folder)
     return download_published(name, offline=False)
 
@@ -45,7 +45,9 @@ def download_published(name: str, *, source: str = DownloadOptions.source, model
         log.info("%s is already downloaded in %s", name, folder)
         return folder
     if is_offline(offline):
-        raise UserError(f"{name} is not in {folder} and downloads are off (--offline / GPT2KIT_OFFLINE)")
+        command = download_command(name, models_dir, *(["--source", source] if source != DownloadOptions.source else []))
+        raise UserError(f"{name} is not in {folder} and downloads are off (--offline / GPT2KIT_OFFLINE); "
+                        f"{offline_advice(command, offline)}")
     headers = {}
     if source == "openai":
         base = os.environ.get("GPT2KIT_OPENAI_URL", OPENAI_URL).rstrip("/")

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import time
 import urllib.error
 from dataclasses import dataclass
@@ -68,6 +69,19 @@ class RepoRef:
     @property
     def display(self) -> str:
         return self.repo if self.revision == DownloadOptions.revision else f"{self.repo}@{self.revision}"
+
+
+def offline_advice(command: str, offline: bool | None) -> str:
+    """What to run when a model is missing and downloads are off: `command` with downloads on.
+    `offline` is the caller's flag (True: --offline); GPT2KIT_OFFLINE=1 in the environment turns them off too."""
+    turn_on = (["without --offline"] if offline else []) + (["with GPT2KIT_OFFLINE unset"] if is_offline(None) else [])
+    return f"run `{command}`{' ' + ' and '.join(turn_on) if turn_on else ''}, where there is a network"
+
+
+def download_command(name: str, models_dir: str | Path | None = None, *extra: str) -> str:
+    """The `gpt2kit download` command line that fetches `name` (into `models_dir`, when one was given)."""
+    words = ["gpt2kit", "download", name, *extra] + (["--models-dir", str(models_dir)] if models_dir else [])
+    return " ".join(shlex.quote(w) for w in words)
 
 
 def parse_repo(name: str, revision: str | None = None) -> RepoRef | None:
@@ -177,7 +191,8 @@ def download_repo(ref: RepoRef, *, models_dir: str | Path | None = None, progres
         log.info("%s is already downloaded in %s", ref.display, folder)
         return folder
     if is_offline(offline):
-        raise UserError(f"{ref.display} is not in {folder} and downloads are off (--offline / GPT2KIT_OFFLINE)")
+        raise UserError(f"{ref.display} is not in {folder} and downloads are off (--offline / GPT2KIT_OFFLINE); "
+                        f"{offline_advice(download_command(ref.display, models_dir), offline)}")
     commit, files = list_files(ref)
     if "config.json" not in files:
         raise UserError(f"{ref.display} is not a GPT-2: it has no config.json (not a Transformers model repository)")
@@ -219,6 +234,6 @@ def ensure_repo(ref: RepoRef, *, offline: bool | None = None) -> Path:
         return folder
     if is_offline(offline):
         raise UserError(f"{ref.display} is not on this machine and downloads are off (--offline / GPT2KIT_OFFLINE); "
-                        f"run `gpt2kit download {ref.display}` where there is a network")
+                        f"{offline_advice(download_command(ref.display), None)}")
     log.warning("%s is not on this machine: downloading it first (once) into %s", ref.display, folder)
     return download_repo(ref, offline=False)
