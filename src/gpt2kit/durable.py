@@ -128,13 +128,61 @@ def check_writable(folder: Path) -> None:
     target = next((p for p in (folder, *folder.parents) if p.exists()), folder)
     if not target.is_dir():
         raise UserError(f"cannot create {folder}: {target} is a file, not a folder; choose another folder")
-    probe = target / f".write-test.{os.getpid()}"
+    e = _write_probe(target)
+    if e is not None:
+        raise user_error_for(e, folder) or UserError(f"cannot write in {folder} ({e.strerror}); "
+                                                     f"choose a folder you can write") from None
+
+
+def _write_probe(folder: Path) -> OSError | None:
+    """None when an empty file can be made (and removed) in the existing `folder`, else why not."""
+    probe = folder / f".write-test.{os.getpid()}"
     try:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise user_error_for(e, folder) or UserError(f"cannot write in {folder} ({e.strerror}); "
-                                                     f"choose a folder you can write") from None
+        return e
+    return None
+
+
+def check_output(path: Path, *, folder: bool, make_parents: bool = False) -> Path:
+    """Check, before any work starts, that `path` can be written as a new output; returns it (expanded).
+
+    A file output (`folder=False`) must not exist: nothing the user had is replaced without being asked.
+    A folder output may be an empty folder (it is replaced by the finished one). Its parent must be a
+    folder this process can write; with `make_parents`, missing parents are fine where the nearest
+    existing one is writable (the command creates them). Checking up front turns what would be a
+    NotADirectoryError or FileNotFoundError after minutes of work into one line before any."""
+    path = Path(path).expanduser()
+    if path.is_symlink() or path.exists():
+        _check_existing(path, folder)
+    parent = path.absolute().parent
+    existing = next((p for p in (parent, *parent.parents) if p.exists()), parent)
+    if not existing.is_dir():
+        raise UserError(f"cannot write {path}: {existing} is a file, not a folder; choose another output path")
+    if existing != parent and not make_parents:
+        raise UserError(f"cannot write {path}: the folder {parent} does not exist; create it first or write elsewhere")
+    e = _write_probe(existing)  # a real write: os.access says yes to root, and on /proc or a read-only mount
+    if e is not None:
+        raise user_error_for(e, path) or UserError(f"cannot write {path}: {existing} does not take new files "
+                                                   f"({e.strerror}); choose another output path") from None
+    return path
+
+
+def _check_existing(path: Path, folder: bool) -> None:
+    """UserError unless `path`, which exists, is an output this command may take: an empty folder for a folder."""
+    if not folder:
+        what = "a folder" if path.is_dir() else "a file"
+        raise UserError(f"{path} already exists ({what}) and would be replaced; choose another output path, "
+                        f"or delete it first")
+    if not path.is_dir():
+        raise UserError(f"{path} already exists and is not a folder; choose a new folder")
+    try:
+        empty = not any(path.iterdir())
+    except OSError as e:
+        raise UserError(f"cannot read the folder {path} ({e.strerror}); choose a new folder") from None
+    if not empty:
+        raise UserError(f"{path} exists and is not empty; choose a new folder (or delete it first)")
 
 
 def require_space(folder: Path, needed: int) -> None:

@@ -104,7 +104,50 @@ def read_config(folder: Path) -> dict:
         unsupported.append(f"bias={cfg['bias']}")
     if unsupported:
         raise UserError(f"{path} uses {', '.join(unsupported)}, which gpt2kit does not apply; merge it with PEFT instead")
+    _check_fields(path, cfg)
     return cfg
+
+
+def _is_number(value) -> bool:
+    """A finite JSON number (json reads Infinity and NaN, and bool is an int to Python: neither is a number here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_rank(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _check_fields(path: Path, cfg: dict) -> None:
+    """The fields reading applies, checked as they are read: a bad one would otherwise surface as a TypeError
+    mid-merge, or merge silently into non-finite weights (an alpha of Infinity)."""
+    def bad(field: str, value, need: str) -> UserError:
+        return UserError(f"{path}: {field} is {json.dumps(value)}, but it must be {need}; fix the file or save "
+                         f"the adapter again")
+    if "r" in cfg and not _is_rank(cfg["r"]):
+        raise bad("r", cfg["r"], "a whole number of at least 1 (the rank)")
+    if "lora_alpha" in cfg and not _is_number(cfg["lora_alpha"]):
+        raise bad("lora_alpha", cfg["lora_alpha"], "a finite number")
+    dropout = cfg.get("lora_dropout")
+    if dropout is not None and not (_is_number(dropout) and 0 <= dropout < 1):
+        raise bad("lora_dropout", dropout, "a number in [0, 1)")
+    if cfg.get("use_rslora") is not None and not isinstance(cfg["use_rslora"], bool):
+        raise bad("use_rslora", cfg["use_rslora"], "true or false")
+    base = cfg.get("base_model_name_or_path")
+    if base is not None and not isinstance(base, str):
+        raise bad("base_model_name_or_path", base, "a model's path or name (a string)")
+    for field, ok, need in (("alpha_pattern", _is_number, "a finite number"),
+                            ("rank_pattern", _is_rank, "a whole number of at least 1")):
+        patterns = cfg.get(field) or {}
+        if not isinstance(patterns, dict):
+            raise bad(field, patterns, "an object of module patterns and values")
+        for pattern, value in patterns.items():
+            if not ok(value):
+                raise bad(f"{field}[{pattern!r}]", value, need)
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise UserError(f"{path}: {field} has {pattern!r}, which is not a valid pattern ({e}); fix the "
+                                f"file or save the adapter again") from None
 
 
 def _tensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -163,7 +206,11 @@ def _checked(folder: Path, cfg: dict, config: GPTConfig, layer: int, matrix: str
     if A.dim() != 2 or B.dim() != 2 or r < 1 or tuple(A.shape) != (r, fan_in) or tuple(B.shape) != (fan_out, r):
         raise UserError(f"{folder}: {name} has lora_A {tuple(A.shape)} and lora_B {tuple(B.shape)}; this base needs "
                         f"(r, {fan_in}) and ({fan_out}, r): the adapter was trained on a different base model")
-    return LoraWeights(A.float(), B.float(), _scaling(cfg, layer, matrix, r))
+    A, B = A.float(), B.float()
+    if not (torch.isfinite(A).all() and torch.isfinite(B).all()):  # merged, it would make the model's weights NaN
+        raise UserError(f"{folder}: {name} holds non-finite values (NaN or infinity); the adapter is broken: "
+                        f"save it again from a run whose loss stayed finite")
+    return LoraWeights(A, B, _scaling(cfg, layer, matrix, r))
 
 
 def adapter_base(folder: Path, checkpoint: str | None = None) -> tuple[Path, str] | None:

@@ -13,7 +13,8 @@ def register(sub) -> None:
                                    "to OUT; OUT's suffix picks the format: .gguf, .onnx, or none for a folder "
                                    "that onnxruntime-genai runs (model.onnx, genai_config.json, tokenizer.json)")
     p.add_argument("model", help="a folder or file in any GPT-2 format, 124M/355M/774M/1558M, or `bundled`")
-    p.add_argument("out", help="what to write: NAME.gguf, NAME.onnx, or a new folder NAME (ONNX for onnxruntime-genai)")
+    p.add_argument("out", help="what to write: a new NAME.gguf or NAME.onnx (an existing file is refused), "
+                                     "or a new (or empty) folder NAME (ONNX for onnxruntime-genai)")
     add_field(p, ExportOptions, "type", help="GGUF tensor type: f32, f16 or q8_0")
     add_field(p, ExportOptions, "int8", help="ONNX: int8 weights (onnxruntime's weight-only quantizer)")
     add_field(p, ExportOptions, "checkpoint", help="which checkpoint of a run folder (default: the newest)")
@@ -25,8 +26,7 @@ def register(sub) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     from ..export import export
     options = ExportOptions(**given(args, *field_names(ExportOptions)))
-    model = None if args.model == "bundled" else args.model
-    out = export(model, args.out, type=options.type, int8=options.int8, checkpoint=options.checkpoint,
+    out = export(args.model, args.out, type=options.type, int8=options.int8, checkpoint=options.checkpoint,
                  offline=options.offline, adapter=options.adapter)
     print(f"wrote {out}")
     return 0

@@ -9,7 +9,7 @@ from .common import add_field, field_names, given, log, model_name
 # Help for the fields whose names do not say it all; defaults are added from TrainOptions.
 HELP = {
     "steps": f"total steps to reach; the same command resumes to the same end (default {DEFAULT_STEPS})",
-    "epochs": "or: passes over the training tokens",
+    "epochs": "instead of --steps (not with it): passes over the training tokens",
     "batch_size": "windows per step on each process",
     "context_length": "window length in tokens (default: the model's context)",
     "accumulate_gradients": "micro-batches per optimiser step",
@@ -28,7 +28,7 @@ HELP = {
     "val_dataset": "validation data: a token file, or text (files, folders, globs) encoded as --dataset is",
     "val_fraction": "hold out this fraction for validation",
     "progress": "show a progress bar",
-    "run_name": "the run's folder under --checkpoint-dir (and --sample-dir)",
+    "run_name": "the run's folder under --checkpoint-dir (and --sample-dir): one plain folder name",
     "lora_rank": "train LoRA adapters of this rank on a frozen base (PEFT's format); default: every weight trains",
     "lora_alpha": "the LoRA update is scaled by alpha / rank (default: alpha = rank)",
     "lora_dropout": "dropout on the LoRA branch's input",

@@ -61,8 +61,11 @@ def _auto_on_this_cpu(ck) -> str:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    from ..durable import check_output
     from ..formats import convert
     options = ConvertOptions(**given(args, *field_names(ConvertOptions)))
-    out = convert(args.src, args.dst, checkpoint=options.checkpoint, dtype=options.dtype)
+    from ..hub import resolve_model_path
+    check_output(args.dst, folder=True, make_parents=True)  # before the model loads: a bad path costs no time
+    out = convert(resolve_model_path(args.src), args.dst, checkpoint=options.checkpoint, dtype=options.dtype)
     print(f"wrote {out} (config.json, model.safetensors, vocabulary): opens in gpt2kit and Hugging Face transformers")
     return 0

@@ -5,13 +5,14 @@
     export("checkpoint/run1", "gpt2-genai")           # a folder onnxruntime-genai runs as it is
 
 The output's suffix picks the format (no suffix: a new folder). Every option is checked, and the output's
-folder too, before the model is read: a mistake costs no time.
+folder too, before the model is read: a mistake costs no time. An existing output file is refused, as an
+existing folder that is not empty is: an export never replaces what the user had.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from .. import durable
 from ..errors import UserError
 from ..options import ExportOptions
 
@@ -24,13 +25,10 @@ def _check_out(out: Path) -> None:
                         f"(onnxruntime), or a folder without a suffix (an ONNX folder for onnxruntime-genai)")
     if out.suffix and out.is_dir():
         raise UserError(f"{out} is a folder; give the path of the file to write")
-    if not out.suffix and out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out} exists and is not an empty folder; choose a new folder")
-    folder = out.parent
-    if not folder.is_dir():
-        raise UserError(f"{folder} does not exist; create it first or write elsewhere")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write into {folder} (permission denied); choose another output path")
+    # An existing file is refused as an existing folder is: an export never replaces what the user had.
+    durable.check_output(out, folder=not out.suffix)
+    if out.suffix.lower() == ".onnx":  # a big model's weights go to OUT.onnx.data: that is not replaced either
+        durable.check_output(out.with_name(out.name + ".data"), folder=False)
 
 
 def _check_installed(modules: list[str]) -> None:

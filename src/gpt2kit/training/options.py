@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 
 from ..adapters.names import parse_targets
@@ -75,6 +76,11 @@ class TrainOptions:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        self._check_finite()
+        self._check_run_name()
+        if self.steps is not None and self.epochs is not None:
+            raise UserError(f"give --steps or --epochs, not both (got --steps {self.steps} and --epochs "
+                            f"{self.epochs}): --steps is the total to reach, --epochs counts it from the data")
         positive = ["batch_size", "accumulate_gradients", "save_every", "max_checkpoints", "val_every",
                     "val_batch_count", "print_every", "n_layer", "n_embd", "n_head", "n_ctx", "sample_num"]
         for name in positive:
@@ -97,9 +103,6 @@ class TrainOptions:
         for name in ("warmup_steps", "freeze_layers", "sample_every", "grad_clip", "weight_decay", "sample_length"):
             if not getattr(self, name) >= 0:  # NaN too
                 raise UserError(f"{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
-        for name in ("epochs", "learning_rate", "grad_clip", "weight_decay", "noise", "dropout", "val_fraction"):
-            if getattr(self, name) is not None and not math.isfinite(getattr(self, name)):
-                raise UserError(f"{name.replace('_', '-')} must be a finite number, got {getattr(self, name)}")
         if self.fsdp and self.lora_rank is not None:
             raise UserError("--fsdp shards full fine-tuning; LoRA trains a few adapters on a frozen base and needs no "
                             "sharding: drop --fsdp (torchrun alone gives LoRA data parallelism)")
@@ -109,6 +112,23 @@ class TrainOptions:
         if self.context_length is not None and self.context_length < 2:
             raise UserError(f"context-length must be at least 2, got {self.context_length}")
         self._check_lora()
+
+    def _check_finite(self) -> None:
+        """Every float option, read from the fields so a new one is covered too: inf or NaN would pass the
+        range checks below (inf > 0) and train to a NaN loss, or a checkpoint of NaN weights."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserError(f"{f.name.replace('_', '-')} must be a finite number, got {value}")
+
+    def _check_run_name(self) -> None:
+        """One plain folder name: the run's folder is checkpoint_dir/run_name (and sample_dir/run_name), so
+        `..`, a path or an empty name would put it, and --overwrite's deletion, outside its own folder."""
+        name = self.run_name
+        seps = [sep for sep in ("/", "\\", os.sep, os.altsep) if sep]
+        if name in ("", ".", "..") or any(sep in name for sep in seps) or "\0" in name:
+            raise UserError(f"run-name must be one plain folder name (not empty, '.' or '..', and no '/' or '\\'), "
+                            f"got {name!r}; the run goes in --checkpoint-dir/RUN-NAME")
 
     def _check_lora(self) -> None:
         if self.lora_rank is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .. import durable
 from ..config import GPTConfig
+from ..data.tokens import check_ids
 from ..devices import cpu_has_fast_bf16
 from ..errors import UserError
 from ..adapters.peft import adapter_base
@@ -211,22 +213,13 @@ def _starting_point(model_name, run_dir: Path, opts: TrainOptions) -> Start:
     if opts.restore_from == "latest":
         folder = newest_step(run_dir)
         if folder is not None:
-            if not (folder / STATE_FILE).is_file():
-                raise UserError(f"{folder} holds a model but no {STATE_FILE}, so the run cannot resume from it; "
-                                f"fine-tune its weights as a new run with --restore-from {folder} --run-name NEW")
-            state = load_training_state(folder)
-            if (state["options"].get("lora_rank") is None) != (opts.lora_rank is None):
-                kind = "a full fine-tuning run" if opts.lora_rank is not None else "a LoRA run"
-                raise UserError(f"{run_dir} is {kind}: resume it with its own --lora-rank setting, or start "
-                                f"a new --run-name with --restore-from {folder}")
-            return _from_folder(folder, opts, state)
+            return _resume(folder, run_dir, opts)
     elif opts.restore_from == "fresh":
         replaces = _check_replaceable(run_dir, opts)
     else:
         folder = resolve_model_path(opts.restore_from)
         if newest_step(run_dir) is not None and folder.resolve().is_relative_to(run_dir.resolve()):
-            raise UserError(f"{folder} is a step of {run_dir}, whose later steps would be overwritten: restore it "
-                            f"into a new --run-name (or --restore-from latest to continue the run)")
+            return _resume(_own_newest_step(folder, run_dir), run_dir, opts)
         replaces = _check_replaceable(run_dir, opts)
         state = load_training_state(resolve_run_folder(folder))
         if state is not None and state["options"].get("lora_rank") != opts.lora_rank:
@@ -238,6 +231,40 @@ def _starting_point(model_name, run_dir: Path, opts: TrainOptions) -> Start:
     ck = read_checkpoint(resolve_model_path(model_name))
     return Start(ck.config, ck.state_dict, ck.tokenizer, None, str(ck.path), base=_absolute(ck.path, opts),
                  replaces_run=replaces)
+
+
+def _resume(folder: Path, run_dir: Path, opts: TrainOptions) -> Start:
+    """Continue the run in `run_dir` from its newest step `folder`, with that step's training state."""
+    if not (folder / STATE_FILE).is_file():
+        raise UserError(f"{folder} holds a model but no {STATE_FILE}, so the run cannot resume from it; "
+                        f"fine-tune its weights as a new run with --restore-from {folder} --run-name NEW")
+    state = load_training_state(folder)
+    if (state["options"].get("lora_rank") is None) != (opts.lora_rank is None):
+        kind = "a full fine-tuning run" if opts.lora_rank is not None else "a LoRA run"
+        raise UserError(f"{run_dir} is {kind}: resume it with its own --lora-rank setting, or start "
+                        f"a new --run-name with --restore-from {folder}")
+    return _from_folder(folder, opts, state)
+
+
+def _own_newest_step(folder: Path, run_dir: Path) -> Path:
+    """`--restore-from` names a step of the run being started (or the run folder itself): its newest step is
+    a resume, whatever --overwrite says (deleting the run would delete the step); an older one would have
+    the run's later steps overwritten as it trains past them, so it goes into a new --run-name instead."""
+    step = resolve_run_folder(folder).resolve()
+    newest = newest_step(run_dir).resolve()
+    number = _step_number(step)
+    later = sorted(p.name for p in run_dir.glob("step-*")
+                   if (p / "config.json").is_file() and (_step_number(p) or 0) > (number or 0))
+    if step != newest or later:
+        beyond = f" ({', '.join(later)})" if later else ""
+        raise UserError(f"{folder} is a step of {run_dir}, whose later steps{beyond} would be overwritten: restore "
+                        f"it into a new --run-name (or --restore-from latest to continue the run)")
+    return newest
+
+
+def _step_number(folder: Path) -> int | None:
+    m = re.fullmatch(r"step-(\d+)", folder.name)
+    return int(m.group(1)) if m else None
 
 
 def _check_replaceable(run_dir: Path, opts: TrainOptions) -> bool:
@@ -291,10 +318,9 @@ def _read_data(dataset, opts: TrainOptions, tokenizer: Tokenizer, config: GPTCon
     train_tokens, val_tokens = prepare_dataset(dataset, opts, tokenizer, is_main)
     if train_tokens.size < 2:
         raise UserError("the training dataset is empty: encode some text first (`gpt2kit encode`)")
-    for name, tokens in (("dataset", train_tokens), ("validation dataset", val_tokens)):
-        if tokens is not None and tokens.size and int(tokens.max()) >= config.n_vocab:
-            raise UserError(f"the {name} has token ids up to {int(tokens.max())} but the model's vocabulary is "
-                            f"{config.n_vocab}: encode it with this model's tokenizer")
+    for name, tokens in (("dataset", train_tokens), ("validation data", val_tokens)):
+        if tokens is not None:
+            check_ids(tokens, config.n_vocab, f"the {name}")
     if train_tokens.size - 1 < window and is_main:
         log.warning("the dataset has %d tokens, fewer than the context of %d: training on %d-token windows",
                     train_tokens.size, window, train_tokens.size - 1)
