@@ -138,6 +138,17 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str | None, n_ctx: int, *, trunc
     return ids
 
 
+def check_counts(*, length: int | None = None, nsamples: int = 1, batch_size: int = 1) -> None:
+    """The one rule for generation's counts. iter_samples and make_jobs check them when they start; the
+    CLI calls this before the model loads, so a bad flag is the only thing the user sees."""
+    if length is not None and length < 0:
+        raise UserError(f"length must be 0 or more new tokens, got {length}")
+    if batch_size < 1:
+        raise UserError(f"batch_size must be at least 1, got {batch_size}")
+    if nsamples < 0:
+        raise UserError(f"nsamples must be 0 (forever) or more, got {nsamples}")
+
+
 def make_jobs(prompts: list[str | None], encoded: list[list[int]], *, per_prompt: int, seed: int,
               settings: SamplingSettings, max_new: int | None, stops: list[str], include_prefix: bool,
               stop_at_eot: bool, logprobs: int, first: int = 0, index_base: int = 0) -> Iterator[Job]:
@@ -147,8 +158,7 @@ def make_jobs(prompts: list[str | None], encoded: list[list[int]], *, per_prompt
     and its place alone, never on what shares its batch; its job index is index_base + k (the server
     offsets indices so concurrent requests never share one).
     """
-    if max_new is not None and max_new < 0:
-        raise UserError(f"length must be 0 or more new tokens, got {max_new}")
+    check_counts(length=max_new)
     k = first
     for prompt, ids in zip(prompts, encoded):
         for _ in range(per_prompt):
@@ -163,10 +173,7 @@ def iter_samples(model: GPT, tokenizer: Tokenizer, prompts: list[str | None], *,
                  truncate: str | None, include_prefix: bool, stop_at_eot: bool,
                  logprobs: int) -> Iterator[Piece | Sample]:
     """Yield streamed Pieces and finished Samples, in output order. nsamples=0 runs forever."""
-    if batch_size < 1:
-        raise UserError(f"batch_size must be at least 1, got {batch_size}")
-    if nsamples < 0:
-        raise UserError(f"nsamples must be 0 (forever) or more, got {nsamples}")
+    check_counts(length=length, nsamples=nsamples, batch_size=batch_size)
     stops = list(stop) + ([truncate] if truncate else [])  # gpt-2-simple's truncate cuts like a stop string
     encoded = [encode_prompt(tokenizer, p, model.config.n_ctx) for p in prompts]
 

@@ -24,8 +24,42 @@ log = logging.getLogger("gpt2kit")
 
 
 class Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse's own errors: one line and exit code 2, like ours
-        self.exit(2, f"gpt2kit: {message} (see `{self.prog} --help`)\n")
+    """argparse with gpt2kit's error line, and an optional usage example at the end of --help.
+
+    example: one command line, or several, shown under "example:" after the options; a command module
+    passes it to `sub.add_parser(..., example=...)` (argparse hands add_parser's keywords to this class).
+    """
+
+    def __init__(self, *args: Any, example: str | Sequence[str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.examples = [example] if isinstance(example, str) else list(example or [])
+
+    def format_help(self) -> str:
+        # Appended verbatim: argparse's formatter would re-wrap an epilog and join the lines of a command.
+        text = super().format_help()
+        if self.examples:
+            text += "\nexample:\n" + "".join(f"  {line}\n" for line in self.examples)
+        return text
+
+    def error(self, message: str) -> typing.NoReturn:  # argparse's own errors: one line and exit code 2, like ours
+        self.exit(2, f"gpt2kit: error: {message} (see `{self.prog} --help`)\n")
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None) -> argparse.Namespace:  # type: ignore[override]
+        # argparse reports a subcommand's unknown flags from the top parser, whose --help does not list them:
+        # report them from the subcommand's parser, so the line points at `gpt2kit generate --help`.
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self._chosen(parsed).error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+    def _chosen(self, parsed: argparse.Namespace) -> Parser:
+        """The (sub)command parser that `parsed` went through last."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                chosen = action.choices.get(getattr(parsed, action.dest, None) or "")
+                if isinstance(chosen, Parser):
+                    return chosen._chosen(parsed)
+        return self
 
 
 class _Handler(logging.Handler):
@@ -97,17 +131,19 @@ def _field_types(options: type) -> dict[str, Any]:
 
 
 def add_field(p: argparse.ArgumentParser, options: type, name: str, *flags: str, help: str = "",
-              show_default: bool = True, **kwargs: Any) -> None:
+              show_default: bool = True, unset: str | None = None, **kwargs: Any) -> None:
     """A flag for field `name` of the dataclass `options`, which owns its default and its type.
 
     The flag itself defaults to None, so `given` passes on only what the user set, and the help says
-    the dataclass's default. Flags default to --the-name and, for names with underscores, --the_name
-    (the spelling of OpenAI's scripts and gpt-2-simple).
+    the dataclass's default; `unset` says in words what a default of None means ("random"). Flags
+    default to --the-name and, for names with underscores, --the_name (the spelling of OpenAI's
+    scripts and gpt-2-simple).
     """
     flags = flags or (f"--{name.replace('_', '-')}",) + ((f"--{name}",) if "_" in name else ())
     default = default_of(options, name)
-    if show_default and default is not None and default != ():
-        help = f"{help} (default {default})" if help else f"(default {default})"
+    shown = unset if default is None else None if default == () else default
+    if show_default and shown is not None:
+        help = f"{help} (default {shown})" if help else f"(default {shown})"
     if "action" not in kwargs:
         hint = _field_types(options)[name]
         base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
@@ -134,9 +170,10 @@ def add_model_args(p: argparse.ArgumentParser, *, many: bool = False) -> None:
     p.add_argument("--models-dir", "--models_dir", dest="models_dir", default=None,
                    help="look for published models in DIR/<name> (OpenAI's layout), as download_model.py writes them")
     p.add_argument("--checkpoint", default=None, help="which checkpoint in a run folder: model-N (TF runs) or step-N (gpt2kit runs)")
-    p.add_argument("--device", default=None, help="auto | cpu | cuda | mps (auto: cuda, then mps, then cpu)")
-    p.add_argument("--dtype", default=None, help=f"{dtype_choices()} (int8: CPUs, int8 weights, a quarter of the bytes; auto: on a CPU, the fastest path "
-                        "measured here that keeps fp32's answers)")
+    # The defaults in the help are LoadOptions' own (add_field), so they cannot drift from what `load` does.
+    add_field(p, LoadOptions, "device", help="auto | cpu | cuda | mps (auto: cuda, then mps, then cpu)")
+    add_field(p, LoadOptions, "dtype", help=f"{dtype_choices()} (int8: CPUs, int8 weights, a quarter of the bytes; "
+                                            "auto: on a CPU, the fastest path measured here that keeps fp32's answers)")
     p.add_argument("--offline", action="store_true", default=None, help="never download; fail if the model is not here")
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import signal
 import sys
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, TextIO
@@ -12,16 +15,19 @@ from typing import Iterator, TextIO
 from .. import durable
 from ..data.templates import DOCUMENT_START, Template, parse_assignment, parse_template, read_field_sets
 from ..errors import UserError
-from ..options import GREEDY_BELOW, GenerateOptions
+from ..options import GREEDY_BELOW, GenerateOptions, SamplingSettings
 from .common import add_field, add_model_args, field_names, given, load_model, log
 
 SAMPLE_DELIM = "=" * 20 + "\n"  # between samples, as OpenAI's and gpt-2-simple's scripts print them
 PROMPT_FIELD = "prompt"  # a .jsonl prompt file's field unless --prompt-field says otherwise
 SAMPLING = tuple(n for n in field_names(GenerateOptions) if n not in ("presence_penalty", "frequency_penalty", "logprobs"))
+EXAMPLE = ('gpt2kit generate "ROMEO." --length 60 --seed 1 --top-k 40',
+           'gpt2kit generate --prompt-file prompts.txt --nsamples 3 --format jsonl --output samples.jsonl')
 
 
 def register(sub) -> None:
-    p = sub.add_parser("generate", help="generate text (streamed), from prompts, a file, stdin, or unconditionally")
+    p = sub.add_parser("generate", help="generate text (streamed), from prompts, a file, stdin, or unconditionally",
+                       example=EXAMPLE)
     p.add_argument("prompt", nargs="*", help="one or more prompts (none: read stdin if piped, else unconditional)")
     add_model_args(p)
     add_adapter_arg(p)
@@ -31,7 +37,8 @@ def register(sub) -> None:
     p.add_argument("--sample-delim", "--sample_delim", dest="sample_delim", default=SAMPLE_DELIM,
                    help=f"text between samples (default {SAMPLE_DELIM!r})")
     p.add_argument("--format", choices=["text", "jsonl"], default="text", help="jsonl: one JSON object per sample")
-    p.add_argument("--output", help="write the samples to this file instead of the terminal")
+    p.add_argument("--output", help="write the samples to this file instead of the terminal (replaced when the run "
+                   "ends; an interrupted run keeps the samples finished so far, or else the old file)")
     p.add_argument("--output-dir", help="one file per sample in this folder (existing files are kept)")
     p.add_argument("--template", help='generate documents of this template (as encoded with encode --template), '
                    'e.g. "[{subreddit}] {title}"; the fields are read back out (--format jsonl)')
@@ -59,7 +66,7 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     add_field(p, G, "top_p", help="nucleus sampling; 1.0 = off")
     add_field(p, G, "repetition_penalty", help="CTRL's penalty on tokens already seen; 1.0 = off")
     add_field(p, G, "stop", "--stop", action="append", help="stop where this text appears, and drop it (repeatable)")
-    add_field(p, G, "seed", help="same seed and settings give the same text, whatever the batch size")
+    add_field(p, G, "seed", help="same seed and settings give the same text, whatever the batch size", unset="random")
     add_field(p, G, "nsamples", help="samples per prompt; 0 = until interrupted")
     add_field(p, G, "batch_size", help="samples generated together")
     add_field(p, G, "truncate", help="cut each sample at the first occurrence of this text (gpt-2-simple)")
@@ -69,26 +76,87 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
 
 
 def generate_options(args: argparse.Namespace) -> GenerateOptions:
-    return GenerateOptions(**given(args, *SAMPLING))
+    """The sampling flags, checked whole by the rules generation applies later: called before the model
+    loads, so a bad value is the only line the user sees (not the load's notices first)."""
+    from ..generation import check_counts
+    options = GenerateOptions(**given(args, *SAMPLING))
+    SamplingSettings(**{name: getattr(options, name) for name in field_names(SamplingSettings)
+                        if hasattr(options, name)})  # raises UserError on a bad temperature, top_k, ...
+    check_counts(length=options.length, nsamples=options.nsamples, batch_size=options.batch_size)
+    return options
 
 
 # --- generate ------------------------------------------------------------------------------------
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    template, prompts, known = _template_prompts(args)
-    lm = load_model(args)
-    prompts = prompts or read_prompts(args)
+    # Every check first, in the order nothing is touched: flags, then inputs, then where the samples go;
+    # only then the model loads and the output is opened.
+    _check_combinations(args)
     options = generate_options(args)
-    with _output(args) as stream:
-        writer = SampleWriter(stream=stream, format=args.format, out_dir=_output_dir(args), delim=args.sample_delim,
-                              prompts=prompts, options=options, model=lm.info["name"],
-                              settings={k: v for k, v in given(args, *SAMPLING).items() if k != "seed"},
-                              template=template, known=known)
-        if template:  # each document starts where the training documents did: after <|endoftext|>
-            prompts = [DOCUMENT_START + p for p in prompts]
-        for ev in lm.samples(prompts if len(prompts) > 1 else prompts[0], **options.as_kwargs()):
-            writer.write(ev)
+    template, prompts, known = _template_prompts(args)
+    prompts = prompts or read_prompts(args)
+    _check_outputs(args)
+    lm = load_model(args)
+    try:
+        with _output(args) as stream:
+            writer = SampleWriter(stream=stream, format=args.format, out_dir=_output_dir(args), delim=args.sample_delim,
+                                  prompts=prompts, options=options, model=lm.info["name"],
+                                  settings={k: v for k, v in given(args, *SAMPLING).items() if k != "seed"},
+                                  template=template, known=known)
+            if template:  # each document starts where the training documents did: after <|endoftext|>
+                prompts = [DOCUMENT_START + p for p in prompts]
+            interrupted = _write_samples(writer, lm.samples(prompts if len(prompts) > 1 else prompts[0],
+                                                            **options.as_kwargs()))
+    except OSError as e:  # the disk filled up or went read-only mid-run (a BrokenPipeError is run's to handle)
+        target = args.output or args.output_dir
+        error = durable.user_error_for(e, Path(target)) if target else None
+        if error is None:
+            raise
+        raise error from None
+    if interrupted:  # the samples so far are saved; the exit code still says the run was cut short
+        raise KeyboardInterrupt
     return 0
+
+
+def _write_samples(writer: SampleWriter, events: Iterator) -> bool:
+    """Write every event; True when Ctrl-C came after at least one whole sample. Those samples are kept
+    (--nsamples 0 ends no other way); an interrupt before any leaves an --output file as it was."""
+    try:
+        with _term_as_interrupt():
+            for ev in events:
+                writer.write(ev)
+    except KeyboardInterrupt:
+        if not writer.done:
+            raise
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def _term_as_interrupt() -> Iterator[None]:
+    """SIGTERM (`timeout 60 gpt2kit generate ...`, a job scheduler) ends the run as Ctrl-C does: without
+    this the samples so far would die in --output's temporary file instead of replacing the old one."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _check_combinations(args: argparse.Namespace) -> None:
+    """Flags that contradict each other, refused before anything is read, opened or loaded."""
+    if args.output and args.output_dir:
+        raise UserError("--output writes every sample to one file and --output-dir a file per sample; pass one of them")
+    if args.output_dir and args.format == "jsonl":
+        raise UserError("--output-dir writes each sample's text to its own file, not JSON lines; "
+                        "for --format jsonl pass --output FILE.jsonl instead")
 
 
 def _template_prompts(args: argparse.Namespace) -> tuple[Template | None, list[str | None], dict]:
@@ -103,18 +171,66 @@ def _template_prompts(args: argparse.Namespace) -> tuple[Template | None, list[s
     template = parse_template(args.template)
     template.check_readable()
     given_fields = dict(parse_assignment(item) for item in args.field)
-    sets = [{**s, **given_fields} for s in read_field_sets(args.fields)] if args.fields else [given_fields]
+    sets = [{**s, **given_fields} for s in _field_sets(args.fields)] if args.fields else [given_fields]
     prompts = [template.prompt(s) for s in sets]
     return template, prompts, dict(zip(prompts, sets))
 
 
+def _field_sets(source: str) -> list[dict[str, str]]:
+    """--fields' values, with the file mistakes --prompt-file reports said as plainly."""
+    path = _existing_file(source, "fields file")
+    try:
+        return read_field_sets(path)
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text (byte {e.start}); convert it, e.g. with iconv -t UTF-8") from None
+    except OSError as e:
+        raise UserError(f"cannot read the fields file {path} ({e.strerror})") from None
+
+
+def _existing_file(source: str, what: str) -> Path:
+    """`source` as a path to read, or a UserError saying what it is instead (missing, or a folder)."""
+    path = Path(source)
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder; pass a file")
+    if not path.exists():  # not is_file(): a pipe (`--prompt-file <(...)`) is a fine thing to read
+        raise UserError(f"{what} {path} does not exist")
+    return path
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """--output and --output-dir can be written: checked before the model loads, creating nothing."""
+    if args.output_dir:
+        durable.check_writable(Path(args.output_dir))  # also refuses a file where the folder should be
+    if not args.output:
+        return
+    path = Path(args.output)
+    if path.is_dir():
+        raise UserError(f"--output {args.output} is a folder; name a file (or pass --output-dir for a file per sample)")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UserError(f"cannot write {args.output} (it is read-only); choose another --output or make it writable")
+    if not _in_place(path):
+        durable.check_writable(Path(os.path.realpath(path)).parent)  # where _output's temporary file will go
+
+
+def _in_place(path: Path) -> bool:
+    """A device or a pipe (/dev/stdout, /dev/full, a FIFO): it can only be written, not replaced by a file."""
+    return path.exists() and not path.is_file()
+
+
 @contextlib.contextmanager
 def _output(args: argparse.Namespace) -> Iterator[TextIO]:
+    """Where the text goes. A file is written under a temporary name and replaces --output only when
+    the run ends, so a failed or interrupted run leaves what was there (see _write_samples)."""
     if not args.output:
         yield sys.stdout
         return
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    with open(Path(args.output), "w", encoding="utf-8") as f:
+    if _in_place(Path(args.output)):
+        with open(args.output, "w", encoding="utf-8") as f:
+            yield f
+        return
+    path = Path(os.path.realpath(args.output))  # through a symlink: the link stays, its target gets the text
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with durable.atomic_open(path, "w", encoding="utf-8") as f:
         yield f
 
 
@@ -140,6 +256,7 @@ class SampleWriter:
     template: Template | None = None  # documents of a template: their fields are read back
     known: dict[str, dict[str, str]] = field(default_factory=dict)  # a template prompt -> the fields it was made of
     started: set[int] = field(default_factory=set)
+    done: int = 0  # whole samples written
 
     @property
     def live(self) -> bool:
@@ -154,7 +271,13 @@ class SampleWriter:
                 self._start(ev.index, prefix=True)
                 self.stream.write(ev.text)
                 self.stream.flush()
-        elif self.format == "jsonl":
+        else:
+            self._finish(ev)
+
+    def _finish(self, ev) -> None:
+        """A whole sample: its JSON line, its own file, or the end of its streamed text."""
+        self.done += 1  # counted first: an interrupt while it is written still keeps the output
+        if self.format == "jsonl":
             record = {"index": ev.index, "prompt": ev.prompt, "text": ev.text, "completion": ev.completion,
                       "model": self.model, "settings": self.settings, "seed": ev.seed,
                       "finish_reason": ev.finish_reason, "synthetic": True}
@@ -208,10 +331,9 @@ def read_prompts(args: argparse.Namespace) -> list[str | None]:
     if args.prompt_file:
         prompts += _prompt_file(args.prompt_file, args.prompt_field)
     elif not prompts and not sys.stdin.isatty():
-        try:
-            data = sys.stdin.read()
-        except UnicodeDecodeError:
-            raise UserError("standard input is not UTF-8 text") from None
+        # The bytes, decoded as --prompt-file - does: sys.stdin's own decoding depends on the locale, and
+        # under a UTF-8 locale it lets invalid bytes through as mojibake (surrogateescape).
+        data = _decode(sys.stdin.buffer.read(), "standard input")
         if data.strip():
             prompts.append(data.rstrip("\n"))
     return prompts or [None]
@@ -222,14 +344,12 @@ def _prompt_file(source: str, field_name: str | None) -> list[str]:
     if source == "-":
         raw, name = sys.stdin.buffer.read(), "standard input"
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise UserError(f"prompt file {path} does not exist")
-        raw, name = path.read_bytes(), str(path)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{name} is not UTF-8 text (byte {e.start}); convert it, e.g. with iconv -t UTF-8") from None
+        path = _existing_file(source, "prompt file")
+        try:
+            raw, name = path.read_bytes(), str(path)
+        except OSError as e:
+            raise UserError(f"cannot read the prompt file {path} ({e.strerror})") from None
+    text = _decode(raw, name)
     jsonl = field_name or (name.endswith(".jsonl") and PROMPT_FIELD)
     prompts = []
     for n, line in enumerate(text.splitlines(), 1):
@@ -247,12 +367,19 @@ def _prompt_file(source: str, field_name: str | None) -> list[str]:
     return prompts
 
 
+def _decode(raw: bytes, name: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{name} is not UTF-8 text (byte {e.start}); convert it, e.g. with iconv -t UTF-8") from None
+
+
 # --- interactive ---------------------------------------------------------------------------------
 
 def cmd_interactive(args: argparse.Namespace) -> int:
     from ..generation import Piece, Sample
+    options = generate_options(args)  # before the load: a bad flag is the only line printed
     lm = load_model(args)
-    options = generate_options(args)
     # Like interactive_conditional_samples.py: only the new text, nsamples of each prompt (0 means 1 here).
     kwargs = {**options.as_kwargs(), "include_prefix": False, "nsamples": options.nsamples or 1}
     while (prompt := _ask()) is not None:
