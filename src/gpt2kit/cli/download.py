@@ -8,7 +8,8 @@ from ..options import DOWNLOAD_SOURCES, DownloadOptions
 
 
 def register(sub) -> None:
-    p = sub.add_parser("download", help="download published GPT-2 models (124M 355M 774M 1558M) or any GPT-2 on "
+    p = sub.add_parser("download", example=("gpt2kit download 124M", "gpt2kit download distilbert/distilgpt2 --revision main"),
+                       help="download published GPT-2 models (124M 355M 774M 1558M) or any GPT-2 on "
                                         "the Hugging Face hub (OWNER/NAME)")
     p.add_argument("names", nargs="+", metavar="NAME", help="124M/355M/774M/1558M, or a hub repository OWNER/NAME[@REVISION]")
     p.add_argument("--source", choices=DOWNLOAD_SOURCES,
@@ -21,7 +22,8 @@ def register(sub) -> None:
                    help="download nothing: succeed only if the models are here already (also GPT2KIT_OFFLINE=1)")
     p.set_defaults(func=cmd_download)
 
-    p = sub.add_parser("models", help="list the models on this machine; `models rm NAME` deletes one")
+    p = sub.add_parser("models", example=("gpt2kit models", "gpt2kit models rm 355M"),
+                       help="list the models on this machine; `models rm NAME` deletes one")
     p.add_argument("action", nargs="?", choices=["list", "rm"], default="list")
     p.add_argument("names", nargs="*")
     p.set_defaults(func=cmd_models)

@@ -10,7 +10,8 @@ from .common import add_field, field_names, given
 
 
 def register(sub) -> None:
-    p = sub.add_parser("encode", help="encode text files, folders, globs into a token dataset")
+    p = sub.add_parser("encode", example=("gpt2kit encode posts/ --output data/posts.tokens --val-fraction 0.1",),
+                       help="encode text files, folders, globs into a token dataset")
     p.add_argument("inputs", nargs="+")
     p.add_argument("--output", "-o", required=True, help="the dataset file to write, e.g. data/posts.tokens")
     E = EncodeOptions
@@ -31,7 +32,8 @@ def register(sub) -> None:
               help="--keywords with N keywords per document")
     p.set_defaults(func=cmd_encode)
 
-    p = sub.add_parser("decode", help="print a token dataset back as text")
+    p = sub.add_parser("decode", example=("gpt2kit decode data/posts.tokens",),
+                       help="print a token dataset back as text")
     p.add_argument("dataset")
     p.set_defaults(func=cmd_decode)
 

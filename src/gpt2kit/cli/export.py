@@ -8,7 +8,9 @@ from .common import add_field, field_names, given
 
 
 def register(sub) -> None:
-    p = sub.add_parser("export", help="write a model as GGUF (llama.cpp, Ollama, LM Studio) or ONNX (onnxruntime)",
+    p = sub.add_parser("export", example=("gpt2kit export checkpoint/run1 run1.gguf --type q8_0",
+                                          "gpt2kit export bundled tiny.onnx"),
+                       help="write a model as GGUF (llama.cpp, Ollama, LM Studio) or ONNX (onnxruntime)",
                        description="Write MODEL (any format gpt2kit reads, a published name, or `bundled`) "
                                    "to OUT; OUT's suffix picks the format: .gguf, .onnx, or none for a folder "
                                    "that onnxruntime-genai runs (model.onnx, genai_config.json, tokenizer.json)")

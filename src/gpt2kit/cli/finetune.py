@@ -37,7 +37,8 @@ HELP = {
 
 
 def register(sub) -> None:
-    p = sub.add_parser("finetune", help="fine-tune (or train from scratch) on a dataset; Ctrl-C saves, rerun resumes")
+    p = sub.add_parser("finetune", example=("gpt2kit finetune --dataset data/posts.tokens --model 124M --steps 1000 --run-name run1",),
+                       help="fine-tune (or train from scratch) on a dataset; Ctrl-C saves, rerun resumes")
     p.add_argument("--dataset", nargs="+", required=True, help="a token dataset, or text files/folders to encode first")
     p.add_argument("--model", "--model_name", "--model-name", dest="model", help="start from this model (default: the bundled one)")
     p.add_argument("--models-dir", "--models_dir", dest="models_dir")

@@ -47,7 +47,8 @@ def register(sub) -> None:
     p.add_argument("--fields", metavar="FILE.jsonl", help="one JSON object of field values per line, a prompt each")
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("interactive", help="a prompt loop, like OpenAI's interactive_conditional_samples.py")
+    p = sub.add_parser("interactive", example=("gpt2kit interactive --length 40 --top-k 40",),
+                       help="a prompt loop, like OpenAI's interactive_conditional_samples.py")
     add_model_args(p)
     add_adapter_arg(p)
     add_sampling_args(p)
@@ -171,20 +172,9 @@ def _template_prompts(args: argparse.Namespace) -> tuple[Template | None, list[s
     template = parse_template(args.template)
     template.check_readable()
     given_fields = dict(parse_assignment(item) for item in args.field)
-    sets = [{**s, **given_fields} for s in _field_sets(args.fields)] if args.fields else [given_fields]
+    sets = [{**s, **given_fields} for s in read_field_sets(args.fields)] if args.fields else [given_fields]
     prompts = [template.prompt(s) for s in sets]
     return template, prompts, dict(zip(prompts, sets))
-
-
-def _field_sets(source: str) -> list[dict[str, str]]:
-    """--fields' values, with the file mistakes --prompt-file reports said as plainly."""
-    path = _existing_file(source, "fields file")
-    try:
-        return read_field_sets(path)
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not UTF-8 text (byte {e.start}); convert it, e.g. with iconv -t UTF-8") from None
-    except OSError as e:
-        raise UserError(f"cannot read the fields file {path} ({e.strerror})") from None
 
 
 def _existing_file(source: str, what: str) -> Path:

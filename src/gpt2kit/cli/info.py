@@ -9,14 +9,16 @@ from .common import add_field, field_names, given
 
 
 def register(sub) -> None:
-    p = sub.add_parser("info", help="format, sizes, parameters and vocabulary of a model")
+    p = sub.add_parser("info", example=("gpt2kit info checkpoint/run1",),
+                       help="format, sizes, parameters and vocabulary of a model")
     p.add_argument("model_path", nargs="?", help="a folder or published name (default: the bundled model)")
     p.add_argument("--checkpoint")
     p.add_argument("--offline", action="store_true", default=None)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("convert", help="write any GPT-2 checkpoint as a Hugging Face / gpt2kit folder")
+    p = sub.add_parser("convert", example=("gpt2kit convert models/124M gpt2-hf",),
+                       help="write any GPT-2 checkpoint as a Hugging Face / gpt2kit folder")
     p.add_argument("src")
     p.add_argument("dst")
     add_field(p, ConvertOptions, "checkpoint", help="which checkpoint of a run folder (default: the newest)")

@@ -5,7 +5,8 @@ import argparse
 
 
 def register(sub) -> None:
-    p = sub.add_parser("merge", help="merge a LoRA adapter (gpt2kit's or PEFT's) into its base: a plain model folder")
+    p = sub.add_parser("merge", example=("gpt2kit merge 124M checkpoint/lora1/step-001000 models/124M-posts",),
+                       help="merge a LoRA adapter (gpt2kit's or PEFT's) into its base: a plain model folder")
     p.add_argument("base", help="the base model: a folder in any GPT-2 format, or 124M/355M/774M/1558M")
     p.add_argument("adapter", help="the adapter folder (adapter_config.json + adapter_model.safetensors), or a LoRA run")
     p.add_argument("out", help="the new model folder (must not exist, or be empty)")

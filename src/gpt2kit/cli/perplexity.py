@@ -8,7 +8,8 @@ from .common import add_field, add_model_args, given, load_model
 
 
 def register(sub) -> None:
-    p = sub.add_parser("perplexity", help="loss and perplexity of a model on text or a token dataset")
+    p = sub.add_parser("perplexity", example=("gpt2kit perplexity --model checkpoint/run1 held_out.txt data/posts.val.tokens",),
+                       help="loss and perplexity of a model on text or a token dataset")
     p.add_argument("files", nargs="+")
     add_model_args(p)
     p.add_argument("--context-length", type=int, help="tokens per scoring window (default: the model's context)")

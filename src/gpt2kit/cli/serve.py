@@ -8,7 +8,8 @@ from .common import add_field, add_model_args, field_names, given, in_models_dir
 
 
 def register(sub) -> None:
-    p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible API with a web playground")
+    p = sub.add_parser("serve", example=("gpt2kit serve --model checkpoint/run1 --port 8000",),
+                       help="serve a model over an OpenAI-compatible API with a web playground")
     add_model_args(p, many=True)
     S = ServeOptions
     add_field(p, S, "host", help="address to bind; 127.0.0.1 is this machine only")

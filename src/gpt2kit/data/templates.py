@@ -142,10 +142,18 @@ def parse_assignment(item: str) -> tuple[str, str]:
 def read_field_sets(path: str | Path) -> list[dict[str, str]]:
     """A JSONL file with one object of field values per line (one prompt each)."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise UserError(f"the fields file {path} is a folder; pass a .jsonl file")
+    if not path.exists():  # not is_file(): a pipe (`--fields <(...)`) is a fine thing to read
         raise UserError(f"the fields file {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a BOM is not data
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text (byte {e.start}); convert it, e.g. with iconv -t UTF-8") from None
+    except OSError as e:
+        raise UserError(f"cannot read the fields file {path} ({e.strerror})") from None
     sets = []
-    for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):  # -sig: a BOM is not data
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
