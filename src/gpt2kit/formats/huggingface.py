@@ -15,6 +15,7 @@ import json
 import os
 import pickle
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError
@@ -73,20 +74,27 @@ def _read(path: Path) -> dict[str, torch.Tensor]:
 
 def read_hf_config(path: Path) -> GPTConfig:
     """config.json -> GPTConfig, or one line that names the file, what is wrong and what to do."""
+    return config_from_json(path, GPTConfig.from_hf_config)
+
+
+def config_from_json(path: Path, parse: Callable[[Any], GPTConfig], *, restore_unsupported: bool = False) -> GPTConfig:
+    """A JSON config file (config.json, hparams.json) read and handed to `parse`; whatever is wrong with it,
+    one line naming the file. A well-formed config of a model gpt2kit does not compute keeps its own words
+    (with the advice to restore it where a wrong value can only mean damage: `restore_unsupported`)."""
     try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
-        raise UserError(f"{path} is not text, so not a config.json; {RESTORE}") from None
+        raise UserError(f"{path} is not text, so not a {path.name}; {RESTORE}") from None
     except ValueError as e:  # json.JSONDecodeError
         raise UserError(f"{path} is not valid JSON ({e}); {RESTORE}") from None
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror}") from None
     try:
-        return GPTConfig.from_hf_config(cfg)
+        return parse(raw)
     except MalformedConfig as e:
         raise UserError(f"{path} is damaged: {e}; {RESTORE}") from None
-    except UserError as e:  # a well-formed config of a model gpt2kit does not compute: its own words suffice
-        raise UserError(f"{path}: {e}") from None
+    except UserError as e:
+        raise UserError(f"{path}: {e}" + (f"; {RESTORE}" if restore_unsupported else "")) from None
 
 
 def load_hf(folder: Path) -> tuple[GPTConfig, dict[str, torch.Tensor]]:

@@ -10,7 +10,6 @@ become their final dtype when the model is prepared, which releases each source 
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch
 
 from ..config import GPTConfig, MalformedConfig
 from ..errors import UserError
-from .huggingface import RESTORE
+from .huggingface import config_from_json
 from .tf_checkpoint import TFCheckpoint
 
 # Conv1D weights are stored (1, in, out) by OpenAI's model.py; ours are nn.Linear (out, in).
@@ -64,20 +63,7 @@ def checkpoint_prefix(folder: Path, checkpoint: str | None) -> Path:
 
 def read_hparams(path: Path) -> GPTConfig:
     """OpenAI's hparams.json -> GPTConfig, or one line that names the file, what is wrong and what to do."""
-    try:
-        hp = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise UserError(f"{path} is not text, so not an hparams.json; {RESTORE}") from None
-    except ValueError as e:  # json.JSONDecodeError
-        raise UserError(f"{path} is not valid JSON ({e}); {RESTORE}") from None
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror}") from None
-    try:
-        return GPTConfig.from_hparams(hp)
-    except MalformedConfig as e:
-        raise UserError(f"{path} is damaged: {e}; {RESTORE}") from None
-    except UserError as e:
-        raise UserError(f"{path}: {e}; {RESTORE}") from None
+    return config_from_json(path, GPTConfig.from_hparams, restore_unsupported=True)
 
 
 def _infer_config(ckpt: TFCheckpoint, folder: Path, notes: list[str]) -> GPTConfig:
