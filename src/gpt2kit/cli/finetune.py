@@ -25,6 +25,8 @@ HELP = {
     "restore_from": "latest (resume the run if it has checkpoints) | fresh | PATH (any format)",
     "overwrite": "with --restore-from fresh: replace an existing run",
     "sample_every": "write samples every N steps (0 = off)",
+    "sample_temperature": "the samples' temperature (0 = greedy)",
+    "sample_top_k": "the samples keep the k likeliest tokens (0 = off)",
     "val_dataset": "validation data: a token file, or text (files, folders, globs) encoded as --dataset is",
     "val_fraction": "hold out this fraction for validation",
     "progress": "show a progress bar",
@@ -55,6 +57,7 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from ..training.loop import finetune
     options = given(args, *field_names(TrainOptions))
+    TrainOptions.from_kwargs(**options)  # a mistaken option is the only line, before any notice
     model = model_name(args)
     if model is None and not options.get("from_scratch"):
         log.info("no --model: fine-tuning the small bundled model (pass --model 124M for real GPT-2)")

@@ -236,8 +236,9 @@ def write_samples(model: GPT, tokenizer, opts: TrainOptions, run_name: str, step
     report=False draws them without writing or logging (the other processes of a sharded model)."""
     was_training = model.training
     model.eval()
+    settings = SamplingSettings(temperature=opts.sample_temperature, top_k=opts.sample_top_k)
     texts = [ev.text for ev in iter_samples(model, tokenizer, [opts.sample_prefix], length=opts.sample_length,
-                                              settings=SamplingSettings(temperature=1.0, top_k=40), stop=[], seed=opts.seed + step,
+                                              settings=settings, stop=[], seed=opts.seed + step,
                                               nsamples=opts.sample_num, batch_size=opts.sample_num, truncate=None,
                                               include_prefix=True, stop_at_eot=True, logprobs=0) if isinstance(ev, Sample)]
     model.train(was_training)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ..adapters.names import parse_targets
 from ..errors import UserError
-from ..options import DTYPE_NAMES, INT8
+from ..options import DTYPE_NAMES, INT8, SamplingSettings
 
 
 TRAIN_DTYPES = ("auto", *DTYPE_NAMES)  # what a training step can compute in
@@ -67,6 +67,8 @@ class TrainOptions:
     sample_length: int = 100
     sample_num: int = 1
     sample_prefix: str | None = None
+    sample_temperature: float = 1.0
+    sample_top_k: int = 40  # gpt-2-simple's samples during training
     sample_dir: str = "samples"
     val_dataset: str | None = None
     val_fraction: float = 0.0
@@ -112,6 +114,10 @@ class TrainOptions:
         if self.context_length is not None and self.context_length < 2:
             raise UserError(f"context-length must be at least 2, got {self.context_length}")
         self._check_lora()
+        try:  # the samples' settings: checked now, not at the first sample hundreds of steps in
+            SamplingSettings(temperature=self.sample_temperature, top_k=self.sample_top_k)
+        except UserError as e:
+            raise UserError(f"in the training samples' settings: {e}") from None
 
     def _check_finite(self) -> None:
         """Every float option, read from the fields so a new one is covered too: inf or NaN would pass the
