@@ -45,6 +45,17 @@ def test_disk_full_mid_write_is_one_line(hf_tiny):
     assert r.stderr.strip().splitlines()[-1].startswith("gpt2kit: error: no space left while writing /dev/full")
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full, a device that is always full")
+def test_standard_output_on_a_full_disk_is_one_line(hf_tiny):
+    """`generate > FILE` on a full disk: the shell opened the file, so only the write can fail."""
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "gpt2kit", "generate", "Hi", "--model", str(hf_tiny), "--dtype",
+                            "float32", "--length", "4", "--seed", "1"], stdout=full, stderr=subprocess.PIPE,
+                           stdin=subprocess.DEVNULL, text=True, env={**os.environ, "GPT2KIT_OFFLINE": "1"}, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("gpt2kit: error: no space left while writing standard output")
+
+
 @pytest.mark.parametrize("args,message,untouched", [
     (["--output", "o.txt", "--output-dir", "od"], "pass one of them", "od"),
     (["--format", "jsonl", "--output-dir", "od2"], "--output FILE.jsonl", "od2"),

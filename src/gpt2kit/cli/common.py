@@ -10,13 +10,14 @@ import argparse
 import dataclasses
 import functools
 import logging
+import os
 import sys
 import typing
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Sequence
 
-from .. import __version__
+from .. import __version__, durable
 from ..errors import UserError
 from ..options import LoadOptions, dtype_choices
 
@@ -104,8 +105,22 @@ def run(argv: list[str] | None, commands: Sequence[ModuleType]) -> int:
     except BrokenPipeError:  # `gpt2kit generate ... | head`
         sys.stderr.close()
         return 0
+    except OSError as e:  # standard output on a full disk: the machine's state, not a bug (others keep their traceback)
+        error = durable.user_error_for(e, Path(e.filename or "standard output"))
+        if error is None:
+            raise
+        _drop_stdout()
+        print(f"gpt2kit: error: {error}", file=sys.stderr)
+        return 2
     finally:
         log.removeHandler(handler)
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null: what it still buffers would fail again at exit, as a multi-line report."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 # --- flags from options dataclasses --------------------------------------------------------------
