@@ -132,7 +132,8 @@ def test_stopping_a_run_into_a_file_keeps_the_finished_samples(hf_tiny, tmp_path
     """--output is written under a temporary name and replaces the file at the end, also when the user
     ends a --nsamples 0 run (Ctrl-C, or SIGTERM from `timeout`)."""
     out = tmp_path / "run.txt"
-    out.write_text("old")
+    old = "the file before this run\n"  # a whole line no sample writes ("old" alone is in "unfolded")
+    out.write_text(old)
     env = {**os.environ, "GPT2KIT_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "gpt2kit", "generate", "Hi", "--model", str(hf_tiny), "--length", "3",
                              "--nsamples", "0", "--output", str(out)], stderr=subprocess.PIPE, text=True, env=env,
@@ -142,12 +143,12 @@ def test_stopping_a_run_into_a_file_keeps_the_finished_samples(hf_tiny, tmp_path
         while not any(DELIM in p.read_text() for p in tmp_path.glob(".run.txt.*.tmp")):  # a second sample began
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "timeout"
             time.sleep(0.2)
-        assert out.read_text() == "old"  # streamed to the temporary file, not over the old one
+        assert out.read_text() == old  # streamed to the temporary file, not over the old one
         proc.send_signal(sig)
         assert proc.wait(timeout=60) == 130, proc.stderr.read()
     finally:
         if proc.poll() is None:
             proc.kill()
     text = out.read_text()
-    assert text.startswith("Hi") and DELIM in text and "old" not in text
+    assert text.startswith("Hi") and DELIM in text and old not in text
     assert list(tmp_path.glob(".*.tmp")) == []
