@@ -118,6 +118,25 @@ def test_a_checkpoint_by_name_or_number_picks_that_step(run_folder):
         assert json.loads(r.stdout)["checkpoint"] == "step-000001"
 
 
+def test_latest_names_the_newest_checkpoint_in_every_format(run_folder):
+    """`latest` is a gpt2kit run's pointer file and gpt-2-simple's default checkpoint name: the newest step."""
+    for folder, newest in ((run_folder, "step-000002"), (FIXTURES / "gpt2_simple_run/run1", "model-20")):
+        r = run_cli("info", folder, "--checkpoint", "latest", "--json")
+        assert r.returncode == 0, r.stderr
+        assert Path(json.loads(r.stdout)["checkpoint"]).name.removesuffix(".index") == newest
+
+
+def test_any_file_of_a_model_folder_stands_for_the_folder(hf_tiny, tmp_path):
+    """People pass a file of the folder (the weights, an index, the tokenizer's files): the folder loads."""
+    folder = tmp_path / "m"
+    shutil.copytree(hf_tiny, folder)
+    (folder / "special_tokens_map.json").write_text("{}")
+    for name in ("model.safetensors", "config.json", "special_tokens_map.json"):
+        r = run_cli("info", folder / name, "--json")
+        assert r.returncode == 0, (name, r.stderr)
+        assert json.loads(r.stdout)["format"] == "huggingface"
+
+
 def test_tf_runs_word_a_missing_checkpoint_the_same_way():
     run = FIXTURES / "gpt2_simple_run/run1"
     one_line_error(run_cli("info", run, "--checkpoint", "step-2"),

@@ -37,6 +37,7 @@ def test_bad_output_place_is_refused_before_the_model_loads(tmp_path, flag, wher
     assert (tmp_path / "afile.txt").read_text() == "precious"
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full, a device that is always full")
 def test_disk_full_mid_write_is_one_line(hf_tiny):
     """A device is written in place (it cannot be replaced): the error comes mid-run, after the load's notes."""
     r = run_cli("generate", "Hi", "--model", hf_tiny, "--dtype", "float32", "--length", "4", "--seed", "1",
@@ -54,6 +55,23 @@ def test_standard_output_on_a_full_disk_is_one_line(hf_tiny):
                            stdin=subprocess.DEVNULL, text=True, env={**os.environ, "GPT2KIT_OFFLINE": "1"}, timeout=300)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("gpt2kit: error: no space left while writing standard output")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/stdout"), reason="needs /dev/stdout")
+def test_output_dev_stdout_writes_through_to_the_redirected_file(hf_tiny, tmp_path):
+    """`--output /dev/stdout >> log`: /dev/stdout leads to log itself, which must be written through,
+    never replaced by a new file (that would lose what >> kept)."""
+    log = tmp_path / "log.txt"
+    log.write_text("kept from before\n")
+    with open(log, "a") as appended:
+        r = subprocess.run([sys.executable, "-m", "gpt2kit", "generate", "Hi", "--model", str(hf_tiny), "--dtype",
+                            "float32", "--length", "3", "--seed", "1", "--output", "/dev/stdout"], stdout=appended,
+                           stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                           env={**os.environ, "GPT2KIT_OFFLINE": "1"}, timeout=300)
+    assert r.returncode == 0, r.stderr
+    text = log.read_text()
+    assert text.startswith("kept from before\nHi"), text
+    assert list(tmp_path.glob(".*.tmp")) == []
 
 
 @pytest.mark.parametrize("args,message,untouched", [

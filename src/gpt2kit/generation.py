@@ -138,14 +138,14 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str | None, n_ctx: int, *, trunc
     return ids
 
 
-def check_counts(*, length: int | None = None, nsamples: int = 1, batch_size: int = 1) -> None:
-    """The one rule for generation's counts. iter_samples and make_jobs check them when they start; the
+def check_counts(*, length: int | None = None, nsamples: int | None = None, batch_size: int | None = None) -> None:
+    """The one rule for generation's counts (None: not given, nothing to check). iter_samples and make_jobs check them when they start; the
     CLI calls this before the model loads, so a bad flag is the only thing the user sees."""
     if length is not None and length < 0:
         raise UserError(f"length must be 0 or more new tokens, got {length}")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise UserError(f"batch_size must be at least 1, got {batch_size}")
-    if nsamples < 0:
+    if nsamples is not None and nsamples < 0:
         raise UserError(f"nsamples must be 0 (forever) or more, got {nsamples}")
 
 

@@ -106,8 +106,9 @@ def run(argv: list[str] | None, commands: Sequence[ModuleType]) -> int:
         sys.stderr.close()
         return 0
     except OSError as e:  # standard output on a full disk: the machine's state, not a bug (others keep their traceback)
-        error = durable.user_error_for(e, Path(e.filename or "standard output"))
-        if error is None:
+        # only a write's error (no file name) that means no space: opening or reading anything else is not this
+        error = durable.user_error_for(e, Path("standard output")) if e.filename is None else None
+        if error is None or durable.os_error(e) not in durable.NO_SPACE:
             raise
         _drop_stdout()
         print(f"gpt2kit: error: {error}", file=sys.stderr)

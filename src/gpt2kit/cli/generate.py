@@ -110,7 +110,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                                                             **options.as_kwargs()))
     except OSError as e:  # the disk filled up or went read-only mid-run (a BrokenPipeError is run's to handle)
         target = args.output or args.output_dir
-        error = durable.user_error_for(e, Path(target)) if target else None
+        # a write's error carries no file name; one that does came from opening something else: a bug's
+        error = durable.user_error_for(e, Path(target)) if target and e.filename is None else None
         if error is None:
             raise
         raise error from None
@@ -203,8 +204,19 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 
 def _in_place(path: Path) -> bool:
-    """A device or a pipe (/dev/stdout, /dev/full, a FIFO): it can only be written, not replaced by a file."""
-    return path.exists() and not path.is_file()
+    """Written where it is, not replaced by a new file: a device or a pipe (/dev/full, a FIFO); anything named
+    under /dev or /proc (/dev/stdout can lead to the file a shell redirected into, and replacing that would
+    lose what `>>` kept); a writable file in a folder that takes no new files (a single-file bind mount)."""
+    if not path.exists():
+        return False
+    if _names_a_stream(path) or not path.is_file():
+        return True
+    return os.access(path, os.W_OK) and not os.access(Path(os.path.realpath(path)).parent, os.W_OK | os.X_OK)
+
+
+def _names_a_stream(path: Path) -> bool:
+    """/dev/stdout, /proc/self/fd/N and the like: a stream the shell set up, appended to, never truncated."""
+    return str(path.absolute()).startswith(("/dev/", "/proc/"))
 
 
 @contextlib.contextmanager
@@ -215,7 +227,8 @@ def _output(args: argparse.Namespace) -> Iterator[TextIO]:
         yield sys.stdout
         return
     if _in_place(Path(args.output)):
-        with open(args.output, "w", encoding="utf-8") as f:
+        # "a" for a stream: /dev/stdout may lead to a file `>>` opened, and "w" would truncate what it kept
+        with open(args.output, "a" if _names_a_stream(Path(args.output)) else "w", encoding="utf-8") as f:
             yield f
         return
     path = Path(os.path.realpath(args.output))  # through a symlink: the link stays, its target gets the text

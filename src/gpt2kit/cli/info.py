@@ -67,7 +67,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from ..formats import convert
     options = ConvertOptions(**given(args, *field_names(ConvertOptions)))
     from ..hub import resolve_model_path
-    check_output(args.dst, folder=True, make_parents=True)  # before the model loads: a bad path costs no time
-    out = convert(resolve_model_path(args.src), args.dst, checkpoint=options.checkpoint, dtype=options.dtype)
+    dst = check_output(args.dst, folder=True, make_parents=True)  # before the model loads: a bad path costs no time
+    out = convert(resolve_model_path(args.src), dst, checkpoint=options.checkpoint, dtype=options.dtype)
     print(f"wrote {out} (config.json, model.safetensors, vocabulary): opens in gpt2kit and Hugging Face transformers")
     return 0

@@ -84,7 +84,7 @@ def resolve_run_folder(folder: Path, checkpoint: str | None = None) -> Path:
     would not know. A TF folder is returned as it is (openai_tf picks its model-N, with the same wording);
     anything else holds one model, so a `checkpoint` there is a mistake too, and says so.
     """
-    if not checkpoint:
+    if not checkpoint or checkpoint == RUN_POINTER:  # `latest`: the run's own pointer, gpt-2-simple's default name
         return newest_step(folder) or folder
     steps = run_steps(folder)
     if steps:
@@ -169,7 +169,8 @@ def _is_model_file(file: Path) -> bool:
 
 def _folder_of_file(file: Path) -> Path:
     """A file people passed for its model folder (model.safetensors, model.ckpt.index): the folder."""
-    if _is_model_file(file) and detect_format(file.parent) != "unknown":
+    # any file of a model folder or run (model.safetensors, its index, special_tokens_map.json, `latest`)
+    if detect_format(file.parent) != "unknown" or run_steps(file.parent):
         return file.parent
     raise UserError(f"{file} is a file, not a model: not a GGUF (it does not start with GGUF's magic) nor a file "
                     f"of a model folder. Pass the model's folder (config.json + model.safetensors, or hparams.json "
@@ -189,6 +190,7 @@ def _no_model_in(folder: Path) -> UserError:
 
 
 def read_checkpoint(path: str | Path, checkpoint: str | None = None) -> Checkpoint:
+    checkpoint = None if checkpoint == RUN_POINTER else checkpoint  # `latest` is the newest, in every format
     folder = local_model(path)
     if folder is None:
         there = what_is_there(Path(path).expanduser())

@@ -80,6 +80,9 @@ def _run(sock: socket.socket, specs: list[ModelSpec], folders: list[Path], needs
         if server is not None:
             server.should_exit = True
 
+    # Listening before any engine starts: a port another server took since the bind fails here, with no
+    # model loading to wait for before the one line.
+    listen(sock, options.host, options.port)
     models = start_engines(specs, folders, needs, options, on_load_error=stop)
     try:
         app = create_app(models, options=options, chat_template=chat_template)
@@ -91,7 +94,6 @@ def _run(sock: socket.socket, specs: list[ModelSpec], folders: list[Path], needs
                                 timeout_graceful_shutdown=options.shutdown_timeout + SHUTDOWN_GRACE)
         server = _graceful_server(config, models, options.shutdown_timeout)
         if models.load_exception is None:
-            listen(sock, options.host, options.port)
             log.info("serving %s on %s (playground at /, API at /v1/completions)",
                      ", ".join(s.id for s in specs), url_of(sock, options.host))
             server.run(sockets=[sock])
