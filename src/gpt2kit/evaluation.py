@@ -60,7 +60,7 @@ def check_input(path: str | Path) -> Path:
     if path.exists() and not path.is_file():
         raise UserError(f"{path} is not a regular file; give a text file or a token dataset (.tokens, .npz, .bin)")
     if not path.is_file():
-        raise UserError(f"{path} does not exist")
+        raise UserError(f"{path} does not exist; check the path (a text file or a token dataset)")
     return path
 
 

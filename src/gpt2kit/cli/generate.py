@@ -184,7 +184,7 @@ def _existing_file(source: str, what: str) -> Path:
     if path.is_dir():
         raise UserError(f"{what} {path} is a folder; pass a file")
     if not path.exists():  # not is_file(): a pipe (`--prompt-file <(...)`) is a fine thing to read
-        raise UserError(f"{what} {path} does not exist")
+        raise UserError(f"{what} {path} does not exist; check the path")
     return path
 
 
@@ -351,7 +351,7 @@ def _prompt_file(source: str, field_name: str | None) -> list[str]:
         try:
             raw, name = path.read_bytes(), str(path)
         except OSError as e:
-            raise UserError(f"cannot read the prompt file {path} ({e.strerror})") from None
+            raise UserError(f"cannot read the prompt file {path} ({e.strerror}); make it readable or pass another") from None
     text = _decode(raw, name)
     jsonl = field_name or (name.endswith(".jsonl") and PROMPT_FIELD)
     prompts = []

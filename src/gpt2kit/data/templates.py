@@ -145,13 +145,13 @@ def read_field_sets(path: str | Path) -> list[dict[str, str]]:
     if path.is_dir():
         raise UserError(f"the fields file {path} is a folder; pass a .jsonl file")
     if not path.exists():  # not is_file(): a pipe (`--fields <(...)`) is a fine thing to read
-        raise UserError(f"the fields file {path} does not exist")
+        raise UserError(f"the fields file {path} does not exist; check the path")
     try:
         text = path.read_text(encoding="utf-8-sig")  # -sig: a BOM is not data
     except UnicodeDecodeError as e:
         raise UserError(f"{path} is not UTF-8 text (byte {e.start}); convert it, e.g. with iconv -t UTF-8") from None
     except OSError as e:
-        raise UserError(f"cannot read the fields file {path} ({e.strerror})") from None
+        raise UserError(f"cannot read the fields file {path} ({e.strerror}); make it readable or pass another") from None
     sets = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():

@@ -88,7 +88,7 @@ def config_from_json(path: Path, parse: Callable[[Any], GPTConfig], *, restore_u
     except ValueError as e:  # json.JSONDecodeError
         raise UserError(f"{path} is not valid JSON ({e}); {RESTORE}") from None
     except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror}") from None
+        raise UserError(f"cannot read {path}: {e.strerror}; make it readable (chmod +r)") from None
     try:
         return parse(raw)
     except MalformedConfig as e:
