@@ -66,13 +66,14 @@ def check_input(path: str | Path) -> Path:
 
 def input_tokens(lm: LM, path: Path, opts: ReadOptions) -> np.ndarray:
     """The tokens of a text file or a token dataset, checked against the model: ids in its vocabulary, 2 or more."""
-    if is_token_file(path):
+    dataset = is_token_file(path)
+    if dataset:
         tokens = read_tokens(path)
         check_ids(tokens, lm.config.n_vocab, path)
     else:
         tokens = _encode_documents(lm, path, opts)
     if tokens.size < 2:
-        what = "encode more text into it" if is_token_file(path) else "give a file with some text in it"
+        what = "encode more text into it" if dataset else "give a file with some text in it"
         raise UserError(f"{path} has only {tokens.size} token(s), and perplexity needs at least 2 (the first "
                         f"predicts the second): {what}")
     return tokens

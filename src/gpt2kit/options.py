@@ -73,6 +73,11 @@ class GenerateOptions:
         """The keyword arguments of `LM.samples`."""
         return dataclasses.asdict(self)
 
+    def sampling(self) -> SamplingSettings:
+        """The per-row filters these options ask for (their ranges checked: a UserError when one is out)."""
+        return SamplingSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(SamplingSettings)
+                                   if hasattr(self, f.name)})
+
 
 # PyTorch compute dtypes by the names people type (the short ones are llama.cpp's and PyTorch users' habit),
 # each with the torch dtype it names. devices.py maps them to torch; this torch-free module holds the names.

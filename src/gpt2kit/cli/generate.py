@@ -15,7 +15,7 @@ from typing import Iterator, TextIO
 from .. import durable
 from ..data.templates import DOCUMENT_START, Template, parse_assignment, parse_template, read_field_sets
 from ..errors import UserError
-from ..options import GREEDY_BELOW, GenerateOptions, SamplingSettings
+from ..options import GREEDY_BELOW, GenerateOptions
 from .common import add_field, add_model_args, field_names, given, load_model, log
 
 SAMPLE_DELIM = "=" * 20 + "\n"  # between samples, as OpenAI's and gpt-2-simple's scripts print them
@@ -81,8 +81,7 @@ def generate_options(args: argparse.Namespace) -> GenerateOptions:
     loads, so a bad value is the only line the user sees (not the load's notices first)."""
     from ..generation import check_counts
     options = GenerateOptions(**given(args, *SAMPLING))
-    SamplingSettings(**{name: getattr(options, name) for name in field_names(SamplingSettings)
-                        if hasattr(options, name)})  # raises UserError on a bad temperature, top_k, ...
+    options.sampling()  # raises UserError on a bad temperature, top_k, ...
     check_counts(length=options.length, nsamples=options.nsamples, batch_size=options.batch_size)
     return options
 

@@ -27,7 +27,7 @@ from ..data.tokens import check_ids
 from ..devices import cpu_has_fast_bf16
 from ..errors import UserError
 from ..adapters.peft import adapter_base
-from ..formats import build_model, newest_step, read_checkpoint, resolve_run_folder
+from ..formats import build_model, newest_step, read_checkpoint, resolve_run_folder, run_steps
 from ..hub import resolve_model_path
 from ..model import GPT
 from ..tokenizer import Tokenizer, gpt2_tokenizer
@@ -253,8 +253,7 @@ def _own_newest_step(folder: Path, run_dir: Path) -> Path:
     step = resolve_run_folder(folder).resolve()
     newest = newest_step(run_dir).resolve()
     number = _step_number(step)
-    later = sorted(p.name for p in run_dir.glob("step-*")
-                   if (p / "config.json").is_file() and (_step_number(p) or 0) > (number or 0))
+    later = sorted(p.name for p in run_steps(run_dir) if _step_number(p) > (number or 0))
     if step != newest or later:
         beyond = f" ({', '.join(later)})" if later else ""
         raise UserError(f"{folder} is a step of {run_dir}, whose later steps{beyond} would be overwritten: restore "
