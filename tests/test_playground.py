@@ -1,5 +1,12 @@
-"""The playground in a real headless Chromium (Debian's chromium, driven by Playwright)."""
+"""The playground in a real headless Chromium (Debian's chromium, driven by Playwright).
+
+test_screenshots_for_the_docs also (re)writes the playground's pictures in docs/images/, so the docs show
+the page as it is today: a picture is replaced only when its pixels changed.
+"""
+import io
+import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -7,6 +14,7 @@ from gpt2kit.paths import BUNDLED_DIR
 from live_server import start_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+DOC_IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
 sync_api = pytest.importorskip("playwright.sync_api")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
@@ -161,4 +169,68 @@ def test_write_mode_suggest_pick_edit_undo_reload(page_url, viewport, tmp_path):
         assert info.value.suggested_filename == "document.md"
         assert open(info.value.path(), encoding="utf-8").read() == typed + choice
         assert all(u.startswith(page_url) or u.startswith("blob:") for u in requests), requests  # no CDN
+        browser.close()
+
+
+def save_for_docs(png: bytes, name: str) -> Path:
+    """Write a screenshot to docs/images/NAME unless the one there has the same pixels (so an unchanged page
+    leaves the checkout clean; a few anti-aliased pixels may differ between runs)."""
+    from PIL import Image, ImageChops
+    path = DOC_IMAGES / name
+    new = Image.open(io.BytesIO(png)).convert("RGB")
+    if path.is_file():
+        old = Image.open(path).convert("RGB")
+        if old.size == new.size:
+            diff = ImageChops.difference(old, new).convert("L").point(lambda v: 255 if v > 16 else 0)
+            if diff.histogram()[255] <= 0.001 * new.size[0] * new.size[1]:
+                return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(png)
+    return path
+
+
+def _seeded(route):
+    """The write mode's suggestions carry no seed: give every completion request one, so the pictures are
+    the same from run to run (a seed's samples depend on the seed and their index only)."""
+    body = json.loads(route.request.post_data or "{}")
+    body.setdefault("seed", 3)
+    route.continue_(post_data=json.dumps(body))
+
+
+@pytest.mark.parametrize("device", ["desktop", "phone"])
+def test_screenshots_for_the_docs(page_url, device):
+    """Each mode as the docs show it: generate with the token explorer open, write with suggestions."""
+    viewport = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}[device]
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_context(viewport=viewport).new_page()
+        page.route("**/v1/completions", _seeded)
+        page.goto(page_url + "/")
+        sync_api.expect(page.locator("#status")).to_have_text("ready", timeout=20000)
+        page.fill("#prompt", "ROMEO.")
+        page.fill("#max_tokens", "60")
+        page.fill("#seed", "1")
+        page.click("#generate")
+        sync_api.expect(page.locator("#output .token")).to_have_count(60, timeout=60000)
+        page.locator("#output .token").nth(8).click()
+        assert page.locator("#alternatives li").count() >= 10
+        shot = page.screenshot(full_page=device == "phone", animations="disabled")
+        assert save_for_docs(shot, f"generate-{device}.png").is_file()
+
+        page.get_by_role("tab", name="Write").click()
+        page.get_by_role("textbox", name="Document").click()
+        page.keyboard.type("ROMEO.\nWhat light")
+        page.get_by_role("button", name="Suggest").click()
+        options = wait_for_suggestions(page)
+        options.nth(1).click()
+        sync_api.expect(page.locator("#doc .model")).to_have_count(1)
+        page.get_by_role("button", name="Suggest").click()
+        wait_for_suggestions(page)
+        box = page.locator("#doc .model").evaluate(
+            "e => { const r = [...e.getClientRects()].find((r) => r.width > 6); "
+            "return r && {x: r.left + 3, y: r.top + r.height / 2}; }")
+        page.mouse.move(box["x"], box["y"])
+        sync_api.expect(page.locator("#explorer-title")).to_contain_text("%")
+        shot = page.screenshot(full_page=device == "phone", animations="disabled")
+        assert save_for_docs(shot, f"write-{device}.png").is_file()
         browser.close()
