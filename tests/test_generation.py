@@ -4,8 +4,9 @@ import torch
 
 from gpt2kit.errors import UserError
 from gpt2kit.generation import Sample
+from gpt2kit.pipeline import process_logits
 from gpt2kit.sampling import (SamplingSettings, apply_repetition_penalty, apply_top_k, apply_top_p, draw, draw_top_k,
-                              make_generator, process_logits)
+                              make_generator)
 
 
 def finished(events):
@@ -102,7 +103,7 @@ def test_top_k_fast_path_draws_what_the_full_definition_draws(settings):
     """draw_top_k (the decoder's shortcut) picks the token draw(process_logits(...)) picks, seed for seed."""
     logits = torch.randn(6, 50257, generator=torch.Generator().manual_seed(0)) * 3
     for seed in range(50):
-        full = draw(process_logits(logits, settings, None, None), settings.temperature,
+        full = draw(process_logits(logits, settings, []), settings.temperature,
                     [make_generator(seed * 6 + i) for i in range(6)])
         fast = draw_top_k(logits, settings, [make_generator(seed * 6 + i) for i in range(6)])
         assert fast.tolist() == full.tolist()

@@ -8,7 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpt2kit.data.tokens import TokenWriter, read_tokens
-from gpt2kit.sampling import (NonFiniteLogits, SamplingSettings, draw, draw_top_k, make_generator, process_logits)
+from gpt2kit.pipeline import process_logits
+from gpt2kit.sampling import NonFiniteLogits, SamplingSettings, draw, draw_top_k, make_generator
 from gpt2kit.tokenizer import gpt2_tokenizer
 
 TOK = gpt2_tokenizer()
@@ -67,7 +68,7 @@ sampling_settings = st.builds(SamplingSettings, temperature=st.floats(0.05, 3), 
 @given(logits_rows, sampling_settings, st.integers(0, 2**31))
 def test_filters_keep_what_they_promise_and_stay_normalised(rows, s, seed):
     logits = torch.tensor(rows)
-    out = process_logits(logits, s, None, None)
+    out = process_logits(logits, s, [])
     probs = out.softmax(-1)
     assert torch.allclose(probs.sum(-1), torch.ones(len(rows)), atol=1e-5)
     kept = torch.isfinite(out)
@@ -77,7 +78,7 @@ def test_filters_keep_what_they_promise_and_stay_normalised(rows, s, seed):
         kth = torch.topk(logits, min(s.top_k, logits.shape[1]), dim=-1).values[:, -1:]
         assert (kept.sum(-1) <= (logits >= kth).sum(-1)).all()  # the k largest, and ties with the k-th
     if s.top_p < 1:  # what top-p keeps reaches p under the distribution before it
-        before = process_logits(logits, SamplingSettings(temperature=s.temperature, top_k=s.top_k), None, None).softmax(-1)
+        before = process_logits(logits, SamplingSettings(temperature=s.temperature, top_k=s.top_k), []).softmax(-1)
         assert ((before * kept).sum(-1) >= s.top_p - 1e-5).all()
     gens = [make_generator(seed + i) for i in range(len(rows))]
     tokens = draw(out, s.temperature, gens)

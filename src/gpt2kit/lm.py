@@ -1,6 +1,7 @@
 """`load` a model from anywhere and the `LM` handle that generates with it."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +24,18 @@ from .options import INT8, GenerateOptions, LoadOptions
 from .paths import BUNDLED_DIR
 from .generation import Piece, Sample, encode_prompt, iter_samples, new_seed
 from .model import GPT
-from .sampling import SamplingSettings
 from .tokenizer import Tokenizer
 
 log = logging.getLogger("gpt2kit")
-_G = GenerateOptions  # the one home of generation's defaults
-_L = LoadOptions  # and of load's
+_LOAD = LoadOptions()  # the one home of load's defaults
+
+
+def _options(options: GenerateOptions | None, overrides: dict) -> GenerateOptions:
+    """`options` (or the defaults) with `overrides` applied; a keyword that is no option is a TypeError."""
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(GenerateOptions)})
+    if unknown:
+        raise TypeError(f"unknown generation option(s) {', '.join(unknown)}; see gpt2kit.options.GenerateOptions")
+    return dataclasses.replace(options or GenerateOptions(), **overrides)
 
 
 @dataclass
@@ -45,50 +52,36 @@ class LM:
     def device(self) -> torch.device:
         return self.model.wte.weight.device
 
-    def generate(self, prompt: str | list[str] | None = None, *, length: int | None = _G.length,
-                 temperature: float = _G.temperature, top_k: int = _G.top_k, top_p: float = _G.top_p,
-                 repetition_penalty: float = _G.repetition_penalty, presence_penalty: float = _G.presence_penalty,
-                 frequency_penalty: float = _G.frequency_penalty, stop: str | list[str] | None = None,
-                 seed: int | None = _G.seed, nsamples: int = _G.nsamples, batch_size: int = _G.batch_size,
-                 truncate: str | None = _G.truncate, include_prefix: bool = _G.include_prefix,
-                 stop_at_eot: bool = _G.stop_at_eot) -> list[str]:
+    def generate(self, prompt: str | list[str] | None = None, options: GenerateOptions | None = None,
+                 **overrides) -> list[str]:
         """One string per sample, in prompt order (all samples of the first prompt, then the next).
-        Defaults: gpt2kit.options.GenerateOptions."""
-        if nsamples < 1:
-            raise UserError("nsamples must be at least 1 here; only the CLI runs forever with 0")
-        options = {k: v for k, v in locals().items() if k not in ("self", "prompt")}
-        return [ev.text for ev in self.samples(prompt, **options) if isinstance(ev, Sample)]
 
-    def stream(self, prompt: str | None = None, *, length: int | None = _G.length, temperature: float = _G.temperature,
-               top_k: int = _G.top_k, top_p: float = _G.top_p, repetition_penalty: float = _G.repetition_penalty,
-               presence_penalty: float = _G.presence_penalty, frequency_penalty: float = _G.frequency_penalty,
-               stop: str | list[str] | None = None, seed: int | None = _G.seed,
-               stop_at_eot: bool = _G.stop_at_eot) -> Iterator[str]:
+        `options` (default GenerateOptions()) with any of its fields overridden by keyword, e.g.
+        lm.generate("Hi", length=40, top_k=40, seed=1)."""
+        o = _options(options, overrides)
+        if o.nsamples < 1:
+            raise UserError("nsamples must be at least 1 here; only the CLI runs forever with 0")
+        return [ev.text for ev in self.samples(prompt, o) if isinstance(ev, Sample)]
+
+    def stream(self, prompt: str | None = None, options: GenerateOptions | None = None, **overrides) -> Iterator[str]:
         """The text pieces of one sample as they are generated (the continuation only)."""
-        options = {k: v for k, v in locals().items() if k not in ("self", "prompt")}
-        for ev in self.samples(prompt, nsamples=1, batch_size=1, **options):
+        o = dataclasses.replace(_options(options, overrides), nsamples=1, batch_size=1)
+        for ev in self.samples(prompt, o):
             if isinstance(ev, Piece):
                 yield ev.text
 
-    def samples(self, prompt: str | list[str] | None = None, *, length: int | None = _G.length,
-                temperature: float = _G.temperature, top_k: int = _G.top_k, top_p: float = _G.top_p,
-                repetition_penalty: float = _G.repetition_penalty, presence_penalty: float = _G.presence_penalty,
-                frequency_penalty: float = _G.frequency_penalty, stop: str | list[str] | None = None,
-                seed: int | None = _G.seed, nsamples: int = _G.nsamples, batch_size: int = _G.batch_size,
-                truncate: str | None = _G.truncate, include_prefix: bool = _G.include_prefix,
-                stop_at_eot: bool = _G.stop_at_eot, logprobs: int = _G.logprobs) -> Iterator[Piece | Sample]:
+    def samples(self, prompt: str | list[str] | None = None, options: GenerateOptions | None = None,
+                **overrides) -> Iterator[Piece | Sample]:
         """Streamed Pieces and finished Samples (with seeds, token counts, logprobs) in output order."""
+        o = _options(options, overrides)
         prompts = prompt if isinstance(prompt, list) else [prompt]
         if not prompts:
             raise UserError("no prompts given")
-        settings = SamplingSettings(temperature=temperature, top_k=top_k, top_p=top_p,
-                                    repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
-                                    frequency_penalty=frequency_penalty)
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
-        return iter_samples(self.model, self.tokenizer, prompts, length=length, settings=settings, stop=stops,
-                            seed=new_seed() if seed is None else seed, nsamples=nsamples, batch_size=batch_size,
-                            truncate=truncate, include_prefix=include_prefix, stop_at_eot=stop_at_eot,
-                            logprobs=logprobs)
+        stops = [o.stop] if isinstance(o.stop, str) else list(o.stop or [])
+        return iter_samples(self.model, self.tokenizer, prompts, length=o.length, settings=o.sampling(), stop=stops,
+                            seed=new_seed() if o.seed is None else o.seed, nsamples=o.nsamples,
+                            batch_size=o.batch_size, truncate=o.truncate, include_prefix=o.include_prefix,
+                            stop_at_eot=o.stop_at_eot, logprobs=o.logprobs)
 
     @torch.inference_mode()
     def next_token_probs(self, prompt: str | None, top: int = 20) -> list[tuple[int, float]]:
@@ -100,9 +93,9 @@ class LM:
         return list(zip(i.tolist(), p.tolist()))
 
 
-def load(name: str | Path | None = None, *, device: str = _L.device, dtype: str = _L.dtype,
-         checkpoint: str | None = _L.checkpoint, offline: bool | None = _L.offline,
-         adapter: str | Path | None = _L.adapter) -> LM:
+def load(name: str | Path | None = None, *, device: str = _LOAD.device, dtype: str = _LOAD.dtype,
+         checkpoint: str | None = _LOAD.checkpoint, offline: bool | None = _LOAD.offline,
+         adapter: str | Path | None = _LOAD.adapter) -> LM:
     """Load any GPT-2 people have on disk (or a published name, downloaded on first use).
 
     On a CPU, `lm.model` is a `gpt2kit.cpu.CpuGPT`: the reference GPT on the path gpt2kit.cpu chose

@@ -1,11 +1,13 @@
-"""Sampling as small pure functions: logits -> logits, then one draw per row.
+"""Sampling: small functions logits -> logits, run as one ordered pipeline of stages, then one draw per row.
 
-Each row draws from its own torch.Generator, so a sample's text depends on its seed alone,
-not on the batch it shares or on the global RNG.
+Each row draws from its own torch.Generator, so a sample's text depends on its seed alone, not on the
+batch it shares or on the global RNG. A stage that keeps per-row state keeps it in its sequence's
+`state`, updated only after the row's draw (`accept`), so running a stage twice changes nothing.
 """
 from __future__ import annotations
 
 import dataclasses
+from typing import Protocol
 
 import torch
 
@@ -70,20 +72,98 @@ def apply_logit_bias(logits: torch.Tensor, bias: tuple[tuple[int, float], ...]) 
     return logits.index_add(-1, ids, values.expand(logits.size(0), -1))
 
 
-def process_logits(logits: torch.Tensor, s: SamplingSettings, seen: torch.Tensor | None,
-                   counts: torch.Tensor | None) -> torch.Tensor:
-    """Every filter in the order the other tools apply them: penalties, logit bias, temperature, top-k, top-p."""
-    logits = logits.float()
-    if seen is not None:
-        logits = apply_repetition_penalty(logits, seen, s.repetition_penalty)
-    if counts is not None:
-        logits = apply_presence_frequency(logits, counts, s.presence_penalty, s.frequency_penalty)
-    logits = apply_logit_bias(logits, s.logit_bias)
-    if s.temperature == 0:
+class Stage(Protocol):
+    """One entry of the pipeline (pipeline.PIPELINE). Rows of one call share settings `s`; seqs[i] is row i's
+    sequence (gpt2kit.sequence.Sequence: .ids, .tokens, .generator, .state)."""
+    name: str
+
+    def wants(self, s: SamplingSettings) -> bool: ...  # on for these settings?
+
+    def apply(self, logits: torch.Tensor, s: SamplingSettings, seqs: list) -> torch.Tensor: ...  # (B, V) -> (B, V)
+
+
+class Penalties:
+    """CTRL's repetition penalty and OpenAI's presence/frequency penalties. Per row: the tokens seen (prompt
+    and output, for CTRL) and the generated tokens' counts (for OpenAI's), made at the row's first step."""
+    name = "penalties"
+
+    def wants(self, s: SamplingSettings) -> bool:
+        return s.repetition_penalty != 1.0 or s.presence_penalty != 0.0 or s.frequency_penalty != 0.0
+
+    def start(self, s: SamplingSettings, seq, n_vocab: int, device) -> None:
+        seen = counts = None
+        if s.repetition_penalty != 1.0:
+            seen = torch.zeros(n_vocab, dtype=torch.bool, device=device)  # (V,)
+            seen[torch.tensor(seq.tokens, dtype=torch.long, device=device)] = True
+        if s.presence_penalty != 0.0 or s.frequency_penalty != 0.0:
+            counts = torch.zeros(n_vocab, dtype=torch.int32, device=device)  # (V,)
+            generated = seq.tokens[len(seq.ids):]
+            if generated:
+                counts.index_add_(0, torch.tensor(generated, device=device), torch.ones(len(generated), dtype=torch.int32, device=device))
+        seq.state[self.name] = (seen, counts)
+
+    def apply(self, logits: torch.Tensor, s: SamplingSettings, seqs: list) -> torch.Tensor:
+        for seq in seqs:
+            if self.name not in seq.state:
+                self.start(s, seq, logits.size(-1), logits.device)
+        if s.repetition_penalty != 1.0:
+            seen = torch.stack([seq.state[self.name][0] for seq in seqs])  # (B, V)
+            logits = apply_repetition_penalty(logits, seen, s.repetition_penalty)
+        if s.presence_penalty != 0.0 or s.frequency_penalty != 0.0:
+            counts = torch.stack([seq.state[self.name][1] for seq in seqs])  # (B, V)
+            logits = apply_presence_frequency(logits, counts, s.presence_penalty, s.frequency_penalty)
         return logits
-    logits = apply_temperature(logits, s.temperature)
-    logits = apply_top_k(logits, s.top_k)
-    return apply_top_p(logits, s.top_p)
+
+    def accept(self, s: SamplingSettings, seq, token: int) -> None:
+        seen, counts = seq.state[self.name]
+        if seen is not None:
+            seen[token] = True
+        if counts is not None:
+            counts[token] += 1
+
+
+class LogitBias:
+    name = "logit_bias"
+
+    def wants(self, s: SamplingSettings) -> bool:
+        return bool(s.logit_bias)
+
+    def apply(self, logits: torch.Tensor, s: SamplingSettings, seqs: list) -> torch.Tensor:
+        return apply_logit_bias(logits, s.logit_bias)
+
+
+class Temperature:
+    name = "temperature"
+
+    def wants(self, s: SamplingSettings) -> bool:
+        return s.temperature not in (0.0, 1.0)
+
+    def apply(self, logits: torch.Tensor, s: SamplingSettings, seqs: list) -> torch.Tensor:
+        return apply_temperature(logits, s.temperature)
+
+
+class TopK:
+    name = "top_k"
+
+    def wants(self, s: SamplingSettings) -> bool:
+        return s.temperature > 0 and s.top_k > 0  # greedy takes the top token whatever is cut
+
+    def apply(self, logits: torch.Tensor, s: SamplingSettings, seqs: list) -> torch.Tensor:
+        return apply_top_k(logits, s.top_k)
+
+
+class TopP:
+    name = "top_p"
+
+    def wants(self, s: SamplingSettings) -> bool:
+        return s.temperature > 0 and s.top_p < 1.0
+
+    def apply(self, logits: torch.Tensor, s: SamplingSettings, seqs: list) -> torch.Tensor:
+        return apply_top_p(logits, s.top_p)
+
+
+# The stages draw_top_k computes on the k candidates alone, for settings that use no other.
+TOP_K_SHORTCUT = frozenset({"logit_bias", "temperature", "top_k", "top_p"})
 
 
 class NonFiniteLogits(ValueError):
@@ -118,15 +198,17 @@ def draw(logits: torch.Tensor, temperature: float, generators: list[torch.Genera
 
 
 def draw_top_k(logits: torch.Tensor, s: SamplingSettings, generators: list[torch.Generator]) -> torch.Tensor:
-    """draw(process_logits(...)) for settings with top_k > 0, temperature > 0 and no penalties, on the
-    k candidates only: the same distribution and the same inverse-CDF walk in vocabulary order, without
-    five passes over all 50257 logits (a step at batch 1: 0.76 -> 0.27 ms, at batch 8: 6.3 -> 0.7 ms on a
-    2-core CPU)."""
+    """The pipeline's draw for settings with top_k > 0, temperature > 0 and no stage but TOP_K_SHORTCUT's, on
+    the k candidates only: the same distribution and the same inverse-CDF walk in vocabulary order, without
+    five passes over all 50257 logits."""
     logits = apply_logit_bias(logits.float(), s.logit_bias)  # before choosing the k: a bias can bring a token in
     values, ids = torch.topk(logits, min(s.top_k, logits.size(-1)), dim=-1)  # (B, k), largest first
     if bool(((logits >= values[:, -1:]).sum(-1) > values.size(-1)).any()):
         # Ties with the k-th logit: top-k keeps them all (as transformers does), more than k candidates.
-        return draw(process_logits(logits, dataclasses.replace(s, logit_bias=()), None, None), s.temperature, generators)
+        plain = dataclasses.replace(s, logit_bias=())
+        for stage in (Temperature(), TopK(), TopP()):
+            logits = stage.apply(logits, plain, []) if stage.wants(plain) else logits
+        return draw(logits, s.temperature, generators)
     ids, order = ids.sort(dim=-1)  # vocabulary order, as draw() walks the CDF and top-p breaks ties
     values = apply_top_p(apply_temperature(values.gather(-1, order), s.temperature), s.top_p)
     picked = draw(values, s.temperature, generators)  # (B,) index into the k

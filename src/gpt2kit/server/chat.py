@@ -20,7 +20,7 @@ from ..errors import UserError
 from ..generation import Piece, Sample
 from ..paths import CHAT_TEMPLATE
 from .completions import APIError, Completion, finish_reason
-from .engine import Request
+from ..sequence import Request
 from .protocol import ChatMessage, ChatRequest, CompletionRequest
 
 EOT = "<|endoftext|>"
@@ -144,7 +144,7 @@ class ChatLayout:
         usage if asked (stream_options.include_usage), [DONE]."""
         created = int(time.time())
         samples: list[Sample] = []
-        for ci in range(len(self.c.jobs)):
+        for ci in range(len(self.c.seqs)):
             yield self._chunk(created, [{"index": ci, "delta": {"role": "assistant", "content": ""},
                                          "logprobs": None, "finish_reason": None}])
         async for ev in self.c.events(req):

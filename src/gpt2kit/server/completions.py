@@ -1,8 +1,9 @@
-"""One generation request: checked against the server's limits, turned into generation jobs by
-generation's own job builder (so a seed gives the CLI's text), its events timed for /metrics, and its
-results put in /v1/completions' layout (chat.py puts the same results in the chat layout)."""
+"""One generation request: checked against the server's limits, turned into sequences by generation's own
+builder (so a seed gives the CLI's text), its events timed for /metrics, and its results put in
+/v1/completions' layout (chat.py puts the same results in the chat layout)."""
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -10,10 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Iterable
 
 from ..errors import UserError
-from ..generation import Job, Piece, PromptTooLong, Sample, encode_prompt, make_jobs, new_seed
+from ..generation import PromptTooLong, encode_prompt, make_sequences, new_seed
 from ..lm import LM
 from ..options import SamplingSettings, ServeOptions
-from .engine import DONE, Request
+from ..sequence import DONE, Piece, Request, Sample, Sequence
 from .metrics import ModelMetrics
 from .protocol import CompletionRequest, SamplingFields
 
@@ -82,18 +83,19 @@ def logit_bias(body: SamplingFields, n_vocab: int) -> tuple[tuple[int, float], .
 
 @dataclass
 class Completion:
-    """A request's prompts, their token ids and its jobs: `per_prompt` candidates per prompt (best_of, else n),
-    candidate c is job first_index + c."""
+    """A request's prompts, their token ids and its sequences: `per_prompt` candidates per prompt (best_of, else
+    n), candidate c is sequence first_index + c. Its events come on `queue`, from the engine's thread."""
     body: CompletionRequest
     lm: LM
     model_name: str
     prompts: list[str | None]
     encoded: list[list[int]]
-    jobs: list[Job]
+    seqs: list[Sequence]
     first_index: int
     metrics: ModelMetrics  # the served model's own
     arrival: float  # time.perf_counter() when the request arrived
     id: str = field(default_factory=lambda: "cmpl-" + secrets.token_hex(12))
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
 
     @property
     def per_prompt(self) -> int:
@@ -102,7 +104,7 @@ class Completion:
     @classmethod
     def build(cls, body: CompletionRequest, lm: LM, *, model_name: str, options: ServeOptions, reserve: Any,
               metrics: ModelMetrics, arrival: float, extra_stops: Iterable[str] = ()) -> Completion:
-        """Check `body`, encode its prompts and make its jobs; `reserve(count)` gives the first job index."""
+        """Check `body`, encode its prompts and make its sequences; `reserve(count)` gives the first key."""
         check_common(body, model_name)
         _check(body, options)
         prompts = body.prompt if isinstance(body.prompt, list) and not _is_ids(body.prompt) else [body.prompt]
@@ -121,21 +123,36 @@ class Completion:
                                         presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
                                         logit_bias=logit_bias(body, lm.config.n_vocab))
             first = reserve(len(prompts) * per_prompt)
-            jobs = list(make_jobs(prompts, encoded, per_prompt=per_prompt,
-                                  seed=new_seed() if body.seed is None else body.seed, settings=settings,
-                                  max_new=_max_new(body, options),
-                                  stops=stops + list(extra_stops), include_prefix=False, stop_at_eot=True,
-                                  logprobs=_decoder_logprobs(body), index_base=first))
+            seqs = list(make_sequences(prompts, encoded, per_prompt=per_prompt,
+                                       seed=new_seed() if body.seed is None else body.seed, settings=settings,
+                                       max_new=_max_new(body, options),
+                                       stops=stops + list(extra_stops), include_prefix=False, stop_at_eot=True,
+                                       logprobs=_decoder_logprobs(body), index_base=first))
         except PromptTooLong as e:  # 400, as OpenAI's and vLLM's answer it (413 is for a body over the byte limit)
             raise APIError(400, f"{e}: a prompt may have at most {n_ctx - 1} tokens (one position stays free for "
                            "the first new token)", param="prompt", code="context_length_exceeded") from None
         except UserError as e:
             raise APIError(400, str(e)) from None
-        return cls(body, lm, model_name, prompts, encoded, jobs, first, metrics, arrival)
+        return cls(body, lm, model_name, prompts, encoded, seqs, first, metrics, arrival)
 
-    def prompt_logprobs(self) -> list[list[int]] | None:
-        """The prompts whose own tokens' logprobs the engine computes (echo with logprobs, streamed or not)."""
-        return self.encoded if (self.body.echo and self.body.logprobs is not None) else None
+    def request(self) -> Request:
+        """The engine's request for these sequences, its events put on `queue` from the engine's thread. Echo
+        with logprobs also scores the prompts' own tokens."""
+        loop = asyncio.get_running_loop()
+        score = _decoder_logprobs(self.body) if (self.body.echo and self.body.logprobs is not None) else 0
+
+        def sink(event) -> None:
+            try:
+                loop.call_soon_threadsafe(self.queue.put_nowait, event)
+            except RuntimeError:  # the event loop is gone (server shutting down): nobody is listening
+                req.cancel()
+
+        req = Request(self.seqs, sink=sink, score=score)
+        return req
+
+    def prompt_results(self, req: Request) -> list:
+        """Per prompt, its tokens' (logprob, top alternatives) when the engine scored it (echo with logprobs)."""
+        return [req.prompt_scores.get(tuple(ids)) for ids in self.encoded] if req.score else []
 
     def candidate_of(self, ev: Piece | Sample) -> int:
         return ev.index - self.first_index
@@ -146,7 +163,7 @@ class Completion:
         self.metrics.prompt_tokens += sum(len(ids) for ids in self.encoded)
         last: dict[int, float] = {}  # candidate -> when its last piece came
         try:
-            while (ev := await req.sink.get()) is not DONE:
+            while (ev := await self.queue.get()) is not DONE:
                 now = time.perf_counter()
                 if isinstance(ev, Piece) or (isinstance(ev, Sample) and ev.tokens):
                     if not last:
@@ -294,7 +311,7 @@ class TextLayout:
 
     async def response(self, req: Request) -> dict:
         chosen, candidates = await self.c.collect(req)
-        choices = [self.choice(ci, chosen[ci], req.prompt_results) for ci in sorted(chosen)]
+        choices = [self.choice(ci, chosen[ci], self.c.prompt_results(req)) for ci in sorted(chosen)]
         return {"id": self.c.id, "object": "text_completion", "created": int(time.time()), "model": self.c.model_name,
                 "choices": choices, "usage": self.c.usage(candidates.values())}
 
@@ -332,9 +349,10 @@ class TextLayout:
         """The echoed prompt's logprobs, in the chunk that echoes it: the engine scored the prompt in its
         prefill, which ends before the choice's first event."""
         pi = ci // self.c.body.n
-        if self.c.body.logprobs is None or not req.prompt_results or req.prompt_results[pi] is None:
+        results = self.c.prompt_results(req)
+        if self.c.body.logprobs is None or not results or results[pi] is None:
             return None
-        return self.logprobs([], 0, (self.c.encoded[pi], req.prompt_results[pi]))
+        return self.logprobs([], 0, (self.c.encoded[pi], results[pi]))
 
     def _chunk(self, created: int, choices: list, usage: dict | None = None) -> str:
         body: dict[str, Any] = {"id": self.c.id, "object": "text_completion", "created": created,

@@ -5,7 +5,7 @@ reaches furthest back, so what the running rows cost is rows x the largest reser
 sum of their reservations. Admission checks exactly that (KvBudget), so the cache a running batch
 allocates never exceeds --max-batch-tokens positions.
 
-A request's jobs come in groups: the samples of one prompt, prefilled once and admitted together
+A request's sequences come in groups: the samples of one prompt, prefilled once and admitted together
 (split where one group would not fit the batch or the budget). Waiting requests take turns, one group
 each (round-robin), so a request of 64 rows cannot hold back a one-row request behind all of its rows.
 The turn order is kept when the next group does not fit: it waits for room rather than be overtaken
@@ -16,9 +16,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from ..generation import Job
+from .sequence import Request, Sequence
 
 
 class TooLarge(Exception):
@@ -27,33 +26,28 @@ class TooLarge(Exception):
 
 @dataclass
 class Group:
-    """Jobs of one request continuing the same prompt: one prefill, admitted together."""
-    request: Any  # the engine's Request
-    jobs: list[Job]
-    row_cost: int  # KV positions each row reserves: min(n_ctx, prompt + max_new), the largest of its rows'
+    """Sequences of one request continuing the same prompt: one prefill, admitted together."""
+    request: Request
+    seqs: list[Sequence]
+    row_cost: int  # KV positions each row reserves (Sequence.reservation), the largest of its rows'
 
 
-def row_cost(job: Job, n_ctx: int) -> int:
-    """The most cache positions a row can hold: past n_ctx it slides (decoding's window), never grows."""
-    return min(n_ctx, len(job.ids) + (n_ctx if job.max_new is None else job.max_new))
-
-
-def make_groups(request: Any, jobs: list[Job], *, n_ctx: int, max_rows: int, budget: int) -> list[Group]:
-    """Consecutive jobs of equal prompts, in groups that fit `max_rows` rows and `budget` positions when they
-    run alone (so every group is admitted once the batch empties); TooLarge if a single row does not fit."""
+def make_groups(request: Request, *, n_ctx: int, max_rows: int, budget: int) -> list[Group]:
+    """Consecutive sequences of equal prompts, in groups that fit `max_rows` rows and `budget` positions when
+    they run alone (so every group is admitted once the batch empties); TooLarge if a single row does not fit."""
     groups: list[Group] = []
-    for job in jobs:
-        cost = row_cost(job, n_ctx)
+    for seq in request.seqs:
+        cost = seq.reservation(n_ctx)
         if cost > budget:
             raise TooLarge(f"a row of this request needs {cost} KV-cache positions (prompt + max_tokens); this "
                            f"server's --max-batch-tokens is {budget}: ask for fewer tokens")
         last = groups[-1] if groups else None
-        if last is not None and last.jobs[0].ids == job.ids and len(last.jobs) < max_rows \
-                and (len(last.jobs) + 1) * max(last.row_cost, cost) <= budget:
-            last.jobs.append(job)
+        if last is not None and last.seqs[0].ids == seq.ids and len(last.seqs) < max_rows \
+                and (len(last.seqs) + 1) * max(last.row_cost, cost) <= budget:
+            last.seqs.append(seq)
             last.row_cost = max(last.row_cost, cost)
         else:
-            groups.append(Group(request, [job], cost))
+            groups.append(Group(request, [seq], cost))
     return groups
 
 
@@ -67,7 +61,7 @@ class KvBudget:
 
     def take(self, group: Group) -> bool:
         """Reserve room for `group` if it fits; False (and nothing reserved) if not."""
-        rows, longest = self.rows + len(group.jobs), max(self.longest, group.row_cost)
+        rows, longest = self.rows + len(group.seqs), max(self.longest, group.row_cost)
         if rows > self.max_rows or rows * longest > self.positions:
             return False
         self.rows, self.longest = rows, longest
@@ -78,13 +72,13 @@ class Scheduler:
     """Requests waiting for room, each with its groups not yet admitted."""
 
     def __init__(self) -> None:
-        self._turns: deque[tuple[Any, deque[Group]]] = deque()
+        self._turns: deque[tuple[Request, deque[Group]]] = deque()
 
     def __len__(self) -> int:
         """Requests with rows still waiting."""
         return len(self._turns)
 
-    def add(self, request: Any, groups: list[Group]) -> None:
+    def add(self, request: Request, groups: list[Group]) -> None:
         if groups:
             self._turns.append((request, deque(groups)))
 
@@ -103,13 +97,13 @@ class Scheduler:
                 self._turns.append((request, groups))
         return out
 
-    def remove(self, keep: Any) -> list[Group]:
+    def remove(self, keep: Callable[[Request], bool]) -> list[Group]:
         """Take out the requests for which keep(request) is false; returns their waiting groups."""
         gone = [g for r, gs in self._turns if not keep(r) for g in gs]
         self._turns = deque((r, gs) for r, gs in self._turns if keep(r))
         return gone
 
-    def requests(self) -> list[Any]:
+    def requests(self) -> list[Request]:
         """Safe from the HTTP thread (queue_depth): tuple() copies the deque in one C call, under the GIL, where
         a Python-level loop over it could see the worker's next admit and raise 'deque mutated during iteration'."""
         return [r for r, _ in tuple(self._turns)]

@@ -1,4 +1,5 @@
-"""The token loop: a batch of prompts of any lengths, decoded step by step with a KV cache.
+"""The static-batch token loop gpt2kit ran for the CLI before the one engine (src/gpt2kit/engine.py): kept
+as an oracle for tests. A batch of prompts of any lengths, decoded start to end with a KV cache.
 
 Prompts are left-padded so every row's next token sits in the last column; padding is masked
 out of attention and positions start at 0 at each row's first real token, so a padded row
@@ -10,8 +11,22 @@ from dataclasses import dataclass
 
 import torch
 
-from .model import GPT, KVCache
-from .sampling import SamplingSettings, draw, draw_top_k, process_logits
+from gpt2kit.model import GPT, KVCache
+from gpt2kit.sampling import (SamplingSettings, apply_logit_bias, apply_presence_frequency, apply_repetition_penalty,
+                              apply_temperature, apply_top_k, apply_top_p, draw, draw_top_k)
+
+
+def process_logits(logits, s, seen, counts):
+    """Every filter in the order the other tools apply them: penalties, logit bias, temperature, top-k, top-p."""
+    logits = logits.float()
+    if seen is not None:
+        logits = apply_repetition_penalty(logits, seen, s.repetition_penalty)
+    if counts is not None:
+        logits = apply_presence_frequency(logits, counts, s.presence_penalty, s.frequency_penalty)
+    logits = apply_logit_bias(logits, s.logit_bias)
+    if s.temperature == 0:
+        return logits
+    return apply_top_p(apply_top_k(apply_temperature(logits, s.temperature), s.top_k), s.top_p)
 
 
 @dataclass
