@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from .constraints.spec import Constraint
 from .data.extract import ReadOptions
 from .errors import UserError
 
@@ -29,6 +30,7 @@ class SamplingSettings:
     presence_penalty: float = 0.0  # OpenAI's additive penalties
     frequency_penalty: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()  # OpenAI's: (token id, bias in [-100, 100]) added to its logit
+    constraint: Constraint | None = None  # JSON schema, regex, grammar or choice (gpt2kit.constraints); None = free
 
     def __post_init__(self) -> None:
         if not self.temperature >= 0:
