@@ -6,8 +6,9 @@ file. SQLite and LevelDB avoid that the same way done here: write under a tempor
 same folder, fsync the file, rename it over the old one, then fsync the folder so the rename
 itself is on disk. A folder (a checkpoint) gets every file in it fsynced, then the folder.
 
-`disk_full` and `user_error_for` turn "the disk is full / read-only" into a UserError, which
-PyTorch and safetensors otherwise report as an opaque RuntimeError or SafetensorError.
+`user_error_for` turns "the disk is full / read-only" into a UserError, which PyTorch and safetensors
+otherwise report as an opaque RuntimeError or SafetensorError. A command's text output (`open_text_output`)
+is replaced the same way, unless it names a stream or a device, which are written where they are.
 """
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ import errno
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Iterator, TextIO
 
 from .errors import UserError
 
@@ -191,3 +193,69 @@ def require_space(folder: Path, needed: int) -> None:
     if free < needed:
         raise UserError(f"{folder} has {free / 2**20:,.0f} MiB free but the save needs about "
                         f"{needed / 2**20:,.0f} MiB; free some space and run the command again")
+
+
+# --- a command's text output: the terminal, a stream or device written in place, or a file replaced at the end ---
+
+def check_text_output(path: Path) -> None:
+    """`path` can take a command's text (--output): checked before any work starts, creating nothing."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"--output {path} is a folder; name a file (or pass --output-dir for a file per sample)")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UserError(f"cannot write {path} (it is read-only); choose another --output or make it writable")
+    if not writes_in_place(path):
+        check_writable(Path(os.path.realpath(path)).parent)  # where open_text_output's temporary file will go
+
+
+def writes_in_place(path: Path) -> bool:
+    """Written where it is, not replaced by a new file: a device or a pipe (/dev/full, a FIFO); anything named
+    under /dev or /proc (/dev/stdout can lead to the file a shell redirected into, and replacing that would
+    lose what `>>` kept); a writable file in a folder that takes no new files (a single-file bind mount)."""
+    path = Path(path)
+    if not path.exists():
+        return False
+    if names_a_stream(path) or not path.is_file():
+        return True
+    return os.access(path, os.W_OK) and not os.access(Path(os.path.realpath(path)).parent, os.W_OK | os.X_OK)
+
+
+def names_a_stream(path: Path) -> bool:
+    """/dev/stdout, /proc/self/fd/N and the like: a stream the shell set up, appended to, never truncated."""
+    return str(Path(path).absolute()).startswith(("/dev/", "/proc/"))
+
+
+@contextlib.contextmanager
+def open_text_output(path: Path | None) -> Iterator[TextIO]:
+    """Where a command's text goes: standard output for None; else `path`, written under a temporary name that
+    replaces it only on a clean exit, so a failed or interrupted run leaves what was there."""
+    if path is None:
+        yield sys.stdout
+        return
+    path = Path(path)
+    if writes_in_place(path):
+        # "a" for a stream: /dev/stdout may lead to a file `>>` opened, and "w" would truncate what it kept
+        with open(path, "a" if names_a_stream(path) else "w", encoding="utf-8") as f:
+            yield f
+        return
+    target = Path(os.path.realpath(path))  # through a symlink: the link stays, its target gets the text
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(target, "w", encoding="utf-8") as f:
+        yield f
+
+
+def output_folder(folder: Path) -> Path:
+    """`folder`, created if missing; an existing one is kept as it is (new files take free names in it)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def free_name(folder: Path, stem: str, suffix: str = ".txt") -> Path:
+    """`folder/stem+suffix`, or the first of `stem-1`, `stem-2`, ... not taken: nothing there is replaced."""
+    path = Path(folder) / f"{stem}{suffix}"
+    k = 1
+    while path.exists():
+        path = Path(folder) / f"{stem}-{k}{suffix}"
+        k += 1
+    return path

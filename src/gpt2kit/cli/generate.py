@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import signal
 import sys
 import threading
@@ -95,11 +94,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     options = generate_options(args)
     template, prompts, known = _template_prompts(args)
     prompts = prompts or read_prompts(args)
-    _check_outputs(args)
+    if args.output_dir:
+        durable.check_writable(Path(args.output_dir))  # also refuses a file where the folder should be
+    if args.output:
+        durable.check_text_output(Path(args.output))
     lm = load_model(args)
     try:
-        with _output(args) as stream:
-            writer = SampleWriter(stream=stream, format=args.format, out_dir=_output_dir(args), delim=args.sample_delim,
+        with durable.open_text_output(Path(args.output) if args.output else None) as stream:
+            out_dir = durable.output_folder(Path(args.output_dir)) if args.output_dir else None
+            writer = SampleWriter(stream=stream, format=args.format, out_dir=out_dir, delim=args.sample_delim,
                                   prompts=prompts, options=options, model=lm.info["name"],
                                   settings={k: v for k, v in given(args, *SAMPLING).items() if k != "seed"},
                                   template=template, known=known)
@@ -187,63 +190,6 @@ def _existing_file(source: str, what: str) -> Path:
     return path
 
 
-def _check_outputs(args: argparse.Namespace) -> None:
-    """--output and --output-dir can be written: checked before the model loads, creating nothing."""
-    if args.output_dir:
-        durable.check_writable(Path(args.output_dir))  # also refuses a file where the folder should be
-    if not args.output:
-        return
-    path = Path(args.output)
-    if path.is_dir():
-        raise UserError(f"--output {args.output} is a folder; name a file (or pass --output-dir for a file per sample)")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise UserError(f"cannot write {args.output} (it is read-only); choose another --output or make it writable")
-    if not _in_place(path):
-        durable.check_writable(Path(os.path.realpath(path)).parent)  # where _output's temporary file will go
-
-
-def _in_place(path: Path) -> bool:
-    """Written where it is, not replaced by a new file: a device or a pipe (/dev/full, a FIFO); anything named
-    under /dev or /proc (/dev/stdout can lead to the file a shell redirected into, and replacing that would
-    lose what `>>` kept); a writable file in a folder that takes no new files (a single-file bind mount)."""
-    if not path.exists():
-        return False
-    if _names_a_stream(path) or not path.is_file():
-        return True
-    return os.access(path, os.W_OK) and not os.access(Path(os.path.realpath(path)).parent, os.W_OK | os.X_OK)
-
-
-def _names_a_stream(path: Path) -> bool:
-    """/dev/stdout, /proc/self/fd/N and the like: a stream the shell set up, appended to, never truncated."""
-    return str(path.absolute()).startswith(("/dev/", "/proc/"))
-
-
-@contextlib.contextmanager
-def _output(args: argparse.Namespace) -> Iterator[TextIO]:
-    """Where the text goes. A file is written under a temporary name and replaces --output only when
-    the run ends, so a failed or interrupted run leaves what was there (see _write_samples)."""
-    if not args.output:
-        yield sys.stdout
-        return
-    if _in_place(Path(args.output)):
-        # "a" for a stream: /dev/stdout may lead to a file `>>` opened, and "w" would truncate what it kept
-        with open(args.output, "a" if _names_a_stream(Path(args.output)) else "w", encoding="utf-8") as f:
-            yield f
-        return
-    path = Path(os.path.realpath(args.output))  # through a symlink: the link stays, its target gets the text
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with durable.atomic_open(path, "w", encoding="utf-8") as f:
-        yield f
-
-
-def _output_dir(args: argparse.Namespace) -> Path | None:
-    if not args.output_dir:
-        return None
-    out_dir = Path(args.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)  # an existing folder is kept; new files get free names
-    return out_dir
-
-
 @dataclass
 class SampleWriter:
     """Where samples go: streamed text with a delimiter between samples, JSON lines, or a file each."""
@@ -289,7 +235,7 @@ class SampleWriter:
             self.stream.write(json.dumps(record, ensure_ascii=False) + "\n")
             self.stream.flush()
         elif self.out_dir is not None:
-            path = _free_name(self.out_dir, ev.index)
+            path = durable.free_name(self.out_dir, f"sample-{ev.index + 1:04d}")
             durable.write_text(path, ev.text)
             log.info("wrote %s", path)
         else:
@@ -316,15 +262,6 @@ def _without_document_start(sample):
     """A template's sample as the user sees it: without the <|endoftext|> its prompt starts with."""
     return replace(sample, prompt=sample.prompt.removeprefix(DOCUMENT_START),
                                text=sample.text.removeprefix(DOCUMENT_START))
-
-
-def _free_name(folder: Path, index: int) -> Path:
-    path = folder / f"sample-{index + 1:04d}.txt"
-    k = 1
-    while path.exists():
-        path = folder / f"sample-{index + 1:04d}-{k}.txt"
-        k += 1
-    return path
 
 
 def read_prompts(args: argparse.Namespace) -> list[str | None]:
