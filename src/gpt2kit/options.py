@@ -7,6 +7,7 @@ nothing heavy: `gpt2kit --help` reads it without loading PyTorch.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from .constraints.spec import Constraint
@@ -30,6 +31,23 @@ class SamplingSettings:
     presence_penalty: float = 0.0  # OpenAI's additive penalties
     frequency_penalty: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()  # OpenAI's: (token id, bias in [-100, 100]) added to its logit
+    # The samplers of gpt2kit.samplers (issue 29), under vLLM's and llama.cpp's server names; each default is off.
+    min_p: float = 0.0  # keep tokens at least min_p x the likeliest one's probability
+    typical_p: float = 1.0  # Meister et al.'s locally typical mass
+    epsilon_cutoff: float = 0.0  # Hewitt et al.'s epsilon-sampling: drop tokens below this probability
+    eta_cutoff: float = 0.0  # Hewitt et al.'s eta-sampling: the epsilon that the row's entropy scales down
+    top_n_sigma: float = 0.0  # keep logits within n standard deviations of the largest; 0 or less = off
+    mirostat: int = 0  # 2 = mirostat v2 (in place of top-k, top-p and the other truncations); 0 = off
+    mirostat_tau: float = 5.0  # the target surprise, in bits per token
+    mirostat_eta: float = 0.1  # how fast mu follows the observed surprise
+    dry_multiplier: float = 0.0  # DRY's penalty scale
+    dry_base: float = 1.75  # the penalty grows by this factor per repeated token beyond dry_allowed_length
+    dry_allowed_length: int = 2  # repeats this long go unpenalised
+    dry_penalty_last_n: int = -1  # tokens DRY looks back over; -1 = all of the row's tokens
+    dry_sequence_breakers: tuple[str, ...] = ("\n", ":", '"', "*")  # a repeat never runs across these
+    xtc_threshold: float = 0.1  # XTC: tokens at least this likely are the "top choices"; above 0.5 = off
+    xtc_probability: float = 0.0  # the chance that XTC removes all top choices but the least likely
+    penalty_alpha: float = 0.0  # contrastive search's degeneration penalty (with top_k candidates)
     constraint: Constraint | None = None  # JSON schema, regex, grammar or choice (gpt2kit.constraints); None = free
 
     def __post_init__(self) -> None:
@@ -50,6 +68,49 @@ class SamplingSettings:
         for token, bias in self.logit_bias:
             if token < 0 or not -100 <= bias <= 100:
                 raise UserError(f"logit_bias maps token ids (0 or more) to biases in [-100, 100], got {token}: {bias}")
+        self._check_samplers()
+
+    # Not fields (no annotation): the samplers' ranges, (low, high, what an out-of-range message adds).
+    UNIT_RANGES = (("min_p", 0.0, 1.0, "0 = off"), ("typical_p", 0.0, 1.0, "1 = off"),
+                   ("mirostat_eta", 0.0, 1.0, ""), ("xtc_probability", 0.0, 1.0, "0 = off"),
+                   ("xtc_threshold", 0.0, 1.0, "above 0.5 = off"), ("penalty_alpha", 0.0, 1.0, "0 = off"))
+    DRY_BREAKER_MAX = 40  # characters; llama.cpp cuts longer breakers to 40 (llama_sampler_init_dry)
+
+    def _check_samplers(self) -> None:
+        breakers = self.dry_sequence_breakers
+        if isinstance(breakers, str) or not all(isinstance(b, str) for b in breakers):
+            raise UserError(f"dry_sequence_breakers must be a list of texts, got {breakers!r}")
+        object.__setattr__(self, "dry_sequence_breakers", tuple(breakers))  # a JSON list: hashable, as settings are
+        for name, low, high, note in self.UNIT_RANGES:
+            if not low <= getattr(self, name) <= high:
+                raise UserError(f"{name} must be between {low:g} and {high:g}{f' ({note})' if note else ''}, "
+                                f"got {getattr(self, name)}")
+        for name in ("epsilon_cutoff", "eta_cutoff"):
+            if not 0 <= getattr(self, name) < 1:
+                raise UserError(f"{name} must be in [0, 1) (0 = off), got {getattr(self, name)}")
+        if not math.isfinite(self.top_n_sigma):
+            raise UserError(f"top_n_sigma must be a finite number of standard deviations (0 or less = off), "
+                            f"got {self.top_n_sigma}")
+        if self.mirostat not in (0, 2):
+            raise UserError(f"mirostat must be 0 (off) or 2 (mirostat v2; v1 is not offered), got {self.mirostat}")
+        if not 0 <= self.mirostat_tau <= 100:  # bits: GPT-2's whole vocabulary is 15.6 bits
+            raise UserError(f"mirostat_tau must be between 0 and 100 bits, got {self.mirostat_tau}")
+        if not 0 <= self.dry_multiplier < math.inf:
+            raise UserError(f"dry_multiplier must be 0 (off) or more, got {self.dry_multiplier}")
+        if not 1 <= self.dry_base < math.inf:
+            raise UserError(f"dry_base must be 1 or more, got {self.dry_base}")
+        if self.dry_allowed_length < 0:
+            raise UserError(f"dry_allowed_length must be 0 or more tokens, got {self.dry_allowed_length}")
+        if self.dry_penalty_last_n < -1:
+            raise UserError(f"dry_penalty_last_n must be -1 (every token), 0 (off) or a number of tokens, "
+                            f"got {self.dry_penalty_last_n}")
+        for breaker in self.dry_sequence_breakers:
+            if not 1 <= len(breaker) <= self.DRY_BREAKER_MAX:
+                raise UserError(f"dry_sequence_breakers must be texts of 1 to {self.DRY_BREAKER_MAX} characters, "
+                                f"got {breaker!r}")
+        if self.penalty_alpha > 0 and self.top_k < 2:
+            raise UserError(f"penalty_alpha (contrastive search) compares top_k candidates: top_k must be 2 or more, "
+                            f"got {self.top_k}")
 
 
 @dataclass(frozen=True)
@@ -62,6 +123,22 @@ class GenerateOptions:
     repetition_penalty: float = SamplingSettings.repetition_penalty
     presence_penalty: float = SamplingSettings.presence_penalty
     frequency_penalty: float = SamplingSettings.frequency_penalty
+    min_p: float = SamplingSettings.min_p
+    typical_p: float = SamplingSettings.typical_p
+    epsilon_cutoff: float = SamplingSettings.epsilon_cutoff
+    eta_cutoff: float = SamplingSettings.eta_cutoff
+    top_n_sigma: float = SamplingSettings.top_n_sigma
+    mirostat: int = SamplingSettings.mirostat
+    mirostat_tau: float = SamplingSettings.mirostat_tau
+    mirostat_eta: float = SamplingSettings.mirostat_eta
+    dry_multiplier: float = SamplingSettings.dry_multiplier
+    dry_base: float = SamplingSettings.dry_base
+    dry_allowed_length: int = SamplingSettings.dry_allowed_length
+    dry_penalty_last_n: int = SamplingSettings.dry_penalty_last_n
+    dry_sequence_breakers: tuple[str, ...] = SamplingSettings.dry_sequence_breakers
+    xtc_threshold: float = SamplingSettings.xtc_threshold
+    xtc_probability: float = SamplingSettings.xtc_probability
+    penalty_alpha: float = SamplingSettings.penalty_alpha
     stop: tuple[str, ...] = ()  # stop strings, dropped from the text
     seed: int | None = None  # None: a fresh random seed per call
     nsamples: int = 1  # samples per prompt (the CLI's 0: until interrupted)
@@ -70,6 +147,11 @@ class GenerateOptions:
     include_prefix: bool = True  # the prompt before its continuation
     stop_at_eot: bool = True
     logprobs: int = 0  # top alternatives recorded per step
+
+    # Not a field: the samplers of gpt2kit.samplers (issue 29), the fields its HELP describes.
+    SAMPLERS = ("min_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "top_n_sigma", "mirostat", "mirostat_tau",
+                "mirostat_eta", "dry_multiplier", "dry_base", "dry_allowed_length", "dry_penalty_last_n",
+                "dry_sequence_breakers", "xtc_threshold", "xtc_probability", "penalty_alpha")
 
     def as_kwargs(self) -> dict:
         """The keyword arguments of `LM.samples`."""
