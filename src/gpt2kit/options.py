@@ -31,6 +31,7 @@ class SamplingSettings:
     presence_penalty: float = 0.0  # OpenAI's additive penalties
     frequency_penalty: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()  # OpenAI's: (token id, bias in [-100, 100]) added to its logit
+    constraint: Constraint | None = None  # JSON schema, regex, grammar or choice (gpt2kit.constraints); None = free
     # The samplers of gpt2kit.samplers (issue 29), under vLLM's and llama.cpp's server names; each default is off.
     min_p: float = 0.0  # keep tokens at least min_p x the likeliest one's probability
     typical_p: float = 1.0  # Meister et al.'s locally typical mass
@@ -48,7 +49,6 @@ class SamplingSettings:
     xtc_threshold: float = 0.1  # XTC: tokens at least this likely are the "top choices"; above 0.5 = off
     xtc_probability: float = 0.0  # the chance that XTC removes all top choices but the least likely
     penalty_alpha: float = 0.0  # contrastive search's degeneration penalty (with top_k candidates)
-    constraint: Constraint | None = None  # JSON schema, regex, grammar or choice (gpt2kit.constraints); None = free
 
     def __post_init__(self) -> None:
         if not self.temperature >= 0:
