@@ -48,11 +48,8 @@ class ConstraintStage:
     def apply(self, logits: torch.Tensor, s: SamplingSettings, seqs: list) -> torch.Tensor:
         """logits (B, V) float32 of rows that share `s` -> a new tensor with every refused token at -inf.
         Ids past the tokenizer's (a model's padded vocabulary) are always refused."""
-        allowed = torch.from_numpy(self._allowed([self._matcher(s, seq) for seq in seqs]))  # (B, size) bool
-        keep = torch.zeros(logits.shape, dtype=torch.bool)  # (B, V)
-        width = min(allowed.size(1), logits.size(1))
-        keep[:, :width] = allowed[:, :width]
-        return logits.masked_fill(~keep.to(logits.device), float("-inf"))
+        refused = self._refused([self._matcher(s, seq) for seq in seqs], logits.size(1))  # (B, V) bool
+        return logits.masked_fill(torch.from_numpy(refused).to(logits.device), float("-inf"))
 
     def accept(self, s: SamplingSettings, seq, token: int) -> None:
         matcher = self._matcher(s, seq)
@@ -76,16 +73,18 @@ class ConstraintStage:
             self.start(s, seq)
         return seq.state[self.name]
 
-    def _allowed(self, matchers: list) -> np.ndarray:
-        """Each matcher's next-token mask as (B, size) bool, computed in parallel in Rust."""
+    def _refused(self, matchers: list, width: int) -> np.ndarray:
+        """The tokens each matcher refuses next, as (B, width) bool; the masks are computed in parallel in Rust."""
         from llguidance import LLExecutor
         from llguidance.numpy import allocate_token_bitmask, fill_next_token_bitmask_par
 
         if self._executor is None:
             self._executor = LLExecutor()
-        size = self.vocabulary.size
-        bits = allocate_token_bitmask(len(matchers), size)  # (B, ceil(size / 32)) int32
+        size = min(self.vocabulary.size, width)
+        bits = allocate_token_bitmask(len(matchers), self.vocabulary.size)  # (B, ceil(size / 32)) int32
         fill_next_token_bitmask_par(self._executor, [(m, i) for i, m in enumerate(matchers)], bits)
+        refused = np.ones((len(matchers), width), dtype=bool)  # (B, V)
         # Bit j of word w is token 32w + j: in little-endian memory, bit j % 8 of byte 4w + j // 8.
-        allowed = np.unpackbits(bits.view(np.uint8), axis=1, bitorder="little")  # (B, 32 * words)
-        return allowed[:, :size].astype(bool)
+        allowed = np.unpackbits(bits.view(np.uint8), axis=1, count=size, bitorder="little")  # (B, size) 0/1
+        np.equal(allowed, 0, out=refused[:, :size])
+        return refused
