@@ -49,6 +49,11 @@ class SamplingSettings:
     xtc_threshold: float = 0.1  # XTC: tokens at least this likely are the "top choices"; above 0.5 = off
     xtc_probability: float = 0.0  # the chance that XTC removes all top choices but the least likely
     penalty_alpha: float = 0.0  # contrastive search's degeneration penalty (with top_k candidates)
+    # Kirchenbauer et al.'s watermark, seeded as transformers' "lefthash" (provenance/watermark.py); None = off
+    watermark_key: int | None = None  # the hashing key (transformers' own default: 15485863)
+    watermark_gamma: float = 0.25  # the green list's share of the vocabulary (transformers' greenlist_ratio)
+    watermark_delta: float = 2.0  # added to the green tokens' logits (transformers' bias)
+    watermark_context_width: int = 1  # tokens a row holds before its first marked one (transformers' context_width)
 
     def __post_init__(self) -> None:
         if not self.temperature >= 0:
@@ -69,6 +74,7 @@ class SamplingSettings:
             if token < 0 or not -100 <= bias <= 100:
                 raise UserError(f"logit_bias maps token ids (0 or more) to biases in [-100, 100], got {token}: {bias}")
         self._check_samplers()
+        check_watermark(self.watermark_key, self.watermark_gamma, self.watermark_delta, self.watermark_context_width)
 
     # Not fields (no annotation): the samplers' ranges, (low, high, what an out-of-range message adds).
     UNIT_RANGES = (("min_p", 0.0, 1.0, "0 = off"), ("typical_p", 0.0, 1.0, "1 = off"),
@@ -139,6 +145,10 @@ class GenerateOptions:
     xtc_threshold: float = SamplingSettings.xtc_threshold
     xtc_probability: float = SamplingSettings.xtc_probability
     penalty_alpha: float = SamplingSettings.penalty_alpha
+    watermark_key: int | None = SamplingSettings.watermark_key
+    watermark_gamma: float = SamplingSettings.watermark_gamma
+    watermark_delta: float = SamplingSettings.watermark_delta
+    watermark_context_width: int = SamplingSettings.watermark_context_width
     stop: tuple[str, ...] = ()  # stop strings, dropped from the text
     seed: int | None = None  # None: a fresh random seed per call
     nsamples: int = 1  # samples per prompt (the CLI's 0: until interrupted)
@@ -295,3 +305,55 @@ class ExportOptions:
     checkpoint: str | None = None  # which checkpoint of a run folder; None: the newest
     offline: bool | None = None  # never download a published model
     adapter: str | None = None  # a LoRA adapter (PEFT's format) merged into the weights before export
+
+
+# --- provenance (issue 31): the watermark's ranges, `inspect` and `detect` -----------------------------
+
+WATERMARK_KEY_MAX = 2**64 - 2  # transformers seeds with key * token % (2**64 - 1): larger keys repeat smaller ones
+WATERMARK_DELTA_MAX = 100.0  # as logit_bias: on raw logits +100 already makes a token all but certain
+
+
+def check_watermark(key: int | None, gamma: float, delta: float, context_width: int) -> None:
+    """The watermark settings' one rule (generation and detection): a UserError naming the first one out of range."""
+    if key is not None and not 1 <= key <= WATERMARK_KEY_MAX:
+        raise UserError(f"watermark_key must be a whole number from 1 to {WATERMARK_KEY_MAX}, got {key}")
+    if not 0 < gamma < 1:
+        raise UserError(f"watermark_gamma (the green list's share of the vocabulary) must be in (0, 1), got {gamma}")
+    if not 0 < delta <= WATERMARK_DELTA_MAX:
+        raise UserError(f"watermark_delta must be in (0, {WATERMARK_DELTA_MAX:g}], got {delta}")
+    if context_width < 1:
+        raise UserError(f"watermark_context_width must be at least 1 token, got {context_width}")
+
+
+@dataclass(frozen=True)
+class InspectOptions:
+    """`inspect`'s options (`gpt2kit inspect`, `LM.inspect`, POST /v1/inspect)."""
+    context_length: int | None = None  # tokens of context per window; None or 0: the model's context
+    alternatives: int = 10  # the model's top predictions listed with each token
+
+    ALTERNATIVES_MAX = 100  # not a field: beyond this a long text's JSON is mostly alternatives
+
+    def __post_init__(self) -> None:
+        if self.context_length is not None and self.context_length < 0:
+            raise UserError(f"context_length must be a number of tokens (0: the model's context), "
+                            f"got {self.context_length}")
+        if not 0 <= self.alternatives <= self.ALTERNATIVES_MAX:
+            raise UserError(f"alternatives must be between 0 and {self.ALTERNATIVES_MAX}, got {self.alternatives}")
+
+
+@dataclass(frozen=True)
+class DetectOptions:
+    """`detect`'s options (`gpt2kit detect`): the generation's watermark settings, and the verdict's threshold."""
+    watermark_key: int | None = None  # required: the key the text was generated with
+    watermark_gamma: float = SamplingSettings.watermark_gamma
+    watermark_context_width: int = SamplingSettings.watermark_context_width
+    # Kirchenbauer et al.'s threshold: an unmarked text passes it about 3 times in 100,000 (one-sided p 3.2e-5).
+    z_threshold: float = 4.0
+
+    def __post_init__(self) -> None:
+        if self.watermark_key is None:
+            raise UserError("detection needs the watermark key the text was generated with (--watermark-key K)")
+        check_watermark(self.watermark_key, self.watermark_gamma, SamplingSettings.watermark_delta,
+                        self.watermark_context_width)
+        if not math.isfinite(self.z_threshold):
+            raise UserError(f"z_threshold must be a finite number, got {self.z_threshold}")

@@ -7,6 +7,8 @@
     finetune.py    finetune
     merge.py       merge (a LoRA adapter into its base)
     perplexity.py  perplexity
+    inspect.py     inspect (GLTR)
+    detect.py      detect (a watermark)
     download.py    download, models
     serve.py       serve
     export.py      export
@@ -18,9 +20,10 @@ modules -> common -> the library.
 from __future__ import annotations
 
 from . import common, download, encode, export, finetune, generate, info, merge, perplexity, serve
+from . import detect, inspect
 
 # The order of `gpt2kit --help`.
-COMMANDS = (generate, info, encode, finetune, merge, perplexity, download, serve, export)
+COMMANDS = (generate, info, encode, finetune, merge, perplexity, inspect, detect, download, serve, export)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -132,17 +132,18 @@ async function nextToken() {
   } catch (e) { showError(e.message); }
 }
 
-// The two modes are tabs; the choice is kept in the address (#write) so a reload stays in it.
+// The modes are tabs; the choice is kept in the address (#write, #inspect) so a reload stays in it.
 function showMode(mode) {
-  for (const m of ["generate", "write"]) {
+  for (const m of ["generate", "write", "inspect"]) {
     const on = m === mode;
     $("tab-" + m).setAttribute("aria-selected", on ? "true" : "false");
     $("tab-" + m).tabIndex = on ? 0 : -1;
     $(m + "-mode").hidden = !on;
   }
   $("main").className = mode + "-layout";
-  $("explorer-hint").textContent = mode === "write" ? "Hover over model text (or move the cursor into it)." : "Generate, then click a token.";
-  if (location.hash !== "#" + mode) history.replaceState(null, "", mode === "write" ? "#write" : location.pathname);
+  $("explorer-hint").textContent = mode === "write" ? "Hover over model text (or move the cursor into it)."
+    : mode === "inspect" ? "Inspect a text, then hover over or tap a token." : "Generate, then click a token.";
+  if (location.hash !== "#" + mode) history.replaceState(null, "", mode === "generate" ? location.pathname : "#" + mode);
 }
 
 async function status() {
@@ -183,5 +184,5 @@ $("next").addEventListener("click", nextToken);
 $("prompt").addEventListener("keydown", (e) => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) generate(); });
 $("tab-generate").addEventListener("click", () => showMode("generate"));
 $("tab-write").addEventListener("click", () => showMode("write"));
-showMode(location.hash === "#write" ? "write" : "generate");
+showMode(["#write", "#inspect"].includes(location.hash) ? location.hash.slice(1) : "generate");
 status();
