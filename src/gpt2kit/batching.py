@@ -88,10 +88,17 @@ class RunningBatch:
         self.device, self.dtype = model.wte.weight.device, model.wte.weight.dtype
         self.slots: list[Sequence | None] = []
         self.cache: KVCache | None = None  # a row's positions are its own (Sequence.pos), whatever its column
+        self.fed: torch.Tensor | None = None  # (B, V) the last feed's logits while every slot is live and fed
 
     @property
     def rows(self) -> list[Sequence]:
         return [r for r in self.slots if r is not None]
+
+    def logits(self) -> torch.Tensor:
+        """(B, V) the live rows' ready logits, in slot order: the last feed's own tensor when nothing changed since."""
+        if self.fed is not None:
+            return self.fed
+        return torch.stack([r.logits for r in self.rows])
 
     @property
     def width(self) -> int:
@@ -107,6 +114,7 @@ class RunningBatch:
         """Put the finished prefills' rows into the batch: into dead slots where the prompt fits, else
         one rebuild of the cache for them all."""
         rest = []
+        self.fed = None
         for p in prefills:
             for row in p.rows:
                 free = next((i for i, r in enumerate(self.slots) if r is None), None)
@@ -123,6 +131,11 @@ class RunningBatch:
             if r is not None and r.key == key:
                 self.slots[i] = None
                 self.cache.valid[i] = False
+                self.fed = None
+
+    def clear(self) -> None:
+        """No rows: the cache's memory goes back."""
+        self.slots, self.cache, self.fed = [], None, None
 
     def compact(self) -> None:
         """Drop dead slots and columns no row needs any more (one copy of the cache)."""
@@ -190,4 +203,5 @@ class RunningBatch:
         for i, r in enumerate(self.slots):
             if r is not None:
                 r.logits, r.pos = logits[i], r.pos + 1
+        self.fed = logits if all(r is not None for r in self.slots) else None
         return full

@@ -91,7 +91,7 @@ class Engine:
         self.scheduler.remove(lambda r: False)
         self.live.clear()
         self.prefills.clear()
-        self.batch.slots, self.batch.cache = [], None
+        self.batch.clear()
         for request in failed.values():
             self._close(request, error)
 
@@ -173,7 +173,7 @@ class Engine:
         rows = self.batch.rows
         if not rows:
             return
-        results, failed = draw_rows(rows, torch.stack([seq.logits for seq in rows]))
+        results, failed = draw_rows(rows, self.batch.logits())
         for seq, error in failed:  # its own numbers broke down: its request fails, the batch goes on
             if seq.key in self.live:
                 self.fail(self.live[seq.key][1], error)
@@ -212,7 +212,7 @@ class Engine:
         batch = self.batch
         dead = sum(r is None for r in batch.slots)
         if not batch.rows:
-            batch.slots, batch.cache = [], None
+            batch.clear()
         elif dead * 2 >= len(batch.slots) and not self.prefills and not len(self.scheduler):
             batch.compact()
         self.stats.kv_cache_positions = batch.positions

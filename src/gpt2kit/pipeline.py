@@ -56,7 +56,8 @@ def draw_rows(seqs: list[Sequence], raw: torch.Tensor) -> tuple[list[StepResult]
     failed = []
     for s, rows in groups.items():
         try:
-            tokens.update(zip(rows, draw_group(raw[rows], s, [seqs[i] for i in rows]).tolist()))
+            group = raw if len(rows) == len(seqs) else raw[rows]  # (b, V); one group: no copy
+            tokens.update(zip(rows, draw_group(group, s, [seqs[i] for i in rows]).tolist()))
         except NonFiniteLogits:
             for i in rows:
                 try:
@@ -67,7 +68,7 @@ def draw_rows(seqs: list[Sequence], raw: torch.Tensor) -> tuple[list[StepResult]
     results = [StepResult(seqs[i].key, tokens[i]) for i in drawn]
     top_n = max((seqs[i].logprobs for i in drawn), default=0)
     if top_n:
-        add_logprobs(results, raw[drawn], top_n)
+        add_logprobs(results, raw if len(drawn) == len(seqs) else raw[drawn], top_n)
     for i, res in zip(drawn, results):
         accept(seqs[i], res.token)
     return results, failed
