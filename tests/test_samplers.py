@@ -6,7 +6,6 @@ import dataclasses
 import math
 import subprocess
 import sys
-import types
 
 import importlib.util
 
@@ -21,15 +20,15 @@ from gpt2kit.options import GenerateOptions, SamplingSettings
 from gpt2kit.samplers import (HELP, STAGES, Dry, EpsilonCutoff, EtaCutoff, MinP, MirostatV2, TopNSigma, TypicalP, Xtc,
                               contrastive_pick)
 from gpt2kit.samplers.dry import Breakers, repeat_lengths
+from gpt2kit.sequence import Sequence
 from gpt2kit.tokenizer import gpt2_tokenizer
 
 quick = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-def row(tokens=(), seed=0):
-    """A sequence as the stages see one (the engine's Sequence has these and more)."""
-    return types.SimpleNamespace(ids=list(tokens), tokens=list(tokens), generator=torch.Generator().manual_seed(seed),
-                                 state={})
+def row(tokens=(), seed=0, settings=SamplingSettings()):
+    """The engine's Sequence for one row: its tokens (prompt and output), its own generator, its state."""
+    return Sequence(key=seed, prompt=None, ids=list(tokens), seed=seed, settings=settings)
 
 
 def kept(logits: torch.Tensor) -> torch.Tensor:
@@ -442,6 +441,13 @@ def test_a_rows_samplers_never_depend_on_its_batch(s, real_logits):
     assert together[0].state == {} or all(torch.equal(torch.tensor(a.state["mirostat"]["mu"]),
                                                       torch.tensor(b.state["mirostat"]["mu"]))
                                           for a, b in zip(together, alone))
+
+
+def test_a_rows_sums_are_taken_alone_whatever_its_batch():
+    from gpt2kit.samplers.truncation import per_row
+    x = torch.randn(4, 50257, generator=torch.Generator().manual_seed(0)) * 30
+    alone = torch.cat([per_row(x[i:i + 1], torch.sum) for i in range(4)])
+    assert torch.equal(per_row(x, torch.sum), alone)
 
 
 # --- contrastive search: Su et al.'s formula over transformers' hidden states ------------------------------

@@ -40,7 +40,7 @@ class TypicalP:
 
     def apply(self, logits: torch.Tensor, s, seqs: list) -> torch.Tensor:
         log_p = logits.log_softmax(-1)  # (B, V)
-        entropy = -row_sums(log_p * log_p.exp(), torch.nansum)  # (B, 1); nansum: 0 * -inf of filtered tokens
+        entropy = -per_row(log_p * log_p.exp(), torch.nansum)  # (B, 1); nansum: 0 * -inf of filtered tokens
         distance = (-log_p - entropy).abs()  # (B, V): how far each token's surprise is from the expected one
         sorted_distance, order = distance.sort(-1)
         mass = logits.gather(-1, order).softmax(-1).cumsum(-1)  # (B, V), nearest first
@@ -74,16 +74,16 @@ class EtaCutoff:
 
     def apply(self, logits: torch.Tensor, s, seqs: list) -> torch.Tensor:
         eps = torch.tensor(s.eta_cutoff, dtype=logits.dtype, device=logits.device)  # float32, as transformers'
-        log_p = logits - logits.logsumexp(-1, keepdim=True)  # (B, V)
+        log_p = logits - per_row(logits, lambda r: r.logsumexp(0))  # (B, V)
         # 0 * -inf would be NaN for a filtered token: its log-probability counts as the most negative float
-        entropy = -row_sums(log_p.clamp(min=torch.finfo(log_p.dtype).min) * logits.softmax(-1))
+        entropy = -per_row(log_p.clamp(min=torch.finfo(log_p.dtype).min) * logits.softmax(-1), torch.sum)
         return _cut_below(logits, torch.minimum(eps, eps.sqrt() * torch.exp(-entropy)))  # (B, 1)
 
 
-def row_sums(x: torch.Tensor, total=torch.sum) -> torch.Tensor:
-    """(B, V) -> (B, 1), each row summed by itself. PyTorch splits a lone row's sum across threads but not a
-    batch's, so their last bits differ; a row's cutoff must not depend on what shares its batch."""
-    return torch.stack([total(r) for r in x]).unsqueeze(-1)
+def per_row(x: torch.Tensor, reduce) -> torch.Tensor:
+    """(B, V) -> (B, 1): reduce(row) of each row by itself. PyTorch splits a lone row's sum across threads but
+    not a batch's, so their last bits differ, and a row's cutoff must not depend on what shares its batch."""
+    return torch.stack([reduce(r) for r in x]).unsqueeze(-1)
 
 
 def _cut_below(logits: torch.Tensor, cutoff: torch.Tensor) -> torch.Tensor:
@@ -107,7 +107,7 @@ class TopNSigma:
         finite = torch.isfinite(logits)  # (B, V); tokens an earlier stage filtered are left out of the statistics
         x = torch.where(finite, logits, 0).double()  # float64: a sum over 50257 logits
         n = finite.sum(-1, keepdim=True).clamp(min=1)  # (B, 1)
-        mean = row_sums(x) / n
-        std = row_sums(torch.where(finite, x - mean, 0) ** 2).div(n).sqrt()  # population deviation
+        mean = per_row(x, torch.sum) / n
+        std = per_row(torch.where(finite, x - mean, 0) ** 2, torch.sum).div(n).sqrt()  # population deviation
         floor = logits.amax(-1, keepdim=True).double() - s.top_n_sigma * std  # (B, 1)
         return logits.masked_fill(logits.double() < floor, NEG_INF)
