@@ -128,7 +128,7 @@ class Dry:
         out = logits.clone()
         index = (torch.tensor(rows, device=logits.device), torch.tensor(tokens, device=logits.device))
         # float32 subtraction of a penalty rounded to float32, as llama.cpp's `logit -= penalty`
-        out[index] = logits[index] - torch.tensor(penalties, dtype=torch.float64).to(logits.dtype)
+        out[index] = logits[index] - torch.tensor(penalties, dtype=torch.float64).to(logits.dtype).to(logits.device)
         return out
 
     def row_penalties(self, row: list[int], s, breakers: Breakers) -> dict[int, float]:
