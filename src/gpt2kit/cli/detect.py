@@ -25,7 +25,8 @@ def register(sub) -> None:
     add_field(p, DetectOptions, "watermark_gamma", help="the green list's share of the vocabulary, as generated")
     add_field(p, DetectOptions, "watermark_context_width", help="tokens before the first marked one, as generated")
     add_field(p, DetectOptions, "z_threshold", help="watermarked above this z-score")
-    p.add_argument("--format", choices=("text", "json"), default="text", help="(default text)")
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="text: the verdict, then the z-score, p-value and green count; json: one object (default text)")
     add_field(p, EncodeOptions, "encoding", help="the file's encoding")
     add_field(p, EncodeOptions, "errors", choices=DECODE_ERRORS, help="undecodable bytes: stop, replace them, or drop them")
     p.set_defaults(func=cmd_detect)
@@ -36,7 +37,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from ..provenance.watermark import detect
     from ..tokenizer import gpt2_tokenizer
     options = DetectOptions(**given(args, "watermark_key", "watermark_gamma", "watermark_context_width", "z_threshold"))
-    text, _ = read_source(args.file, file_only=True, **given(args, "encoding", "errors"))
+    text = read_source(args.file, file_only=True, **given(args, "encoding", "errors"))
     found = detect(gpt2_tokenizer().encode(text), key=options.watermark_key, gamma=options.watermark_gamma,
                    context_width=options.watermark_context_width, z_threshold=options.z_threshold)
     if args.format == "json":

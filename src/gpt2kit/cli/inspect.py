@@ -43,7 +43,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     options = InspectOptions(**given(args, "context_length", "alternatives"))  # every check before the load
     if args.html:
         _check_html(Path(args.html))
-    text, _ = read_source(args.source, **given(args, "encoding", "errors"))
+    text = read_source(args.source, **given(args, "encoding", "errors"))
     if not text:
         raise UserError("the text is empty: give some text to inspect")
     lm = load_model(args)
