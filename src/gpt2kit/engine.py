@@ -20,7 +20,7 @@ import torch
 
 from .batching import PREFILL_CHUNK, STEP_TOKENS, Prefill, RunningBatch
 from .model import GPT
-from .pipeline import draw_rows
+from .pipeline import Pipeline
 from .scheduler import Group, KvBudget, Scheduler, make_groups
 from .sequence import DONE, Request, Sequence, Status
 from .stats import Stats
@@ -41,6 +41,7 @@ class Engine:
         """max_rows: rows decoded together; budget: KV-cache positions the running rows may reserve together
         (None: max_rows x n_ctx, or unbounded); step_tokens: prompt tokens plus decoding rows per step."""
         self.model, self.tokenizer = model, tokenizer
+        self.pipeline = Pipeline(tokenizer)
         self.n_ctx = model.config.n_ctx
         self.max_rows, self.step_tokens = max_rows, step_tokens
         self.budget = budget if budget is not None else (max_rows * self.n_ctx if max_rows < 1 << 30 else None)
@@ -58,7 +59,10 @@ class Engine:
         return not self.live and not len(self.scheduler)
 
     def add(self, request: Request) -> None:
-        """Queue a request's sequences; scheduler.TooLarge if one of them could never fit the budget."""
+        """Queue a request's sequences; scheduler.TooLarge if one of them could never fit the budget, a
+        UserError if their settings ask what cannot be done (a constraint that does not compile)."""
+        for s in {seq.settings for seq in request.seqs}:
+            self.pipeline.check(s)
         budget = self.budget if self.budget is not None else 1 << 62
         groups = make_groups(request, n_ctx=self.n_ctx, max_rows=self.max_rows, budget=budget)
         self.scheduler.add(request, groups)
@@ -173,7 +177,7 @@ class Engine:
         rows = self.batch.rows
         if not rows:
             return
-        results, failed = draw_rows(rows, self.batch.logits())
+        results, failed = self.pipeline.draw_rows(rows, self.batch.logits())
         for seq, error in failed:  # its own numbers broke down: its request fails, the batch goes on
             if seq.key in self.live:
                 self.fail(self.live[seq.key][1], error)
@@ -187,10 +191,12 @@ class Engine:
         for res in results:
             seq, request = self.live[res.row]
             self._first_token(seq, request, now)
-            done = seq.take(res, self.tokenizer.eot_id)
+            done = seq.take(res, self.tokenizer.eot_id, ends=self.pipeline.ends(seq))
             if not done and seq.max_new is None and seq.pos + 1 >= self.n_ctx:
                 seq.finish("length")  # no token limit: the context is the limit (no sliding window)
                 done = True
+            if done and seq.finish_reason == "stop" and self.pipeline.incomplete(seq):
+                seq.finish_reason = seq.sample.finish_reason = "length"  # a stop string cut a document short
             for piece in seq.pop_pieces():
                 request.put(piece)
             if done:

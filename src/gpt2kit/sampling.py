@@ -146,7 +146,7 @@ class TopK:
     name = "top_k"
 
     def wants(self, s: SamplingSettings) -> bool:
-        return s.temperature > 0 and s.top_k > 0  # greedy takes the top token whatever is cut
+        return s.temperature > 0 and s.top_k > 0 and not s.mirostat  # greedy takes the top token whatever is cut
 
     def apply(self, logits: torch.Tensor, s: SamplingSettings, seqs: list) -> torch.Tensor:
         return apply_top_k(logits, s.top_k)
@@ -156,7 +156,7 @@ class TopP:
     name = "top_p"
 
     def wants(self, s: SamplingSettings) -> bool:
-        return s.temperature > 0 and s.top_p < 1.0
+        return s.temperature > 0 and s.top_p < 1.0 and not s.mirostat  # mirostat does the truncating then
 
     def apply(self, logits: torch.Tensor, s: SamplingSettings, seqs: list) -> torch.Tensor:
         return apply_top_p(logits, s.top_p)

@@ -143,10 +143,11 @@ class Sequence:
         """Start text assembly with the tokenizer's streaming decoder (the engine does this at admission)."""
         self._text = TextStream(decoder, self.stops)
 
-    def take(self, res: StepResult, eot_id: int) -> bool:
-        """The token just drawn; True when the sequence is done with it (end of text, a stop string, its length)."""
+    def take(self, res: StepResult, eot_id: int, ends: bool = False) -> bool:
+        """The token just drawn; True when the sequence is done with it (end of text, a stop string, its length,
+        or `ends`: the pipeline says it is complete, as a constraint whose document is whole)."""
         self.tokens.append(res.token)
-        if self.stop_at_eot and res.token == eot_id:
+        if res.token == eot_id and (self.stop_at_eot or ends):
             self._end_step = res if self.logprobs else None
             self.finish("stop")
             return True
@@ -158,7 +159,7 @@ class Sequence:
         if piece:
             self._pieces.append(Piece(self.key, piece, self._pending_steps))
             self._pending_steps = []
-        if self._text.stopped:
+        if self._text.stopped or ends:
             self.finish("stop")
         elif self.max_new is not None and len(self.generated) >= self.max_new:
             self.finish("length")
