@@ -2,13 +2,14 @@
 against a decoding step of a 124M-shaped model (random weights, the default --dtype auto).
 
     pip install llguidance==1.9.1 jsonschema
-    pip install --no-deps xgrammar==0.2.9 apache-tvm-ffi   # its other requirements would replace the CPU torch
-    python benchmarks/structured.py                         # about a minute; prints the figures
+    pip install --no-deps xgrammar==0.2.9 apache-tvm-ffi   # its requirements would add triton (1 GB) to a CPU install
+    python benchmarks/structured.py                         # about 1.5 minutes; prints the figures
 
 Per library: install weight (the files in site-packages of it and everything it requires), import time,
 the vocabulary's one-off setup, compile time per constraint (from its text to the first mask, no cache),
 and mask time per token along fixed documents that both libraries accept token by token. The schema is
-tests/test_constraints.py's, which uses every feature gpt2kit promises.
+tests/test_constraints.py's, which uses every feature gpt2kit promises. The stage and the decoding step run on
+one thread and are timed in CPU time as well as wall time, so that other processes on the cores blur them less.
 """
 from __future__ import annotations
 
@@ -59,12 +60,14 @@ TYPICAL = {
                                                             "currency": {"enum": ["USD", "EUR", "GBP"]}},
                             "required": ["amount", "currency"]}},
         "type": "object",
-        "properties": {"name": {"type": "string", "maxLength": 80}, "sku": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{4}$"},
-                       "price": {"$ref": "#/$defs/price"}, "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 5},
-                       "variants": {"type": "array", "items": {"type": "object", "properties": {
-                           "colour": {"type": "string"}, "size": {"enum": ["S", "M", "L", "XL"]}, "price": {"$ref": "#/$defs/price"}},
-                           "required": ["size"]}},
-                       "in_stock": {"type": "boolean"}, "blurb": {"type": "string", "minLength": 20, "maxLength": 400}},
+        "properties": {
+            "name": {"type": "string", "maxLength": 80}, "sku": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{4}$"},
+            "price": {"$ref": "#/$defs/price"}, "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 5},
+            "variants": {"type": "array", "items": {"type": "object", "properties": {
+                "colour": {"type": "string"}, "size": {"enum": ["S", "M", "L", "XL"]},
+                "price": {"$ref": "#/$defs/price"}},
+                "required": ["size"]}},
+            "in_stock": {"type": "boolean"}, "blurb": {"type": "string", "minLength": 20, "maxLength": 400}},
         "required": ["name", "sku", "price", "blurb"]},
 }
 REPEATS = 3
@@ -103,10 +106,9 @@ def _size_mb(dist: md.Distribution) -> float:
     return sum((dist.locate_file(f).stat().st_size for f in dist.files or [] if dist.locate_file(f).is_file()), 0) / 1e6
 
 
-def install_weight(name: str) -> dict:
-    """MB in site-packages of `name` and of everything it requires (recursively), and what is missing here."""
-    core = {n.lower() for n in _requirements(md.distribution("gpt2kit"))}
-    seen, missing, todo = {}, [], [name]
+def _closure(names: list[str]) -> tuple[dict[str, float], list[str]]:
+    """Every distribution `names` need (recursively) -> its MB in site-packages; and those not installed here."""
+    seen, missing, todo = {}, [], list(names)
     while todo:
         n = todo.pop().lower().replace("_", "-")
         if n in seen or n in missing:
@@ -118,9 +120,16 @@ def install_weight(name: str) -> dict:
             continue
         seen[n] = _size_mb(dist)
         todo += _requirements(dist)
-    beyond_core = {n: mb for n, mb in seen.items() if n not in core and n != "gpt2kit"}
+    return seen, missing
+
+
+def install_weight(name: str) -> dict:
+    """MB in site-packages of `name` and of everything it requires (recursively), and what is missing here."""
+    core, _ = _closure(_requirements(md.distribution("gpt2kit")))  # what `pip install gpt2kit` brings already
+    seen, missing = _closure([name])
     return {"own_MB": seen[name.lower()], "with_requirements_MB": sum(seen.values()),
-            "beyond_gpt2kit_core_MB": sum(beyond_core.values()),
+            "beyond_gpt2kit_MB": sum(mb for n, mb in seen.items() if n not in core),
+            "beyond_gpt2kit": sorted(n for n in seen if n not in core and n != name.lower()),
             "requires": sorted(n for n in seen if n != name.lower()), "not_installed_here": missing,
             "needs_torch": "torch" in seen or "torch" in missing,
             "needs_transformers": "transformers" in seen or "transformers" in missing}
@@ -222,8 +231,10 @@ def measure_library(lib, tokenizer) -> dict:
                     assert lib.accept(m, token), f"{lib.name} refused {tokenizer.decode([token])!r} of {doc!r}"
         later.sort()
         # medians and p90: on a shared machine the mean and the max measure other processes' time slices
-        out[case] = {"compile_ms": 1e3 * statistics.median(compile_s), "mask_us_first_walk": 1e6 * statistics.median(first),
-                     "mask_us_p50": 1e6 * later[len(later) // 2], "mask_us_p90": 1e6 * later[int(0.9 * (len(later) - 1))],
+        out[case] = {"compile_ms": 1e3 * statistics.median(compile_s),
+                     "mask_us_first_walk": 1e6 * statistics.median(first),
+                     "mask_us_p50": 1e6 * later[len(later) // 2],
+                     "mask_us_p90": 1e6 * later[int(0.9 * (len(later) - 1))],
                      "mask_us_mean": 1e6 * statistics.mean(later), "mask_us_max": 1e6 * later[-1]}
     for name, schema in TYPICAL.items():
         t = time.perf_counter()
@@ -268,38 +279,49 @@ def step_vs_stage(tokenizer) -> dict:
         def __init__(self, i):
             self.ids, self.tokens, self.generator, self.state = [], [], make_generator(i), {}
 
+    # One PyTorch (and C kernel) thread, and CPU time beside wall time: with other processes on the cores,
+    # threads that wait for each other turn every step into scheduling noise; CPU time counts the work.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     for B in (1, 8):
         prompt = torch.randint(0, 50000, (B, 32), generator=torch.Generator().manual_seed(0))
         cache = KVCache(gpt.config, B, 32 + 40, "cpu", model.wte.weight.dtype)
         steps = []
         with torch.inference_mode():
             logits = model(prompt, cache=cache, last_only=True)[:, -1]
-            for _ in range(32):
-                t = time.perf_counter()
+            for _ in range(24):
+                t, c = time.perf_counter(), time.process_time()
                 logits = model(logits.argmax(-1, keepdim=True), cache=cache, last_only=True)[:, -1]
-                steps.append(time.perf_counter() - t)
+                steps.append((time.perf_counter() - t, time.process_time() - c))
         # B rows walk the schema's documents (row i the i % 3-th) for as long as the shortest one lasts
-        rows, walks, masking = [Row(i) for i in range(B)], [docs[i % len(docs)] for i in range(B)], []
+        walks, masking = [docs[i % len(docs)] for i in range(B)], []
         raw = torch.randn(B, gpt.config.n_vocab, generator=torch.Generator().manual_seed(1))
         for _ in range(REPEATS):
             rows = [Row(i) for i in range(B)]
             for k in range(min(len(w) for w in walks)):
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 stage.apply(raw, settings, rows)
                 for row, walk in zip(rows, walks):
                     stage.accept(settings, row, walk[k])
-                masking.append(time.perf_counter() - t)
-        step, mask = statistics.median(steps), statistics.median(masking)
-        out[f"batch{B}"] = {"decode_step_ms": 1e3 * step, "stage_ms": 1e3 * mask, "stage_p90_ms": 1e3 * sorted(masking)[
-            int(0.9 * (len(masking) - 1))], "stage_share_of_step": mask / step}
+                masking.append((time.perf_counter() - t, time.process_time() - c))
+        entry = {}
+        for i, clock in enumerate(("wall", "cpu")):
+            step, mask = statistics.median(s[i] for s in steps), statistics.median(m[i] for m in masking)
+            entry[clock] = {"decode_step_ms": 1e3 * step, "stage_ms": 1e3 * mask,
+                            "stage_mean_ms": 1e3 * statistics.mean(m[i] for m in masking),
+                            "stage_share_of_step": mask / step}
+        out[f"batch{B}"] = entry
+    torch.set_num_threads(threads)
     return out
 
 
 def main() -> None:
     from gpt2kit.tokenizer import gpt2_tokenizer
 
-    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; flags: {cpu_flags()}")
-    print(f"Python {platform.python_version()}; " + ", ".join(f"{n} {md.version(n)}" for n in ("torch", "llguidance", "xgrammar")))
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; flags: {cpu_flags()}; "
+          f"load average at start: {os.getloadavg()[0]:.1f} (other processes share the cores)")
+    versions = ", ".join(f"{n} {md.version(n)}" for n in ("torch", "llguidance", "xgrammar"))
+    print(f"Python {platform.python_version()}; {versions}")
     tokenizer = gpt2_tokenizer()
     results = {}
     for cls, module in ((Llguidance, "llguidance"), (Xgrammar, "xgrammar")):
@@ -312,12 +334,15 @@ def main() -> None:
         results[module] = entry
     results["gpt2kit_stage"] = step_vs_stage(tokenizer)
     print(json.dumps(results, indent=1))
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     print("\n| | llguidance | xgrammar |\n|---|---|---|")
     lg, xg = results["llguidance"], results["xgrammar"]
-    rows = [("site-packages MB, own / with requirements", lambda r: f"{r['install']['own_MB']:.1f} / {r['install']['with_requirements_MB']:.0f}"),
-            ("MB beyond gpt2kit's own dependencies", lambda r: f"{r['install']['beyond_gpt2kit_core_MB']:.0f}"),
+    rows = [("site-packages MB, own / with requirements",
+             lambda r: f"{r['install']['own_MB']:.1f} / {r['install']['with_requirements_MB']:.0f}"),
+            ("MB beyond what gpt2kit installs", lambda r: f"{r['install']['beyond_gpt2kit_MB']:.0f}"),
             ("not installed here", lambda r: ", ".join(r["install"]["not_installed_here"]) or "-"),
-            ("import s", lambda r: f"{r['import_s']:.2f}"), ("vocabulary setup s", lambda r: f"{r['vocabulary_setup_s']:.2f}")]
+            ("import s", lambda r: f"{r['import_s']:.2f}"),
+            ("vocabulary setup s", lambda r: f"{r['vocabulary_setup_s']:.2f}")]
     rows += [(f"{case}: compile ms / mask us p50, p90 (first walk p50)",
               lambda r, c=case: f"{r[c]['compile_ms']:.1f} / {r[c]['mask_us_p50']:.0f}, {r[c]['mask_us_p90']:.0f} "
                                 f"({r[c]['mask_us_first_walk']:.0f})") for case in CASES]
@@ -325,10 +350,11 @@ def main() -> None:
     for label, cell in rows:
         print(f"| {label} | {cell(lg)} | {cell(xg)} |")
     st = results["gpt2kit_stage"]
-    print(f"\ngpt2kit stage on 124M ({st['dtype']}): " + "; ".join(
-        f"batch {b}: step {st[f'batch{b}']['decode_step_ms']:.2f} ms, apply+accept {st[f'batch{b}']['stage_ms']:.3f} ms "
-        f"(p90 {st[f'batch{b}']['stage_p90_ms']:.3f}; {100 * st[f'batch{b}']['stage_share_of_step']:.1f}% of the step)"
-        for b in (1, 8)))
+    for clock in ("cpu", "wall"):
+        print(f"gpt2kit stage on 124M ({st['dtype']}, 1 thread, {clock} time, medians): " + "; ".join(
+            f"batch {b}: step {st[f'batch{b}'][clock]['decode_step_ms']:.2f} ms, apply+accept "
+            f"{st[f'batch{b}'][clock]['stage_ms']:.3f} ms (mean {st[f'batch{b}'][clock]['stage_mean_ms']:.3f}; "
+            f"{100 * st[f'batch{b}'][clock]['stage_share_of_step']:.1f}% of the step)" for b in (1, 8)))
     print("first use / cached, ms: " + "; ".join(f"{n} {st[f'first_use_ms_{n}']:.1f} / {st[f'cached_ms_{n}']:.3f}"
                                               for n in ("test", *TYPICAL)))
 

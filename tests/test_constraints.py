@@ -51,7 +51,8 @@ SCHEMA = {
         "flair": {
             "$defs": {"colour": {"enum": ["red", "green", "blue"]}},
             "type": "object",
-            "properties": {"text": {"type": "string", "maxLength": 12}, "colour": {"$ref": "#/properties/flair/$defs/colour"}},
+            "properties": {"text": {"type": "string", "maxLength": 12},
+                           "colour": {"$ref": "#/properties/flair/$defs/colour"}},
             "required": ["colour"],
             "additionalProperties": False,
         },

@@ -56,7 +56,8 @@ class ConstraintStage:
         if token == self.vocabulary.eot_id and matcher.is_stopped() and not matcher.is_error():
             return  # already complete: an engine that drew once more only sees its end again
         if not matcher.consume_token(token):  # the mask allowed only what it accepts: a bug, not a user mistake
-            raise RuntimeError(f"the constraint refused token {token}, which its own mask allowed: {matcher.get_error()}")
+            raise RuntimeError(f"the constraint refused token {token}, which its own mask allowed: "
+                               f"{matcher.get_error()}")
 
     def finished(self, seq) -> bool:
         """The document is complete and nothing may follow it (or <|endoftext|> was drawn)."""
