@@ -170,6 +170,10 @@ class Engine:
             while True:
                 request = self._inbox.get(timeout=IDLE_POLL) if block else self._inbox.get_nowait()
                 block = False
-                self.core.add(request)
+                try:
+                    self.core.add(request)
+                except Exception as e:  # what submit could not see (the HTTP side checks constraints first)
+                    log.error("a request was refused by the engine: %s", e, exc_info=not isinstance(e, UserError))
+                    self.core.fail(request, e)
         except queue.Empty:
             pass
