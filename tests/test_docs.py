@@ -4,6 +4,7 @@ set-up commands are CI's and whose every link lands.
 
 (The examples in the pages run in tests/test_examples.py; the notebook in tests/test_notebook.py.)
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -32,16 +33,41 @@ def _cli_reference():
 
 # --- the site -----------------------------------------------------------------------------------------
 
+
 def test_site_builds_strictly_and_offline(tmp_path):
     """`mkdocs build --strict`: a broken link or anchor, a page missing from the nav, an API name mkdocstrings
     cannot find, all fail. Every proxy points at a closed port, so anything fetched at build time fails too."""
     pytest.importorskip("mkdocs")
     closed = "http://127.0.0.1:9"
-    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "HTTP_PROXY": closed, "HTTPS_PROXY": closed,
-           "http_proxy": closed, "https_proxy": closed, "NO_PROXY": "", "no_proxy": ""}
+    env = {
+        **os.environ,
+        "NO_MKDOCS_2_WARNING": "1",
+        "HTTP_PROXY": closed,
+        "HTTPS_PROXY": closed,
+        "http_proxy": closed,
+        "https_proxy": closed,
+        "NO_PROXY": "",
+        "no_proxy": "",
+    }
     site = tmp_path / "site"
-    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(ROOT / "mkdocs.yml"),
-                           "--site-dir", str(site)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "--config-file",
+            str(ROOT / "mkdocs.yml"),
+            "--site-dir",
+            str(site),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     pages = list(site.rglob("*.html"))
     assert len(pages) >= 20
@@ -49,11 +75,19 @@ def test_site_builds_strictly_and_offline(tmp_path):
         html = page.read_text(encoding="utf-8")
         assert "fonts.googleapis.com" not in html and "fonts.gstatic.com" not in html, page  # readable offline
     api = (site / "reference" / "python.html").read_text(encoding="utf-8")
-    for name in ("load", "generate", "encode_dataset", "finetune", "GenerateOptions", "TrainOptions"):
-        assert f'id="gpt2kit.' in api and name in api, name  # mkdocstrings rendered the docstrings
+    for name in (
+        "gpt2kit.load",
+        "gpt2kit.LM.generate",
+        "gpt2kit.encode_dataset",
+        "gpt2kit.finetune",
+        "gpt2kit.options.GenerateOptions",
+        "gpt2kit.training.options.TrainOptions",
+    ):
+        assert f'id="{name}"' in api, f"mkdocstrings rendered no {name}"
 
 
 # --- the CLI reference --------------------------------------------------------------------------------
+
 
 def test_cli_reference_is_what_help_prints():
     cli = _cli_reference()
@@ -61,8 +95,10 @@ def test_cli_reference_is_what_help_prints():
     made_with = cli.recorded_version(written)
     here = f"{sys.version_info.major}.{sys.version_info.minor}"
     if made_with != here:
-        pytest.skip(f"docs/reference/cli.md was made with Python {made_with}; argparse lays help out differently "
-                    f"on {here}, so it is compared on {made_with} only")
+        pytest.skip(
+            f"docs/reference/cli.md was made with Python {made_with}; argparse lays help out differently "
+            f"on {here}, so it is compared on {made_with} only"
+        )
     assert written == cli.page(), "docs/reference/cli.md is stale: run `python scripts/cli_reference.py`"
 
 
@@ -77,6 +113,7 @@ def test_readme_links_every_commands_flags():
 
 # --- the README ---------------------------------------------------------------------------------------
 
+
 def _code_blocks(text: str) -> list[list[str]]:
     return [block.strip("\n").splitlines() for block in re.findall(r"^```\w*\n(.*?)^```", text, re.S | re.M)]
 
@@ -84,8 +121,11 @@ def _code_blocks(text: str) -> list[list[str]]:
 def test_readme_is_short_and_its_develop_commands_are_ci():
     text = README.read_text(encoding="utf-8")
     assert len(text.splitlines()) <= 250, "README.md is at most 250 lines: move reference and evidence to docs/"
-    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines()
-          if line.strip() and not line.startswith(("#", "set ", "cd "))]
+    ci = [
+        line
+        for line in (ROOT / ".ci" / "run").read_text().splitlines()
+        if line.strip() and not line.startswith(("#", "set ", "cd "))
+    ]
     assert len(ci) == 2, ci
     develop = text.split("### Develop", 1)[1]
     assert _code_blocks(develop)[0] == ci, "README's develop block must be exactly the two commands .ci/run runs"
@@ -130,15 +170,20 @@ def test_slugs_match_githubs():
     assert github_slug("x86-64 with AVX2") == "x86-64-with-avx2"
     assert github_slug("CPU (Linux)") == "cpu-linux"
     assert github_slug("`gpt2kit generate`") == "gpt2kit-generate"
-    assert github_slug("The playground's write mode: a writing partner") == "the-playgrounds-write-mode-a-writing-partner"
+    assert (
+        github_slug("The playground's write mode: a writing partner") == "the-playgrounds-write-mode-a-writing-partner"
+    )
 
 
 # --- the HTTP reference -------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def openapi() -> dict:
-    from gpt2kit.paths import BUNDLED_DIR
     from live_server import start_server
+
+    from gpt2kit.paths import BUNDLED_DIR
+
     proc, url = start_server(BUNDLED_DIR)
     try:
         with urllib.request.urlopen(url + "/openapi.json", timeout=30) as r:
@@ -157,8 +202,13 @@ def _request_fields(schema: dict, components: dict, seen: set[str]) -> set[str]:
         seen.add(name)
         return _request_fields(components[name], components, seen)
     fields = set(schema.get("properties", {}))
-    for sub in [*schema.get("properties", {}).values(), *schema.get("anyOf", []), *schema.get("oneOf", []),
-                schema.get("items"), schema.get("additionalProperties")]:
+    for sub in [
+        *schema.get("properties", {}).values(),
+        *schema.get("anyOf", []),
+        *schema.get("oneOf", []),
+        schema.get("items"),
+        schema.get("additionalProperties"),
+    ]:
         if isinstance(sub, dict) and sub:
             fields |= _request_fields(sub, components, seen)
     return fields
@@ -171,8 +221,9 @@ def test_http_reference_names_every_endpoint_and_request_field(openapi):
         pattern = re.escape(path)
         pattern = re.sub(r"\\\{[^}]*\\\}", r"\\{[^}]+\\}", pattern)  # /v1/models/{model_id} as /v1/models/{id}
         for method, operation in operations.items():
-            assert re.search(rf"{method.upper()} {pattern}(?![\w/])", page), \
+            assert re.search(rf"{method.upper()} {pattern}(?![\w/])", page), (
                 f"docs/reference/http.md does not describe {method.upper()} {path}"
+            )
             body = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
             if body:
                 missing = sorted(f for f in _request_fields(body, components, set()) if f"`{f}`" not in page)

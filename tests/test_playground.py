@@ -3,21 +3,30 @@
 test_screenshots_for_the_docs also (re)writes the playground's pictures in docs/images/, so the docs show
 the page as it is today: a picture is replaced only when its pixels changed.
 """
+
 import io
 import json
 import shutil
 from pathlib import Path
 
 import pytest
+from live_server import start_server
 
 from gpt2kit.paths import BUNDLED_DIR
-from live_server import start_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DOC_IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
 sync_api = pytest.importorskip("playwright.sync_api")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +126,10 @@ def test_write_mode_suggest_pick_edit_undo_reload(page_url, viewport, tmp_path):
         sync_api.expect(model).to_have_count(1)
         assert model.inner_text() == choice
         # hovering over model text shows the token explorer
-        box = model.evaluate("e => { const r = [...e.getClientRects()].find((r) => r.width > 6); "
-                             "return r && {x: r.left + 3, y: r.top + r.height / 2}; }")
+        box = model.evaluate(
+            "e => { const r = [...e.getClientRects()].find((r) => r.width > 6); "
+            "return r && {x: r.left + 3, y: r.top + r.height / 2}; }"
+        )
         page.mouse.move(box["x"], box["y"])
         sync_api.expect(page.locator("#explorer-title")).to_contain_text("%")
         assert page.locator("#alternatives li").count() >= 2
@@ -176,6 +187,7 @@ def save_for_docs(png: bytes, name: str) -> Path:
     """Write a screenshot to docs/images/NAME unless the one there has the same pixels (so an unchanged page
     leaves the checkout clean; a few anti-aliased pixels may differ between runs)."""
     from PIL import Image, ImageChops
+
     path = DOC_IMAGES / name
     new = Image.open(io.BytesIO(png)).convert("RGB")
     if path.is_file():
@@ -228,7 +240,8 @@ def test_screenshots_for_the_docs(page_url, device):
         wait_for_suggestions(page)
         box = page.locator("#doc .model").evaluate(
             "e => { const r = [...e.getClientRects()].find((r) => r.width > 6); "
-            "return r && {x: r.left + 3, y: r.top + r.height / 2}; }")
+            "return r && {x: r.left + 3, y: r.top + r.height / 2}; }"
+        )
         page.mouse.move(box["x"], box["y"])
         sync_api.expect(page.locator("#explorer-title")).to_contain_text("%")
         shot = page.screenshot(full_page=device == "phone", animations="disabled")
