@@ -65,6 +65,11 @@ function addTokens(logprobs, text) {
 
 async function generate() {
   showError("");
+  let extras;  // samplers.js's and structured.js's fields; a constraint the page cannot send stops here
+  try { extras = { ...samplerFields(), ...structuredFields(), ...watermarkFields() }; } catch (e) {
+    showError(e.message);
+    return;
+  }
   tokens.length = 0;
   const out = $("output");
   out.innerHTML = "";
@@ -74,15 +79,20 @@ async function generate() {
     prompt: $("prompt").value, stream: true, stream_options: { include_usage: true }, logprobs: 10,
     max_tokens: +$("max_tokens").value, temperature: +$("temperature").value,
     top_k: +$("top_k").value, top_p: +$("top_p").value, repetition_penalty: +$("repetition_penalty").value,
+    ...extras,
   };
   if ($("seed").value !== "") body.seed = +$("seed").value;
   controller = new AbortController();
   $("generate").disabled = true; $("stop").disabled = false;
+  let finish = null;
   try {
     await streamCompletions(body, controller.signal, (msg) => {
-      for (const c of msg.choices) addTokens(c.logprobs, c.text);
+      for (const c of msg.choices) { addTokens(c.logprobs, c.text); finish = c.finish_reason || finish; }
       if (msg.usage) $("usage").textContent = `${msg.usage.prompt_tokens} prompt tokens, ${msg.usage.completion_tokens} generated`;
     });
+    if (finish === "length" && (extras.response_format || extras.structured_outputs)) {
+      $("usage").textContent += "; cut at max tokens before the structured output was complete";
+    }
   } catch (e) {
     if (e.name !== "AbortError") showError(e.message);
   } finally {
