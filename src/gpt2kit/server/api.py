@@ -7,7 +7,6 @@ that model's engine.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
 from dataclasses import dataclass, field
 
@@ -26,15 +25,12 @@ from . import metrics as prometheus
 from .chat import ChatLayout, ChatTemplate, as_completion
 from .completions import APIError, Completion, TextLayout
 from .engine import Refused, Request
-from .inspect_routes import add_inspect_routes
+from .middleware import Guard, Outcomes, document_errors_as_400
 from .models import Models, ServedModel
 from .protocol import (ChatCompletionResponse, ChatRequest, CompletionRequest, CompletionResponse, DetokenizeRequest,
                        DetokenizeResponse, ErrorResponse, HealthResponse, InfoResponse, ModelCard, ModelList, NextTokenRequest,
                        NextTokenResponse, TokenizeRequest, TokenizeResponse)
 from .tokens import detokenize, tokenize
-
-GENERATION_ROUTES = ("/v1/completions", "/v1/chat/completions")  # counted by outcome in /metrics
-PROTECTED = ("/v1/", "/tokenize", "/detokenize")  # what --api-key guards (the playground's page and /metrics are open)
 
 
 def _errors(*codes: int) -> dict:
@@ -72,14 +68,13 @@ def create_app(models: Models, *, options: ServeOptions, chat_template: ChatTemp
     app = FastAPI(title="gpt2kit", docs_url="/docs", redoc_url=None)
     served = Served(models, options, chat_template or ChatTemplate(options.chat_template, options.chat_stop))
     _add_error_handlers(app)
-    _add_guard(app, options)
-    app.add_middleware(_Outcomes, metrics=served.metrics)  # outermost: counts the guard's refusals too
+    app.add_middleware(Guard, limit=options.max_request_bytes, api_key=options.api_key)
+    app.add_middleware(Outcomes, metrics=served.metrics)  # outermost: counts the guard's refusals too
     _add_status_routes(app, served)
     _add_generation_routes(app, served)
     _add_token_routes(app, served)
-    add_inspect_routes(app, served)
     app.get("/", include_in_schema=False)(_index)
-    _document_errors_as_400(app)
+    document_errors_as_400(app)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
 
@@ -124,118 +119,6 @@ def _invalid_body(errors: list) -> APIError:
         return APIError(400, "the body must be a JSON object (send it with Content-Type: application/json)")
     param = ".".join(_field_path(first)) or None
     return APIError(400, f"{param}: {first.get('msg', 'invalid request')}", param=param)
-
-
-def _document_errors_as_400(app: FastAPI) -> None:
-    """The schema says what is answered: invalid bodies get 400 in OpenAI's shape (above), never FastAPI's 422."""
-    make = app.openapi
-
-    def openapi() -> dict:
-        if app.openapi_schema is None:
-            schema = make()
-            for path in schema.get("paths", {}).values():
-                for operation in path.values():
-                    responses = operation.get("responses", {})
-                    if responses.pop("422", None) is not None:
-                        responses.setdefault("400", {"description": "Bad Request", "content": {"application/json": {
-                            "schema": {"$ref": "#/components/schemas/ErrorResponse"}}}})
-            for name in ("HTTPValidationError", "ValidationError"):
-                schema.get("components", {}).get("schemas", {}).pop(name, None)
-            app.openapi_schema = schema
-        return app.openapi_schema
-    app.openapi = openapi
-
-
-def _add_guard(app: FastAPI, options: ServeOptions) -> None:
-    """Body size before anything is parsed, and the API key on /v1/ (the playground's page is open)."""
-    app.add_middleware(_Guard, limit=options.max_request_bytes, api_key=options.api_key)
-
-
-class _Guard:
-    """A plain ASGI middleware, not @app.middleware("http"): that one wraps `receive`, and a route then
-    never hears that its client hung up (Request.is_disconnected stays False)."""
-
-    # A refused request's unread body is read and dropped, up to this many times the limit, before the
-    # answer: closing a socket with unread data makes the kernel send a reset, and the client then
-    # never sees the 413 or 401 (a lingering close, as nginx does). Beyond that, the client gets the reset.
-    DRAIN_FACTOR = 8
-
-    def __init__(self, inner, *, limit: int, api_key: str | None):
-        self.inner, self.limit, self.api_key = inner, limit, api_key
-
-    async def __call__(self, scope, receive, send):
-        answer = self.refusal(scope) if scope["type"] == "http" else None
-        complete = False  # whether the whole body has been read
-        if answer is None and scope["type"] == "http" and "content-length" not in _headers(scope):
-            # A chunked body has no length to check up front: read it here, at most `limit` bytes.
-            body, answer, complete = await self.read_at_most(receive)
-            if answer is None:
-                return await self.inner(scope, _replay(body, receive), send)
-        if answer is not None:
-            if not complete:
-                await _discard_body(receive, self.DRAIN_FACTOR * self.limit)
-            return await answer(scope, receive, send)
-        return await self.inner(scope, receive, send)
-
-    def refusal(self, scope) -> JSONResponse | None:
-        headers = _headers(scope)
-        try:
-            size = int(headers.get("content-length") or 0)
-        except ValueError:
-            size = 0
-        if size > self.limit:
-            return _too_large(f"the request body is {size} bytes; the limit is {self.limit}")
-        if self.api_key and scope["path"].startswith(PROTECTED):
-            # compare_digest: the time taken says nothing about how much of a guessed key was right
-            if not hmac.compare_digest(headers.get("authorization", "").encode(), f"Bearer {self.api_key}".encode()):
-                return JSONResponse(APIError(401, "invalid or missing API key: send Authorization: Bearer <key>",
-                                             type_="authentication_error", code="invalid_api_key").body(), 401)
-        return None
-
-    async def read_at_most(self, receive) -> tuple[bytes, JSONResponse | None, bool]:
-        """(the body, a 413 if it is over the limit, whether the body was read to its end)."""
-        body = bytearray()  # grows in place: += on bytes would copy the body once per chunk
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return bytes(body), None, True
-            body += message.get("body", b"")
-            if len(body) > self.limit:
-                return b"", _too_large(f"the request body is over {self.limit} bytes, the limit"), not message.get("more_body")
-            if not message.get("more_body"):
-                return bytes(body), None, True
-
-
-async def _discard_body(receive, most: int) -> None:
-    """Read and drop the rest of a request's body, at most `most` bytes."""
-    seen = 0
-    while seen <= most:
-        message = await receive()
-        if message["type"] != "http.request" or not message.get("more_body"):
-            return
-        seen += len(message.get("body", b""))
-
-
-def _headers(scope) -> dict[str, str]:
-    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-
-
-def _too_large(message: str) -> JSONResponse:
-    return JSONResponse(APIError(413, message).body(), 413)
-
-
-def _replay(body: bytes, receive):
-    """`receive` that gives the body already read, then the connection's own messages (a disconnect still
-    reaches the route)."""
-    sent = False
-
-    async def receive_replayed():
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-    return receive_replayed
 
 
 def _add_status_routes(app: FastAPI, served: Served) -> None:
@@ -337,42 +220,6 @@ def _add_token_routes(app: FastAPI, served: Served) -> None:
     @app.post("/detokenize", response_model=DetokenizeResponse, responses=_errors(400, 401, 404, 413, 503))
     async def detokenize_route(body: DetokenizeRequest):
         return detokenize(served.ready_model(body.model)[1], body)
-
-
-class _Outcomes:
-    """Counts each generation request's outcome for /metrics from what it answered: ok, bad_request (4xx),
-    rate_limited (429), error (5xx, or a bug), cancelled (499, or a stream whose client left before its end)."""
-
-    def __init__(self, inner, *, metrics: prometheus.Metrics):
-        self.inner, self.metrics = inner, metrics
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] not in GENERATION_ROUTES:
-            return await self.inner(scope, receive, send)
-        status, finished, failed = None, False, False
-
-        async def observed(message):
-            nonlocal status, finished
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            elif message["type"] == "http.response.body" and not message.get("more_body"):
-                finished = True
-            await send(message)
-        try:
-            await self.inner(scope, receive, observed)
-        except Exception:
-            failed = True
-            raise
-        finally:
-            self.metrics.request(scope["path"], _outcome(status, finished, failed))
-
-
-def _outcome(status: int | None, finished: bool, failed: bool) -> str:
-    if failed or (status or 0) >= 500:
-        return "error"
-    if status == 499 or status is None or not finished:
-        return "cancelled"
-    return "rate_limited" if status == 429 else "bad_request" if status >= 400 else "ok"
 
 
 async def _unless_client_leaves(answer, http: HTTPRequest, req: Request, every: float = 0.1):
