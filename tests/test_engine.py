@@ -137,3 +137,22 @@ def test_one_seed_one_text_through_every_front_end(hf_tiny, dtype):
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+@pytest.mark.parametrize("alpha, k", [(0.6, 4), (0.3, 6)])
+def test_contrastive_search_in_the_engine_gives_the_references_tokens(hf_tiny, lm_tiny, alpha, k):
+    """penalty_alpha rows run their k candidates apart from the batch; alone or beside sampled rows, their tokens
+    are Su et al.'s formula over transformers' own hidden states (test_samplers.reference_contrastive)."""
+    from transformers import GPT2LMHeadModel
+
+    from test_samplers import reference_contrastive
+
+    reference = GPT2LMHeadModel.from_pretrained(hf_tiny).eval()
+    prompt = "The cat sat on the mat. The cat"
+    ids = lm_tiny.tokenizer.encode(prompt)
+    expected = reference_contrastive(reference, ids, 8, k, alpha)[len(ids):]
+    search = SamplingSettings(top_k=k, penalty_alpha=alpha)
+    alone = engine_tokens(lm_tiny, [prompt], [search], [1], 8)
+    mixed = engine_tokens(lm_tiny, ["Other", prompt, "Another one"], [SamplingSettings(top_k=40), search,
+                                                                     SamplingSettings(temperature=0)], [2, 1, 3], 8)
+    assert alone[0] == expected and mixed[1] == expected

@@ -12,6 +12,7 @@ Prompt scoring (echo with logprobs) rides on the prompt's prefill, chunk by chun
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -20,9 +21,11 @@ import torch
 
 from .batching import PREFILL_CHUNK, STEP_TOKENS, Prefill, RunningBatch
 from .model import GPT
-from .pipeline import Pipeline
+from .pipeline import Pipeline, add_logprobs
+from .samplers.contrastive import contrastive_token
+from .sampling import NonFiniteLogits, check_finite
 from .scheduler import Group, KvBudget, Scheduler, make_groups
-from .sequence import DONE, Request, Sequence, Status
+from .sequence import DONE, Request, Sequence, Status, StepResult
 from .stats import Stats
 from .tokenizer import Tokenizer
 
@@ -177,7 +180,7 @@ class Engine:
         rows = self.batch.rows
         if not rows:
             return
-        results, failed = self.pipeline.draw_rows(rows, self.batch.logits())
+        results, failed = self._draw(rows, self.batch.logits())
         for seq, error in failed:  # its own numbers broke down: its request fails, the batch goes on
             if seq.key in self.live:
                 self.fail(self.live[seq.key][1], error)
@@ -205,6 +208,31 @@ class Engine:
             seq.status = Status.PREFILLING
             window = Prefill(self.model, seq.tokens[-(self.n_ctx // 2):], [seq])
             self.prefills.appendleft(_Prompt(window, self.live[seq.key][1]))
+
+    def _draw(self, rows: list[Sequence], raw: torch.Tensor) -> tuple[list[StepResult], list]:
+        """The pipeline's draw for every row; contrastive search's rows (penalty_alpha) apart, each running
+        its k candidates through the model, so the other rows keep the batch's one step."""
+        searching = [i for i, seq in enumerate(rows) if seq.settings.penalty_alpha > 0]
+        if not searching:
+            return self.pipeline.draw_rows(rows, raw)
+        others = [i for i in range(len(rows)) if i not in searching]
+        results, failed = self.pipeline.draw_rows([rows[i] for i in others], raw[others])
+        for i in searching:
+            seq = rows[i]
+            greedy = dataclasses.replace(seq.settings, temperature=0.0)  # penalties, bias, constraint: no truncation
+            try:
+                check_finite(raw[i : i + 1])
+                token = contrastive_token(self.model, self.batch.cache, self.batch.slots.index(seq), seq, raw[i],
+                                          lambda x: self.pipeline.process(x, greedy, [seq]))
+            except NonFiniteLogits as e:
+                failed.append((seq, e))
+                continue
+            res = StepResult(seq.key, token)
+            if seq.logprobs:
+                add_logprobs([res], raw[i : i + 1], seq.logprobs)
+            self.pipeline.accept(seq, token)
+            results.append(res)
+        return results, failed
 
     def _first_token(self, seq: Sequence, request: Request, now: float) -> None:
         if seq.first_token is None:
