@@ -96,6 +96,18 @@ def test_the_cli_imports_point_down():
         assert not {d for d in graph[m] if d.startswith(("gpt2kit.cli", "gpt2kit.server"))}, m
 
 
+
+def test_package_inits_that_name_a_boundary_only_re_export():
+    """formats/ and server/ are read through their __init__, which holds no logic: each name's home is a
+    module named for what it does (formats/read.py, server/run.py, ...)."""
+    for package in ("formats", "server"):
+        tree = ast.parse((PACKAGE / package / "__init__.py").read_text())
+        for node in tree.body:
+            is_docstring = isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+            is_all = isinstance(node, ast.Assign) and [ast.unparse(t) for t in node.targets] == ["__all__"]
+            assert isinstance(node, (ast.Import, ast.ImportFrom)) or is_docstring or is_all, \
+                f"{package}/__init__.py:{node.lineno} {ast.unparse(node)[:60]}"
+
 def loaded_after(code: str) -> list[str]:
     probe = code + f"\nimport sys\nprint([m for m in {HEAVY!r} if m in sys.modules])"
     r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)

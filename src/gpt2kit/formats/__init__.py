@@ -13,8 +13,18 @@ from .gguf import gguf_in_folder, is_gguf_file, load_gguf
 from .huggingface import is_hf_folder, load_hf, read_hf_config, save_hf
 from .mapped import release
 from .openai_tf import is_tf_folder, load_tf, no_such_checkpoint, read_hparams
-from .read import (BUNDLED_NAME, FORMATS_HELP, MODEL_FILES, WEIGHT_SUFFIXES, Checkpoint, bundled_model, detect_format,
-                   local_model, read_checkpoint, what_is_there)
+from .read import (
+    BUNDLED_NAME,
+    FORMATS_HELP,
+    MODEL_FILES,
+    WEIGHT_SUFFIXES,
+    Checkpoint,
+    bundled_model,
+    detect_format,
+    local_model,
+    read_checkpoint,
+    what_is_there,
+)
 from .runs import RUN_POINTER, newest_step, resolve_run_folder, run_steps
 
 __all__ = ["Checkpoint", "read_checkpoint", "build_model", "convert", "newest_step", "release", "save_hf", "write_vocab",
