@@ -22,22 +22,24 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import durable
+from ..adapters.peft import adapter_base
 from ..config import GPTConfig
 from ..data.tokens import check_ids
 from ..devices import cpu_has_fast_bf16
 from ..errors import UserError
-from ..adapters.peft import adapter_base
 from ..formats import build_model, newest_step, read_checkpoint, resolve_run_folder, run_steps
 from ..hub import resolve_model_path
 from ..model import GPT
 from ..tokenizer import Tokenizer, gpt2_tokenizer
 from .checkpoint import STATE_FILE, load_training_state, save_checkpoint
+from .dataset import prepare_dataset
+from .distributed import barrier
 from .lora import attach_lora, lora_precision, lora_summary, write_lora_step
 from .metrics import plot_losses, truncate_metrics
+from .optimizer import freeze, make_optimizer, total_steps
 from .options import TrainOptions
 from .precision import MASTER_WEIGHTS, Precision, PrecisionPlan, make_precision, plan_precision
 from .sampler import WindowSampler
-from .setup import barrier, freeze, make_optimizer, prepare_dataset, scratch_config, total_steps
 from .sharding import Sharded, shard
 
 log = logging.getLogger("gpt2kit")
@@ -227,7 +229,7 @@ def _starting_point(model_name, run_dir: Path, opts: TrainOptions) -> Start:
         return dataclasses.replace(_from_folder(folder, opts, state), replaces_run=replaces)
     if opts.from_scratch:
         tok = gpt2_tokenizer()
-        return Start(scratch_config(opts, tok.n_vocab), None, tok, None, "from scratch", replaces_run=replaces)
+        return Start(_scratch_config(opts, tok.n_vocab), None, tok, None, "from scratch", replaces_run=replaces)
     ck = read_checkpoint(resolve_model_path(model_name))
     return Start(ck.config, ck.state_dict, ck.tokenizer, None, str(ck.path), base=_absolute(ck.path, opts),
                  replaces_run=replaces)
@@ -293,6 +295,11 @@ def _from_folder(folder: Path, opts: TrainOptions, state: dict | None) -> Start:
 def _absolute(path: Path, opts: TrainOptions) -> str | None:
     """The base a LoRA run's adapter names (absolute, so the run resumes from any directory)."""
     return str(Path(path).resolve()) if opts.lora_rank is not None else None
+
+
+def _scratch_config(opts: TrainOptions, n_vocab: int) -> GPTConfig:
+    """--from-scratch: a new model of the shape the options give."""
+    return GPTConfig(n_vocab=n_vocab, n_ctx=opts.n_ctx, n_embd=opts.n_embd, n_head=opts.n_head, n_layer=opts.n_layer)
 
 
 def _build_model(config: GPTConfig, state_dict, source: str, opts: TrainOptions, device: torch.device) -> GPT:
