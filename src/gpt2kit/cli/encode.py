@@ -14,21 +14,23 @@ def register(sub) -> None:
                        help="encode text files, folders, globs into a token dataset")
     p.add_argument("inputs", nargs="+")
     p.add_argument("--output", "-o", required=True, help="the dataset file to write, e.g. data/posts.tokens")
-    E = EncodeOptions
-    add_field(p, E, "val_fraction", "--val-fraction", help="hold out whole documents for validation")
-    add_field(p, E, "eot", "--no-eot", action="store_false", show_default=False, help="no <|endoftext|> between documents")
-    add_field(p, E, "encoding", help="the input files' text encoding")
-    add_field(p, E, "errors", choices=DECODE_ERRORS, help="undecodable bytes: stop, replace them, or drop them")
-    add_field(p, E, "column", help="CSV column, a name or a number (default: the first)")
-    add_field(p, E, "field", help="JSONL field")
-    add_field(p, E, "progress", "--quiet", action="store_false", show_default=False, help="no progress bar")
-    add_field(p, E, "template", help='one document per CSV row or JSONL record, e.g. "[{subreddit}] {title}" '
-              '({{ and }} for literal braces)')
+    add_field(p, EncodeOptions, "val_fraction", "--val-fraction", help="hold out whole documents for validation")
+    add_field(p, EncodeOptions, "eot", "--no-eot", action="store_false", show_default=False,
+              help="no <|endoftext|> between documents")
+    add_field(p, EncodeOptions, "encoding", help="the input files' text encoding")
+    add_field(p, EncodeOptions, "errors", choices=DECODE_ERRORS,
+              help="undecodable bytes: stop, replace them, or drop them")
+    add_field(p, EncodeOptions, "column", help="CSV column, a name or a number (default: the first)")
+    add_field(p, EncodeOptions, "field", help="JSONL field")
+    add_field(p, EncodeOptions, "progress", "--quiet", action="store_false", show_default=False, help="no progress bar")
+    add_field(p, EncodeOptions, "template",
+              help='one document per CSV row or JSONL record, e.g. "[{subreddit}] {title}" '
+                   '({{ and }} for literal braces)')
     # A flag, not `--keywords [N]`: an optional number would swallow the input after it (--keywords data.csv).
-    add_field(p, E, "keywords", "--keywords", action="store_const", const=DEFAULT_COUNT, show_default=False,
+    add_field(p, EncodeOptions, "keywords", "--keywords", action="store_const", const=DEFAULT_COUNT, show_default=False,
               help=f"put {DEFAULT_COUNT} keywords of each document in the template's {{keywords}} field, "
                    f"or alone on a line before each document")
-    add_field(p, E, "keywords", "--keywords-count", metavar="N", show_default=False,
+    add_field(p, EncodeOptions, "keywords", "--keywords-count", metavar="N", show_default=False,
               help="--keywords with N keywords per document")
     p.set_defaults(func=cmd_encode)
 
