@@ -10,7 +10,8 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-from fastapi import FastAPI, Request as HTTPRequest
+from fastapi import FastAPI
+from fastapi import Request as HTTPRequest
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -25,12 +26,32 @@ from . import metrics as prometheus
 from .chat import ChatLayout, ChatTemplate, as_completion
 from .completions import APIError, Completion, TextLayout
 from .engine import Refused, Request
-from .middleware import Guard, Outcomes, document_errors_as_400
+from .middleware import Guard, Outcomes, document_answers
 from .models import Models, ServedModel
-from .protocol import (ChatCompletionResponse, ChatRequest, CompletionRequest, CompletionResponse, DetokenizeRequest,
-                       DetokenizeResponse, ErrorResponse, HealthResponse, InfoResponse, ModelCard, ModelList, NextTokenRequest,
-                       NextTokenResponse, TokenizeRequest, TokenizeResponse)
+from .protocol import (
+    STREAM_MODELS,
+    ChatCompletionChunk,
+    ChatCompletionResponse,
+    ChatRequest,
+    CompletionChunk,
+    CompletionRequest,
+    CompletionResponse,
+    DetokenizeRequest,
+    DetokenizeResponse,
+    ErrorResponse,
+    HealthResponse,
+    InfoResponse,
+    ModelCard,
+    ModelList,
+    NextTokenRequest,
+    NextTokenResponse,
+    TokenizeRequest,
+    TokenizeResponse,
+    event_stream,
+)
 from .tokens import detokenize, tokenize
+
+OPENAPI_VERSION = "3.2.0"  # the first to describe each event of a stream (itemSchema); FastAPI's own is 3.1.0
 
 
 def _errors(*codes: int) -> dict:
@@ -38,10 +59,11 @@ def _errors(*codes: int) -> dict:
     return {code: {"model": ErrorResponse} for code in codes}
 
 
-def _answers(model: type[BaseModel], *codes: int, stream: bool = False) -> dict:
+def _answers(model: type[BaseModel], *codes: int, chunk: type[BaseModel] | None = None) -> dict:
+    """OpenAPI entries for a route's answers: `model` as JSON, or with stream: true, server-sent events of `chunk`."""
     ok: dict = {"model": model}
-    if stream:  # stream: true answers server-sent events
-        ok["content"] = {"text/event-stream": {"schema": {"type": "string"}}}
+    if chunk is not None:
+        ok["content"] = {"text/event-stream": {"itemSchema": event_stream(chunk)}}
     return {200: ok, **_errors(*codes)}
 
 
@@ -66,6 +88,7 @@ class Served:
 def create_app(models: Models, *, options: ServeOptions, chat_template: ChatTemplate | None = None) -> FastAPI:
     """chat_template: None reads options' (serve() reads it first, so a bad template stops it before binding)."""
     app = FastAPI(title="gpt2kit", docs_url="/docs", redoc_url=None)
+    app.openapi_version = OPENAPI_VERSION
     served = Served(models, options, chat_template or ChatTemplate(options.chat_template, options.chat_stop))
     _add_error_handlers(app)
     app.add_middleware(Guard, limit=options.max_request_bytes, api_key=options.api_key)
@@ -74,7 +97,7 @@ def create_app(models: Models, *, options: ServeOptions, chat_template: ChatTemp
     _add_generation_routes(app, served)
     _add_token_routes(app, served)
     app.get("/", include_in_schema=False)(_index)
-    document_errors_as_400(app)
+    document_answers(app, models=STREAM_MODELS)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
 
@@ -180,12 +203,13 @@ def _add_generation_routes(app: FastAPI, served: Served) -> None:
         top = await asyncio.to_thread(picked.engine.call, lambda m: m.next_token_probs(body.prompt or None, body.top))
         return {"prompt": body.prompt, "tokens": [{"token": lm.tokenizer.decode([i]), "id": i, "prob": p} for i, p in top]}
 
-    @app.post("/v1/completions", responses=_answers(CompletionResponse, 400, 401, 404, 413, 429, 500, 503, stream=True))
+    @app.post("/v1/completions",
+              responses=_answers(CompletionResponse, 400, 401, 404, 413, 429, 500, 503, chunk=CompletionChunk))
     async def completions(body: CompletionRequest, http: HTTPRequest):
         return await _generate(served, body, http, TextLayout, arrival=time.perf_counter())
 
     @app.post("/v1/chat/completions",
-              responses=_answers(ChatCompletionResponse, 400, 401, 404, 413, 429, 500, 503, stream=True))
+              responses=_answers(ChatCompletionResponse, 400, 401, 404, 413, 429, 500, 503, chunk=ChatCompletionChunk))
     async def chat_completions(body: ChatRequest, http: HTTPRequest):
         arrival = time.perf_counter()
         served.models.pick(body.model)  # an unknown model is refused before the template runs

@@ -2,7 +2,8 @@
 
     Guard                    the body-size limit (413) and the API key (401), before anything is parsed
     Outcomes                 each generation request counted by what it answered, for /metrics
-    document_errors_as_400   /openapi.json says what is answered: 400 in OpenAI's shape, never FastAPI's 422
+    document_answers         /openapi.json says what is answered: 400 in OpenAI's shape, never FastAPI's 422,
+                             and the models that streamed events carry
 
 Plain ASGI middlewares, not @app.middleware("http"): that one wraps `receive`, and a route then never hears
 that its client hung up (Request.is_disconnected stays False).
@@ -10,15 +11,19 @@ that its client hung up (Request.is_disconnected stays False).
 from __future__ import annotations
 
 import hmac
+from typing import Sequence
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 
 from .completions import APIError
 from .metrics import Metrics
 
 GENERATION_ROUTES = ("/v1/completions", "/v1/chat/completions")  # counted by outcome in /metrics
 PROTECTED = ("/v1/", "/tokenize", "/detokenize")  # what --api-key guards (the playground's page and /metrics are open)
+COMPONENTS = "#/components/schemas/"
 
 
 class Guard:
@@ -144,22 +149,39 @@ def _outcome(status: int | None, finished: bool, failed: bool) -> str:
     return "rate_limited" if status == 429 else "bad_request" if status >= 400 else "ok"
 
 
-def document_errors_as_400(app: FastAPI) -> None:
-    """The schema says what is answered: invalid bodies get 400 in OpenAI's shape (the app's handler), never
-    FastAPI's 422."""
+def document_answers(app: FastAPI, *, models: Sequence[type[BaseModel]] = ()) -> None:
+    """/openapi.json says what is answered: a body that does not validate gets 400 in OpenAI's shape (the app's
+    handler), never FastAPI's 422; and `models`, which no route answers whole (streamed events carry them),
+    are in its components for the events' schemas to refer to."""
     make = app.openapi
 
     def openapi() -> dict:
         if app.openapi_schema is None:
             schema = make()
-            for path in schema.get("paths", {}).values():
-                for operation in path.values():
-                    responses = operation.get("responses", {})
-                    if responses.pop("422", None) is not None:
-                        responses.setdefault("400", {"description": "Bad Request", "content": {"application/json": {
-                            "schema": {"$ref": "#/components/schemas/ErrorResponse"}}}})
-            for name in ("HTTPValidationError", "ValidationError"):
-                schema.get("components", {}).get("schemas", {}).pop(name, None)
+            _errors_as_400(schema)
+            _add_components(schema, models)
             app.openapi_schema = schema
         return app.openapi_schema
     app.openapi = openapi
+
+
+def _errors_as_400(schema: dict) -> None:
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            responses = operation.get("responses", {})
+            if responses.pop("422", None) is not None:
+                responses.setdefault("400", {"description": "Bad Request", "content": {"application/json": {
+                    "schema": {"$ref": COMPONENTS + "ErrorResponse"}}}})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schema.get("components", {}).get("schemas", {}).pop(name, None)
+
+
+def _add_components(schema: dict, models: Sequence[type[BaseModel]]) -> None:
+    """`models` and those they refer to, as FastAPI writes its own: by name, in serialization mode."""
+    if not models:
+        return
+    _, found = models_json_schema([(m, "serialization") for m in models], ref_template=COMPONENTS + "{model}")
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for name, definition in found.get("$defs", {}).items():
+        if components.setdefault(name, definition) != definition:  # two models of one name: clients would see one
+            raise RuntimeError(f"/openapi.json: two different schemas are named {name}")

@@ -266,6 +266,62 @@ class ChatCompletionResponse(BaseModel):
     usage: Usage
 
 
+# --- streamed answers (stream: true): server-sent events, each one's data a chunk or an error as JSON, or [DONE] ---
+
+class CompletionChunk(BaseModel):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]  # none in the usage chunk
+    usage: Usage | None = None  # with stream_options.include_usage: in every chunk, null but in the last
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = None  # in each choice's first chunk
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: ChatDelta
+    logprobs: ChatLogprobs | None
+    finish_reason: Literal["stop", "length"] | None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+
+
+class StreamErrorBody(BaseModel):
+    message: str
+    type: str
+
+
+class StreamError(BaseModel):
+    """A stream's last event but [DONE] when generation failed after the 200 was sent."""
+    error: StreamErrorBody
+
+
+STREAM_END = "[DONE]"  # the data of a stream's last event
+STREAM_MODELS = (CompletionChunk, ChatCompletionChunk, StreamError)  # in the schema's components, for the events
+
+
+def event_stream(chunk: type[BaseModel]) -> dict:
+    """OpenAPI 3.2's itemSchema of a text/event-stream answer: one event, whose data is `chunk` or a StreamError
+    as JSON, or STREAM_END. (Events carry no `event:` line, so their type is the default, "message".)"""
+    as_json = {"anyOf": [{"$ref": f"#/components/schemas/{m.__name__}"} for m in (chunk, StreamError)]}
+    return {"type": "object", "required": ["data"], "properties": {
+        "event": {"const": "message"},
+        "data": {"anyOf": [{"const": STREAM_END},
+                           {"type": "string", "contentMediaType": "application/json", "contentSchema": as_json}]}}}
+
+
 class TokenizeResponse(BaseModel):
     tokens: list[int]
     count: int
