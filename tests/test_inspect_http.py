@@ -54,7 +54,8 @@ def test_inspect_is_in_the_openapi_schema(url):
 
 @pytest.mark.parametrize("body,status,param", [
     ({}, 400, "text"), ({"text": ""}, 400, "text"), ({"text": 5}, 400, "text"),
-    ({"text": "hi", "alternatives": 101}, 400, "alternatives"), ({"text": "hi", "context_length": -1}, 400, "context_length"),
+    ({"text": "hi", "alternatives": 101}, 400, "alternatives"),
+    ({"text": "hi", "context_length": -1}, 400, "context_length"),
     ({"text": "hi", "model": "nope"}, 404, "model"), ({"text": "hi " * 9000}, 400, "text"),
 ])
 def test_bad_requests_name_the_field(url, body, status, param):

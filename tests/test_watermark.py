@@ -113,7 +113,8 @@ def bundled():
 
     import gpt2kit
     from gpt2kit.paths import BUNDLED_DIR
-    return gpt2kit.load(device="cpu", dtype="float32"), GPT2LMHeadModel.from_pretrained(BUNDLED_DIR, dtype=torch.float32).eval()
+    hf_model = GPT2LMHeadModel.from_pretrained(BUNDLED_DIR, dtype=torch.float32).eval()
+    return gpt2kit.load(device="cpu", dtype="float32"), hf_model
 
 
 def test_greedy_watermarked_text_equals_transformers(bundled):

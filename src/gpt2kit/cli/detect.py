@@ -28,7 +28,8 @@ def register(sub) -> None:
     p.add_argument("--format", choices=("text", "json"), default="text",
                    help="text: the verdict, then the z-score, p-value and green count; json: one object (default text)")
     add_field(p, EncodeOptions, "encoding", help="the file's encoding")
-    add_field(p, EncodeOptions, "errors", choices=DECODE_ERRORS, help="undecodable bytes: stop, replace them, or drop them")
+    add_field(p, EncodeOptions, "errors", choices=DECODE_ERRORS,
+              help="undecodable bytes: stop, replace them, or drop them")
     p.set_defaults(func=cmd_detect)
 
 

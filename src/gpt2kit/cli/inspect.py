@@ -32,7 +32,8 @@ def register(sub) -> None:
                    help="GLTR's colours in the text format (auto: when standard output is a terminal and NO_COLOR "
                         "is unset)")
     add_field(p, EncodeOptions, "encoding", help="a file's encoding")
-    add_field(p, EncodeOptions, "errors", choices=DECODE_ERRORS, help="undecodable bytes: stop, replace them, or drop them")
+    add_field(p, EncodeOptions, "errors", choices=DECODE_ERRORS,
+              help="undecodable bytes: stop, replace them, or drop them")
     p.set_defaults(func=cmd_inspect)
 
 
@@ -54,7 +55,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(result.as_dict(), ensure_ascii=False))
     else:
-        colour = args.color == "always" or (args.color == "auto" and sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
+        tty = sys.stdout.isatty() and not os.environ.get("NO_COLOR")  # https://no-color.org
+        colour = args.color == "always" or (args.color == "auto" and tty)
         print(terminal(result, colour=colour))
     return 0
 

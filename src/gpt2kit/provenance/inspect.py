@@ -126,7 +126,8 @@ def inspect(lm: LM, text: str, *, context_length: int | None = InspectOptions.co
     rows = []
     for first_input, first_target, end in windows(len(sequence), window):
         x = torch.tensor([sequence[first_input:end - 1]], device=lm.device)  # (1, T): the inputs
-        logits = lm.model(x)[0, first_target - 1 - first_input:]  # (end - first_target, V): one row per target
+        # (end - first_target, V): one row per target; a vocabulary padded past the tokenizer's holds no tokens
+        logits = lm.model(x)[0, first_target - 1 - first_input:, :lm.tokenizer.n_vocab]
         targets = torch.tensor(sequence[first_target:end], device=logits.device)
         for s in range(0, targets.numel(), ROWS_PER_PASS):
             rows += _score(logits[s:s + ROWS_PER_PASS].float(), targets[s:s + ROWS_PER_PASS], alternatives)

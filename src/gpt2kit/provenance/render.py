@@ -24,7 +24,8 @@ def terminal(ins: Inspection, *, colour: bool) -> str:
     """The passage (coloured by bucket when `colour`), a table of every token, the buckets and the histograms."""
     lines = [f"{ins.model}: {len(ins.tokens)} tokens, windows of {ins.window}", ""]
     if colour:
-        lines += [_coloured(ins.tokens), "", "  ".join(_paint(f" {name} ", b) for b, name in enumerate(BUCKET_NAMES)), ""]
+        legend = "  ".join(_paint(f" {name} ", b) for b, name in enumerate(BUCKET_NAMES))
+        lines += [_coloured(ins.tokens), "", legend, ""]
     lines.append(f"{'#':>6}  {'token':<14}  {'rank':>6}  {'prob':>7}  {'top prediction':<14}  {'top prob':>8}  entropy")
     for n, t in enumerate(ins.tokens, 1):
         token = visible(t.text)
@@ -95,7 +96,8 @@ def page(ins: Inspection, *, title: str = "gpt2kit inspect") -> str:
             f'<div class="passage">{"".join(_span(t) for t in ins.tokens)}</div>',
             "<h2>Buckets</h2>", _html_bars(list(zip(BUCKET_NAMES, ins.buckets)), len(ins.tokens)),
             f'<p class="muted">mean log-rank {ins.mean_log_rank:.3f}</p>',
-            "<h2>p(token) / p(top prediction)</h2>", _html_bars(_labelled(histograms["ratio"], "{:.1f}"), len(ins.tokens)),
+            "<h2>p(token) / p(top prediction)</h2>",
+            _html_bars(_labelled(histograms["ratio"], "{:.1f}"), len(ins.tokens)),
             "<h2>Entropy (nats)</h2>", _html_bars(_labelled(histograms["entropy"], "{:.0f}"), len(ins.tokens)),
             "<h2>Every token</h2>", _table(ins)]
     return (f'<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'

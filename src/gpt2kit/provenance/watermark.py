@@ -33,8 +33,8 @@ _SEED_MOD = 2**64 - 1  # transformers: manual_seed(seed % (2**64 - 1))
 @lru_cache(maxsize=4096)
 def _green_bits(seed: int, vocab_size: int, size: int) -> np.ndarray:
     """The first `size` ids of torch.randperm(vocab_size) from a CPU generator seeded with `seed`, as packed bits
-    (⌈V/8⌉ bytes, read-only). Kept because a permutation of GPT-2's vocabulary takes 6 ms on a 2-core CPU and a
-    text repeats its tokens; 4096 lists take 26 MB."""
+    (⌈V/8⌉ bytes, read-only). Kept because one permutation of GPT-2's vocabulary takes 6 ms on a 2-core CPU,
+    longer than a decoding step, and a text repeats its tokens; 4096 lists take 26 MB."""
     g = torch.Generator(device="cpu")
     g.manual_seed(seed)
     mask = np.zeros(vocab_size, dtype=bool)
