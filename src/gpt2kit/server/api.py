@@ -26,6 +26,7 @@ from . import metrics as prometheus
 from .chat import ChatLayout, ChatTemplate, as_completion
 from .completions import APIError, Completion, TextLayout
 from .engine import Refused, Request
+from .inspect_routes import add_inspect_routes
 from .middleware import Guard, Outcomes, document_answers
 from .models import Models, ServedModel
 from .protocol import (
@@ -96,6 +97,7 @@ def create_app(models: Models, *, options: ServeOptions, chat_template: ChatTemp
     _add_status_routes(app, served)
     _add_generation_routes(app, served)
     _add_token_routes(app, served)
+    add_inspect_routes(app, served)
     app.get("/", include_in_schema=False)(_index)
     document_answers(app, models=STREAM_MODELS)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
