@@ -19,9 +19,9 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from ..errors import UserError
 from ..generation import Piece, Sample
 from ..paths import CHAT_TEMPLATE
-from .completions import APIError, Completion, finish_reason
 from ..sequence import Request
-from .protocol import ChatMessage, ChatRequest, CompletionRequest
+from .completions import APIError, Completion, finish_reason
+from .protocol import ChatMessage, ChatRequest, CompletionRequest, SamplingFields
 
 EOT = "<|endoftext|>"
 DEFAULT_TRANSCRIPT = "gpt2kit's plain 'User: ... Assistant:' transcript"  # what no --chat-template gives
@@ -104,9 +104,9 @@ def as_completion(body: ChatRequest, template: ChatTemplate) -> CompletionReques
         raise APIError(400, "tools are not available: GPT-2 calls no tools", param="tools")
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
-    fields = body.model_dump(include={"model", "temperature", "top_p", "top_k", "repetition_penalty", "n", "stop",
-                                      "seed", "stream", "stream_options", "presence_penalty", "frequency_penalty",
-                                      "logit_bias", "user"})
+    # Every shared field as it was given (its nested models as they are: strict mode takes no dicts for them),
+    # and only those given, so that a default is still a default (repeat_penalty beside repetition_penalty).
+    fields = {name: getattr(body, name) for name in SamplingFields.model_fields if name in body.model_fields_set}
     return CompletionRequest(**fields, prompt=template.render(plain_messages(body.messages)),
                              max_tokens=body.max_completion_tokens if body.max_completion_tokens is not None
                              else body.max_tokens,

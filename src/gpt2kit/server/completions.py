@@ -13,21 +13,14 @@ from typing import Any, AsyncIterator, Iterable
 from ..errors import UserError
 from ..generation import PromptTooLong, encode_prompt, make_sequences, new_seed
 from ..lm import LM
-from ..options import SamplingSettings, ServeOptions
+from ..options import ServeOptions
 from ..sequence import DONE, Piece, Request, Sample, Sequence
+from .errors import APIError
 from .metrics import ModelMetrics
 from .protocol import CompletionRequest, SamplingFields
+from .settings import sampling_settings
 
 MAX_STOPS = 4  # OpenAI's limit on stop sequences
-
-
-class APIError(Exception):
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None):
-        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
 def check_model(model: str | None, model_name: str) -> None:
@@ -118,10 +111,7 @@ class Completion:
             encoded = [_token_prompt(p, lm) if _is_ids(p) else encode_prompt(lm.tokenizer, p, n_ctx, truncate=False)
                        for p in prompts]
             prompts = [lm.tokenizer.decode(p) if _is_ids(p) else p for p in prompts]  # the text echo shows
-            settings = SamplingSettings(temperature=body.temperature, top_k=body.top_k, top_p=body.top_p,
-                                        repetition_penalty=body.repetition_penalty,
-                                        presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
-                                        logit_bias=logit_bias(body, lm.config.n_vocab))
+            settings = sampling_settings(body, lm.tokenizer, logit_bias(body, lm.config.n_vocab))
             first = reserve(len(prompts) * per_prompt)
             seqs = list(make_sequences(prompts, encoded, per_prompt=per_prompt,
                                        seed=new_seed() if body.seed is None else body.seed, settings=settings,
