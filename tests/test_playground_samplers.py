@@ -5,31 +5,71 @@ what the page sends, and what the server's answer holds.
 test_screenshots_for_the_docs (re)writes docs/images/playground-samplers.png and playground-structured.png,
 replaced only when their pixels change (test_playground.save_for_docs).
 """
+
 import json
 import re
 import shutil
 
 import pytest
-
-from gpt2kit.paths import BUNDLED_DIR
-from gpt2kit.samplers.help import HELP
 from live_server import start_server
 from test_playground import save_for_docs
 
+from gpt2kit.paths import BUNDLED_DIR
+from gpt2kit.samplers.help import HELP
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 sync_api = pytest.importorskip("playwright.sync_api")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 VIEWPORTS = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
 # The fields generate mode always sends; anything else in a body came from the new sections.
-BASE_FIELDS = {"model", "prompt", "stream", "stream_options", "logprobs", "max_tokens", "temperature", "top_k",
-               "top_p", "repetition_penalty", "seed"}
-SAMPLER_FIELDS = ["min_p", "typical_p", "top_n_sigma", "epsilon_cutoff", "eta_cutoff", "mirostat", "mirostat_tau",
-                  "mirostat_eta", "dry_multiplier", "dry_base", "dry_allowed_length", "dry_penalty_last_n",
-                  "dry_sequence_breakers", "xtc_threshold", "xtc_probability"]
-SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
-                                           "age": {"type": "integer", "minimum": 0, "maximum": 120}},
-          "required": ["name", "age"], "additionalProperties": False}
+BASE_FIELDS = {
+    "model",
+    "prompt",
+    "stream",
+    "stream_options",
+    "logprobs",
+    "max_tokens",
+    "temperature",
+    "top_k",
+    "top_p",
+    "repetition_penalty",
+    "seed",
+}
+SAMPLER_FIELDS = [
+    "min_p",
+    "typical_p",
+    "top_n_sigma",
+    "epsilon_cutoff",
+    "eta_cutoff",
+    "mirostat",
+    "mirostat_tau",
+    "mirostat_eta",
+    "dry_multiplier",
+    "dry_base",
+    "dry_allowed_length",
+    "dry_penalty_last_n",
+    "dry_sequence_breakers",
+    "xtc_threshold",
+    "xtc_probability",
+]
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 12},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+    },
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
 CHOICES = ["Montague", "Capulet", "Prince Escalus"]
 
 
@@ -55,6 +95,7 @@ def page(request, page_url):
         def record(route):
             page.sent.append(json.loads(route.request.post_data or "{}"))
             route.continue_()
+
         page.route("**/v1/completions", record)
         requests = []
         page.on("request", lambda r: requests.append(r.url))
@@ -119,8 +160,13 @@ def test_only_changed_samplers_are_sent_and_the_server_takes_them(page):
     generate(page, max_tokens=30)
     sent = page.sent[-1]
     assert {k: v for k, v in sent.items() if k not in BASE_FIELDS} == {
-        "min_p": 0.05, "mirostat": 2, "mirostat_tau": 3.5, "dry_multiplier": 0.8,
-        "dry_sequence_breakers": ["\n", ":", ";", ","], "xtc_probability": 0.5}
+        "min_p": 0.05,
+        "mirostat": 2,
+        "mirostat_tau": 3.5,
+        "dry_multiplier": 0.8,
+        "dry_sequence_breakers": ["\n", ":", ";", ","],
+        "xtc_probability": 0.5,
+    }
     sync_api.expect(page.locator("#error")).to_have_text("")
     assert page.locator("#output .token").count() > 0
     # Reset: every one back to off, the body basic again
@@ -143,8 +189,10 @@ def test_json_schema_output_parses_and_validates(page):
     jsonschema = pytest.importorskip("jsonschema")
     choose_structured(page, "json_schema", json.dumps(SCHEMA, indent=2))
     generate(page, prompt="A person, as JSON:\n", max_tokens=120)
-    assert page.sent[-1]["response_format"] == {"type": "json_schema",
-                                                "json_schema": {"name": "playground", "schema": SCHEMA}}
+    assert page.sent[-1]["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "playground", "schema": SCHEMA},
+    }
     assert "structured_outputs" not in page.sent[-1]
     sync_api.expect(page.locator("#error")).to_have_text("")
     text = generated_text(page)
@@ -184,8 +232,9 @@ def test_regex_output_matches(page):
     assert re.fullmatch(pattern, generated_text(page))
 
 
-@pytest.mark.parametrize("schema,message", [('{"type": "object",', "not valid JSON"),
-                                            ('["a list"]', "is a JSON object")])
+@pytest.mark.parametrize(
+    "schema,message", [('{"type": "object",', "not valid JSON"), ('["a list"]', "is a JSON object")]
+)
 def test_an_invalid_schema_is_refused_before_sending(page, schema, message):
     choose_structured(page, "json_schema", schema)
     page.click("#generate")
@@ -212,6 +261,7 @@ def test_watermark_key_marks_the_text_for_detect(page):
     """The key goes as the watermark extension; the answer's text is watermarked for that key alone."""
     from gpt2kit.provenance.watermark import detect
     from gpt2kit.tokenizer import gpt2_tokenizer
+
     encode = gpt2_tokenizer().encode
     open_section(page, "Watermark")
     page.fill("#watermark_key", "15485863")
@@ -246,9 +296,11 @@ def test_screenshots_for_the_docs(page_url, device):
         shot = page.screenshot(full_page=True, animations="disabled")
         if device == "desktop":
             assert save_for_docs(shot, "playground-samplers.png").is_file()
+        page.get_by_role("button", name="Reset all to off").click()
         open_section(page, "More samplers")  # closed again
-        choose_structured(page, "json_schema")  # the page's example schema
-        generate(page, prompt="A person, as JSON:\n", max_tokens=80, seed=1)
+        choose_structured(page, "json_schema", json.dumps(SCHEMA, indent=2))
+        generate(page, prompt="A person, as JSON:\n", max_tokens=120, seed=1)
+        page.evaluate("$('so_text').scrollTop = 0")
         sync_api.expect(page.locator("#error")).to_have_text("")
         json.loads(generated_text(page))
         shot = page.screenshot(full_page=True, animations="disabled")
