@@ -20,7 +20,7 @@ from .errors import UserError
 from .formats import build_model, read_checkpoint
 from .formats.mapped import keep_big_allocations_returnable
 from .hub import resolve_model_path
-from .options import INT8, GenerateOptions, LoadOptions
+from .options import INT8, GenerateOptions, InspectOptions, LoadOptions
 from .paths import BUNDLED_DIR
 from .generation import Piece, Sample, encode_prompt, iter_samples, new_seed
 from .model import GPT
@@ -82,6 +82,14 @@ class LM:
                             seed=new_seed() if o.seed is None else o.seed, nsamples=o.nsamples,
                             batch_size=o.batch_size, truncate=o.truncate, include_prefix=o.include_prefix,
                             stop_at_eot=o.stop_at_eot, logprobs=o.logprobs)
+
+    def inspect(self, text: str, *, context_length: int | None = InspectOptions.context_length,
+                alternatives: int = InspectOptions.alternatives):
+        """GLTR's view of `text` under this model: each token's rank, probability, the top prediction, entropy,
+        and the share of tokens in the top 10, 100, 1000 and the rest (gpt2kit.provenance.inspect)."""
+        from .provenance.inspect import inspect
+
+        return inspect(self, text, context_length=context_length, alternatives=alternatives)
 
     @torch.inference_mode()
     def next_token_probs(self, prompt: str | None, top: int = 20) -> list[tuple[int, float]]:

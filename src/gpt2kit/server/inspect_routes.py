@@ -9,8 +9,9 @@ from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
 from ..errors import UserError
-from ..options import InspectOptions
+from ..options import DetectOptions, InspectOptions
 from ..provenance.inspect import inspect
+from ..provenance.watermark import detect
 from .completions import APIError
 from .protocol import REQUEST, ErrorResponse, Text, whole
 
@@ -85,3 +86,42 @@ def add_inspect_routes(app: FastAPI, served: Served) -> None:
         except UserError as e:
             raise APIError(400, str(e), param="text") from None
         return {**result.as_dict(), "model": picked.id}
+
+    add_detect_route(app, served)
+
+
+class DetectRequest(BaseModel):
+    model_config = REQUEST
+    model: str | None = None  # whose tokenizer reads the text (no model runs)
+    text: Text = Field(min_length=1)
+    watermark_key: whole(ge=0)
+    watermark_gamma: float = Field(DetectOptions.watermark_gamma, gt=0, lt=1)
+    watermark_context_width: whole(ge=1) = DetectOptions.watermark_context_width
+    z_threshold: float = DetectOptions.z_threshold
+
+
+class DetectResponse(BaseModel):
+    scored: int
+    green: int
+    gamma: float
+    z: float
+    p_value: float
+    z_threshold: float
+    green_fraction: float
+    watermarked: bool
+    verdict: str
+
+
+def add_detect_route(app: FastAPI, served: Served) -> None:
+    @app.post("/v1/detect", response_model=DetectResponse,
+              responses={code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 503)})
+    async def detect_route(body: DetectRequest):
+        """Kirchenbauer et al.'s z-test for the watermark of `watermark_key` in `text` (an extension, as
+        `gpt2kit detect`): needs only the tokenizer."""
+        _, lm = served.ready_model(body.model)
+        try:
+            found = detect(lm.tokenizer.encode(body.text), key=body.watermark_key, gamma=body.watermark_gamma,
+                           context_width=body.watermark_context_width, z_threshold=body.z_threshold)
+        except UserError as e:
+            raise APIError(400, str(e), param="watermark_key") from None
+        return found.as_dict()
