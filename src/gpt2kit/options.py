@@ -144,7 +144,12 @@ class GenerateOptions:
     dry_sequence_breakers: tuple[str, ...] = SamplingSettings.dry_sequence_breakers
     xtc_threshold: float = SamplingSettings.xtc_threshold
     xtc_probability: float = SamplingSettings.xtc_probability
-    penalty_alpha: float = SamplingSettings.penalty_alpha
+    # Structured output (gpt2kit.constraints), at most one at a time; the defaults leave the text free.
+    json_schema: str | None = None  # a JSON Schema as JSON text (a dict is taken too, and kept as its JSON)
+    json_object: bool = False  # any JSON object
+    regex: str | None = None  # the whole continuation matches it (Rust regex syntax)
+    grammar: str | None = None  # Lark (llguidance's variant) or llama.cpp's GBNF
+    choices: tuple[str, ...] = ()  # exactly one of these texts
     watermark_key: int | None = SamplingSettings.watermark_key
     watermark_gamma: float = SamplingSettings.watermark_gamma
     watermark_delta: float = SamplingSettings.watermark_delta
@@ -158,19 +163,37 @@ class GenerateOptions:
     stop_at_eot: bool = True
     logprobs: int = 0  # top alternatives recorded per step
 
-    # Not a field: the samplers of gpt2kit.samplers (issue 29), the fields its HELP describes.
+    # Not fields: the samplers of gpt2kit.samplers (issue 29), the fields its HELP describes (contrastive search's
+    # penalty_alpha is a SamplingSettings field only: the engine does not run it yet), and the constraint forms.
     SAMPLERS = ("min_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "top_n_sigma", "mirostat", "mirostat_tau",
                 "mirostat_eta", "dry_multiplier", "dry_base", "dry_allowed_length", "dry_penalty_last_n",
-                "dry_sequence_breakers", "xtc_threshold", "xtc_probability", "penalty_alpha")
+                "dry_sequence_breakers", "xtc_threshold", "xtc_probability")
+    CONSTRAINTS = ("json_schema", "json_object", "regex", "grammar", "choices")
 
-    def as_kwargs(self) -> dict:
-        """The keyword arguments of `LM.samples`."""
-        return dataclasses.asdict(self)
+    def __post_init__(self) -> None:
+        # Frozen: the two forms people pass from Python (a dict schema, a list of choices) normalised once, here.
+        if isinstance(self.json_schema, dict):
+            object.__setattr__(self, "json_schema", Constraint.json_schema(self.json_schema).source)
+        if isinstance(self.choices, str):
+            raise UserError(f"choices must be a list of texts, got the text {self.choices!r}")
+        object.__setattr__(self, "choices", tuple(self.choices or ()))
+
+    def constraint(self) -> Constraint | None:
+        """The one constraint these options ask for, or None; a UserError when more than one is set."""
+        asked = [name for name in self.CONSTRAINTS if getattr(self, name) not in (None, False, ())]
+        if len(asked) > 1:
+            raise UserError(f"one constraint at a time: got {' and '.join(asked)}")
+        if not asked:
+            return None
+        build = {"json_schema": Constraint.json_schema, "json_object": lambda _: Constraint.json_object(),
+                 "regex": Constraint.regex, "grammar": Constraint.grammar, "choices": Constraint.choice}
+        return build[asked[0]](getattr(self, asked[0]))
 
     def sampling(self) -> SamplingSettings:
         """The per-row filters these options ask for (their ranges checked: a UserError when one is out)."""
-        return SamplingSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(SamplingSettings)
-                                   if hasattr(self, f.name)})
+        return SamplingSettings(constraint=self.constraint(),
+                                **{f.name: getattr(self, f.name) for f in dataclasses.fields(SamplingSettings)
+                                   if f.name != "constraint" and hasattr(self, f.name)})
 
 
 # PyTorch compute dtypes by the names people type (the short ones are llama.cpp's and PyTorch users' habit),

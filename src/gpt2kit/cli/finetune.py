@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..samplers.help import HELP as SAMPLER_HELP
 from ..training.options import DEFAULT_STEPS, TrainOptions
 from .common import add_field, field_names, given, log, model_name
 
@@ -27,6 +28,9 @@ HELP = {
     "sample_every": "write samples every N steps (0 = off)",
     "sample_temperature": "the samples' temperature (0 = greedy)",
     "sample_top_k": "the samples keep the k likeliest tokens (0 = off)",
+    "sample_top_p": "the samples' nucleus sampling; 1.0 = off",
+    "sample_repetition_penalty": "the samples' CTRL penalty on tokens already seen; 1.0 = off",
+    **{f"sample_{name}": f"the samples' {text}" for name, text in SAMPLER_HELP.items()},
     "val_dataset": "validation data: a token file, or text (files, folders, globs) encoded as --dataset is",
     "val_fraction": "hold out this fraction for validation",
     "progress": "show a progress bar",
@@ -51,7 +55,11 @@ def register(sub) -> None:
 def add_train_options(p: argparse.ArgumentParser) -> None:
     """One flag per TrainOptions field (and an underscore alias), its default taken from there."""
     for name in field_names(TrainOptions):
-        add_field(p, TrainOptions, name, help=HELP.get(name, ""))
+        if name == "sample_dry_sequence_breakers":  # a list: the flag repeats
+            add_field(p, TrainOptions, name, action="append", metavar="TEXT", show_default=False,
+                      help=HELP[name] + "; repeatable, replaces the defaults")
+        else:
+            add_field(p, TrainOptions, name, help=HELP.get(name, ""))
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:

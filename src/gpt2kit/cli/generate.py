@@ -15,11 +15,14 @@ from .. import durable
 from ..data.templates import DOCUMENT_START, Template, parse_assignment, parse_template, read_field_sets
 from ..errors import UserError
 from ..options import GREEDY_BELOW, GenerateOptions
+from ..samplers.help import HELP
 from .common import add_field, add_model_args, field_names, given, load_model, log
 
 SAMPLE_DELIM = "=" * 20 + "\n"  # between samples, as OpenAI's and gpt-2-simple's scripts print them
 PROMPT_FIELD = "prompt"  # a .jsonl prompt file's field unless --prompt-field says otherwise
-SAMPLING = tuple(n for n in field_names(GenerateOptions) if n not in ("presence_penalty", "frequency_penalty", "logprobs"))
+# The flags add_sampling_args makes from GenerateOptions' fields (json_schema and grammar come from files).
+SAMPLING = tuple(n for n in field_names(GenerateOptions)
+                 if n not in ("presence_penalty", "frequency_penalty", "logprobs", "json_schema", "grammar"))
 EXAMPLE = ('gpt2kit generate "ROMEO." --length 60 --seed 1 --top-k 40',
            'gpt2kit generate --prompt-file prompts.txt --nsamples 3 --format jsonl --output samples.jsonl')
 
@@ -44,6 +47,9 @@ def register(sub) -> None:
     p.add_argument("--field", action="append", default=[], metavar="NAME=VALUE",
                    help="a field value for --template (repeatable); generation starts after the filled fields")
     p.add_argument("--fields", metavar="FILE.jsonl", help="one JSON object of field values per line, a prompt each")
+    p.add_argument("--constrain", action="store_true", default=False,
+                   help="keep each --template field's value in the template's shape (one line, not running into the "
+                        "text after it), so every sample's fields read back")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("interactive", example=("gpt2kit interactive --length 40 --top-k 40",),
@@ -65,6 +71,18 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     add_field(p, G, "top_k", help="keep the k likeliest tokens; 0 = off")
     add_field(p, G, "top_p", help="nucleus sampling; 1.0 = off")
     add_field(p, G, "repetition_penalty", help="CTRL's penalty on tokens already seen; 1.0 = off")
+    for name in G.SAMPLERS:
+        if name == "dry_sequence_breakers":
+            add_field(p, G, name, action="append", metavar="TEXT", help=HELP[name] + "; repeatable, replaces the "
+                      "defaults", show_default=False)
+        else:
+            add_field(p, G, name, help=HELP[name])
+    add_constraint_args(p)
+    add_field(p, G, "watermark_key", help="mark the text with Kirchenbauer et al.'s watermark under this key "
+              "(gpt2kit detect --watermark-key K finds it)", unset="no watermark")
+    add_field(p, G, "watermark_gamma", help="the watermark's green list, as a share of the vocabulary")
+    add_field(p, G, "watermark_delta", help="the watermark's bias on green tokens' logits")
+    add_field(p, G, "watermark_context_width", help="tokens the watermark's green list is seeded from")
     add_field(p, G, "stop", "--stop", action="append", help="stop where this text appears, and drop it (repeatable)")
     add_field(p, G, "seed", help="same seed and settings give the same text, whatever the batch size", unset="random")
     add_field(p, G, "nsamples", help="samples per prompt; 0 = until interrupted")
@@ -75,14 +93,50 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
               help="keep generating past <|endoftext|>")
 
 
-def generate_options(args: argparse.Namespace) -> GenerateOptions:
-    """The sampling flags, checked whole by the rules generation applies later: called before the model
-    loads, so a bad value is the only line the user sees (not the load's notices first)."""
+def add_constraint_args(p: argparse.ArgumentParser) -> None:
+    """The structured-output flags: at most one of them (GenerateOptions.constraint says so)."""
+    p.add_argument("--json-schema", "--json_schema", dest="json_schema_file", metavar="FILE",
+                   help="each continuation is a JSON document valid under the JSON Schema in FILE")
+    add_field(p, GenerateOptions, "json_object", "--json", action="store_true", show_default=False,
+              help="each continuation is a JSON object")
+    add_field(p, GenerateOptions, "regex", metavar="RE", help="each continuation matches this regular expression "
+              "whole (Rust syntax: no look-around or backreferences)")
+    p.add_argument("--grammar", dest="grammar_file", metavar="FILE",
+                   help="each continuation follows the grammar in FILE: Lark (llguidance's variant, rule start) "
+                        "or llama.cpp's GBNF (rule root)")
+    add_field(p, GenerateOptions, "choices", "--choice", action="append", metavar="TEXT",
+              help="each continuation is one of these texts (repeat the flag for each)")
+
+
+def generate_options(args: argparse.Namespace, **extra) -> GenerateOptions:
+    """The sampling flags (and `extra` options), checked whole by the rules generation applies later:
+    called before the model loads, so a bad value or constraint is the only line the user sees."""
     from ..generation import check_counts
-    options = GenerateOptions(**given(args, *SAMPLING))
-    options.sampling()  # raises UserError on a bad temperature, top_k, ...
+    files = {"json_schema": _read_text_file(getattr(args, "json_schema_file", None), "JSON schema file"),
+             "grammar": _read_text_file(getattr(args, "grammar_file", None), "grammar file")}
+    options = GenerateOptions(**given(args, *SAMPLING), **{k: v for k, v in files.items() if v is not None}, **extra)
+    check_settings(options.sampling())  # raises UserError on a bad temperature, top_k, schema, ...
     check_counts(length=options.length, nsamples=options.nsamples, batch_size=options.batch_size)
     return options
+
+
+def check_settings(settings) -> None:
+    """A constraint compiled on GPT-2's vocabulary now (cached by content), not after the model loads."""
+    if settings.constraint is not None:
+        from ..constraints.compiler import compile_constraint
+        from ..constraints.vocabulary import vocabulary_for
+        from ..tokenizer import gpt2_tokenizer
+        compile_constraint(settings.constraint, vocabulary_for(gpt2_tokenizer()))
+
+
+def _read_text_file(source: str | None, what: str) -> str | None:
+    if source is None:
+        return None
+    path = _existing_file(source, f"the {what}")
+    try:
+        return _decode(path.read_bytes(), str(path))
+    except OSError as e:
+        raise UserError(f"cannot read the {what} {path} ({e.strerror}); make it readable or pass another") from None
 
 
 # --- generate ------------------------------------------------------------------------------------
@@ -91,8 +145,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     # Every check first, in the order nothing is touched: flags, then inputs, then where the samples go;
     # only then the model loads and the output is opened.
     _check_combinations(args)
-    options = generate_options(args)
     template, prompts, known = _template_prompts(args)
+    options = generate_options(args, **_template_constraint(args, template, list(known.values())))
     prompts = prompts or read_prompts(args)
     if args.output_dir:
         durable.check_writable(Path(args.output_dir))  # also refuses a file where the folder should be
@@ -108,8 +162,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                                   template=template, known=known)
             if template:  # each document starts where the training documents did: after <|endoftext|>
                 prompts = [DOCUMENT_START + p for p in prompts]
-            interrupted = _write_samples(writer, lm.samples(prompts if len(prompts) > 1 else prompts[0],
-                                                            **options.as_kwargs()))
+            interrupted = _write_samples(writer, lm.samples(prompts if len(prompts) > 1 else prompts[0], options))
     except OSError as e:  # the disk filled up or went read-only mid-run (a BrokenPipeError is run's to handle)
         target = args.output or args.output_dir
         # a write's error carries no file name; one that does came from opening something else: a bug's
@@ -178,6 +231,24 @@ def _template_prompts(args: argparse.Namespace) -> tuple[Template | None, list[s
     sets = [{**s, **given_fields} for s in read_field_sets(args.fields)] if args.fields else [given_fields]
     prompts = [template.prompt(s) for s in sets]
     return template, prompts, dict(zip(prompts, sets))
+
+
+def _template_constraint(args: argparse.Namespace, template: Template | None, sets: list[dict]) -> dict:
+    """--constrain: the regex (GenerateOptions' own field) that keeps the continuations in the template's shape."""
+    if not args.constrain:
+        return {}
+    if template is None:
+        raise UserError("--constrain keeps the fields of a --template in shape; pass --template too")
+    asked = [flag for flag, dest in (("--json-schema", "json_schema_file"), ("--json", "json_object"),
+                                     ("--regex", "regex"), ("--grammar", "grammar_file"), ("--choice", "choices"))
+             if getattr(args, dest, None)]
+    if asked:
+        raise UserError(f"--constrain makes the template's own constraint; leave out {asked[0]}")
+    regexes = {template.continuation_regex(s) for s in sets}
+    if len(regexes) > 1:
+        raise UserError("under --constrain every set of --fields values must leave the same fields open "
+                        "(one constraint for every prompt); split the file by the fields each line gives")
+    return {"regex": regexes.pop()}
 
 
 def _existing_file(source: str, what: str) -> Path:
@@ -320,10 +391,10 @@ def cmd_interactive(args: argparse.Namespace) -> int:
     options = generate_options(args)  # before the load: a bad flag is the only line printed
     lm = load_model(args)
     # Like interactive_conditional_samples.py: only the new text, nsamples of each prompt (0 means 1 here).
-    kwargs = {**options.as_kwargs(), "include_prefix": False, "nsamples": options.nsamples or 1}
+    options = replace(options, include_prefix=False, nsamples=options.nsamples or 1)
     while (prompt := _ask()) is not None:
         current = None
-        for ev in lm.samples(prompt, **kwargs):
+        for ev in lm.samples(prompt, options):
             if ev.index != current and isinstance(ev, (Piece, Sample)):
                 if current is not None:
                     print()

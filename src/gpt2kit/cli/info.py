@@ -4,13 +4,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..options import CONVERT_DTYPES, ConvertOptions
+from ..options import CONVERT_DTYPES, ConvertOptions, GenerateOptions
+from ..samplers.help import HELP as SAMPLER_HELP
 from .common import add_field, field_names, given
 
 
 def register(sub) -> None:
     p = sub.add_parser("info", example=("gpt2kit info checkpoint/run1",),
-                       help="format, sizes, parameters and vocabulary of a model")
+                       help="format, sizes, parameters and vocabulary of a model, and the samplers it runs with")
     p.add_argument("model_path", nargs="?", help="a folder or published name (default: the bundled model)")
     p.add_argument("--checkpoint")
     p.add_argument("--offline", action="store_true", default=None)
@@ -37,7 +38,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     info = {"path": str(ck.path), "format": ck.format, "checkpoint": ck.checkpoint, "parameters": n_params,
             "n_layer": c.n_layer, "n_embd": c.n_embd, "n_head": c.n_head, "n_ctx": c.n_ctx, "n_vocab": c.n_vocab,
             "vocabulary": ck.tokenizer.source, "notes": ck.notes, "cpu_kernels": cpu_status(),
-            "cpu_auto": _auto_on_this_cpu(ck)}
+            "cpu_auto": _auto_on_this_cpu(ck), "samplers": {n: SAMPLER_HELP[n] for n in GenerateOptions.SAMPLERS}}
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -51,6 +52,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"note        {note}")
     print(f"cpu kernels {info['cpu_kernels']}")
     print(f"cpu auto    {info['cpu_auto']}")
+    print("samplers    (their flags: gpt2kit generate --help)")
+    for name, text in info["samplers"].items():
+        print(f"  {name:<22} {text}")
     return 0
 
 

@@ -75,6 +75,33 @@ class Template:
             return None
         return {name: known[name] if name in known else m.group(f"f{i}") for i, name in enumerate(self.fields)}
 
+    def continuation_regex(self, values: Mapping[str, str]) -> str:
+        """The shape of what generation writes after `prompt(values)`: a regular
+        expression (Rust syntax, as constraints take it) that `read` always reads back.
+
+        Each open field's value is one line of at least one character; a field with text after it also leaves
+        out that text's first character, so `read` (which ends a field where the text after it first fits)
+        splits the document where the model did."""
+        open_index = next((i for i, p in enumerate(self.parts) if isinstance(p, Field) and p.name not in values), None)
+        if open_index is None:
+            raise UserError(f"every field of the template {self.source!r} has a value: nothing is left to "
+                            f"generate under --constrain")
+        before = "".join(p if isinstance(p, str) else str(values[p.name]) for p in self.parts[:open_index])
+        out = [_regex_literal(before[len(before.rstrip(" ")):])]  # the spaces `prompt` leaves to the model
+        seen: set[str] = set()
+        for i, p in enumerate(self.parts[open_index:], open_index):
+            if isinstance(p, str):
+                out.append(_regex_literal(p))
+                continue
+            if p.name in seen:
+                raise UserError(f"the template {self.source!r} repeats {{{p.name}}}: --constrain cannot make two "
+                                f"places hold the same generated text")
+            seen.add(p.name)
+            after = self.parts[i + 1] if i + 1 < len(self.parts) else ""
+            excluded = "\\n" + (_regex_literal(after[0], in_class=True) if isinstance(after, str) and after else "")
+            out.append(f"[^{excluded}]+")
+        return "".join(out)
+
     def check_readable(self) -> None:
         """Two fields with no text between them cannot be told apart when read back."""
         for a, b in zip(self.parts, self.parts[1:]):
@@ -99,6 +126,25 @@ class Template:
                 # each field up to the first place the text after it fits; the last one takes the rest
                 out.append(f"(?P<f{names.index(p.name)}>.*{'' if i == last_field else '?'})")
         return re.compile("".join(out), re.S)
+
+
+_REGEX_SPECIAL = set("\\.+*?()|[]{}^$#&-~")
+
+
+def _regex_literal(text: str, in_class: bool = False) -> str:
+    """`text` as a regex matching exactly itself, in the Rust syntax llguidance reads (Python's re.escape
+    also escapes characters Rust refuses to see escaped, such as quotes)."""
+    out = []
+    for ch in text:
+        if ch == "\n":
+            out.append("\\n")
+        elif ch == " ":
+            out.append("\\x20" if in_class else " ")
+        elif ch in _REGEX_SPECIAL:
+            out.append("\\" + ch)
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def parse_template(source: str) -> Template:

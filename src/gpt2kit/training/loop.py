@@ -25,7 +25,6 @@ from ..errors import UserError
 from ..formats import newest_step
 from ..generation import Sample, iter_samples
 from ..model import GPT
-from ..sampling import SamplingSettings
 from .loss import head_cross_entropy
 from .metrics import append_metrics, plot_losses
 from .options import TrainOptions
@@ -236,9 +235,8 @@ def write_samples(model: GPT, tokenizer, opts: TrainOptions, run_name: str, step
     report=False draws them without writing or logging (the other processes of a sharded model)."""
     was_training = model.training
     model.eval()
-    settings = SamplingSettings(temperature=opts.sample_temperature, top_k=opts.sample_top_k)
     texts = [ev.text for ev in iter_samples(model, tokenizer, [opts.sample_prefix], length=opts.sample_length,
-                                              settings=settings, stop=[], seed=opts.seed + step,
+                                              settings=opts.sampling(), stop=[], seed=opts.seed + step,
                                               nsamples=opts.sample_num, batch_size=opts.sample_num, truncate=None,
                                               include_prefix=True, stop_at_eot=True, logprobs=0) if isinstance(ev, Sample)]
     model.train(was_training)

@@ -12,6 +12,7 @@ from ..options import DTYPE_NAMES, INT8, SamplingSettings
 
 
 TRAIN_DTYPES = ("auto", *DTYPE_NAMES)  # what a training step can compute in
+SAMPLING = {f.name for f in dataclasses.fields(SamplingSettings)}  # sample_<name> options with these names sample
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,24 @@ class TrainOptions:
     sample_prefix: str | None = None
     sample_temperature: float = 1.0
     sample_top_k: int = 40  # gpt-2-simple's samples during training
+    # The samples' other samplers (GenerateOptions.SAMPLERS, each off by default), as sample_<name>.
+    sample_top_p: float = SamplingSettings.top_p
+    sample_repetition_penalty: float = SamplingSettings.repetition_penalty
+    sample_min_p: float = SamplingSettings.min_p
+    sample_typical_p: float = SamplingSettings.typical_p
+    sample_epsilon_cutoff: float = SamplingSettings.epsilon_cutoff
+    sample_eta_cutoff: float = SamplingSettings.eta_cutoff
+    sample_top_n_sigma: float = SamplingSettings.top_n_sigma
+    sample_mirostat: int = SamplingSettings.mirostat
+    sample_mirostat_tau: float = SamplingSettings.mirostat_tau
+    sample_mirostat_eta: float = SamplingSettings.mirostat_eta
+    sample_dry_multiplier: float = SamplingSettings.dry_multiplier
+    sample_dry_base: float = SamplingSettings.dry_base
+    sample_dry_allowed_length: int = SamplingSettings.dry_allowed_length
+    sample_dry_penalty_last_n: int = SamplingSettings.dry_penalty_last_n
+    sample_dry_sequence_breakers: tuple[str, ...] = SamplingSettings.dry_sequence_breakers
+    sample_xtc_threshold: float = SamplingSettings.xtc_threshold
+    sample_xtc_probability: float = SamplingSettings.xtc_probability
     sample_dir: str = "samples"
     val_dataset: str | None = None
     val_fraction: float = 0.0
@@ -115,9 +134,15 @@ class TrainOptions:
             raise UserError(f"context-length must be at least 2, got {self.context_length}")
         self._check_lora()
         try:  # the samples' settings: checked now, not at the first sample hundreds of steps in
-            SamplingSettings(temperature=self.sample_temperature, top_k=self.sample_top_k)
+            self.sampling()
         except UserError as e:
             raise UserError(f"in the training samples' settings: {e}") from None
+
+    def sampling(self) -> SamplingSettings:
+        """The training samples' settings: every sample_<name> option is SamplingSettings' <name>."""
+        return SamplingSettings(**{f.name.removeprefix("sample_"): getattr(self, f.name)
+                                   for f in dataclasses.fields(self)
+                                   if f.name.startswith("sample_") and f.name.removeprefix("sample_") in SAMPLING})
 
     def _check_finite(self) -> None:
         """Every float option, read from the fields so a new one is covered too: inf or NaN would pass the
