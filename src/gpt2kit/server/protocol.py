@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
-from ..options import PENALTY_RANGE, GenerateOptions
+from ..options import PENALTY_RANGE, WATERMARK_DELTA_MAX, WATERMARK_KEY_MAX, GenerateOptions, SamplingSettings
 
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit on logprobs / top_logprobs
 MAX_LOGIT_BIAS = 300  # OpenAI's limit on logit_bias entries
@@ -50,6 +50,40 @@ class StreamOptions(BaseModel):
     include_usage: bool = False  # a last chunk with usage and no choices (every other chunk: usage null)
 
 
+class JSONSchemaFormat(BaseModel):
+    model_config = REQUEST
+    name: Text = Field(max_length=64)  # OpenAI's limit
+    description: Text | None = None
+    schema_: dict = Field(alias="schema")  # `schema` would shadow BaseModel's own attribute
+    strict: bool | None = None  # always strict here: the output is generated inside the schema
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's response_format: text (free), any JSON object, or JSON that follows json_schema.schema."""
+    model_config = REQUEST
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None  # with type json_schema (and only then)
+
+
+class StructuredOutputs(BaseModel):
+    """vLLM's structured_outputs: one of its fields."""
+    model_config = REQUEST
+    json_: dict | Text | None = Field(default=None, alias="json")  # a JSON Schema, as an object or as JSON text
+    regex: Text | None = None
+    choice: list[Text] | None = Field(default=None, min_length=1)
+    grammar: Text | None = None  # Lark (llguidance's variant) or llama.cpp's GBNF
+    json_object: bool | None = None
+
+
+class WatermarkFields(BaseModel):
+    """Kirchenbauer et al.'s watermark, seeded as transformers' "lefthash" (gpt2kit detect finds it)."""
+    model_config = REQUEST
+    key: whole(ge=1, le=WATERMARK_KEY_MAX)
+    gamma: float = Field(default=GenerateOptions.watermark_gamma, gt=0, lt=1)  # the green list's share
+    delta: float = Field(default=GenerateOptions.watermark_delta, gt=0, le=WATERMARK_DELTA_MAX)  # added to green logits
+    context_width: whole(ge=1) = GenerateOptions.watermark_context_width
+
+
 class SamplingFields(BaseModel):
     """What completions and chat completions share. The sampling ranges are SamplingSettings' (which checks
     them again for every caller of the library), written here too so that the schema states them."""
@@ -72,6 +106,37 @@ class SamplingFields(BaseModel):
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = Field(
         default=None, max_length=MAX_LOGIT_BIAS, json_schema_extra={"propertyNames": {"pattern": "^[0-9]+$"}})
     user: str | None = None
+    # The samplers of issue 29 under vLLM's and llama.cpp's names (transformers' for epsilon_cutoff and
+    # eta_cutoff, which neither server has); each default is off.
+    min_p: float = Field(default=GenerateOptions.min_p, ge=0, le=1)
+    typical_p: float = Field(default=GenerateOptions.typical_p, ge=0, le=1)
+    epsilon_cutoff: float = Field(default=GenerateOptions.epsilon_cutoff, ge=0, lt=1)
+    eta_cutoff: float = Field(default=GenerateOptions.eta_cutoff, ge=0, lt=1)
+    top_n_sigma: float = Field(default=GenerateOptions.top_n_sigma, allow_inf_nan=False)  # 0 or less: off
+    mirostat: Literal[0, 2] = GenerateOptions.mirostat  # llama.cpp's 1 (mirostat v1) is not offered
+    mirostat_tau: float = Field(default=GenerateOptions.mirostat_tau, ge=0, le=100)
+    mirostat_eta: float = Field(default=GenerateOptions.mirostat_eta, ge=0, le=1)
+    dry_multiplier: float = Field(default=GenerateOptions.dry_multiplier, ge=0, allow_inf_nan=False)
+    dry_base: float = Field(default=GenerateOptions.dry_base, ge=1, allow_inf_nan=False)
+    dry_allowed_length: whole(ge=0) = GenerateOptions.dry_allowed_length
+    dry_penalty_last_n: whole(ge=-1) = GenerateOptions.dry_penalty_last_n  # -1: every token
+    dry_sequence_breakers: list[Annotated[Text, Field(min_length=1, max_length=SamplingSettings.DRY_BREAKER_MAX)]] = (
+        Field(default_factory=lambda: list(GenerateOptions.dry_sequence_breakers)))
+    xtc_threshold: float = Field(default=GenerateOptions.xtc_threshold, ge=0, le=1)
+    xtc_probability: float = Field(default=GenerateOptions.xtc_probability, ge=0, le=1)
+    repeat_penalty: float | None = Field(  # llama.cpp's name for repetition_penalty
+        default=None, ge=PENALTY_RANGE[0], le=PENALTY_RANGE[1])
+    # Structured output: at most one of these per request (server/settings.py reads them).
+    response_format: ResponseFormat | None = Field(default=None, description="OpenAI's structured output")
+    structured_outputs: StructuredOutputs | None = Field(default=None, description="vLLM's structured output")
+    guided_json: dict | Text | None = Field(default=None, description="vLLM's: a JSON Schema the output follows")
+    guided_regex: Text | None = Field(default=None, description="vLLM's: a regex the whole output matches")
+    guided_choice: list[Text] | None = Field(default=None, min_length=1, description="vLLM's: one of these texts")
+    guided_grammar: Text | None = Field(default=None, description="vLLM's: a Lark or GBNF grammar")
+    json_schema: dict | None = Field(default=None, description="llama.cpp's: a JSON Schema the output follows")
+    grammar: Text | None = Field(default=None, description="llama.cpp's: a GBNF (or Lark) grammar")
+    watermark: WatermarkFields | None = Field(  # extension: gpt2kit.provenance
+        default=None, description="Kirchenbauer et al.'s watermark, as transformers seeds it (gpt2kit detect)")
 
 
 class CompletionRequest(SamplingFields):
