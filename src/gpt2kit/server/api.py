@@ -22,10 +22,11 @@ from ..formats.mapped import resident_bytes
 from ..lm import LM
 from ..options import ServeOptions
 from ..paths import STATIC_DIR
+from ..sequence import Request
 from . import metrics as prometheus
 from .chat import ChatLayout, ChatTemplate, as_completion
 from .completions import APIError, Completion, TextLayout
-from .engine import Refused, Request
+from .engine import Refused
 from .inspect_routes import add_inspect_routes
 from .middleware import Guard, Outcomes, document_answers
 from .models import Models, ServedModel
@@ -226,8 +227,7 @@ async def _generate(served: Served, body: CompletionRequest, http: HTTPRequest, 
     completion = Completion.build(body, lm, model_name=picked.id, options=served.options,
                                   reserve=picked.engine.reserve, metrics=picked.metrics, arrival=arrival,
                                   extra_stops=extra_stops)
-    req = Request(jobs=completion.jobs, sink=asyncio.Queue(), loop=asyncio.get_running_loop(),
-                  prompt_logprobs=completion.prompt_logprobs())
+    req = completion.request()
     try:
         picked.engine.submit(req)
     except Refused as e:  # queue full (429), a row that never fits (400), shutting down (503): before any work
