@@ -18,8 +18,7 @@ from ..tokenizer import Tokenizer
 from .errors import APIError
 from .protocol import SamplingFields
 
-# Every sampler of GenerateOptions but contrastive search's penalty_alpha, which the engine does not run.
-SAMPLERS = tuple(name for name in GenerateOptions.SAMPLERS if name != "penalty_alpha")
+SAMPLERS = GenerateOptions.SAMPLERS  # the request fields of the same names (protocol.SamplingFields)
 _WATERMARK = {"watermark_key": "key", "watermark_gamma": "gamma", "watermark_delta": "delta",
               "watermark_context_width": "context_width"}
 
