@@ -184,3 +184,30 @@ def test_no_function_is_longer_than_60_lines():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 60:
                 long.append(f"{f.relative_to(root)}:{node.lineno} {node.name}")
     assert not long, long
+
+
+def _steps(tree: ast.AST) -> bool:
+    """The module draws a step's tokens (draw_rows) or feeds them to the running batch (batch.feed)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if node.func.attr == "draw_rows" or (node.func.attr == "feed" and "batch" in ast.unparse(node.func.value)):
+                return True
+    return False
+
+
+def test_one_token_loop_and_one_sequence_type():
+    """Issue 26: the draw and the feed of a step happen in gpt2kit.engine alone, and only gpt2kit.sequence
+    defines a type holding a row's prompt ids, tokens and generator."""
+    stepping, row_types = [], []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        if _steps(tree):
+            stepping.append(module_name(path))
+        for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
+            fields = {t.attr if isinstance(t, ast.Attribute) else getattr(t, "id", None)
+                      for n in ast.walk(cls) for t in (n.targets if isinstance(n, ast.Assign) else
+                                                       [n.target] if isinstance(n, ast.AnnAssign) else [])}
+            if {"ids", "tokens", "generator"} <= fields:
+                row_types.append(f"{module_name(path)}.{cls.name}")
+    assert stepping == ["gpt2kit.engine"]
+    assert row_types == ["gpt2kit.sequence.Sequence"]
