@@ -109,16 +109,10 @@ def test_package_inits_that_name_a_boundary_only_re_export():
                 f"{package}/__init__.py:{node.lineno} {ast.unparse(node)[:60]}"
 
 
-# Being rewritten under issue 26 by its owner: cli/generate.py's add_sampling_args (`G`), with the sampling flags.
-ALIASES_BEING_REWRITTEN = {"gpt2kit.cli.generate"}
-
-
 def test_options_classes_go_by_their_own_names():
     """`GenerateOptions.top_k`, never `_G.top_k`: an alias makes a reader look up what `G` is (STYLE.md)."""
     aliases = []
     for path in sorted(PACKAGE.rglob("*.py")):
-        if module_name(path) in ALIASES_BEING_REWRITTEN:
-            continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom):
                 aliases += [f"{module_name(path)}: {a.name} as {a.asname}" for a in node.names

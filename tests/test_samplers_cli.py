@@ -93,11 +93,13 @@ def test_a_bad_sampler_value_is_one_line_and_exit_2(args, needle):
     assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
-def test_penalty_alpha_is_no_option_until_the_engine_runs_it():
-    with pytest.raises(TypeError):
-        GenerateOptions(penalty_alpha=0.6)
+def test_contrastive_search_is_an_option_everywhere_the_others_are(lm_tiny):
+    """penalty_alpha with top_k: LM.generate takes it, the search differs from greedy, and generate --help lists it."""
+    kw = dict(length=12, top_k=4, include_prefix=False, stop_at_eot=False)
+    searched = lm_tiny.generate("The cat sat on the mat. The cat", penalty_alpha=0.6, **kw)
+    assert searched != lm_tiny.generate("The cat sat on the mat. The cat", temperature=0, **kw)
     r = run_cli("generate", "--help")
-    assert r.returncode == 0 and "--penalty-alpha" not in r.stdout
+    assert r.returncode == 0
     for name in GenerateOptions.SAMPLERS:
         assert "--" + name.replace("_", "-") in r.stdout
 

@@ -144,6 +144,7 @@ class GenerateOptions:
     dry_sequence_breakers: tuple[str, ...] = SamplingSettings.dry_sequence_breakers
     xtc_threshold: float = SamplingSettings.xtc_threshold
     xtc_probability: float = SamplingSettings.xtc_probability
+    penalty_alpha: float = SamplingSettings.penalty_alpha
     # Structured output (gpt2kit.constraints), at most one at a time; the defaults leave the text free.
     json_schema: str | None = None  # a JSON Schema as JSON text (a dict is taken too, and kept as its JSON)
     json_object: bool = False  # any JSON object
@@ -163,11 +164,10 @@ class GenerateOptions:
     stop_at_eot: bool = True
     logprobs: int = 0  # top alternatives recorded per step
 
-    # Not fields: the samplers of gpt2kit.samplers (issue 29), the fields its HELP describes (contrastive search's
-    # penalty_alpha is a SamplingSettings field only: the engine does not run it yet), and the constraint forms.
+    # Not fields: the samplers of gpt2kit.samplers (issue 29), the fields its HELP describes, and the constraint forms.
     SAMPLERS = ("min_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "top_n_sigma", "mirostat", "mirostat_tau",
                 "mirostat_eta", "dry_multiplier", "dry_base", "dry_allowed_length", "dry_penalty_last_n",
-                "dry_sequence_breakers", "xtc_threshold", "xtc_probability")
+                "dry_sequence_breakers", "xtc_threshold", "xtc_probability", "penalty_alpha")
     CONSTRAINTS = ("json_schema", "json_object", "regex", "grammar", "choices")
 
     def __post_init__(self) -> None:

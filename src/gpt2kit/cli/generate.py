@@ -65,31 +65,30 @@ def add_adapter_arg(p: argparse.ArgumentParser) -> None:
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
-    G = GenerateOptions
-    add_field(p, G, "length", help="new tokens per sample (default: until <|endoftext|> or the context is full)")
-    add_field(p, G, "temperature", help=f"0 = greedy (so is anything below {GREEDY_BELOW:g})")
-    add_field(p, G, "top_k", help="keep the k likeliest tokens; 0 = off")
-    add_field(p, G, "top_p", help="nucleus sampling; 1.0 = off")
-    add_field(p, G, "repetition_penalty", help="CTRL's penalty on tokens already seen; 1.0 = off")
-    for name in G.SAMPLERS:
+    add_field(p, GenerateOptions, "length", help="new tokens per sample (default: until <|endoftext|> or the context is full)")
+    add_field(p, GenerateOptions, "temperature", help=f"0 = greedy (so is anything below {GREEDY_BELOW:g})")
+    add_field(p, GenerateOptions, "top_k", help="keep the k likeliest tokens; 0 = off")
+    add_field(p, GenerateOptions, "top_p", help="nucleus sampling; 1.0 = off")
+    add_field(p, GenerateOptions, "repetition_penalty", help="CTRL's penalty on tokens already seen; 1.0 = off")
+    for name in GenerateOptions.SAMPLERS:
         if name == "dry_sequence_breakers":
-            add_field(p, G, name, action="append", metavar="TEXT", help=HELP[name] + "; repeatable, replaces the "
+            add_field(p, GenerateOptions, name, action="append", metavar="TEXT", help=HELP[name] + "; repeatable, replaces the "
                       "defaults", show_default=False)
         else:
-            add_field(p, G, name, help=HELP[name])
+            add_field(p, GenerateOptions, name, help=HELP[name])
     add_constraint_args(p)
-    add_field(p, G, "watermark_key", help="mark the text with Kirchenbauer et al.'s watermark under this key "
+    add_field(p, GenerateOptions, "watermark_key", help="mark the text with Kirchenbauer et al.'s watermark under this key "
               "(gpt2kit detect --watermark-key K finds it)", unset="no watermark")
-    add_field(p, G, "watermark_gamma", help="the watermark's green list, as a share of the vocabulary")
-    add_field(p, G, "watermark_delta", help="the watermark's bias on green tokens' logits")
-    add_field(p, G, "watermark_context_width", help="tokens the watermark's green list is seeded from")
-    add_field(p, G, "stop", "--stop", action="append", help="stop where this text appears, and drop it (repeatable)")
-    add_field(p, G, "seed", help="same seed and settings give the same text, whatever the batch size", unset="random")
-    add_field(p, G, "nsamples", help="samples per prompt; 0 = until interrupted")
-    add_field(p, G, "batch_size", help="samples generated together")
-    add_field(p, G, "truncate", help="cut each sample at the first occurrence of this text (gpt-2-simple)")
-    add_field(p, G, "include_prefix", help="print the prompt before its continuation")
-    add_field(p, G, "stop_at_eot", "--no-stop-at-eot", action="store_false", show_default=False,
+    add_field(p, GenerateOptions, "watermark_gamma", help="the watermark's green list, as a share of the vocabulary")
+    add_field(p, GenerateOptions, "watermark_delta", help="the watermark's bias on green tokens' logits")
+    add_field(p, GenerateOptions, "watermark_context_width", help="tokens the watermark's green list is seeded from")
+    add_field(p, GenerateOptions, "stop", "--stop", action="append", help="stop where this text appears, and drop it (repeatable)")
+    add_field(p, GenerateOptions, "seed", help="same seed and settings give the same text, whatever the batch size", unset="random")
+    add_field(p, GenerateOptions, "nsamples", help="samples per prompt; 0 = until interrupted")
+    add_field(p, GenerateOptions, "batch_size", help="samples generated together")
+    add_field(p, GenerateOptions, "truncate", help="cut each sample at the first occurrence of this text (gpt-2-simple)")
+    add_field(p, GenerateOptions, "include_prefix", help="print the prompt before its continuation")
+    add_field(p, GenerateOptions, "stop_at_eot", "--no-stop-at-eot", action="store_false", show_default=False,
               help="keep generating past <|endoftext|>")
 
 

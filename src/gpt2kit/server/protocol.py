@@ -124,6 +124,7 @@ class SamplingFields(BaseModel):
         Field(default_factory=lambda: list(GenerateOptions.dry_sequence_breakers)))
     xtc_threshold: float = Field(default=GenerateOptions.xtc_threshold, ge=0, le=1)
     xtc_probability: float = Field(default=GenerateOptions.xtc_probability, ge=0, le=1)
+    penalty_alpha: float = Field(default=GenerateOptions.penalty_alpha, ge=0, le=1)  # contrastive search (with top_k)
     repeat_penalty: float | None = Field(  # llama.cpp's name for repetition_penalty
         default=None, ge=PENALTY_RANGE[0], le=PENALTY_RANGE[1])
     # Structured output: at most one of these per request (server/settings.py reads them).

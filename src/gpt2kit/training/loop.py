@@ -31,7 +31,8 @@ from .options import TrainOptions
 from .precision import AUTOCAST
 from .run import Run, start_run
 from .sampler import eval_windows
-from .setup import all_reduce_mean, init_distributed, lr_at
+from .distributed import all_reduce_mean, init_distributed
+from .optimizer import lr_at
 from .sharding import gradients_unsynced
 
 log = logging.getLogger("gpt2kit")

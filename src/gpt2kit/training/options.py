@@ -88,6 +88,7 @@ class TrainOptions:
     sample_dry_sequence_breakers: tuple[str, ...] = SamplingSettings.dry_sequence_breakers
     sample_xtc_threshold: float = SamplingSettings.xtc_threshold
     sample_xtc_probability: float = SamplingSettings.xtc_probability
+    sample_penalty_alpha: float = SamplingSettings.penalty_alpha
     sample_dir: str = "samples"
     val_dataset: str | None = None
     val_fraction: float = 0.0
