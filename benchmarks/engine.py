@@ -8,6 +8,7 @@ new tokens, top-k 40) once per tree and batch size, alternating the trees, each 
 baseline is the package at --baseline-ref, checked out into a temporary git worktree. Prints each figure,
 the medians and new/baseline ratios, with the CPU's flags.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,20 @@ ROOT = HERE.parent
 
 def case(src: Path, model: Path, batch: int, dtype: str) -> float:
     env = {**os.environ, "PYTHONPATH": str(src)}
-    r = subprocess.run([sys.executable, str(HERE / "run.py"), "--case", "gen-gpt2kit", f"--model={model}",
-                        f"--batch={batch}", f"--dtype={dtype}"], capture_output=True, text=True, env=env)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(HERE / "run.py"),
+            "--case",
+            "gen-gpt2kit",
+            f"--model={model}",
+            f"--batch={batch}",
+            f"--dtype={dtype}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     if r.returncode != 0:
         raise SystemExit(r.stderr[-3000:])
     return json.loads(r.stdout.strip().splitlines()[-1])["tokens_per_s"]
@@ -41,17 +54,21 @@ def main() -> None:
     args = p.parse_args()
     sys.path.insert(0, str(HERE))
     from serve import cpu_line, random_124m
+
     with tempfile.TemporaryDirectory() as d:
         base = Path(d) / "base"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base), args.baseline_ref],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base), args.baseline_ref],
+            check=True,
+            capture_output=True,
+        )
         try:
             model = Path(random_124m(Path(d) / "model"))
             trees = {"baseline": base / "src", "engine": ROOT / "src"}
             figures = {(t, b): [] for t in trees for b in args.batches}
             for r in range(args.rounds):
                 for b in args.batches:
-                    for name in (trees if r % 2 == 0 else reversed(list(trees))):
+                    for name in trees if r % 2 == 0 else reversed(list(trees)):
                         figures[name, b].append(case(trees[name], model, b, args.dtype))
                         print(f"round {r} batch {b} {name}: {figures[name, b][-1]:.1f} tokens/s", file=sys.stderr)
         finally:

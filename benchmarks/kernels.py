@@ -7,6 +7,7 @@ largest (154 MB in fp32). Prints milliseconds and effective GB/s of weight read 
 PyTorch offers to do it, and for gpt2kit's own kernels (kernels/matvec.c) in each weight format and
 for each instruction set this CPU runs (AVX2; AVX-512 where present), at batch 1 and 8.
 """
+
 import time
 
 import torch
@@ -34,7 +35,9 @@ def main() -> None:
         "fp32, MKL, (in, out) order": (lambda x, Wt=W.t().contiguous().t(): F.linear(x, Wt), 4),
         "fp32, oneDNN on prepacked weights": (lambda x, lin=OneDNNLinear(W, None): lin(x), 4),
         "int8 weights, bf16 activations (PyTorch's int8)": (
-            lambda x: torch._weight_int8pack_mm(x.to(torch.bfloat16), q, scales), 1),
+            lambda x: torch._weight_int8pack_mm(x.to(torch.bfloat16), q, scales),
+            1,
+        ),
     }
     here = features.detect()
     isas = [features.CpuInfo(here.machine, here.system, here.model, here.cores, here.flags - features.AVX512)]

@@ -7,6 +7,7 @@ The same cases as run.py (each in its own process, on the same random 124M-shape
 gpt2kit's own GGUF export of them). Targets: gpt2kit's default at least as fast as llama.cpp's f16, and
 gpt2kit's fastest dtype at least as fast as llama.cpp's q8_0.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,13 +24,22 @@ DTYPES = ("auto", "float16", "int8", "float32")
 
 
 def _random_124m(folder: Path) -> None:
-    subprocess.run([sys.executable, "-c", f"""
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"""
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 torch.manual_seed(0)
 GPT2LMHeadModel(GPT2Config()).save_pretrained({str(folder)!r})
-"""], check=True, capture_output=True)
+""",
+        ],
+        check=True,
+        capture_output=True,
+    )
     from gpt2kit.paths import ASSETS_DIR
+
     shutil.copy(ASSETS_DIR / "encoder.json", folder / "vocab.json")
     shutil.copy(ASSETS_DIR / "vocab.bpe", folder / "merges.txt")
 
@@ -43,10 +53,17 @@ def main() -> None:
             results[f"gen_gpt2kit_{dt}_b1"] = run_case("gen-gpt2kit", model=model, batch=1, dtype=dt)
         for dt in ("f16", "q8_0"):
             results[f"gen_llama_{dt}_b1"] = run_case("gen-llama", model=model, dtype=dt)
-    results["meta"] = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu_described": results["machine"]["cpu"],
-                       "family": results["machine"]["family"]}
+    results["meta"] = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "cpu_described": results["machine"]["cpu"],
+        "family": results["machine"]["family"],
+    }
     (HERE / "llama_results.json").write_text(json.dumps(results, indent=2) + "\n")
-    rows = [(k.removeprefix("gen_").removesuffix("_b1"), v["tokens_per_s"]) for k, v in results.items() if k.startswith("gen_")]
+    rows = [
+        (k.removeprefix("gen_").removesuffix("_b1"), v["tokens_per_s"])
+        for k, v in results.items()
+        if k.startswith("gen_")
+    ]
     print(f"CPU: {results['meta']['cpu_described']}\n\n| batch 1 | tokens/s |\n| --- | ---: |")
     for name, tps in rows:
         print(f"| {name} | {tps:.1f} |")

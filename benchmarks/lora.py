@@ -13,6 +13,7 @@ ru_maxrss (loading included). LoRA: rank 16 on every matrix (c_attn, c_proj, c_f
 
 Issue 13's target: LoRA >= 1.3x full fine-tuning's tokens/s with at most half its peak memory.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,11 +35,13 @@ def make_inputs(folder: Path, quick: bool) -> tuple[Path, Path, int]:
     """A random GPT-2 of the 124M shape (a 2-layer one for --quick) as a model folder, and 200k random tokens."""
     import numpy as np
     import torch
+
     from gpt2kit.config import PRESETS
     from gpt2kit.data.tokens import TokenWriter
     from gpt2kit.formats import save_hf, write_vocab
     from gpt2kit.model import GPT
     from gpt2kit.tokenizer import gpt2_tokenizer
+
     config = PRESETS["124M"].replace(n_layer=2, n_embd=128, n_head=2) if quick else PRESETS["124M"]
     model = GPT(config)
     model.init_weights(torch.Generator().manual_seed(0))
@@ -53,23 +56,58 @@ def make_inputs(folder: Path, quick: bool) -> tuple[Path, Path, int]:
 def case(args) -> dict:
     """One fine-tuning run in this process: full when --rank is 0, else LoRA of that rank."""
     import gpt2kit
+
     lora = {"lora_rank": args.rank, "lora_targets": args.targets} if args.rank else {}
     with tempfile.TemporaryDirectory() as d:
-        gpt2kit.finetune(dataset=args.data, model=args.model, checkpoint_dir=Path(d), steps=args.warmup + args.steps,
-                         batch_size=args.batch, context_length=args.context, learning_rate=LR, dtype=args.dtype,
-                         device="cpu", print_every=args.warmup, save_every=10 ** 9, progress=False,
-                         gradient_checkpointing=args.checkpointing, **lora)
+        gpt2kit.finetune(
+            dataset=args.data,
+            model=args.model,
+            checkpoint_dir=Path(d),
+            steps=args.warmup + args.steps,
+            batch_size=args.batch,
+            context_length=args.context,
+            learning_rate=LR,
+            dtype=args.dtype,
+            device="cpu",
+            print_every=args.warmup,
+            save_every=10**9,
+            progress=False,
+            gradient_checkpointing=args.checkpointing,
+            **lora,
+        )
         with open(Path(d) / "run1" / "metrics.csv", newline="") as f:
             elapsed = {int(r["step"]): float(r["elapsed_s"]) for r in csv.DictReader(f) if r["loss"]}
     seconds = elapsed[args.warmup + args.steps] - elapsed[args.warmup]
-    return {"tokens_per_s": args.steps * args.batch * args.context / seconds,
-            "peak_rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "tokens_per_s": args.steps * args.batch * args.context / seconds,
+        "peak_rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def run_case(args, rank: int) -> dict:
-    cmd = [sys.executable, __file__, "--case", "--model", str(args.model), "--data", str(args.data),
-           "--rank", str(rank), "--targets", args.targets, "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--batch", str(args.batch), "--context", str(args.context), "--dtype", args.dtype]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--case",
+        "--model",
+        str(args.model),
+        "--data",
+        str(args.data),
+        "--rank",
+        str(rank),
+        "--targets",
+        args.targets,
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--batch",
+        str(args.batch),
+        "--context",
+        str(args.context),
+        "--dtype",
+        args.dtype,
+    ]
     if args.checkpointing:
         cmd.append("--checkpointing")
     t = time.time()
@@ -95,7 +133,11 @@ def main() -> None:
     p.add_argument("--context", type=int, default=256)
     p.add_argument("--dtype", default="auto", help="the model's dtype in both cases (LoRA: the frozen base's)")
     p.add_argument("--checkpointing", action="store_true", help="gradient checkpointing in both cases")
-    p.add_argument("--quick", action="store_true", help="smoke run: a 2-layer model, 1 warm-up and 2 timed steps of 1 x 64; no file")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: a 2-layer model, 1 warm-up and 2 timed steps of 1 x 64; no file",
+    )
     p.add_argument("--out", default=str(HERE / "lora_results.json"))
     args = p.parse_args()
     if args.case:
@@ -104,17 +146,31 @@ def main() -> None:
     if args.quick:
         args.steps, args.warmup, args.batch, args.context = 2, 1, 1, 64
     from gpt2kit.cpu.features import detect
+
     with tempfile.TemporaryDirectory() as d:
         args.model, args.data, n_params = make_inputs(Path(d), args.quick)
         full, lora = run_case(args, 0), run_case(args, args.rank)
     speed = lora["tokens_per_s"] / full["tokens_per_s"]
     memory = lora["peak_rss_MB"] / full["peak_rss_MB"]
-    results = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": detect().describe(), "params": n_params,
-               "batch": args.batch, "context": args.context, "dtype": args.dtype, "rank": args.rank,
-               "targets": args.targets, "gradient_checkpointing": args.checkpointing, "full": full, "lora": lora,
-               "speed_ratio": round(speed, 3), "memory_ratio": round(memory, 3),
-               "target": {"text": "LoRA >= 1.3x full's tokens/s with <= 0.5x its peak RSS",
-                          "met": speed >= 1.3 and memory <= 0.5}}
+    results = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "cpu": detect().describe(),
+        "params": n_params,
+        "batch": args.batch,
+        "context": args.context,
+        "dtype": args.dtype,
+        "rank": args.rank,
+        "targets": args.targets,
+        "gradient_checkpointing": args.checkpointing,
+        "full": full,
+        "lora": lora,
+        "speed_ratio": round(speed, 3),
+        "memory_ratio": round(memory, 3),
+        "target": {
+            "text": "LoRA >= 1.3x full's tokens/s with <= 0.5x its peak RSS",
+            "met": speed >= 1.3 and memory <= 0.5,
+        },
+    }
     print(json.dumps(results, indent=2))
     if not args.quick:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")

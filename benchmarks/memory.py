@@ -22,6 +22,7 @@ writer never holds more than one tensor. Every measurement then runs in a fresh 
   weights, gradients and AdamW's moments, over 90% of this machine's memory) is not run: its row says
   what it needs, computed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,18 +48,27 @@ GB = 1e9
 
 # --- the random model, written once -----------------------------------------------------------------
 
+
 def hf_tensors(n_embd: int, n_layer: int) -> list[tuple[str, tuple[int, ...]]]:
     """Every tensor of a GPT2LMHeadModel checkpoint, HF names and (in, out) Conv1D shapes."""
     C = n_embd
     out = [("transformer.wte.weight", (50257, C)), ("transformer.wpe.weight", (1024, C))]
     for i in range(n_layer):
         p = f"transformer.h.{i}."
-        out += [(p + "ln_1.weight", (C,)), (p + "ln_1.bias", (C,)),
-                (p + "attn.c_attn.weight", (C, 3 * C)), (p + "attn.c_attn.bias", (3 * C,)),
-                (p + "attn.c_proj.weight", (C, C)), (p + "attn.c_proj.bias", (C,)),
-                (p + "ln_2.weight", (C,)), (p + "ln_2.bias", (C,)),
-                (p + "mlp.c_fc.weight", (C, 4 * C)), (p + "mlp.c_fc.bias", (4 * C,)),
-                (p + "mlp.c_proj.weight", (4 * C, C)), (p + "mlp.c_proj.bias", (C,))]
+        out += [
+            (p + "ln_1.weight", (C,)),
+            (p + "ln_1.bias", (C,)),
+            (p + "attn.c_attn.weight", (C, 3 * C)),
+            (p + "attn.c_attn.bias", (3 * C,)),
+            (p + "attn.c_proj.weight", (C, C)),
+            (p + "attn.c_proj.bias", (C,)),
+            (p + "ln_2.weight", (C,)),
+            (p + "ln_2.bias", (C,)),
+            (p + "mlp.c_fc.weight", (C, 4 * C)),
+            (p + "mlp.c_fc.bias", (4 * C,)),
+            (p + "mlp.c_proj.weight", (4 * C, C)),
+            (p + "mlp.c_proj.bias", (C,)),
+        ]
     return out + [("transformer.ln_f.weight", (C,)), ("transformer.ln_f.bias", (C,))]
 
 
@@ -90,6 +100,7 @@ def random_fill(name: str, shape: tuple[int, ...]):
     per tensor and repeated, since drawing 1.5 billion normals takes minutes and the values change neither
     memory nor speed."""
     import torch
+
     if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
         return torch.ones(shape)
     if len(shape) == 1:
@@ -99,7 +110,7 @@ def random_fill(name: str, shape: tuple[int, ...]):
     pool = _POOL[0].roll(sum(map(ord, name)) * 7919 % (1 << 20))
     flat = torch.empty(shape).view(-1)
     for i in range(0, flat.numel(), pool.numel()):
-        flat[i:i + pool.numel()] = pool[:flat.numel() - i]
+        flat[i : i + pool.numel()] = pool[: flat.numel() - i]
     return flat.view(shape)
 
 
@@ -111,6 +122,7 @@ def model_folder(cache: Path, size: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     n_embd, n_layer, n_head = SIZES[size]
     from gpt2kit.config import GPTConfig
+
     cfg = GPTConfig(n_vocab=50257, n_ctx=1024, n_embd=n_embd, n_head=n_head, n_layer=n_layer)
     print(f"writing random {size} weights to {folder}", file=sys.stderr)
     write_safetensors(folder / "model.safetensors", hf_tensors(n_embd, n_layer), random_fill)
@@ -122,7 +134,9 @@ def token_file(cache: Path) -> Path:
     path = cache / "random.tokens"
     if not path.is_file():
         import numpy as np
+
         from gpt2kit.data.tokens import TokenWriter
+
         w = TokenWriter(path, 50257)
         w.write(np.random.default_rng(0).integers(0, 50257, 200_000))
         w.close()
@@ -131,17 +145,21 @@ def token_file(cache: Path) -> Path:
 
 # --- the cases, each in its own process --------------------------------------------------------------
 
+
 def peak_mb() -> float:
     from gpt2kit.formats.mapped import peak_resident_bytes
+
     return peak_resident_bytes() / 1e6
 
 
 def case_baseline(args) -> dict:
     import torch  # noqa: F401
+
     import gpt2kit.lm  # noqa: F401
     from gpt2kit.cpu import detect
     from gpt2kit.cpu.kernels import load as load_kernels
     from gpt2kit.tokenizer import gpt2_tokenizer
+
     load_kernels(detect())
     gpt2_tokenizer().encode("hello")
     return {"peak_rss_MB": peak_mb()}
@@ -164,22 +182,31 @@ def model_bytes(model) -> int:
 def matrix_bytes(model) -> int:
     """Bytes decoding reads per token: every matrix (blocks and head), not the embedding tables."""
     tensors = {n: t for n, t in model.named_buffers()} | {n: t for n, t in model.named_parameters()}
-    return sum(t.numel() * t.element_size() for n, t in tensors.items()
-               if (n.startswith("head.") or ".c_" in n) and t.dim() >= 1 and "bias" not in n)
+    return sum(
+        t.numel() * t.element_size()
+        for n, t in tensors.items()
+        if (n.startswith("head.") or ".c_" in n) and t.dim() >= 1 and "bias" not in n
+    )
 
 
 def case_load(args) -> dict:
     import gpt2kit
+
     t = time.perf_counter()
     lm = gpt2kit.load(args.folder, device="cpu", dtype=args.dtype)
     seconds = time.perf_counter() - t
-    return {"peak_rss_MB": peak_mb(), "model_MB": model_bytes(lm.model) / 1e6, "load_s": seconds,
-            "path": lm.info.get("cpu_path")}
+    return {
+        "peak_rss_MB": peak_mb(),
+        "model_MB": model_bytes(lm.model) / 1e6,
+        "load_s": seconds,
+        "path": lm.info.get("cpu_path"),
+    }
 
 
 def case_generate(args) -> dict:
     import gpt2kit
     from gpt2kit.generation import Piece, Sample
+
     lm = gpt2kit.load(args.folder, device="cpu", dtype=args.dtype)
     prompt = lm.tokenizer.decode(list(range(1000, 1000 + PROMPT_TOKENS)))
     stamps, tokens = [], 0
@@ -190,12 +217,19 @@ def case_generate(args) -> dict:
             tokens = len(ev.tokens)
     # Decoding speed: from the first streamed piece (the prompt's prefill is done) to the last.
     rate = (tokens - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else float("nan")
-    return {"peak_rss_MB": peak_mb(), "model_MB": model_bytes(lm.model) / 1e6, "tokens_per_s": rate,
-            "bytes_per_token_MB": matrix_bytes(lm.model) / 1e6, "path": lm.info.get("cpu_path"), "new_tokens": tokens}
+    return {
+        "peak_rss_MB": peak_mb(),
+        "model_MB": model_bytes(lm.model) / 1e6,
+        "tokens_per_s": rate,
+        "bytes_per_token_MB": matrix_bytes(lm.model) / 1e6,
+        "path": lm.info.get("cpu_path"),
+        "new_tokens": tokens,
+    }
 
 
 def case_bandwidth(args) -> dict:
     import torch
+
     x = torch.ones(256 * 1024 * 1024, dtype=torch.float32)  # 1 GiB, far beyond the caches
     x.sum()
     t = time.perf_counter()
@@ -205,10 +239,32 @@ def case_bandwidth(args) -> dict:
 
 
 def finetune_command(args, run_dir: Path, lora: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "gpt2kit", "finetune", "--dataset", str(args.dataset), "--model", str(args.folder),
-           "--steps", str(args.steps), "--batch-size", "1", "--context-length", str(TRAIN_T),
-           "--gradient-checkpointing", "--checkpoint-dir", str(run_dir), "--save-every", "100000",
-           "--print-every", "1", "--no-progress", "--dtype", args.train_dtype]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gpt2kit",
+        "finetune",
+        "--dataset",
+        str(args.dataset),
+        "--model",
+        str(args.folder),
+        "--steps",
+        str(args.steps),
+        "--batch-size",
+        "1",
+        "--context-length",
+        str(TRAIN_T),
+        "--gradient-checkpointing",
+        "--checkpoint-dir",
+        str(run_dir),
+        "--save-every",
+        "100000",
+        "--print-every",
+        "1",
+        "--no-progress",
+        "--dtype",
+        args.train_dtype,
+    ]
     return cmd + (["--lora-rank", "16"] if lora else [])
 
 
@@ -226,8 +282,13 @@ def case_finetune(args) -> dict:
     return {"peak_rss_MB": peak, "tokens_per_s": rate, "steps": len(steps)}
 
 
-CASES = {"baseline": case_baseline, "load": case_load, "generate": case_generate, "bandwidth": case_bandwidth,
-         "finetune": case_finetune}
+CASES = {
+    "baseline": case_baseline,
+    "load": case_load,
+    "generate": case_generate,
+    "bandwidth": case_bandwidth,
+    "finetune": case_finetune,
+}
 
 
 def fresh_home_for_auto(args) -> None:
@@ -235,6 +296,7 @@ def fresh_home_for_auto(args) -> None:
     if args.dtype != "auto-first":
         return
     from gpt2kit.paths import kernels_dir
+
     real_kernels = kernels_dir()
     home = Path(tempfile.mkdtemp(prefix="gpt2kit-home-"))
     os.environ["GPT2KIT_HOME"] = str(home)
@@ -252,8 +314,11 @@ def child_main(args) -> None:
 
 # --- the parent: runs each case in a fresh process, writes memory.json and MEMORY.md ------------------
 
+
 def run_case(case: str, **kw) -> dict:
-    cmd = [sys.executable, __file__, "--case", case] + [a for k, v in kw.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+    cmd = [sys.executable, __file__, "--case", case] + [
+        a for k, v in kw.items() for a in (f"--{k.replace('_', '-')}", str(v))
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -287,13 +352,27 @@ def measure_size(size: str, args, notes: list[str]) -> dict:
         # fp32 weights, gradients and AdamW's two moments: 16 bytes a parameter before activations.
         need = 16 * params(size)
         if "full" in args.kinds and need > 0.9 * total_memory_bytes():
-            row["finetune/full"] = {"skipped": f"needs {need / GB:.1f} GB for weights, gradients and AdamW alone (computed)"}
+            row["finetune/full"] = {
+                "skipped": f"needs {need / GB:.1f} GB for weights, gradients and AdamW alone (computed)"
+            }
         elif "full" in args.kinds:
-            row["finetune/full"] = run_case("finetune", folder=folder, dtype="full", dataset=token_file(args.cache),
-                                            steps=args.steps, train_dtype=args.train_dtype)
+            row["finetune/full"] = run_case(
+                "finetune",
+                folder=folder,
+                dtype="full",
+                dataset=token_file(args.cache),
+                steps=args.steps,
+                train_dtype=args.train_dtype,
+            )
         if args.lora and "lora" in args.kinds:
-            row["finetune/lora"] = run_case("finetune", folder=folder, dtype="lora", dataset=token_file(args.cache),
-                                            steps=args.steps, train_dtype=args.train_dtype)
+            row["finetune/lora"] = run_case(
+                "finetune",
+                folder=folder,
+                dtype="lora",
+                dataset=token_file(args.cache),
+                steps=args.steps,
+                train_dtype=args.train_dtype,
+            )
         elif not args.lora and size == args.sizes[0]:
             notes.append("LoRA not measured: this tree's `gpt2kit finetune` has no --lora-rank")
     return row
@@ -308,10 +387,13 @@ def fits(peak_mb: float | None) -> str:
 def markdown(results: dict) -> str:
     base = results["baseline"].get("peak_rss_MB", float("nan"))
     bw = results["bandwidth"].get("read_GBps", float("nan"))
-    lines = [f"CPU: {results['cpu']}; read bandwidth {bw:.1f} GB/s; baseline (Python + torch + gpt2kit, kernels "
-             f"and tokenizer loaded, no weights) {base:.0f} MB peak RSS, included in every figure below.", "",
-             "| size | what | dtype/kind | model MB | peak RSS MB | (peak - baseline) / model | tokens/s | bound tokens/s | fits in GB |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"CPU: {results['cpu']}; read bandwidth {bw:.1f} GB/s; baseline (Python + torch + gpt2kit, kernels "
+        f"and tokenizer loaded, no weights) {base:.0f} MB peak RSS, included in every figure below.",
+        "",
+        "| size | what | dtype/kind | model MB | peak RSS MB | (peak - baseline) / model | tokens/s | bound tokens/s | fits in GB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for size, row in results["sizes"].items():
         for key, r in row.items():
             if key == "params":
@@ -322,12 +404,16 @@ def markdown(results: dict) -> str:
                 continue
             model = r.get("model_MB")
             ratio = f"{(r['peak_rss_MB'] - base) / model:.2f}" if model else ""
-            bound = f"{r.get('read_GBps', bw) * 1e3 / r['bytes_per_token_MB']:.1f}" if r.get("bytes_per_token_MB") else ""
+            bound = (
+                f"{r.get('read_GBps', bw) * 1e3 / r['bytes_per_token_MB']:.1f}" if r.get("bytes_per_token_MB") else ""
+            )
             rate = f"{r['tokens_per_s']:.1f}" if "tokens_per_s" in r else ""
             label = kind + (f" ({r['path']})" if r.get("path") and kind.startswith("auto") else "")
             model_col = f"{model:.0f}" if model else ""
-            lines.append(f"| {size} | {what} | {label} | {model_col} | {r['peak_rss_MB']:.0f} | {ratio} | {rate} | "
-                         f"{bound} | {fits(r['peak_rss_MB'])} |")
+            lines.append(
+                f"| {size} | {what} | {label} | {model_col} | {r['peak_rss_MB']:.0f} | {ratio} | {rate} | "
+                f"{bound} | {fits(r['peak_rss_MB'])} |"
+            )
     return "\n".join(lines + [""] + [f"- {n}" for n in results["notes"]]) + "\n"
 
 
@@ -336,13 +422,24 @@ def parse(argv=None):
     p.add_argument("--quick", action="store_true", help="124M only, 8 new tokens, 2 training steps: a smoke run")
     p.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     p.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
-    p.add_argument("--only", nargs="+", default=["load", "generate", "finetune"], choices=["load", "generate", "finetune"])
-    p.add_argument("--kinds", nargs="+", default=["full", "lora"], choices=["full", "lora"],
-                   help="which fine-tunings to measure (full is skipped, as computed, where it cannot fit)")
+    p.add_argument(
+        "--only", nargs="+", default=["load", "generate", "finetune"], choices=["load", "generate", "finetune"]
+    )
+    p.add_argument(
+        "--kinds",
+        nargs="+",
+        default=["full", "lora"],
+        choices=["full", "lora"],
+        help="which fine-tunings to measure (full is skipped, as computed, where it cannot fit)",
+    )
     p.add_argument("--tokens", type=int, default=64, help="new tokens per generation")
     p.add_argument("--steps", type=int, default=4, help="fine-tuning steps (the first is not timed)")
     p.add_argument("--train-dtype", default="auto")
-    p.add_argument("--cache", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gpt2kit-benchmarks")
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gpt2kit-benchmarks",
+    )
     p.add_argument("--out", type=Path, default=HERE / "memory.json")
     p.add_argument("--table-only", action="store_true", help="write MEMORY.md from memory.json, measuring nothing")
     # a child's case
@@ -362,10 +459,18 @@ def main() -> None:
         args.out.with_name("MEMORY.md").write_text("# Memory and speed per size (benchmarks/memory.py)\n\n" + table)
         return print(table)
     from gpt2kit.cpu import detect
+
     args.lora = "finetune" in args.only and has_lora_flag()
     notes: list[str] = []
-    results = {"cpu": detect().describe(), "cores": os.cpu_count(), "memory_GB": total_memory_bytes() / GB,
-               "baseline": run_case("baseline"), "bandwidth": run_case("bandwidth"), "sizes": {}, "notes": notes}
+    results = {
+        "cpu": detect().describe(),
+        "cores": os.cpu_count(),
+        "memory_GB": total_memory_bytes() / GB,
+        "baseline": run_case("baseline"),
+        "bandwidth": run_case("bandwidth"),
+        "sizes": {},
+        "notes": notes,
+    }
     old = json.loads(args.out.read_text()) if args.out.is_file() else {}
     for size in args.sizes:
         row = measure_size(size, args, notes)

@@ -9,6 +9,7 @@ converts it with its own converter, in int8 and float32; llama.cpp runs gpt2kit'
 f16 and q8_0, at batch 1). Also measures this machine's read
 bandwidth and matmul speed, the bounds each result is compared with, and records the CPU's flags.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,10 @@ TRAIN_B, TRAIN_T = 4, 256
 
 # --- the cases, each run in a child process -------------------------------------------------------
 
+
 def case_machine(args) -> dict:
     import torch
+
     x = torch.ones(256 * 1024 * 1024 // 4 * 4, dtype=torch.float32)  # 1 GiB
     x.sum()
     t = time.perf_counter()
@@ -41,6 +44,7 @@ def case_machine(args) -> dict:
     bandwidth = 5 * x.numel() * 4 / (time.perf_counter() - t) / 1e9
     out = {"read_GBps": bandwidth}
     from gpt2kit.cpu import features
+
     cpu = features.detect()
     out.update(fast_bf16=cpu.native_bf16, cpu=cpu.describe(), family=cpu.family)
     for dtype in ("float32", "bfloat16"):
@@ -51,12 +55,13 @@ def case_machine(args) -> dict:
         t = time.perf_counter()
         for _ in range(3):
             a @ b
-        out[f"matmul_{dtype}_GFLOPs"] = 3 * 2 * size ** 3 / (time.perf_counter() - t) / 1e9
+        out[f"matmul_{dtype}_GFLOPs"] = 3 * 2 * size**3 / (time.perf_counter() - t) / 1e9
     return out
 
 
 def _prompt_ids(batch: int):
     import torch
+
     g = torch.Generator().manual_seed(0)
     return torch.randint(0, 50000, (batch, PROMPT_TOKENS), generator=g)
 
@@ -64,6 +69,7 @@ def _prompt_ids(batch: int):
 def case_gen_hf(args) -> dict:
     import torch
     from transformers import GPT2LMHeadModel
+
     model = GPT2LMHeadModel.from_pretrained(args.model).eval()
     ids = _prompt_ids(args.batch)
     kw = dict(do_sample=True, top_k=TOP_K, pad_token_id=50256, attention_mask=torch.ones_like(ids))
@@ -78,6 +84,7 @@ def case_gen_hf(args) -> dict:
 
 def case_gen_gpt2kit(args) -> dict:
     import gpt2kit
+
     lm = gpt2kit.load(args.model, device="cpu", dtype=args.dtype)
     prompts = [lm.tokenizer.decode(row) for row in _prompt_ids(args.batch).tolist()]
     kw = dict(top_k=TOP_K, stop_at_eot=False, batch_size=args.batch, seed=1)
@@ -90,10 +97,12 @@ def case_gen_gpt2kit(args) -> dict:
 
 def case_gen_ct2(args) -> dict:
     import ctranslate2
+
     with tempfile.TemporaryDirectory() as d:
         ctranslate2.converters.TransformersConverter(args.model).convert(d, quantization=args.dtype, force=True)
         gen = ctranslate2.Generator(d, device="cpu", compute_type=args.dtype, intra_threads=os.cpu_count() or 1)
     from gpt2kit.paths import ASSETS_DIR
+
     # CTranslate2 takes token strings: GPT-2's own byte-level ones, from its vocabulary file
     strings = {i: s for s, i in json.loads((ASSETS_DIR / "encoder.json").read_text()).items()}
     prompts = [[strings[i] for i in row] for row in _prompt_ids(args.batch).tolist()]
@@ -113,11 +122,19 @@ def case_gen_ct2(args) -> dict:
 def case_gen_llama(args) -> dict:
     """llama.cpp (llama-cpp-python) on gpt2kit's own GGUF export of the same weights, batch 1, top-k sampling."""
     from llama_cpp import Llama
+
     from gpt2kit.export import export
+
     with tempfile.TemporaryDirectory() as d:
         path = export(args.model, Path(d) / "model.gguf", type=args.dtype)
-        llm = Llama(model_path=str(path), n_ctx=PROMPT_TOKENS + NEW_TOKENS + 16, n_batch=PROMPT_TOKENS,
-                    n_threads=os.cpu_count() or 1, verbose=False, seed=1)
+        llm = Llama(
+            model_path=str(path),
+            n_ctx=PROMPT_TOKENS + NEW_TOKENS + 16,
+            n_batch=PROMPT_TOKENS,
+            n_threads=os.cpu_count() or 1,
+            verbose=False,
+            seed=1,
+        )
     prompt = _prompt_ids(1)[0].tolist()
 
     def run(n):  # llama-cpp-python's raw generator: no stop at <|endoftext|>, like the other cases
@@ -135,7 +152,9 @@ def case_gen_llama(args) -> dict:
 
 def _random_tokens(path: Path, n: int = 400_000) -> Path:
     import numpy as np
+
     from gpt2kit.data.tokens import TokenWriter
+
     w = TokenWriter(path, 50257)
     w.write(np.random.default_rng(0).integers(0, 50257, n))
     w.close()
@@ -145,10 +164,18 @@ def _random_tokens(path: Path, n: int = 400_000) -> Path:
 def case_train_gpt2kit(args) -> dict:
     import gpt2kit
     from gpt2kit.training.checkpoint import latest_checkpoint, load_training_state
+
     with tempfile.TemporaryDirectory() as d:
         data = _random_tokens(Path(d) / "data.tokens")
-        common = dict(dataset=data, model=args.model, batch_size=TRAIN_B, context_length=TRAIN_T,
-                      checkpoint_dir=Path(d) / "ck", progress=False, save_every=1000)
+        common = dict(
+            dataset=data,
+            model=args.model,
+            batch_size=TRAIN_B,
+            context_length=TRAIN_T,
+            checkpoint_dir=Path(d) / "ck",
+            progress=False,
+            save_every=1000,
+        )
         gpt2kit.finetune(steps=2, **common)  # warm-up steps, then resume: elapsed counts step time only
         before = load_training_state(latest_checkpoint(Path(d) / "ck" / "run1"))["elapsed"]
         gpt2kit.finetune(steps=2 + args.steps, **common)
@@ -159,6 +186,7 @@ def case_train_gpt2kit(args) -> dict:
 def case_train_hf(args) -> dict:
     import torch
     from transformers import GPT2LMHeadModel
+
     model = GPT2LMHeadModel.from_pretrained(args.model).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)
@@ -183,19 +211,28 @@ def case_train_hf(args) -> dict:
 
 def _bench_text() -> str:
     root = HERE.parent
-    parts = [p.read_text(encoding="utf-8") for p in sorted(root.rglob("*")) if p.suffix in (".md", ".py", ".txt")
-             and p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
-             and "fixtures" not in p.parts and p.stat().st_size < 200_000]
+    parts = [
+        p.read_text(encoding="utf-8")
+        for p in sorted(root.rglob("*"))
+        if p.suffix in (".md", ".py", ".txt")
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        and "fixtures" not in p.parts
+        and p.stat().st_size < 200_000
+    ]
     text = "\n".join(parts)
     return (text * (4_000_000 // len(text) + 1))[:4_000_000]
 
 
 def case_tokenizer(args) -> dict:
     import shutil
+
     from transformers import GPT2TokenizerFast
+
     from gpt2kit.tokenizer import ASSETS, gpt2_tokenizer
+
     text = _bench_text()
-    docs = [text[i:i + 4000] for i in range(0, len(text), 4000)]
+    docs = [text[i : i + 4000] for i in range(0, len(text), 4000)]
     mb = len(text.encode()) / 1e6
     ours = gpt2_tokenizer()
     with tempfile.TemporaryDirectory() as d:  # the names save_pretrained gives GPT-2's files
@@ -213,10 +250,17 @@ def case_tokenizer(args) -> dict:
         src = Path(d) / "corpus.txt"
         src.write_text(text, encoding="utf-8")
         import gpt2kit
+
         t = time.perf_counter()
         gpt2kit.encode_dataset([src], Path(d) / "out.tokens", progress=False)
         t_encode = time.perf_counter() - t
-    return {"MB": mb, "hf_class": type(hf).__name__, "gpt2kit_MBps": mb / t_ours, "hf_MBps": mb / t_hf, "encode_MBps": mb / t_encode}
+    return {
+        "MB": mb,
+        "hf_class": type(hf).__name__,
+        "gpt2kit_MBps": mb / t_ours,
+        "hf_MBps": mb / t_hf,
+        "encode_MBps": mb / t_encode,
+    }
 
 
 def case_quality(args) -> dict:
@@ -226,14 +270,25 @@ def case_quality(args) -> dict:
     bundled one fine-tuned 40 steps in fp32 (on README.md), whose weights fp16 has to round.
     """
     import torch
+
     import gpt2kit
+
     text = (HERE.parent / "tests" / "fixtures" / "heldout_phoenix_and_the_turtle.txt").read_text()
     out = {}
     with tempfile.TemporaryDirectory() as d:
         data = Path(d) / "readme.tokens"
         gpt2kit.encode_dataset([HERE.parent / "README.md"], data, progress=False)
-        tuned = gpt2kit.finetune(dataset=data, steps=40, batch_size=4, context_length=128, learning_rate=3e-4,
-                                 checkpoint_dir=Path(d) / "ck", progress=False, save_every=1000, device="cpu")
+        tuned = gpt2kit.finetune(
+            dataset=data,
+            steps=40,
+            batch_size=4,
+            context_length=128,
+            learning_rate=3e-4,
+            checkpoint_dir=Path(d) / "ck",
+            progress=False,
+            save_every=1000,
+            device="cpu",
+        )
         for label, model in (("bundled", None), ("finetuned", tuned)):
             ref = gpt2kit.load(model, device="cpu", dtype="float32")
             ids = torch.tensor([ref.tokenizer.encode(text)[: ref.config.n_ctx]])
@@ -249,13 +304,21 @@ def case_quality(args) -> dict:
     return out
 
 
-CASES = {"machine": case_machine, "gen-hf": case_gen_hf, "gen-gpt2kit": case_gen_gpt2kit, "gen-ct2": case_gen_ct2,
-         "gen-llama": case_gen_llama,
-         "train-gpt2kit": case_train_gpt2kit, "train-hf": case_train_hf, "tokenizer": case_tokenizer,
-         "quality": case_quality}
+CASES = {
+    "machine": case_machine,
+    "gen-hf": case_gen_hf,
+    "gen-gpt2kit": case_gen_gpt2kit,
+    "gen-ct2": case_gen_ct2,
+    "gen-llama": case_gen_llama,
+    "train-gpt2kit": case_train_gpt2kit,
+    "train-hf": case_train_hf,
+    "tokenizer": case_tokenizer,
+    "quality": case_quality,
+}
 
 
 # --- the driver -----------------------------------------------------------------------------------
+
 
 def run_case(name: str, env: dict | None = None, **kw) -> dict:
     cmd = [sys.executable, __file__, "--case", name] + [f"--{k}={v}" for k, v in kw.items()]
@@ -265,8 +328,11 @@ def run_case(name: str, env: dict | None = None, **kw) -> dict:
         print(r.stderr[-3000:], file=sys.stderr)
         raise SystemExit(f"benchmark case {name} {kw} failed")
     result = json.loads(r.stdout.strip().splitlines()[-1])
-    print(f"  {name} {kw}: {json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()})} "
-          f"({time.time() - t:.0f} s)", file=sys.stderr)
+    print(
+        f"  {name} {kw}: {json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()})} "
+        f"({time.time() - t:.0f} s)",
+        file=sys.stderr,
+    )
     return result
 
 
@@ -284,17 +350,27 @@ def main() -> None:
         result["peak_rss_MB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(result))
         return
-    from bench_report import report
     import torch
+    from bench_report import report
+
     with tempfile.TemporaryDirectory() as d:
         model = Path(d) / "gpt2-124M-random"
-        subprocess.run([sys.executable, "-c", f"""
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                f"""
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 torch.manual_seed(0)
 GPT2LMHeadModel(GPT2Config()).save_pretrained({str(model)!r})
-"""], check=True, capture_output=True)
+""",
+            ],
+            check=True,
+            capture_output=True,
+        )
         from gpt2kit.paths import ASSETS_DIR  # GPT-2's vocabulary beside it, as a Hugging Face folder has
+
         shutil.copy(ASSETS_DIR / "encoder.json", model / "vocab.json")
         shutil.copy(ASSETS_DIR / "vocab.bpe", model / "merges.txt")
         results = {"machine": run_case("machine")}
@@ -302,16 +378,20 @@ GPT2LMHeadModel(GPT2Config()).save_pretrained({str(model)!r})
         # fp16 and bf16 are weight formats of gpt2kit's kernels (fp32 arithmetic); without the kernels
         # PyTorch's CPU fp16/bf16 arithmetic is emulated, dozens of times slower, unless the CPU has native bf16.
         from gpt2kit.cpu import kernels
+
         has_kernels = kernels.load() is not None
-        dtypes = ["auto", "float32", "int8"] + (["float16", "bfloat16"] if has_kernels else ["bfloat16"] if fast_bf16 else [])
+        dtypes = ["auto", "float32", "int8"] + (
+            ["float16", "bfloat16"] if has_kernels else ["bfloat16"] if fast_bf16 else []
+        )
         peers = [] if importlib.util.find_spec("ctranslate2") is None else ["int8", "float32"]
         for b in (1, 8):
             results[f"gen_hf_b{b}"] = run_case("gen-hf", model=model, batch=b)
             for dt in dtypes:
                 results[f"gen_gpt2kit_{dt}_b{b}"] = run_case("gen-gpt2kit", model=model, batch=b, dtype=dt)
             if has_kernels:  # the defaults on PyTorch's kernels alone: what kernels/*.c add
-                results[f"gen_gpt2kit_auto-pytorch_b{b}"] = run_case("gen-gpt2kit", env={"GPT2KIT_NATIVE": "0"},
-                                                                     model=model, batch=b, dtype="auto")
+                results[f"gen_gpt2kit_auto-pytorch_b{b}"] = run_case(
+                    "gen-gpt2kit", env={"GPT2KIT_NATIVE": "0"}, model=model, batch=b, dtype="auto"
+                )
             for dt in peers:
                 results[f"gen_ct2_{dt}_b{b}"] = run_case("gen-ct2", model=model, batch=b, dtype=dt)
             if b == 1 and importlib.util.find_spec("llama_cpp") is not None:  # pip install llama-cpp-python
@@ -323,12 +403,19 @@ GPT2LMHeadModel(GPT2Config()).save_pretrained({str(model)!r})
         results["train_gpt2kit"] = run_case("train-gpt2kit", model=model)
     results["tokenizer"] = run_case("tokenizer")
     from gpt2kit.paths import BUNDLED_DIR
+
     if (BUNDLED_DIR / "config.json").is_file():
         results["quality"] = run_case("quality")
-    results["meta"] = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": platform.processor() or platform.machine(),
-                       "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-                       "fast_bf16": fast_bf16, "cpu_described": results["machine"]["cpu"],
-                       "family": results["machine"]["family"]}
+    results["meta"] = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "fast_bf16": fast_bf16,
+        "cpu_described": results["machine"]["cpu"],
+        "family": results["machine"]["family"],
+    }
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     table = report(results)
     (HERE / "RESULTS.md").write_text(table)

@@ -20,6 +20,7 @@ its end), checked out into a temporary git worktree and served from there in its
 servers run for the whole benchmark and take turns level by level (baseline, then this engine, at each
 level), so a change in the machine's load shows in both.
 """
+
 import argparse
 import concurrent.futures
 import json
@@ -74,16 +75,25 @@ def workload(n: int, n_ctx: int, lo: int, hi: int, seed: int) -> list[dict]:
         p, m = rng.randint(lo, hi), rng.randint(lo, hi)
         p = min(p, n_ctx - 1 - lo)
         m = min(m, n_ctx - 1 - p)
-        out.append({"prompt": [rng.randrange(50000) for _ in range(p)], "max_tokens": m, "seed": i,
-                    "temperature": 1.0, "top_k": 40, "stream": True,
-                    # OpenAI's semantics: usage in a stream only when asked (the baseline sends it anyway)
-                    "stream_options": {"include_usage": True}})
+        out.append(
+            {
+                "prompt": [rng.randrange(50000) for _ in range(p)],
+                "max_tokens": m,
+                "seed": i,
+                "temperature": 1.0,
+                "top_k": 40,
+                "stream": True,
+                # OpenAI's semantics: usage in a stream only when asked (the baseline sends it anyway)
+                "stream_options": {"include_usage": True},
+            }
+        )
     return out
 
 
 def one(url: str, body: dict) -> dict:
     """A streamed completion: time to its first text, its tokens, and its end."""
     import requests
+
     t0 = time.perf_counter()
     first = None
     tokens = 0
@@ -125,10 +135,16 @@ def level(url: str, bodies: list[dict], clients: int, think: float, seed: int) -
     wall = time.perf_counter() - t
     ttft = sorted(r["ttft"] for r in results)
     per_token = sorted(r["per_token"] for r in results if r["per_token"] is not None)
-    return {"clients": clients, "requests": len(results), "wall_s": wall,
-            "tokens_per_s": sum(r["tokens"] for r in results) / wall,
-            "ttft_p50_s": pct(ttft, 0.5), "ttft_p99_s": pct(ttft, 0.99),
-            "per_token_p50_s": pct(per_token, 0.5), "per_token_p99_s": pct(per_token, 0.99)}
+    return {
+        "clients": clients,
+        "requests": len(results),
+        "wall_s": wall,
+        "tokens_per_s": sum(r["tokens"] for r in results) / wall,
+        "ttft_p50_s": pct(ttft, 0.5),
+        "ttft_p99_s": pct(ttft, 0.99),
+        "per_token_p50_s": pct(per_token, 0.5),
+        "per_token_p99_s": pct(per_token, 0.99),
+    }
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -164,23 +180,38 @@ def run_engines(engines: list[tuple[str, Path]], args, n_ctx: int) -> list[dict]
 
 def random_124m(folder: Path) -> str:
     """GPT-2 124M's shapes with random weights (the published weights need the network), saved by transformers."""
-    subprocess.run([sys.executable, "-c", f"""
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"""
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 torch.manual_seed(0)
 GPT2LMHeadModel(GPT2Config()).save_pretrained({str(folder)!r})
-"""], check=True, capture_output=True)
+""",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return str(folder)
 
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser()
-    p.add_argument("--model", default=None, help="a model folder (default: 124M shapes, random weights; --quick: bundled)")
+    p.add_argument(
+        "--model", default=None, help="a model folder (default: 124M shapes, random weights; --quick: bundled)"
+    )
     p.add_argument("--baseline-ref", default="5dc81f4", help="the commit whose engine is the baseline ('' to skip)")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
-    p.add_argument("--requests", type=int, nargs="+", default=None,
-                   help="requests per level: one count for all, or one per --clients level (default: 3 per client, "
-                        "at least 8; 1.5 per client past 16)")
+    p.add_argument(
+        "--requests",
+        type=int,
+        nargs="+",
+        default=None,
+        help="requests per level: one count for all, or one per --clients level (default: 3 per client, "
+        "at least 8; 1.5 per client past 16)",
+    )
     p.add_argument("--think", type=float, default=1.0, help="mean seconds a client waits before each request")
     p.add_argument("--lo", type=int, default=16)
     p.add_argument("--hi", type=int, default=512)
@@ -206,18 +237,25 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         if args.model is None and not args.quick:
             args.model = random_124m(Path(d) / "gpt2-124M-random")
-        n_ctx = json.loads((Path(args.model) / "config.json").read_text()).get("n_positions", 1024) if args.model else 256
+        n_ctx = (
+            json.loads((Path(args.model) / "config.json").read_text()).get("n_positions", 1024) if args.model else 256
+        )
         engines = [("this", ROOT / "src")]
         if args.baseline_ref:
             base = Path(d) / "baseline"
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base), args.baseline_ref],
-                           check=True, capture_output=True)
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base), args.baseline_ref],
+                check=True,
+                capture_output=True,
+            )
             engines.insert(0, (f"baseline {args.baseline_ref}", base / "src"))
         try:
             rows = run_engines(engines, args, n_ctx)
         finally:
             if args.baseline_ref:
-                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], capture_output=True)
+                subprocess.run(
+                    ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], capture_output=True
+                )
     report(args, rows)
 
 
@@ -225,24 +263,37 @@ def cpu_line() -> str:
     """This CPU and its flags that gpt2kit's kernels depend on (gpt2kit.cpu's own reading of them)."""
     sys.path.insert(0, str(ROOT / "src"))
     from gpt2kit.cpu.features import detect
+
     return detect().describe()
 
 
 def report(args, rows: list[dict]) -> None:
-    meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-            "cpu": cpu_line(), "model": args.model or "bundled", "requests": dict(zip(args.clients, args.requests)),
-            "lengths": [args.lo, args.hi], "think_s": args.think, "quick": args.quick, "serve_args": args.serve_args}
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "cpu": cpu_line(),
+        "model": args.model or "bundled",
+        "requests": dict(zip(args.clients, args.requests)),
+        "lengths": [args.lo, args.hi],
+        "think_s": args.think,
+        "quick": args.quick,
+        "serve_args": args.serve_args,
+    }
     if not args.quick:
         Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    print(f"`gpt2kit serve`, {meta['model']} model, streamed requests per level {meta['requests']}, prompts and "
-          f"outputs {args.lo}-{args.hi} tokens, Poisson arrivals (mean think {args.think} s), {meta['cpu']}, "
-          f"{meta['date']}:\n")
+    print(
+        f"`gpt2kit serve`, {meta['model']} model, streamed requests per level {meta['requests']}, prompts and "
+        f"outputs {args.lo}-{args.hi} tokens, Poisson arrivals (mean think {args.think} s), {meta['cpu']}, "
+        f"{meta['date']}:\n"
+    )
     print("| engine | clients | tokens/s | TTFT p50 | TTFT p99 | per-token p50 | per-token p99 |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     ms = lambda v: "-" if v is None else f"{v * 1000:.0f} ms"  # noqa: E731
     for r in rows:
-        print(f"| {r['engine']} | {r['clients']} | {r['tokens_per_s']:.0f} | {ms(r['ttft_p50_s'])} | "
-              f"{ms(r['ttft_p99_s'])} | {ms(r['per_token_p50_s'])} | {ms(r['per_token_p99_s'])} |")
+        print(
+            f"| {r['engine']} | {r['clients']} | {r['tokens_per_s']:.0f} | {ms(r['ttft_p50_s'])} | "
+            f"{ms(r['ttft_p99_s'])} | {ms(r['per_token_p50_s'])} | {ms(r['per_token_p99_s'])} |"
+        )
     ratios(rows)
 
 

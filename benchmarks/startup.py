@@ -20,6 +20,7 @@ generate` with PYTHONDONTWRITEBYTECODE=1 and no prefix, as in this project's env
 compiles gpt2kit's sources at every start (unless src/ holds __pycache__ folders from elsewhere). Rounds interleave the cases (and, with --baseline, the same
 cases on another checkout's sources), so a burst of load from elsewhere hits every case alike.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,10 @@ FIRST_TOKEN = "gpt2kit generate, first token"
 NO_BYTECODE = "gpt2kit generate, first token, no bytecode cache"
 LOAD = "load() beyond import torch"
 # load() alone, timed inside the process after `import torch`: wall and CPU seconds
-LOAD_CODE = ("import time, torch; t, c = time.perf_counter(), time.process_time(); import gpt2kit; gpt2kit.load(); "
-             "print(time.perf_counter() - t, time.process_time() - c)")
+LOAD_CODE = (
+    "import time, torch; t, c = time.perf_counter(), time.process_time(); import gpt2kit; gpt2kit.load(); "
+    "print(time.perf_counter() - t, time.process_time() - c)"
+)
 
 
 def _children_cpu() -> float:
@@ -101,9 +104,12 @@ def cases(envs: dict[str, dict]) -> dict:
     found[TORCH_FIRST_BYTE] = (first_byte, TORCH_PRINT, next(iter(envs.values())))
     for label, env in envs.items():
         plain = {k: v for k, v in env.items() if k != "PYTHONPYCACHEPREFIX"} | {"PYTHONDONTWRITEBYTECODE": "1"}
-        rows = {**{n: (timed, cmd, env) for n, cmd in GPT2KIT.items()},
-                FIRST_TOKEN: (first_byte, GENERATE, env), NO_BYTECODE: (first_byte, GENERATE, plain),
-                LOAD: (lambda _cmd, e: load_seconds(e), None, env)}
+        rows = {
+            **{n: (timed, cmd, env) for n, cmd in GPT2KIT.items()},
+            FIRST_TOKEN: (first_byte, GENERATE, env),
+            NO_BYTECODE: (first_byte, GENERATE, plain),
+            LOAD: (lambda _cmd, e: load_seconds(e), None, env),
+        }
         found.update({f"{n}{label}": row for n, row in rows.items()})
     return found
 
@@ -132,10 +138,16 @@ def verdicts(results: dict, label: str = "") -> dict[str, dict]:
     med = {name: statistics.median(r["wall"]) for name, r in results.items()}
     torch_s, first = med[TORCH_FIRST_BYTE], med[FIRST_TOKEN + label]
     return {
-        "load() at most 0.2 s beyond import torch": {"seconds": med[LOAD + label], "target": LOAD_TARGET,
-                                                      "met": med[LOAD + label] <= LOAD_TARGET},
-        "first token within 1.5 s of the command": {"seconds": first, "target": FIRST_TOKEN_TARGET,
-                                                     "met": first <= FIRST_TOKEN_TARGET},
+        "load() at most 0.2 s beyond import torch": {
+            "seconds": med[LOAD + label],
+            "target": LOAD_TARGET,
+            "met": med[LOAD + label] <= LOAD_TARGET,
+        },
+        "first token within 1.5 s of the command": {
+            "seconds": first,
+            "target": FIRST_TOKEN_TARGET,
+            "met": first <= FIRST_TOKEN_TARGET,
+        },
         # what gpt2kit adds to PyTorch's import (both to the first byte): where `import torch` takes 1.0 s, as
         # on the machine issue 16 was written on, the first token comes this much later
         "first token minus import torch (both to first byte)": {"seconds": first - torch_s, "ratio": first / torch_s},
@@ -145,6 +157,7 @@ def verdicts(results: dict, label: str = "") -> dict[str, dict]:
 def cpu_line() -> str:
     sys.path.insert(0, str(SRC))
     from gpt2kit.cpu import features  # after the measurements: this loads PyTorch into this process
+
     return features.detect().describe()
 
 
@@ -153,8 +166,10 @@ def report(results: dict, targets: dict[str, dict], header: str) -> None:
     print(f"| {'case':<62} | {'best':>6} | {'median':>6} | {'CPU s':>6} |")
     print(f"| {'-' * 62} | {'-' * 6}:| {'-' * 6}:| {'-' * 6}:|")
     for name, r in results.items():
-        print(f"| {name:<62} | {min(r['wall']):6.2f} | {statistics.median(r['wall']):6.2f} | "
-              f"{statistics.median(r['cpu']):6.2f} |")
+        print(
+            f"| {name:<62} | {min(r['wall']):6.2f} | {statistics.median(r['wall']):6.2f} | "
+            f"{statistics.median(r['cpu']):6.2f} |"
+        )
     for label, checks in targets.items():
         print(f"\nTargets{label or ' (this checkout)'}, on the medians:")
         for what, v in checks.items():
@@ -182,13 +197,29 @@ def main() -> None:
     targets = {label: verdicts(results, label) for label in envs}
     cpu = cpu_line()
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    report(results, targets, f"Measured {when} on {cpu}, Python {platform.python_version()}; seconds over "
-                             f"{repeats} interleaved rounds (a fresh process each)")
+    report(
+        results,
+        targets,
+        f"Measured {when} on {cpu}, Python {platform.python_version()}; seconds over "
+        f"{repeats} interleaved rounds (a fresh process each)",
+    )
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"measured": when, "cpu": cpu, "machine": platform.machine(), "cores": os.cpu_count(),
-                       "python": platform.python_version(), "repeats": repeats, "targets": targets,
-                       "baseline": args.baseline, "seconds": results}, f, indent=2)
+            json.dump(
+                {
+                    "measured": when,
+                    "cpu": cpu,
+                    "machine": platform.machine(),
+                    "cores": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "repeats": repeats,
+                    "targets": targets,
+                    "baseline": args.baseline,
+                    "seconds": results,
+                },
+                f,
+                indent=2,
+            )
 
 
 if __name__ == "__main__":

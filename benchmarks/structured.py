@@ -11,6 +11,7 @@ and mask time per token along fixed documents that both libraries accept token b
 tests/test_constraints.py's, which uses every feature gpt2kit promises. The stage and the decoding step run on
 one thread and are timed in CPU time as well as wall time, so that other processes on the cores blur them less.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -53,22 +54,42 @@ CASES = {  # name -> (kind, source, documents)
 }
 # Two schemas an app would send: a record of two fields, and a product with nested arrays and $defs.
 TYPICAL = {
-    "small": {"type": "object", "properties": {"subreddit": {"type": "string"}, "title": {"type": "string"}},
-              "required": ["subreddit", "title"]},
+    "small": {
+        "type": "object",
+        "properties": {"subreddit": {"type": "string"}, "title": {"type": "string"}},
+        "required": ["subreddit", "title"],
+    },
     "product": {
-        "$defs": {"price": {"type": "object", "properties": {"amount": {"type": "number", "minimum": 0},
-                                                            "currency": {"enum": ["USD", "EUR", "GBP"]}},
-                            "required": ["amount", "currency"]}},
+        "$defs": {
+            "price": {
+                "type": "object",
+                "properties": {"amount": {"type": "number", "minimum": 0}, "currency": {"enum": ["USD", "EUR", "GBP"]}},
+                "required": ["amount", "currency"],
+            }
+        },
         "type": "object",
         "properties": {
-            "name": {"type": "string", "maxLength": 80}, "sku": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{4}$"},
-            "price": {"$ref": "#/$defs/price"}, "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 5},
-            "variants": {"type": "array", "items": {"type": "object", "properties": {
-                "colour": {"type": "string"}, "size": {"enum": ["S", "M", "L", "XL"]},
-                "price": {"$ref": "#/$defs/price"}},
-                "required": ["size"]}},
-            "in_stock": {"type": "boolean"}, "blurb": {"type": "string", "minLength": 20, "maxLength": 400}},
-        "required": ["name", "sku", "price", "blurb"]},
+            "name": {"type": "string", "maxLength": 80},
+            "sku": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{4}$"},
+            "price": {"$ref": "#/$defs/price"},
+            "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 5},
+            "variants": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "colour": {"type": "string"},
+                        "size": {"enum": ["S", "M", "L", "XL"]},
+                        "price": {"$ref": "#/$defs/price"},
+                    },
+                    "required": ["size"],
+                },
+            },
+            "in_stock": {"type": "boolean"},
+            "blurb": {"type": "string", "minLength": 20, "maxLength": 400},
+        },
+        "required": ["name", "sku", "price", "blurb"],
+    },
 }
 REPEATS = 3
 
@@ -83,17 +104,22 @@ def cpu_flags() -> str:
 
 def cpu_name() -> str:
     try:
-        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name"))
+        return next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         return platform.processor() or "unknown"
 
 
 # --- install weight ---------------------------------------------------------------------------------
 
+
 def _requirements(dist: md.Distribution) -> list[str]:
     """The names a distribution requires on this platform, without extras."""
     from packaging.requirements import Requirement
+
     names = []
     for line in dist.requires or []:
         req = Requirement(line)
@@ -127,36 +153,46 @@ def install_weight(name: str) -> dict:
     """MB in site-packages of `name` and of everything it requires (recursively), and what is missing here."""
     core, _ = _closure(_requirements(md.distribution("gpt2kit")))  # what `pip install gpt2kit` brings already
     seen, missing = _closure([name])
-    return {"own_MB": seen[name.lower()], "with_requirements_MB": sum(seen.values()),
-            "beyond_gpt2kit_MB": sum(mb for n, mb in seen.items() if n not in core),
-            "beyond_gpt2kit": sorted(n for n in seen if n not in core and n != name.lower()),
-            "requires": sorted(n for n in seen if n != name.lower()), "not_installed_here": missing,
-            "needs_torch": "torch" in seen or "torch" in missing,
-            "needs_transformers": "transformers" in seen or "transformers" in missing}
+    return {
+        "own_MB": seen[name.lower()],
+        "with_requirements_MB": sum(seen.values()),
+        "beyond_gpt2kit_MB": sum(mb for n, mb in seen.items() if n not in core),
+        "beyond_gpt2kit": sorted(n for n in seen if n not in core and n != name.lower()),
+        "requires": sorted(n for n in seen if n != name.lower()),
+        "not_installed_here": missing,
+        "needs_torch": "torch" in seen or "torch" in missing,
+        "needs_transformers": "transformers" in seen or "transformers" in missing,
+    }
 
 
 def import_seconds(module: str) -> float:
     """Best of two fresh interpreters, less an empty one."""
+
     def run(code: str) -> float:
         t = time.perf_counter()
         subprocess.run([sys.executable, "-c", code], check=True)
         return time.perf_counter() - t
+
     return min(run(f"import {module}") for _ in range(2)) - min(run("pass") for _ in range(2))
 
 
 # --- the two libraries, behind one small interface -----------------------------------------------------
+
 
 class Llguidance:
     name = "llguidance"
 
     def __init__(self, tokenizer):
         from gpt2kit.constraints.vocabulary import vocabulary_for
+
         self.vocabulary = vocabulary_for(tokenizer)
 
     def compile(self, kind: str, source):
         import llguidance
+
         from gpt2kit.constraints.compiler import grammar_text
         from gpt2kit.constraints.spec import Constraint
+
         matcher = llguidance.LLMatcher(self.vocabulary.lltokenizer, grammar_text(Constraint(kind, source)), log_level=0)
         assert not matcher.is_error(), matcher.get_error()
         return matcher
@@ -166,10 +202,12 @@ class Llguidance:
 
     def new_mask(self):
         from llguidance.numpy import allocate_token_bitmask
+
         return allocate_token_bitmask(1, self.vocabulary.size)
 
     def fill(self, matcher, mask) -> None:
         from llguidance.numpy import fill_next_token_bitmask
+
         fill_next_token_bitmask(matcher, mask)
 
     def accept(self, matcher, token: int) -> bool:
@@ -181,10 +219,12 @@ class Xgrammar:
 
     def __init__(self, tokenizer):
         import xgrammar
+
         self.xgr = xgrammar
         vocab = [tokenizer.decode_bytes([i]) for i in range(tokenizer.n_vocab)]  # GPT-2's byte-level ids as bytes
-        self.info = xgrammar.TokenizerInfo(vocab, xgrammar.VocabType.RAW, vocab_size=tokenizer.n_vocab,
-                                           stop_token_ids=[tokenizer.eot_id])
+        self.info = xgrammar.TokenizerInfo(
+            vocab, xgrammar.VocabType.RAW, vocab_size=tokenizer.n_vocab, stop_token_ids=[tokenizer.eot_id]
+        )
 
     def compile(self, kind: str, source):
         compiler = self.xgr.GrammarCompiler(self.info, max_threads=os.cpu_count() or 1, cache_enabled=False)
@@ -231,11 +271,14 @@ def measure_library(lib, tokenizer) -> dict:
                     assert lib.accept(m, token), f"{lib.name} refused {tokenizer.decode([token])!r} of {doc!r}"
         later.sort()
         # medians and p90: on a shared machine the mean and the max measure other processes' time slices
-        out[case] = {"compile_ms": 1e3 * statistics.median(compile_s),
-                     "mask_us_first_walk": 1e6 * statistics.median(first),
-                     "mask_us_p50": 1e6 * later[len(later) // 2],
-                     "mask_us_p90": 1e6 * later[int(0.9 * (len(later) - 1))],
-                     "mask_us_mean": 1e6 * statistics.mean(later), "mask_us_max": 1e6 * later[-1]}
+        out[case] = {
+            "compile_ms": 1e3 * statistics.median(compile_s),
+            "mask_us_first_walk": 1e6 * statistics.median(first),
+            "mask_us_p50": 1e6 * later[len(later) // 2],
+            "mask_us_p90": 1e6 * later[int(0.9 * (len(later) - 1))],
+            "mask_us_mean": 1e6 * statistics.mean(later),
+            "mask_us_max": 1e6 * later[-1],
+        }
     for name, schema in TYPICAL.items():
         t = time.perf_counter()
         compiled = lib.compile("json_schema", json.dumps(schema))
@@ -245,6 +288,7 @@ def measure_library(lib, tokenizer) -> dict:
 
 
 # --- gpt2kit's stage against a decoding step ---------------------------------------------------------
+
 
 def step_vs_stage(tokenizer) -> dict:
     import torch
@@ -307,9 +351,12 @@ def step_vs_stage(tokenizer) -> dict:
         entry = {}
         for i, clock in enumerate(("wall", "cpu")):
             step, mask = statistics.median(s[i] for s in steps), statistics.median(m[i] for m in masking)
-            entry[clock] = {"decode_step_ms": 1e3 * step, "stage_ms": 1e3 * mask,
-                            "stage_mean_ms": 1e3 * statistics.mean(m[i] for m in masking),
-                            "stage_share_of_step": mask / step}
+            entry[clock] = {
+                "decode_step_ms": 1e3 * step,
+                "stage_ms": 1e3 * mask,
+                "stage_mean_ms": 1e3 * statistics.mean(m[i] for m in masking),
+                "stage_share_of_step": mask / step,
+            }
         out[f"batch{B}"] = entry
     torch.set_num_threads(threads)
     return out
@@ -318,8 +365,10 @@ def step_vs_stage(tokenizer) -> dict:
 def main() -> None:
     from gpt2kit.tokenizer import gpt2_tokenizer
 
-    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; flags: {cpu_flags()}; "
-          f"load average at start: {os.getloadavg()[0]:.1f} (other processes share the cores)")
+    print(
+        f"CPU: {cpu_name()}, {os.cpu_count()} cores; flags: {cpu_flags()}; "
+        f"load average at start: {os.getloadavg()[0]:.1f} (other processes share the cores)"
+    )
     versions = ", ".join(f"{n} {md.version(n)}" for n in ("torch", "llguidance", "xgrammar"))
     print(f"Python {platform.python_version()}; {versions}")
     tokenizer = gpt2_tokenizer()
@@ -337,26 +386,44 @@ def main() -> None:
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     print("\n| | llguidance | xgrammar |\n|---|---|---|")
     lg, xg = results["llguidance"], results["xgrammar"]
-    rows = [("site-packages MB, own / with requirements",
-             lambda r: f"{r['install']['own_MB']:.1f} / {r['install']['with_requirements_MB']:.0f}"),
-            ("MB beyond what gpt2kit installs", lambda r: f"{r['install']['beyond_gpt2kit_MB']:.0f}"),
-            ("not installed here", lambda r: ", ".join(r["install"]["not_installed_here"]) or "-"),
-            ("import s", lambda r: f"{r['import_s']:.2f}"),
-            ("vocabulary setup s", lambda r: f"{r['vocabulary_setup_s']:.2f}")]
-    rows += [(f"{case}: compile ms / mask us p50, p90 (first walk p50)",
-              lambda r, c=case: f"{r[c]['compile_ms']:.1f} / {r[c]['mask_us_p50']:.0f}, {r[c]['mask_us_p90']:.0f} "
-                                f"({r[c]['mask_us_first_walk']:.0f})") for case in CASES]
+    rows = [
+        (
+            "site-packages MB, own / with requirements",
+            lambda r: f"{r['install']['own_MB']:.1f} / {r['install']['with_requirements_MB']:.0f}",
+        ),
+        ("MB beyond what gpt2kit installs", lambda r: f"{r['install']['beyond_gpt2kit_MB']:.0f}"),
+        ("not installed here", lambda r: ", ".join(r["install"]["not_installed_here"]) or "-"),
+        ("import s", lambda r: f"{r['import_s']:.2f}"),
+        ("vocabulary setup s", lambda r: f"{r['vocabulary_setup_s']:.2f}"),
+    ]
+    rows += [
+        (
+            f"{case}: compile ms / mask us p50, p90 (first walk p50)",
+            lambda r, c=case: (
+                f"{r[c]['compile_ms']:.1f} / {r[c]['mask_us_p50']:.0f}, {r[c]['mask_us_p90']:.0f} "
+                f"({r[c]['mask_us_first_walk']:.0f})"
+            ),
+        )
+        for case in CASES
+    ]
     rows += [(f"compile ms, {name} schema", lambda r, n=name: f"{r[f'compile_ms_{n}']:.1f}") for name in TYPICAL]
     for label, cell in rows:
         print(f"| {label} | {cell(lg)} | {cell(xg)} |")
     st = results["gpt2kit_stage"]
     for clock in ("cpu", "wall"):
-        print(f"gpt2kit stage on 124M ({st['dtype']}, 1 thread, {clock} time, medians): " + "; ".join(
-            f"batch {b}: step {st[f'batch{b}'][clock]['decode_step_ms']:.2f} ms, apply+accept "
-            f"{st[f'batch{b}'][clock]['stage_ms']:.3f} ms (mean {st[f'batch{b}'][clock]['stage_mean_ms']:.3f}; "
-            f"{100 * st[f'batch{b}'][clock]['stage_share_of_step']:.1f}% of the step)" for b in (1, 8)))
-    print("first use / cached, ms: " + "; ".join(f"{n} {st[f'first_use_ms_{n}']:.1f} / {st[f'cached_ms_{n}']:.3f}"
-                                              for n in ("test", *TYPICAL)))
+        print(
+            f"gpt2kit stage on 124M ({st['dtype']}, 1 thread, {clock} time, medians): "
+            + "; ".join(
+                f"batch {b}: step {st[f'batch{b}'][clock]['decode_step_ms']:.2f} ms, apply+accept "
+                f"{st[f'batch{b}'][clock]['stage_ms']:.3f} ms (mean {st[f'batch{b}'][clock]['stage_mean_ms']:.3f}; "
+                f"{100 * st[f'batch{b}'][clock]['stage_share_of_step']:.1f}% of the step)"
+                for b in (1, 8)
+            )
+        )
+    print(
+        "first use / cached, ms: "
+        + "; ".join(f"{n} {st[f'first_use_ms_{n}']:.1f} / {st[f'cached_ms_{n}']:.3f}" for n in ("test", *TYPICAL))
+    )
 
 
 if __name__ == "__main__":

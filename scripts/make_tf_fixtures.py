@@ -9,6 +9,7 @@ and computes reference logits and greedy tokens with its own ops, saved as expec
 vocabulary is GPT-2's first 1,000 tokens (256 bytes + 743 merges + <|endoftext|>), to keep the
 fixtures small.
 """
+
 import json
 import shutil
 import sys
@@ -30,7 +31,7 @@ def tiny_vocab(folder: Path) -> int:
     keep = {t: i for t, i in encoder.items() if i < 256 + N_MERGES}
     keep["<|endoftext|>"] = 256 + N_MERGES
     (folder / "encoder.json").write_text(json.dumps(keep, ensure_ascii=False))
-    (folder / "vocab.bpe").write_text("\n".join(merges[:1 + N_MERGES]) + "\n", encoding="utf-8")
+    (folder / "vocab.bpe").write_text("\n".join(merges[: 1 + N_MERGES]) + "\n", encoding="utf-8")
     return len(keep)
 
 
@@ -43,7 +44,12 @@ def make_variables(hp, rng, adam=False):
         for ln in ("ln_1", "ln_2"):
             values[p + ln + "/g"] = 1 + rng.normal(0, 0.1, C)
             values[p + ln + "/b"] = rng.normal(0, 0.1, C)
-        for name, nx, nf in (("attn/c_attn", C, 3 * C), ("attn/c_proj", C, C), ("mlp/c_fc", C, 4 * C), ("mlp/c_proj", 4 * C, C)):
+        for name, nx, nf in (
+            ("attn/c_attn", C, 3 * C),
+            ("attn/c_proj", C, C),
+            ("mlp/c_fc", C, 4 * C),
+            ("mlp/c_proj", 4 * C, C),
+        ):
             values[p + name + "/w"] = rng.normal(0, 0.15, (1, nx, nf))
             values[p + name + "/b"] = rng.normal(0, 0.05, nf)
     values["model/ln_f/g"] = 1 + rng.normal(0, 0.1, C)
@@ -107,7 +113,7 @@ def write_checkpoint(folder: Path, hp, values, prefix: str, step=None, adam=Fals
             out = sess.run(logits, {window: np.array(seq, np.int32)})
             seq.append(int(out[-1].argmax()))
         saver.save(sess, str(folder / prefix), global_step=step)
-    return ids, ref, np.array(seq[len(ids):])
+    return ids, ref, np.array(seq[len(ids) :])
 
 
 def main():

@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def hf_tiny(tmp_path_factory) -> Path:
     """A small random GPT2LMHeadModel saved by transformers itself (full GPT-2 vocabulary)."""
     from transformers import GPT2Config, GPT2LMHeadModel
+
     torch.manual_seed(0)
     cfg = GPT2Config(vocab_size=50257, n_positions=64, n_embd=32, n_layer=2, n_head=4)
     model = GPT2LMHeadModel(cfg).eval()
@@ -25,6 +26,7 @@ def hf_tiny(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def lm_tiny(hf_tiny):
     import gpt2kit
+
     return gpt2kit.load(hf_tiny, device="cpu", dtype="float32")
 
 
@@ -32,9 +34,15 @@ def run_cli(*args, input=None, cwd=None, env=None, timeout=300):
     """The real `gpt2kit` program in a subprocess."""
     full_env = {**os.environ, "GPT2KIT_OFFLINE": "1", **(env or {})}
     # input="" rather than inheriting stdin: a piped stdin is read as a prompt, and must not hang
-    return subprocess.run([sys.executable, "-m", "gpt2kit", *map(str, args)], input=input if input is not None else "",
-                          capture_output=True,
-                          text=True, cwd=cwd, env=full_env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "gpt2kit", *map(str, args)],
+        input=input if input is not None else "",
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=full_env,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -14,6 +14,7 @@ path, are a queue taken one per request (`faults[path] = ["corrupt"]` once, `["c
 and LFS files redirected (302, with X-Linked-Etag and X-Linked-Size) to a CDN on another port and
 host name (`localhost`), as the real hub redirects to its CDN.
 """
+
 import base64
 import hashlib
 import json
@@ -107,7 +108,7 @@ class FileServer:
     def _body(self, h, path: str, body: bytes, fault: str | None) -> None:
         if fault == "corrupt":
             i = len(body) // 2
-            body = body[:i] + bytes([body[i] ^ 0xFF]) + body[i + 1:]
+            body = body[:i] + bytes([body[i] ^ 0xFF]) + body[i + 1 :]
         length = {"short_length": len(body) - 100, "long_length": len(body) + 100}.get(fault, len(body))
         h.send_header("Content-Length", str(max(length, 0)))
         h.end_headers()
@@ -122,7 +123,7 @@ class FileServer:
             return
         if path in self.slow:
             for i in range(0, len(body), 4096):
-                h.wfile.write(body[i:i + 4096])
+                h.wfile.write(body[i : i + 4096])
                 time.sleep(0.002)
             return
         h.wfile.write(body)
@@ -150,8 +151,13 @@ class HubMirror:
     def add_repo(self, repo: str, files: dict[str, bytes], revision: str = "main", sha: str | None = None) -> str:
         """Publish `files` as `repo` at `revision`; returns the commit sha the listing names."""
         sha = sha or hashlib.sha1(f"{repo}@{revision}".encode()).hexdigest()
-        listing = {"id": repo, "modelId": repo, "sha": sha, "private": False,
-                   "siblings": [{"rfilename": name} for name in sorted(files)]}
+        listing = {
+            "id": repo,
+            "modelId": repo,
+            "sha": sha,
+            "private": False,
+            "siblings": [{"rfilename": name} for name in sorted(files)],
+        }
         self.hub.files[f"/api/models/{repo}/revision/{quote(revision, safe='')}"] = json.dumps(listing).encode()
         self.hub.checksum[f"/api/models/{repo}/revision/{quote(revision, safe='')}"] = "none"
         for name, data in files.items():
@@ -169,8 +175,10 @@ class HubMirror:
         cdn_path = f"/repos/{sha256[:2]}/{sha256}"
         self.cdn.files[cdn_path] = data
         self.cdn.checksum[cdn_path] = "s3"
-        self.hub.redirects[path] = (self.cdn.url + cdn_path, {"X-Linked-Etag": f'"{sha256}"', "X-Linked-Size": str(len(data)),
-                                                              "ETag": f'"{sha256}"'})
+        self.hub.redirects[path] = (
+            self.cdn.url + cdn_path,
+            {"X-Linked-Etag": f'"{sha256}"', "X-Linked-Size": str(len(data)), "ETag": f'"{sha256}"'},
+        )
 
     def cdn_path(self, data: bytes) -> str:
         sha256 = hashlib.sha256(data).hexdigest()

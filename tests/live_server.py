@@ -1,4 +1,5 @@
 """A live `gpt2kit serve` on 127.0.0.1 for the tests that talk to one over a real socket."""
+
 import json
 import socket
 import subprocess
@@ -19,8 +20,12 @@ def start_server(models, *extra, timeout: float = 180):
     port = free_port()
     models = models if isinstance(models, (list, tuple)) else [models]
     args = [a for m in models for a in ("--model", str(m))]
-    proc = subprocess.Popen([sys.executable, "-m", "gpt2kit", "serve", *args, "--port", str(port), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gpt2kit", "serve", *args, "--port", str(port), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:

@@ -5,6 +5,7 @@ Prompts are left-padded so every row's next token sits in the last column; paddi
 out of attention and positions start at 0 at each row's first real token, so a padded row
 computes exactly what it would alone.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,8 +13,17 @@ from dataclasses import dataclass
 import torch
 
 from gpt2kit.model import GPT, KVCache
-from gpt2kit.sampling import (SamplingSettings, apply_logit_bias, apply_presence_frequency, apply_repetition_penalty,
-                              apply_temperature, apply_top_k, apply_top_p, draw, draw_top_k)
+from gpt2kit.sampling import (
+    SamplingSettings,
+    apply_logit_bias,
+    apply_presence_frequency,
+    apply_repetition_penalty,
+    apply_temperature,
+    apply_top_k,
+    apply_top_p,
+    draw,
+    draw_top_k,
+)
 
 
 def process_logits(logits, s, seen, counts):
@@ -37,23 +47,44 @@ class StepResult:
     top: list[tuple[int, float]] | None = None  # the top-N alternatives (token, logprob)
 
 
-def draw_rows(raw: torch.Tensor, settings: list[SamplingSettings], generators: list[torch.Generator],
-              seen: torch.Tensor | None, counts: torch.Tensor | None) -> torch.Tensor:
+def draw_rows(
+    raw: torch.Tensor,
+    settings: list[SamplingSettings],
+    generators: list[torch.Generator],
+    seen: torch.Tensor | None,
+    counts: torch.Tensor | None,
+) -> torch.Tensor:
     """One token for each row of raw logits (B, V) -> (B,), each row with its own settings and generator.
 
     Rows that share settings are filtered and drawn together; otherwise the same functions run one row at
     a time. Either way a row's draw depends on its own logits and generator alone.
     """
     first = settings[0]
-    if all(s == first for s in settings) and first.top_k > 0 and first.temperature > 0 \
-            and seen is None and counts is None:
+    if (
+        all(s == first for s in settings)
+        and first.top_k > 0
+        and first.temperature > 0
+        and seen is None
+        and counts is None
+    ):
         return draw_top_k(raw, first, generators)
     if all(s == first for s in settings):
         return draw(process_logits(raw, first, seen, counts), first.temperature, generators)
-    return torch.cat([
-        draw(process_logits(raw[i:i + 1], s, None if seen is None else seen[i:i + 1],
-                            None if counts is None else counts[i:i + 1]), s.temperature, [g])
-        for i, (s, g) in enumerate(zip(settings, generators))])
+    return torch.cat(
+        [
+            draw(
+                process_logits(
+                    raw[i : i + 1],
+                    s,
+                    None if seen is None else seen[i : i + 1],
+                    None if counts is None else counts[i : i + 1],
+                ),
+                s.temperature,
+                [g],
+            )
+            for i, (s, g) in enumerate(zip(settings, generators))
+        ]
+    )
 
 
 def add_logprobs(results: list[StepResult], raw: torch.Tensor, tokens: torch.Tensor, top_n: int) -> None:
@@ -67,9 +98,18 @@ def add_logprobs(results: list[StepResult], raw: torch.Tensor, tokens: torch.Ten
 
 
 class BatchDecoder:
-    def __init__(self, model: GPT, prompts: list[list[int]], *, settings: SamplingSettings | list[SamplingSettings],
-                 generators: list[torch.Generator], max_new: int | None, pad_id: int,
-                 logprobs: int = 0, sliding: bool = True):
+    def __init__(
+        self,
+        model: GPT,
+        prompts: list[list[int]],
+        *,
+        settings: SamplingSettings | list[SamplingSettings],
+        generators: list[torch.Generator],
+        max_new: int | None,
+        pad_id: int,
+        logprobs: int = 0,
+        sliding: bool = True,
+    ):
         """settings: one for every row, or one per row (the server batches requests that differ)."""
         rows_settings = settings if isinstance(settings, list) else [settings] * len(prompts)
         self.model, self.row_settings, self.generators = model, list(rows_settings), list(generators)
@@ -110,7 +150,9 @@ class BatchDecoder:
         self.cache.padded = any(len(p) != T for p in prompts)
         self.offsets = torch.tensor([len(p) - T for p in prompts])  # position = cache index + offset
         with torch.inference_mode():
-            logits = self.model(idx.to(self.device), cache=self.cache, positions=positions.to(self.device), last_only=True)
+            logits = self.model(
+                idx.to(self.device), cache=self.cache, positions=positions.to(self.device), last_only=True
+            )
         return logits[:, -1, :]
 
     def finish(self, row: int) -> None:
@@ -145,7 +187,9 @@ class BatchDecoder:
         if self.seen is not None:
             self.seen.scatter_(1, next_tokens.unsqueeze(-1), True)
         if self.counts is not None:
-            self.counts.scatter_add_(1, next_tokens.unsqueeze(-1), torch.ones_like(next_tokens, dtype=torch.int32).unsqueeze(-1))
+            self.counts.scatter_add_(
+                1, next_tokens.unsqueeze(-1), torch.ones_like(next_tokens, dtype=torch.int32).unsqueeze(-1)
+            )
         self.generated += 1
         if not self.sliding and self.cache.length + 1 >= self.n_ctx:
             self.rows = []  # the context is full: without --length there is no sliding window
@@ -162,5 +206,6 @@ class BatchDecoder:
             return
         positions = (self.cache.length + self.offsets).clamp(min=0).unsqueeze(-1).to(self.device)  # (B, 1)
         with torch.inference_mode():
-            self._logits = self.model(next_tokens.unsqueeze(-1).to(self.device), cache=self.cache, positions=positions,
-                                      last_only=True)[:, -1, :]
+            self._logits = self.model(
+                next_tokens.unsqueeze(-1).to(self.device), cache=self.cache, positions=positions, last_only=True
+            )[:, -1, :]

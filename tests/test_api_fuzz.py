@@ -7,6 +7,7 @@ phase only) with a fresh seed each time, which the failure message names. Longer
 GPT2KIT_FUZZ_EXAMPLES=1000 GPT2KIT_FUZZ_SEED=7 python -m pytest tests/test_api_fuzz.py
 A failed random run again: GPT2KIT_FUZZ_RANDOM_SEED=<its seed> python -m pytest tests/test_api_fuzz.py
 """
+
 import json
 import os
 import random
@@ -43,12 +44,36 @@ def server(hf_tiny):
 def fuzz(url: str, cwd, *, seed: int, examples: int, phases: str) -> tuple[subprocess.CompletedProcess, str]:
     """One Schemathesis run over every operation; (the run, its summary)."""
     run = subprocess.run(
-        [sys.executable, "-c", "import sys; from schemathesis.cli import schemathesis; sys.exit(schemathesis())",
-         "run", url + "/openapi.json", "--checks", "all", "--exclude-checks", EXCLUDED,
-         "--max-examples", str(examples), "--seed", str(seed), "--workers", "1", "--request-timeout", "60",
-         "--phases", phases, "--generation-database", "none", "--no-color"],
-        capture_output=True, text=True, timeout=600, cwd=cwd)
-    summary = run.stdout[run.stdout.find("SUMMARY"):] if "SUMMARY" in run.stdout else run.stdout[-4000:]
+        [
+            sys.executable,
+            "-c",
+            "import sys; from schemathesis.cli import schemathesis; sys.exit(schemathesis())",
+            "run",
+            url + "/openapi.json",
+            "--checks",
+            "all",
+            "--exclude-checks",
+            EXCLUDED,
+            "--max-examples",
+            str(examples),
+            "--seed",
+            str(seed),
+            "--workers",
+            "1",
+            "--request-timeout",
+            "60",
+            "--phases",
+            phases,
+            "--generation-database",
+            "none",
+            "--no-color",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+    )
+    summary = run.stdout[run.stdout.find("SUMMARY") :] if "SUMMARY" in run.stdout else run.stdout[-4000:]
     return run, summary
 
 
@@ -67,9 +92,12 @@ def check_passed(run: subprocess.CompletedProcess, summary: str, operations: int
 
 def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_schema(server, tmp_path):
     # What the fuzzer found: a null max_tokens (chat's default) ran to the end of the context, past the limit.
-    request = urllib.request.Request(server + "/v1/chat/completions", method="POST",
-                                     headers={"Content-Type": "application/json"},
-                                     data=json.dumps({"messages": [{"role": "user", "content": "Hi"}]}).encode())
+    request = urllib.request.Request(
+        server + "/v1/chat/completions",
+        method="POST",
+        headers={"Content-Type": "application/json"},
+        data=json.dumps({"messages": [{"role": "user", "content": "Hi"}]}).encode(),
+    )
     with urllib.request.urlopen(request, timeout=60) as r:
         assert json.load(r)["usage"]["completion_tokens"] <= 8
     n = operations(server)
@@ -84,18 +112,43 @@ def test_schemathesis_with_a_fresh_seed_finds_nothing_either(server, tmp_path):
     on the seed, so only the fuzzing phase runs again."""
     seed = int(os.environ.get("GPT2KIT_FUZZ_RANDOM_SEED") or random.SystemRandom().randrange(2**32))
     run, summary = fuzz(server, tmp_path, seed=seed, examples=RANDOM_EXAMPLES, phases="fuzzing")
-    cases = check_passed(run, summary, operations(server),
-                         f"run this seed again: GPT2KIT_FUZZ_RANDOM_SEED={seed} python -m pytest {__file__}")
+    cases = check_passed(
+        run,
+        summary,
+        operations(server),
+        f"run this seed again: GPT2KIT_FUZZ_RANDOM_SEED={seed} python -m pytest {__file__}",
+    )
     print(f"schemathesis: {cases} cases, all passed (random seed {seed}, {RANDOM_EXAMPLES} examples per operation)")
 
 
 # Under 20 events each: Schemathesis reads a stream up to its max-stream-events, 20 by default.
 STREAMS = [
-    ("/v1/completions", {"prompt": "Hello", "max_tokens": 4, "n": 2, "logprobs": 2, "echo": True, "seed": 1,
-                         "stream": True, "stream_options": {"include_usage": True}}),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "n": 2, "seed": 1,
-                              "logprobs": True, "top_logprobs": 2, "stream": True,
-                              "stream_options": {"include_usage": True}}),
+    (
+        "/v1/completions",
+        {
+            "prompt": "Hello",
+            "max_tokens": 4,
+            "n": 2,
+            "logprobs": 2,
+            "echo": True,
+            "seed": 1,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    ),
+    (
+        "/v1/chat/completions",
+        {
+            "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": 4,
+            "n": 2,
+            "seed": 1,
+            "logprobs": True,
+            "top_logprobs": 2,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    ),
 ]
 
 
@@ -117,10 +170,17 @@ def test_every_streamed_event_is_one_the_schema_describes(server, path, body):
         case.validate_response(_replaced(response, wrong))
 
 
-
 def _replaced(response, content: bytes):
     """`response` (Schemathesis' own) with another body."""
     from schemathesis.core.transport import Response
-    return Response(status_code=response.status_code, headers=response.headers, content=content,
-                    request=response.request, elapsed=response.elapsed, verify=response.verify,
-                    http_version=response.http_version, encoding=response.encoding)
+
+    return Response(
+        status_code=response.status_code,
+        headers=response.headers,
+        content=content,
+        request=response.request,
+        elapsed=response.elapsed,
+        verify=response.verify,
+        http_version=response.http_version,
+        encoding=response.encoding,
+    )

@@ -1,6 +1,7 @@
 """The samplers of issue 29 and the watermark through /v1/completions and /v1/chat/completions, under vLLM's and
 llama.cpp's names: a seed gives the Python API's text for the same settings, and bad values are 400s naming
 their field."""
+
 import json
 import urllib.error
 import urllib.request
@@ -44,8 +45,9 @@ def server(hf_tiny):
 
 def post(url, path, body):
     """(status, JSON answer) of a raw POST, as vLLM's and llama.cpp's clients send their extra fields."""
-    req = urllib.request.Request(url + path, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url + path, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
             return r.status, json.load(r)
@@ -92,9 +94,11 @@ def test_each_sampler_gives_the_python_apis_text(server, lm_tiny, endpoint):
 def test_every_sampler_at_once_and_llama_cpps_repeat_penalty(server, lm_tiny):
     fields = {k: v for case in CASES.values() for k, v in case.items() if not k.startswith("mirostat")}
     assert served(server, "completions", fields) == library(lm_tiny, "completions", fields)
-    assert (served(server, "completions", {"repeat_penalty": 1.5})
-            == library(lm_tiny, "completions", {"repetition_penalty": 1.5})
-            != library(lm_tiny, "completions", {}))
+    assert (
+        served(server, "completions", {"repeat_penalty": 1.5})
+        == library(lm_tiny, "completions", {"repetition_penalty": 1.5})
+        != library(lm_tiny, "completions", {})
+    )
 
 
 @pytest.mark.parametrize("endpoint", ["completions", "chat"])
@@ -102,8 +106,9 @@ def test_a_watermarked_completion_is_detected(server, lm_tiny, endpoint):
     key = 15485863  # transformers' default hashing key
     fields = {"watermark": {"key": key, "gamma": 0.25, "delta": 4.0}, "temperature": 1.0}
     text = served(server, endpoint, fields, length=48)
-    assert text == library(lm_tiny, endpoint, {"watermark_key": key, "watermark_gamma": 0.25, "watermark_delta": 4.0},
-                           length=48)
+    assert text == library(
+        lm_tiny, endpoint, {"watermark_key": key, "watermark_gamma": 0.25, "watermark_delta": 4.0}, length=48
+    )
     ids = lm_tiny.tokenizer.encode_ordinary(text)
     assert detect(ids, key=key, gamma=0.25).z > 4
     plain = lm_tiny.tokenizer.encode_ordinary(served(server, endpoint, {}, length=48))
@@ -111,25 +116,39 @@ def test_a_watermarked_completion_is_detected(server, lm_tiny, endpoint):
 
 
 BAD = [
-    ({"min_p": 1.5}, "min_p"), ({"typical_p": -0.1}, "typical_p"), ({"epsilon_cutoff": 1.0}, "epsilon_cutoff"),
-    ({"eta_cutoff": -1}, "eta_cutoff"), ({"top_n_sigma": float("inf")}, "top_n_sigma"), ({"mirostat": 1}, "mirostat"),
-    ({"mirostat_tau": -1}, "mirostat_tau"), ({"mirostat_eta": 2}, "mirostat_eta"),
-    ({"dry_multiplier": -1}, "dry_multiplier"), ({"dry_base": 0.5}, "dry_base"),
-    ({"dry_allowed_length": -1}, "dry_allowed_length"), ({"dry_penalty_last_n": -2}, "dry_penalty_last_n"),
+    ({"min_p": 1.5}, "min_p"),
+    ({"typical_p": -0.1}, "typical_p"),
+    ({"epsilon_cutoff": 1.0}, "epsilon_cutoff"),
+    ({"eta_cutoff": -1}, "eta_cutoff"),
+    ({"top_n_sigma": float("inf")}, "top_n_sigma"),
+    ({"mirostat": 1}, "mirostat"),
+    ({"mirostat_tau": -1}, "mirostat_tau"),
+    ({"mirostat_eta": 2}, "mirostat_eta"),
+    ({"dry_multiplier": -1}, "dry_multiplier"),
+    ({"dry_base": 0.5}, "dry_base"),
+    ({"dry_allowed_length": -1}, "dry_allowed_length"),
+    ({"dry_penalty_last_n": -2}, "dry_penalty_last_n"),
     ({"dry_sequence_breakers": [""]}, "dry_sequence_breakers.0"),
     ({"dry_sequence_breakers": "\n"}, "dry_sequence_breakers"),
-    ({"xtc_threshold": 1.5}, "xtc_threshold"), ({"xtc_probability": 2}, "xtc_probability"),
-    ({"repeat_penalty": 0}, "repeat_penalty"), ({"repeat_penalty": 1.2, "repetition_penalty": 1.3}, "repeat_penalty"),
-    ({"watermark": {"key": 0}}, "watermark.key"), ({"watermark": {"key": 1, "gamma": 1.0}}, "watermark.gamma"),
+    ({"xtc_threshold": 1.5}, "xtc_threshold"),
+    ({"xtc_probability": 2}, "xtc_probability"),
+    ({"repeat_penalty": 0}, "repeat_penalty"),
+    ({"repeat_penalty": 1.2, "repetition_penalty": 1.3}, "repeat_penalty"),
+    ({"watermark": {"key": 0}}, "watermark.key"),
+    ({"watermark": {"key": 1, "gamma": 1.0}}, "watermark.gamma"),
     ({"watermark": {"key": 1, "delta": 0}}, "watermark.delta"),
-    ({"watermark": {"key": 1, "context_width": 0}}, "watermark.context_width"), ({"watermark": {}}, "watermark.key"),
+    ({"watermark": {"key": 1, "context_width": 0}}, "watermark.context_width"),
+    ({"watermark": {}}, "watermark.key"),
 ]
 
 
 @pytest.mark.parametrize("endpoint", ["completions", "chat"])
 def test_bad_values_are_400s_naming_the_field(server, endpoint):
-    path, base = (("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}]}) if endpoint == "chat"
-                  else ("/v1/completions", {"prompt": "Hi"}))
+    path, base = (
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}]})
+        if endpoint == "chat"
+        else ("/v1/completions", {"prompt": "Hi"})
+    )
     for fields, param in BAD:
         status, answer = post(server, path, {**base, "max_tokens": 1, **fields})
         assert (status, answer["error"]["param"]) == (400, param), (fields, answer)

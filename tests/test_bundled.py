@@ -1,11 +1,12 @@
 """The small model that ships inside the package: used by default, offline, and it has learned its texts."""
+
 import json
 import math
 
+from conftest import FIXTURES, run_cli
+
 import gpt2kit
 from gpt2kit.paths import BUNDLED_DIR
-
-from conftest import FIXTURES, run_cli
 
 HELD_OUT = FIXTURES / "heldout_phoenix_and_the_turtle.txt"  # a poem the model never trained on
 
@@ -44,6 +45,12 @@ def test_model_card_figures_are_the_measured_ones():
 
 def test_finetune_without_model_starts_from_the_bundled_one(tmp_path):
     (tmp_path / "mine.txt").write_text("My own words, over and over. " * 50)
-    final = gpt2kit.finetune(dataset=[tmp_path / "mine.txt"], checkpoint_dir=tmp_path / "ck", steps=2,
-                             batch_size=1, context_length=64, progress=False)
+    final = gpt2kit.finetune(
+        dataset=[tmp_path / "mine.txt"],
+        checkpoint_dir=tmp_path / "ck",
+        steps=2,
+        batch_size=1,
+        context_length=64,
+        progress=False,
+    )
     assert json.loads((final / "config.json").read_text())["n_embd"] == gpt2kit.load(device="cpu").config.n_embd

@@ -1,15 +1,29 @@
 """The real `gpt2kit` program in a subprocess, as a user runs it."""
+
 import json
 
 import pytest
-
 from conftest import FIXTURES, run_cli
 
 
 def test_generate_streams_text_and_is_deterministic(hf_tiny):
     a = run_cli("generate", "Hello there", "--model", hf_tiny, "--length", "10", "--seed", "5", "--nsamples", "2")
-    b = run_cli("generate", "Hello there", "--model", hf_tiny, "--length", "10", "--seed", "5", "--nsamples", "2",
-                "--batch_size", "2", "--top_k", "0")  # the old underscore spellings work too
+    b = run_cli(
+        "generate",
+        "Hello there",
+        "--model",
+        hf_tiny,
+        "--length",
+        "10",
+        "--seed",
+        "5",
+        "--nsamples",
+        "2",
+        "--batch_size",
+        "2",
+        "--top_k",
+        "0",
+    )  # the old underscore spellings work too
     assert a.returncode == 0, a.stderr
     assert a.stdout == b.stdout
     samples = a.stdout.split("=" * 20 + "\n")
@@ -19,7 +33,9 @@ def test_generate_streams_text_and_is_deterministic(hf_tiny):
 def test_generate_jsonl_labels_synthetic_text(hf_tiny, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("First prompt\nSecond prompt\n")
-    r = run_cli("generate", "--model", hf_tiny, "--prompt-file", prompts, "--length", "5", "--seed", "1", "--format", "jsonl")
+    r = run_cli(
+        "generate", "--model", hf_tiny, "--prompt-file", prompts, "--length", "5", "--seed", "1", "--format", "jsonl"
+    )
     assert r.returncode == 0, r.stderr
     records = [json.loads(line) for line in r.stdout.splitlines()]
     assert [rec["prompt"] for rec in records] == ["First prompt", "Second prompt"]
@@ -70,14 +86,17 @@ def test_info_and_convert(tmp_path):
     assert json.loads(r.stdout)["format"] == "huggingface"
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--model", "/no/such/folder"], "no model folder"),
-    (["--temperature", "-1"], "temperature"),
-    (["--top-p", "0"], "top_p"),
-    (["--top-k", "-2"], "top_k"),
-    (["--device", "tpu"], "unknown device"),
-    (["--prompt-file", "/no/such/file"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--model", "/no/such/folder"], "no model folder"),
+        (["--temperature", "-1"], "temperature"),
+        (["--top-p", "0"], "top_p"),
+        (["--top-k", "-2"], "top_k"),
+        (["--device", "tpu"], "unknown device"),
+        (["--prompt-file", "/no/such/file"], "does not exist"),
+    ],
+)
 def test_bad_input_one_line_exit_2(hf_tiny, args, message):
     if "--model" not in args:
         args = ["--model", str(hf_tiny), *args]
@@ -101,6 +120,7 @@ def test_unknown_option_exit_2():
 
 def test_encode_flags_reach_the_library(tmp_path):
     from gpt2kit.data.tokens import read_tokens
+
     docs = tmp_path / "docs"
     docs.mkdir()
     for i in range(4):
@@ -110,11 +130,14 @@ def test_encode_flags_reach_the_library(tmp_path):
     assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
     assert "validation: 2 documents" in b.stdout
     held_out = read_tokens(tmp_path / "b.val.tokens").size
-    assert read_tokens(tmp_path / "a.tokens").size == read_tokens(tmp_path / "b.tokens").size + held_out + 4  # 4 <|endoftext|>
+    assert (
+        read_tokens(tmp_path / "a.tokens").size == read_tokens(tmp_path / "b.tokens").size + held_out + 4
+    )  # 4 <|endoftext|>
 
 
 def test_convert_dtype_flag(tmp_path):
     from safetensors import safe_open
+
     r = run_cli("convert", FIXTURES / "openai_tiny", tmp_path / "half", "--dtype", "float16")
     assert r.returncode == 0, r.stderr
     with safe_open(tmp_path / "half" / "model.safetensors", "pt") as f:

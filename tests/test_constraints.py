@@ -4,6 +4,7 @@ The loop below drives the stage as the engine will: start, then apply -> draw ->
 each row. A random model writes junk wherever the grammar leaves a choice, which is the test: every
 sample must still parse and validate.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,10 @@ SCHEMA = {
         "handle": {"type": "string", "pattern": "^[a-z][a-z0-9_]{2,11}$"},
         "author": {
             "type": "object",
-            "properties": {"name": {"$ref": "#/$defs/handle"},
-                           "karma": {"type": "integer", "minimum": 0, "maximum": 99999}},
+            "properties": {
+                "name": {"$ref": "#/$defs/handle"},
+                "karma": {"type": "integer", "minimum": 0, "maximum": 99999},
+            },
             "required": ["name"],
             "additionalProperties": False,
         },
@@ -51,8 +54,10 @@ SCHEMA = {
         "flair": {
             "$defs": {"colour": {"enum": ["red", "green", "blue"]}},
             "type": "object",
-            "properties": {"text": {"type": "string", "maxLength": 12},
-                           "colour": {"$ref": "#/properties/flair/$defs/colour"}},
+            "properties": {
+                "text": {"type": "string", "maxLength": 12},
+                "colour": {"$ref": "#/properties/flair/$defs/colour"},
+            },
             "required": ["colour"],
             "additionalProperties": False,
         },
@@ -90,6 +95,7 @@ def stage() -> ConstraintStage:
 @dataclass
 class Row:
     """What the engine's sequence gives a stage: the prompt, the tokens so far, the generator, the state."""
+
     ids: list[int]
     tokens: list[int]
     generator: torch.Generator
@@ -103,8 +109,17 @@ class Result:
     complete: bool  # the text is a whole document
 
 
-def generate(model: GPT, stage: ConstraintStage, settings: SamplingSettings, n: int, *, seed: int = 0,
-             max_tokens: int = MAX_TOKENS, prompt: str = "Post:", eot_bias: float = 0.0) -> list[Result]:
+def generate(
+    model: GPT,
+    stage: ConstraintStage,
+    settings: SamplingSettings,
+    n: int,
+    *,
+    seed: int = 0,
+    max_tokens: int = MAX_TOKENS,
+    prompt: str = "Post:",
+    eot_bias: float = 0.0,
+) -> list[Result]:
     """n constrained rows of one batch, until each grammar completes or max_tokens: the engine's part, small."""
     tokenizer = gpt2_tokenizer()
     ids = tokenizer.encode(prompt)
@@ -169,8 +184,10 @@ def test_any_json_object(tiny, stage):
                 json.loads(r.text)
 
 
-@pytest.mark.parametrize("pattern", [r"[A-Z][a-z]{2,9}( [A-Z][a-z]{2,9}){0,2}", r"\d{4}-(0[1-9]|1[0-2])-\d\d",
-                                     r"(yes|no|maybe)!?", r"[^\n]{3,20}\n"])
+@pytest.mark.parametrize(
+    "pattern",
+    [r"[A-Z][a-z]{2,9}( [A-Z][a-z]{2,9}){0,2}", r"\d{4}-(0[1-9]|1[0-2])-\d\d", r"(yes|no|maybe)!?", r"[^\n]{3,20}\n"],
+)
 def test_regex_samples_fullmatch(tiny, stage, pattern):
     results = generate(tiny, stage, SamplingSettings(constraint=Constraint.regex(pattern)), 30, max_tokens=60)
     for r in results:
@@ -191,15 +208,15 @@ def test_choices_are_always_one_of_the_choices(tiny, stage):
     assert len({r.text for r in results}) > 2
 
 
-LARK = r'''
+LARK = r"""
 start: speaker ": " line
 speaker: "ALICE" | "BOB"
 line: /[A-Za-z ,.!?']{1,40}/ "\n"
-'''
-GBNF = r'''
+"""
+GBNF = r"""
 root ::= speaker ": " [A-Za-z ,.!?']{1,40} "\n"
 speaker ::= "ALICE" | "BOB"
-'''
+"""
 
 
 @pytest.mark.parametrize("grammar", [LARK, GBNF], ids=["lark", "gbnf"])
@@ -227,7 +244,7 @@ def test_a_row_s_mask_is_its_own(tiny, stage):
     logits = torch.randn(3, PADDED_VOCAB, generator=torch.Generator().manual_seed(0))
     together = stage.apply(logits, settings, rows)
     for i, row in enumerate(rows):
-        assert torch.equal(together[i], stage.apply(logits[i:i + 1], settings, [row])[0])
+        assert torch.equal(together[i], stage.apply(logits[i : i + 1], settings, [row])[0])
     assert not torch.equal(torch.isfinite(together[0]), torch.isfinite(together[1]))
     # the ids past the tokenizer's 50,257 are never allowed, and <|endoftext|> not before the document ends
     assert torch.isneginf(together[:, 50257:]).all() and torch.isneginf(together[:, EOT]).all()
@@ -246,22 +263,25 @@ def test_endoftext_is_allowed_only_when_the_document_is_complete():
     assert stage.finished(row) and stage.complete(row)
 
 
-@pytest.mark.parametrize("constraint, says", [
-    (lambda: Constraint.json_schema("{not json"), "not valid JSON"),
-    (lambda: Constraint.json_schema([1, 2]), "a JSON object"),
-    (lambda: Constraint.json_schema({"type": "strng"}), "Invalid type: strng"),
-    (lambda: Constraint.json_schema({"$ref": "#/$defs/missing"}), "does not exist"),
-    (lambda: Constraint.json_schema({"type": "string", "minLength": 5, "maxLength": 2}), "minLength"),
-    (lambda: Constraint.json_schema({"type": "string", "pattern": "(ab"}), "unclosed group"),
-    (lambda: Constraint.regex("(ab"), "unclosed group"),
-    (lambda: Constraint.regex(r"(a)\1"), "backreferences are not supported"),
-    (lambda: Constraint.regex(r"[^\s\S]"), "no text matches the regular expression"),
-    (lambda: Constraint.grammar("start: greeting"), 'unknown name: "greeting"'),
-    (lambda: Constraint.grammar('start: "a" <|im_start|>'), "unknown special token"),
-    (lambda: Constraint.grammar('root ::= "a'), "the grammar is invalid"),
-    (lambda: Constraint.choice([]), "at least one option"),
-    (lambda: Constraint("yaml", "x"), "unknown constraint kind"),
-])
+@pytest.mark.parametrize(
+    "constraint, says",
+    [
+        (lambda: Constraint.json_schema("{not json"), "not valid JSON"),
+        (lambda: Constraint.json_schema([1, 2]), "a JSON object"),
+        (lambda: Constraint.json_schema({"type": "strng"}), "Invalid type: strng"),
+        (lambda: Constraint.json_schema({"$ref": "#/$defs/missing"}), "does not exist"),
+        (lambda: Constraint.json_schema({"type": "string", "minLength": 5, "maxLength": 2}), "minLength"),
+        (lambda: Constraint.json_schema({"type": "string", "pattern": "(ab"}), "unclosed group"),
+        (lambda: Constraint.regex("(ab"), "unclosed group"),
+        (lambda: Constraint.regex(r"(a)\1"), "backreferences are not supported"),
+        (lambda: Constraint.regex(r"[^\s\S]"), "no text matches the regular expression"),
+        (lambda: Constraint.grammar("start: greeting"), 'unknown name: "greeting"'),
+        (lambda: Constraint.grammar('start: "a" <|im_start|>'), "unknown special token"),
+        (lambda: Constraint.grammar('root ::= "a'), "the grammar is invalid"),
+        (lambda: Constraint.choice([]), "at least one option"),
+        (lambda: Constraint("yaml", "x"), "unknown constraint kind"),
+    ],
+)
 def test_bad_constraints_are_one_line_user_errors(stage, constraint, says):
     with pytest.raises(UserError) as e:
         stage.check(SamplingSettings(constraint=constraint()))
@@ -269,10 +289,12 @@ def test_bad_constraints_are_one_line_user_errors(stage, constraint, says):
 
 
 def test_each_content_compiles_once(stage):
-    first = compile_constraint(Constraint.json_schema({"type": "object", "properties": {"x": {"type": "integer"}}}),
-                               stage.vocabulary)
-    again = compile_constraint(Constraint.json_schema('{"type":"object","properties":{"x":{"type":"integer"}}}'),
-                               stage.vocabulary)
+    first = compile_constraint(
+        Constraint.json_schema({"type": "object", "properties": {"x": {"type": "integer"}}}), stage.vocabulary
+    )
+    again = compile_constraint(
+        Constraint.json_schema('{"type":"object","properties":{"x":{"type":"integer"}}}'), stage.vocabulary
+    )
     assert again is first
     assert compile_constraint(Constraint.regex("[a-z]+"), stage.vocabulary) is not first
 

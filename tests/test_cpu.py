@@ -4,6 +4,7 @@ Choices (which kernels build, what `--dtype auto` means) are tested on injected 
 family, so they are checked on any machine. Kernel arithmetic is tested for each instruction set
 this machine can run; the others say skipped and why.
 """
+
 import ctypes
 import functools
 import json
@@ -19,9 +20,9 @@ import gpt2kit
 from gpt2kit.config import GPTConfig
 from gpt2kit.cpu import features, kernels, policy, tuning, weights
 from gpt2kit.cpu.candidates import Candidate, build, candidates, for_dtype
-from gpt2kit.cpu.tuning import compare
 from gpt2kit.cpu.policy import Fidelity
 from gpt2kit.cpu.runner import CpuGPT
+from gpt2kit.cpu.tuning import compare
 from gpt2kit.cpu.weights import KINDS, KernelLinear, kernel_linear
 from gpt2kit.errors import UserError
 from gpt2kit.model import GPT, KVCache
@@ -51,8 +52,21 @@ def emulated_avx512() -> kernels.Kernels:
     if not Path("/usr/include/simde/x86/avx512.h").is_file():
         pytest.skip("SIMDe's headers are missing: apt-get install libsimde-dev (README's set-up does)")
     so = Path(tempfile.mkdtemp()) / "gpt2kit-avx512-emulated.so"
-    subprocess.run([kernels.compiler(), *kernels.COMMON_FLAGS, *kernels.AVX2_FLAGS, "-DGPT2KIT_EMULATE_AVX512",
-                    "-Wno-psabi", "-o", str(so), *map(str, kernels.SOURCES), *kernels.LIBS], check=True, capture_output=True)
+    subprocess.run(
+        [
+            kernels.compiler(),
+            *kernels.COMMON_FLAGS,
+            *kernels.AVX2_FLAGS,
+            "-DGPT2KIT_EMULATE_AVX512",
+            "-Wno-psabi",
+            "-o",
+            str(so),
+            *map(str, kernels.SOURCES),
+            *kernels.LIBS,
+        ],
+        check=True,
+        capture_output=True,
+    )
     lib = ctypes.CDLL(str(so))
     kernels._declare(lib)
     return kernels.Kernels(lib, so, "avx512-emulated")
@@ -75,8 +89,18 @@ def with_kind(k: kernels.Kernels, fmt: str) -> kernels.Kernels:
 
 # --- choices, for every family, on any machine ---------------------------------------------
 
-@pytest.mark.parametrize("family,isa", [("old_x86", None), ("avx2", "avx2"), ("avx512", "avx512-vnni"),
-                                        ("avx512_bf16", "avx512-vnni-bf16"), ("amx", "avx512-vnni-bf16"), ("arm", None)])
+
+@pytest.mark.parametrize(
+    "family,isa",
+    [
+        ("old_x86", None),
+        ("avx2", "avx2"),
+        ("avx512", "avx512-vnni"),
+        ("avx512_bf16", "avx512-vnni-bf16"),
+        ("amx", "avx512-vnni-bf16"),
+        ("arm", None),
+    ],
+)
 def test_each_family_builds_the_widest_kernels_it_can_run(family, isa):
     got = kernels.isa_for(features.info(family))
     assert (got[0] if got else None) == isa
@@ -123,14 +147,19 @@ def fid(top1, loss, ref=5.0):
 
 
 def test_policy_takes_the_fastest_candidate_that_keeps_fp32s_answers():
-    t = {"float32/kernels": {"batch1": 4.0, "batch8": 8.0, "prefill": 10.0},
-         "float16/kernels": {"batch1": 2.0, "batch8": 6.0, "prefill": 11.0},
-         "int8/kernels": {"batch1": 1.0, "batch8": 5.0, "prefill": 12.0}}
+    t = {
+        "float32/kernels": {"batch1": 4.0, "batch8": 8.0, "prefill": 10.0},
+        "float16/kernels": {"batch1": 2.0, "batch8": 6.0, "prefill": 11.0},
+        "int8/kernels": {"batch1": 1.0, "batch8": 5.0, "prefill": 12.0},
+    }
     good, bad_top1, bad_loss = fid(0.999, 5.001), fid(0.99, 5.0), fid(1.0, 5.01)
     assert policy.by_speed(t, "float32/kernels") == ["int8/kernels", "float16/kernels", "float32/kernels"]
     assert policy.choose(t, {"int8/kernels": good, "float16/kernels": good}, "float32/kernels") == "int8/kernels"
     assert policy.choose(t, {"int8/kernels": bad_top1, "float16/kernels": good}, "float32/kernels") == "float16/kernels"
-    assert policy.choose(t, {"int8/kernels": bad_loss, "float16/kernels": bad_top1}, "float32/kernels") == "float32/kernels"
+    assert (
+        policy.choose(t, {"int8/kernels": bad_loss, "float16/kernels": bad_top1}, "float32/kernels")
+        == "float32/kernels"
+    )
     assert policy.choose(t, {}, "float32/kernels") == "float32/kernels"  # unmeasured fidelity never wins
     slow = {k: {s: 100.0 for s in policy.TIMED_ROWS} for k in t if k != "float32/kernels"}
     assert policy.choose({**t, **slow}, {"int8/kernels": good}, "float32/kernels") == "float32/kernels"
@@ -142,6 +171,7 @@ def test_an_unknown_dtype_is_a_user_error():
 
 
 # --- kernel arithmetic, per instruction set this machine has --------------------------------
+
 
 @pytest.mark.parametrize("isa", ["avx2", "avx512"])
 def test_the_kernels_build_into_the_current_home(isa, tmp_path, monkeypatch):
@@ -223,8 +253,8 @@ def decode(model, lengths=(10, 7, 4)) -> list[torch.Tensor]:
     cache = KVCache(model.config, B, 30, "cpu", torch.float32)
     positions = torch.zeros(B, T, dtype=torch.long)
     for i, n in enumerate(lengths):
-        cache.valid[i, :T - n] = False
-        positions[i, T - n:] = torch.arange(n)
+        cache.valid[i, : T - n] = False
+        positions[i, T - n :] = torch.arange(n)
     cache.padded = True
     with torch.inference_mode():
         steps = [model(idx, cache=cache, positions=positions)[:, -1:]]
@@ -276,13 +306,17 @@ def test_the_block_by_block_check_equals_the_built_models_fidelity(fmt, monkeypa
         logits = [built(w)[0] for w in windows]
 
     def loss(ls):
-        return torch.cat([F.cross_entropy(l[:-1], w[0, 1:], reduction="none") for l, w in zip(ls, windows)]).mean().item()
+        return (
+            torch.cat([F.cross_entropy(l[:-1], w[0, 1:], reduction="none") for l, w in zip(ls, windows)]).mean().item()
+        )
+
     top1 = torch.cat([a.argmax(-1) == b.argmax(-1) for a, b in zip(logits, ref)]).float().mean().item()
     assert got == Fidelity(top1, loss(logits), loss(ref))
     assert got.loss != got.reference_loss  # rounded weights: a different answer, so the check can fail
 
 
 # --- the whole policy on this machine ---------------------------------------------------------
+
 
 def test_auto_measures_once_and_its_choice_keeps_fp32s_answers(hf_tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("GPT2KIT_HOME", str(tmp_path))
@@ -345,6 +379,7 @@ def test_without_the_kernels_pytorch_does_the_work(hf_tiny, monkeypatch):
 def test_a_compiler_that_fails_falls_back_and_says_why(hf_tiny, tmp_path):
     """No working C compiler: generation still works (PyTorch's kernels) and `info` says why."""
     from conftest import run_cli
+
     env = {"CC": "false", "GPT2KIT_HOME": str(tmp_path / "home")}  # `false`: a compiler that always fails
     r = run_cli("info", hf_tiny, env=env)
     assert r.returncode == 0 and "not in use: could not build them with false" in r.stdout
@@ -355,6 +390,7 @@ def test_a_compiler_that_fails_falls_back_and_says_why(hf_tiny, tmp_path):
 
 def test_info_shows_what_auto_takes_here_and_why(hf_tiny, tmp_path, monkeypatch):
     from conftest import run_cli
+
     r = run_cli("info", hf_tiny, "--json", env={"GPT2KIT_HOME": str(tmp_path)})
     assert r.returncode == 0, r.stderr
     shown = json.loads(r.stdout)

@@ -1,8 +1,10 @@
 """Text extraction, encoding, the dataset formats other tools write, and bad input."""
+
 import json
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 import gpt2kit
 from gpt2kit.data.encode import decode_dataset
@@ -10,8 +12,6 @@ from gpt2kit.data.extract import html_to_text, markdown_to_text
 from gpt2kit.data.tokens import read_tokens
 from gpt2kit.errors import UserError
 from gpt2kit.tokenizer import gpt2_tokenizer
-
-from conftest import run_cli
 
 
 def test_markdown_keeps_words_drops_markup():
@@ -37,8 +37,10 @@ Some *emphasis*, **bold** and a [link text](https://example.com).
 
 
 def test_html_keeps_visible_text():
-    html = "<html><head><title>T</title><style>p{}</style></head><body><h1>Title</h1><p>Para &amp; <a href='x'>link</a></p>" \
-           "<script>var x=1;</script><ul><li>one</li><li>two</li></ul></body></html>"
+    html = (
+        "<html><head><title>T</title><style>p{}</style></head><body><h1>Title</h1><p>Para &amp; <a href='x'>link</a></p>"
+        "<script>var x=1;</script><ul><li>one</li><li>two</li></ul></body></html>"
+    )
     text = html_to_text(html)
     assert text.split("\n")[0] == "Title"
     assert "Para & link" in text and "one" in text and "two" in text
@@ -50,7 +52,9 @@ def test_encode_formats_and_decode(tmp_path):
     (tmp_path / "in" / "a.txt").write_text("Plain text file.")
     (tmp_path / "in" / "b.md").write_text("# Post\n\nHello *world*.")
     (tmp_path / "in" / "c.csv").write_text("title,body\nFirst row,x\nSecond row,y\n")
-    (tmp_path / "in" / "d.jsonl").write_text(json.dumps({"text": "json one"}) + "\n" + json.dumps({"text": "json two"}) + "\n")
+    (tmp_path / "in" / "d.jsonl").write_text(
+        json.dumps({"text": "json one"}) + "\n" + json.dumps({"text": "json two"}) + "\n"
+    )
     summary = gpt2kit.encode_dataset([tmp_path / "in"], tmp_path / "out.tokens", progress=False)
     assert summary["documents"] == 1 + 1 + 2 + 2
     text = "".join(decode_dataset(tmp_path / "out.tokens"))
@@ -95,11 +99,16 @@ def test_output_and_encoding_mistakes_are_refused_before_encoding(tmp_path):
     (tmp_path / "a.txt").write_text("some text")
     (tmp_path / "outdir").mkdir()
     (tmp_path / "afile").write_text("")
-    for args, message in (([tmp_path / "outdir"], "is a folder"), ([tmp_path / "afile" / "x.tokens"], "is a file"),
-                          ([tmp_path / "o.tokens", "--encoding", "nosuch"], "unknown --encoding 'nosuch'")):
+    for args, message in (
+        ([tmp_path / "outdir"], "is a folder"),
+        ([tmp_path / "afile" / "x.tokens"], "is a file"),
+        ([tmp_path / "o.tokens", "--encoding", "nosuch"], "unknown --encoding 'nosuch'"),
+    ):
         r = run_cli("encode", tmp_path / "a.txt", "--output", *args)
         assert r.returncode == 2 and "Traceback" not in r.stderr and message in r.stderr, r.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "afile", "outdir"] and not any((tmp_path / "outdir").iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "afile", "outdir"] and not any(
+        (tmp_path / "outdir").iterdir()
+    )
 
 
 def test_validation_split_is_by_documents(tmp_path):

@@ -2,17 +2,17 @@
 
 Valid datasets are written by gpt2kit's own writer, broken ones as raw bytes; every command is the real CLI.
 """
+
 import os
 import zipfile
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 import gpt2kit
 from gpt2kit.data.encode import decode_dataset
 from gpt2kit.data.tokens import TokenWriter, read_tokens
-
-from conftest import run_cli
 
 CPU = ("--device", "cpu", "--dtype", "float32")
 
@@ -20,7 +20,9 @@ CPU = ("--device", "cpu", "--dtype", "float32")
 def one_line_error(r) -> str:
     """The CLI's answer to a user's mistake: exit code 2 and a single line on stderr, no traceback."""
     assert r.returncode == 2, (r.returncode, r.stderr)
-    assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1 and r.stderr.startswith("gpt2kit: error: "), r.stderr
+    assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1 and r.stderr.startswith("gpt2kit: error: "), (
+        r.stderr
+    )
     return r.stderr
 
 
@@ -32,6 +34,7 @@ def dataset(path, ids, n_vocab=50257):
 
 
 # --- token ids outside the vocabulary (item 5) -----------------------------------------------------------
+
 
 def test_ids_past_the_vocabulary_are_named_by_perplexity_and_decode(hf_tiny, tmp_path):
     big = dataset(tmp_path / "big.tokens", [1, 2, 60000, 3], n_vocab=65536)  # encoded for a larger vocabulary
@@ -48,6 +51,7 @@ def test_ids_past_the_vocabulary_are_named_by_perplexity_and_decode(hf_tiny, tmp
 
 # --- encode -o: what may be replaced (item 16) ------------------------------------------------------------
 
+
 def test_encode_never_replaces_a_file_that_is_not_its_dataset(tmp_path):
     (tmp_path / "a.txt").write_text("Some text to encode.\n")
     notes = tmp_path / "notes.tokens"
@@ -60,8 +64,9 @@ def test_encode_never_replaces_a_file_that_is_not_its_dataset(tmp_path):
     err = one_line_error(run_cli("encode", tmp_path / "a.txt", "-o", fifo, "--quiet"))
     assert "not a regular file" in err and fifo.is_fifo(), err
     (tmp_path / "d.val.tokens").write_text("precious")  # --val-fraction writes here too
-    err = one_line_error(run_cli("encode", tmp_path / "a.txt", "-o", tmp_path / "d.tokens", "--val-fraction", "0.5",
-                                 "--quiet"))
+    err = one_line_error(
+        run_cli("encode", tmp_path / "a.txt", "-o", tmp_path / "d.tokens", "--val-fraction", "0.5", "--quiet")
+    )
     assert "d.val.tokens" in err and (tmp_path / "d.val.tokens").read_text() == "precious"
     assert not (tmp_path / "d.tokens").exists() and not list(tmp_path.glob(".*tmp"))
 
@@ -76,17 +81,20 @@ def test_encode_replaces_its_own_dataset(tmp_path):
 
 # --- --val-fraction that takes every document (item 20) ---------------------------------------------------
 
+
 @pytest.mark.parametrize("fraction", ["0.5", "0.99"])
 def test_a_val_fraction_that_takes_every_document_says_so(tmp_path, fraction):
     (tmp_path / "one.txt").write_text("The only document there is.\n")
-    err = one_line_error(run_cli("encode", tmp_path / "one.txt", "-o", tmp_path / "d.tokens", "--val-fraction",
-                                 fraction, "--quiet"))
+    err = one_line_error(
+        run_cli("encode", tmp_path / "one.txt", "-o", tmp_path / "d.tokens", "--val-fraction", fraction, "--quiet")
+    )
     assert "went to validation" in err and "smaller --val-fraction" in err and "--val-fraction 0" in err, err
     assert "no text to train on" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.txt"]
 
 
 # --- perplexity reads text as encode does (item 19) -------------------------------------------------------
+
 
 def test_perplexity_takes_encode_s_encoding_and_errors(hf_tiny, lm_tiny, tmp_path):
     latin = tmp_path / "latin.txt"
@@ -101,7 +109,8 @@ def test_perplexity_takes_encode_s_encoding_and_errors(hf_tiny, lm_tiny, tmp_pat
     # the same text, encoded by `encode --encoding latin-1`, scores the same
     gpt2kit.encode_dataset([latin], tmp_path / "l.tokens", encoding="latin-1", progress=False)
     assert gpt2kit.perplexity(lm_tiny, tmp_path / "l.tokens").loss == pytest.approx(
-        gpt2kit.perplexity(lm_tiny, latin, encoding="latin-1").loss, rel=1e-6)
+        gpt2kit.perplexity(lm_tiny, latin, encoding="latin-1").loss, rel=1e-6
+    )
 
 
 def test_perplexity_of_too_little_text_says_what_to_do(hf_tiny, tmp_path):
@@ -114,6 +123,7 @@ def test_perplexity_of_too_little_text_says_what_to_do(hf_tiny, tmp_path):
 
 
 # --- folders where a file is expected (item 21) -----------------------------------------------------------
+
 
 def test_a_folder_is_described_not_called_missing(tmp_path):
     empty = tmp_path / "emptydir"
@@ -132,6 +142,7 @@ def test_a_folder_is_described_not_called_missing(tmp_path):
 
 # --- .npz files that are not (item 24) --------------------------------------------------------------------
 
+
 def test_broken_npz_files_get_a_whole_accurate_line(tmp_path):
     np.save(tmp_path / "arr.npy", np.arange(5))
     good = tmp_path / "good.npz"
@@ -141,7 +152,7 @@ def test_broken_npz_files_get_a_whole_accurate_line(tmp_path):
         "text.npz": (b"this is text, not an archive of arrays\n", "not a zip archive"),
         "empty.npz": (b"", "empty"),
         "single.npz": ((tmp_path / "arr.npy").read_bytes(), "single NumPy .npy array"),
-        "truncated.npz": (raw[:len(raw) // 2], "truncated or damaged"),
+        "truncated.npz": (raw[: len(raw) // 2], "truncated or damaged"),
     }
     for name, (data, reason) in cases.items():
         (tmp_path / name).write_bytes(data)
@@ -159,6 +170,7 @@ def test_broken_npz_files_get_a_whole_accurate_line(tmp_path):
 
 # --- download --offline says what to run (item 22) --------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["124M", "someone/gpt2-tolkien@v2"])
 def test_offline_download_says_what_to_run(tmp_path, name):
     err = one_line_error(run_cli("download", name, "--offline", env={"GPT2KIT_OFFLINE": ""}))
@@ -166,7 +178,9 @@ def test_offline_download_says_what_to_run(tmp_path, name):
     err = one_line_error(run_cli("download", name))  # run_cli sets GPT2KIT_OFFLINE=1
     assert f"run `gpt2kit download {name}` with GPT2KIT_OFFLINE unset," in err, err
     err = one_line_error(run_cli("download", name, "--offline", "--models-dir", tmp_path / "my models"))
-    assert f"`gpt2kit download {name} --models-dir '{tmp_path / 'my models'}'` without --offline and with " \
-           f"GPT2KIT_OFFLINE unset" in err, err
+    assert (
+        f"`gpt2kit download {name} --models-dir '{tmp_path / 'my models'}'` without --offline and with "
+        f"GPT2KIT_OFFLINE unset" in err
+    ), err
     err = one_line_error(run_cli("generate", "hi", "--model", name, "--offline"))
     assert f"run `gpt2kit download {name}` with GPT2KIT_OFFLINE unset" in err, err

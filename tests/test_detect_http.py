@@ -1,13 +1,14 @@
 """POST /v1/detect: the watermark's z-test over HTTP, the same verdict as gpt2kit.provenance's detect."""
+
 import json
 import urllib.error
 import urllib.request
 
 import pytest
+from live_server import start_server
 
 import gpt2kit
 from gpt2kit.provenance.watermark import detect
-from live_server import start_server
 
 KEY = 15485863
 
@@ -40,9 +41,13 @@ def test_watermarked_text_is_detected_and_plain_text_is_not(server):
     assert code == 200 and not found["watermarked"]
 
 
-@pytest.mark.parametrize("body, field", [({"text": "hi"}, "watermark_key"),
-                                         ({"text": "hi there", "watermark_key": 1, "watermark_gamma": 1.5},
-                                          "watermark_gamma")])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"text": "hi"}, "watermark_key"),
+        ({"text": "hi there", "watermark_key": 1, "watermark_gamma": 1.5}, "watermark_gamma"),
+    ],
+)
 def test_mistakes_are_400s_naming_the_field(server, body, field):
     code, answer = post(server, body)
     assert code == 400 and field in json.dumps(answer["error"])

@@ -1,15 +1,15 @@
 """Downloads against a real HTTP server on 127.0.0.1 (never the network): both layouts, resume, faults."""
+
 import numpy as np
 import pytest
 import torch
+from conftest import FIXTURES, run_cli
+from http_server import FileServer
 
 import gpt2kit
 from gpt2kit import hub
 from gpt2kit.errors import UserError
 from gpt2kit.tokenizer import ASSETS
-
-from conftest import FIXTURES, run_cli
-from http_server import FileServer
 
 
 @pytest.fixture
@@ -17,8 +17,12 @@ def server(hf_tiny):
     s = FileServer()
     for f in hub.OPENAI_FILES:
         s.files[f"/gpt-2/models/124M/{f}"] = (FIXTURES / "openai_tiny" / f).read_bytes()
-    for f, src in (("config.json", hf_tiny / "config.json"), ("model.safetensors", hf_tiny / "model.safetensors"),
-                   ("vocab.json", ASSETS / "encoder.json"), ("merges.txt", ASSETS / "vocab.bpe")):
+    for f, src in (
+        ("config.json", hf_tiny / "config.json"),
+        ("model.safetensors", hf_tiny / "model.safetensors"),
+        ("vocab.json", ASSETS / "encoder.json"),
+        ("merges.txt", ASSETS / "vocab.bpe"),
+    ):
         s.files[f"/openai-community/gpt2/resolve/main/{f}"] = src.read_bytes()
         s.checksum[f"/openai-community/gpt2/resolve/main/{f}"] = "etag"
     yield s
@@ -27,8 +31,13 @@ def server(hf_tiny):
 
 @pytest.fixture
 def env(server, tmp_path, monkeypatch):
-    e = {"GPT2KIT_HOME": str(tmp_path / "home"), "GPT2KIT_OPENAI_URL": server.url + "/gpt-2/models",
-         "HF_ENDPOINT": server.url, "GPT2KIT_OFFLINE": "0", "GPT2KIT_RETRY_DELAY": "0.05"}
+    e = {
+        "GPT2KIT_HOME": str(tmp_path / "home"),
+        "GPT2KIT_OPENAI_URL": server.url + "/gpt-2/models",
+        "HF_ENDPOINT": server.url,
+        "GPT2KIT_OFFLINE": "0",
+        "GPT2KIT_RETRY_DELAY": "0.05",
+    }
     for k, v in e.items():
         monkeypatch.setenv(k, v)
     return e
@@ -104,7 +113,9 @@ def test_slow_server_and_models_dir_layout(env, server, tmp_path):
     server.slow.add("/gpt-2/models/124M/model.ckpt.data-00000-of-00001")
     r = run_cli("download", "124M", "--models-dir", tmp_path / "models", env=env)
     assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in (tmp_path / "models" / "124M").iterdir() if not p.name.startswith(".")) == sorted(hub.OPENAI_FILES)
+    assert sorted(p.name for p in (tmp_path / "models" / "124M").iterdir() if not p.name.startswith(".")) == sorted(
+        hub.OPENAI_FILES
+    )
     r = run_cli("generate", "hi", "--model_name", "124M", "--models_dir", tmp_path / "models", "--length", "3", env=env)
     assert r.returncode == 0, r.stderr
 

@@ -4,17 +4,17 @@ Each fault is one a real server or network commits: bytes corrupted on the way, 
 lies either way, a 200 or a wrong 206 answering a Range request, a server that goes silent, redirects
 to another host. Every test checks the bytes that land, and what went over the wire.
 """
+
 import hashlib
 import os
 import random
 import sys
 
 import pytest
+from http_server import FileServer, HubMirror
 
 from gpt2kit import hub
 from gpt2kit.errors import UserError
-
-from http_server import FileServer, HubMirror
 
 DATA = random.Random(0).randbytes(300_000)
 PATH = "/files/blob.bin"
@@ -131,7 +131,9 @@ def test_a_server_that_always_stalls_is_a_clear_error(plain, tmp_path):
 def test_redirects_keep_the_token_on_its_host_only(mirror, tmp_path):
     """A renamed repository redirects on the hub itself (the token follows), then to the CDN (it does not)."""
     mirror.hub.redirects["/old/blob/resolve/main/model.safetensors"] = (
-        f"/someone/blob/resolve/{'0' * 40}/model.safetensors", {})
+        f"/someone/blob/resolve/{'0' * 40}/model.safetensors",
+        {},
+    )
     token = {"Authorization": "Bearer hf_secret", "Cookie": "session=1"}
     hub.fetch(f"{mirror.url}/old/blob/resolve/main/model.safetensors", tmp_path / "m", progress=False, headers=token)
     assert (tmp_path / "m").read_bytes() == DATA
@@ -153,7 +155,9 @@ def test_the_cdns_own_etag_is_not_taken_for_a_checksum(mirror, tmp_path):
 def test_the_file_is_synced_before_the_rename_and_the_folder_after(plain, tmp_path, monkeypatch):
     events = []
     real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))), real_fsync(fd))[1])
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))), real_fsync(fd))[1]
+    )
     monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(a), str(b))), real_replace(a, b))[1])
     hub.fetch(plain.url + PATH, tmp_path / "blob", progress=False)
     part, dest = str(tmp_path / "blob.part"), str(tmp_path / "blob")

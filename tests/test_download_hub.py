@@ -3,18 +3,18 @@
 The mirror is two real HTTP servers: the hub (API listing, resolve URLs) and a CDN on another host name
 that LFS files are redirected to. Downloaded models are checked against transformers' own outputs.
 """
+
 import json
 
 import pytest
 import torch
+from conftest import run_cli
+from http_server import HubMirror
 
 import gpt2kit
 from gpt2kit import hub
 from gpt2kit.errors import UserError
 from gpt2kit.tokenizer import ASSETS
-
-from conftest import run_cli
-from http_server import HubMirror
 
 REPO = "someone/tiny-gpt2"
 VOCAB = {"vocab.json": (ASSETS / "encoder.json").read_bytes(), "merges.txt": (ASSETS / "vocab.bpe").read_bytes()}
@@ -27,6 +27,7 @@ def saved(folder, seed, bin=False, **save):
     transformers 5 writes safetensors only.
     """
     from transformers import GPT2Config, GPT2LMHeadModel
+
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=64, n_embd=32, n_layer=2, n_head=4)).eval()
     model.save_pretrained(folder, **save)
@@ -39,8 +40,11 @@ def saved(folder, seed, bin=False, **save):
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("hubmodels")
-    return {"safetensors": saved(root / "a", 1), "bin": saved(root / "b", 2, bin=True),
-            "sharded": saved(root / "c", 3, max_shard_size="2MB")}
+    return {
+        "safetensors": saved(root / "a", 1),
+        "bin": saved(root / "b", 2, bin=True),
+        "sharded": saved(root / "c", 3, max_shard_size="2MB"),
+    }
 
 
 @pytest.fixture
@@ -49,16 +53,26 @@ def mirror(models):
     m.add_repo(REPO, {**models["safetensors"][0], **VOCAB, "README.md": b"# card", "tf_model.h5": b"not read"})
     m.add_repo(REPO, {**models["bin"][0], **VOCAB}, revision="v1")
     m.add_repo(REPO, models["sharded"][0], revision="refs/pr/1")
-    m.add_repo("someone/llama", {"config.json": json.dumps({"model_type": "llama", "hidden_size": 8}).encode(),
-                                 "model.safetensors": b"never fetched"})
+    m.add_repo(
+        "someone/llama",
+        {
+            "config.json": json.dumps({"model_type": "llama", "hidden_size": 8}).encode(),
+            "model.safetensors": b"never fetched",
+        },
+    )
     yield m
     m.close()
 
 
 @pytest.fixture
 def env(mirror, tmp_path, monkeypatch):
-    e = {"GPT2KIT_HOME": str(tmp_path / "home"), "HF_ENDPOINT": mirror.url, "HF_TOKEN": "hf_secret",
-         "GPT2KIT_OFFLINE": "0", "GPT2KIT_RETRY_DELAY": "0.01"}
+    e = {
+        "GPT2KIT_HOME": str(tmp_path / "home"),
+        "HF_ENDPOINT": mirror.url,
+        "HF_TOKEN": "hf_secret",
+        "GPT2KIT_OFFLINE": "0",
+        "GPT2KIT_RETRY_DELAY": "0.01",
+    }
     for k, v in e.items():
         monkeypatch.setenv(k, v)
     return e
@@ -75,8 +89,14 @@ def test_a_hub_gpt2_downloads_through_the_cdn_and_matches_transformers(env, mirr
     r = run_cli("download", REPO, env=env)
     assert r.returncode == 0, r.stderr
     folder = hub.models_root() / "hub" / REPO / "main"
-    assert sorted(p.name for p in folder.iterdir()) == [".complete", "config.json", "generation_config.json", "merges.txt",
-                                                       "model.safetensors", "vocab.json"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        ".complete",
+        "config.json",
+        "generation_config.json",
+        "merges.txt",
+        "model.safetensors",
+        "vocab.json",
+    ]
     assert max_diff(REPO, models["safetensors"][1]) < 1e-4
     # the weights came from the CDN; the token went to the hub only, never to the other host
     assert mirror.cdn.log and all("Authorization" not in h for _, h in mirror.cdn.requests)
@@ -116,14 +136,30 @@ def test_a_repository_that_is_not_a_gpt2_is_one_line_and_nothing_more_is_fetched
     assert not (hub.models_root() / "hub" / "someone").exists()
 
 
-@pytest.mark.parametrize("config, files, message", [
-    ({"model_type": "gpt2", "vocab_size": 10, "n_embd": 8, "n_head": 2, "n_layer": 1}, ["tf_model.h5", "flax_model.msgpack"],
-     "no weights gpt2kit reads.*tf_model.h5"),
-    ({"model_type": "gpt2", "vocab_size": 10, "n_embd": 8, "n_head": 2, "n_layer": 1,
-      "scale_attn_by_inverse_layer_idx": True}, ["model.safetensors"], "variant.*scale_attn_by_inverse_layer_idx"),
-    ({"model_type": "gpt2", "n_embd": 8}, ["model.safetensors"], "lacks or mistypes 'vocab_size'"),
-    (None, ["model.safetensors"], "no config.json"),
-])
+@pytest.mark.parametrize(
+    "config, files, message",
+    [
+        (
+            {"model_type": "gpt2", "vocab_size": 10, "n_embd": 8, "n_head": 2, "n_layer": 1},
+            ["tf_model.h5", "flax_model.msgpack"],
+            "no weights gpt2kit reads.*tf_model.h5",
+        ),
+        (
+            {
+                "model_type": "gpt2",
+                "vocab_size": 10,
+                "n_embd": 8,
+                "n_head": 2,
+                "n_layer": 1,
+                "scale_attn_by_inverse_layer_idx": True,
+            },
+            ["model.safetensors"],
+            "variant.*scale_attn_by_inverse_layer_idx",
+        ),
+        ({"model_type": "gpt2", "n_embd": 8}, ["model.safetensors"], "lacks or mistypes 'vocab_size'"),
+        (None, ["model.safetensors"], "no config.json"),
+    ],
+)
 def test_repositories_gpt2kit_cannot_run_are_clear_errors(env, mirror, config, files, message):
     contents = {f: b"x" for f in files} | ({"config.json": json.dumps(config).encode()} if config else {})
     mirror.add_repo("someone/odd", contents)

@@ -4,6 +4,7 @@ read-only folder.
 GPT2KIT_KILL_RUNS (default 20) and GPT2KIT_KILL_SEED (default 17) set how many kills the kill test makes,
 and where they land; raise the first for a longer local run.
 """
+
 import os
 import random
 import resource
@@ -46,14 +47,45 @@ def corpus(tmp_path):
 
 
 def finetune_args(dataset, checkpoint_dir, steps: int, *extra) -> list[str]:
-    return [sys.executable, "-m", "gpt2kit", "finetune", "--dataset", str(dataset), "--from-scratch",
-            "--n-layer", "2", "--n-embd", "32", "--n-head", "2", "--n-ctx", "32", "--batch-size", "4",
-            "--steps", str(steps), "--print-every", "1", "--no-progress", "--dropout", "0.1",
-            "--lr-schedule", "cosine", "--warmup-steps", "3", "--checkpoint-dir", str(checkpoint_dir), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "gpt2kit",
+        "finetune",
+        "--dataset",
+        str(dataset),
+        "--from-scratch",
+        "--n-layer",
+        "2",
+        "--n-embd",
+        "32",
+        "--n-head",
+        "2",
+        "--n-ctx",
+        "32",
+        "--batch-size",
+        "4",
+        "--steps",
+        str(steps),
+        "--print-every",
+        "1",
+        "--no-progress",
+        "--dropout",
+        "0.1",
+        "--lr-schedule",
+        "cosine",
+        "--warmup-steps",
+        "3",
+        "--checkpoint-dir",
+        str(checkpoint_dir),
+        *extra,
+    ]
 
 
 def run(args, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=600, stdin=subprocess.DEVNULL, **kwargs)
+    return subprocess.run(
+        args, capture_output=True, text=True, env=ENV, timeout=600, stdin=subprocess.DEVNULL, **kwargs
+    )
 
 
 def one_clear_line(proc: subprocess.CompletedProcess) -> str:
@@ -76,6 +108,7 @@ def loads_completely(step_folder: Path) -> int:
 
 # --- the order of fsync and rename ---------------------------------------------------------------------
 
+
 class FsyncSpy:
     """Records, in order, every fsync (by the path its descriptor names) and every os.replace.
 
@@ -92,6 +125,7 @@ class FsyncSpy:
         def replace(src, dst, **kw):
             self.events.append(("replace", os.path.realpath(src), os.path.realpath(dst)))
             return real_replace(src, dst, **kw)
+
         monkeypatch.setattr(os, "fsync", fsync)
         monkeypatch.setattr(os, "replace", replace)
 
@@ -100,7 +134,7 @@ class FsyncSpy:
         replaces = [(i, e) for i, e in enumerate(self.events) if e[0] == "replace"]
         for i, (_, src, dst) in replaces:
             before = {e[1] for e in self.events[:i] if e[0] == "fsync"}
-            after = {e[1] for e in self.events[i + 1:] if e[0] == "fsync"}
+            after = {e[1] for e in self.events[i + 1 :] if e[0] == "fsync"}
             assert src in before, f"{src} renamed to {dst} without an fsync first"
             if Path(dst).is_dir():
                 for f in Path(dst).rglob("*"):
@@ -115,8 +149,15 @@ def test_every_save_fsyncs_the_file_before_the_rename_and_the_folder_after(tmp_p
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "metrics.csv").write_text("step,loss\n1,2.0\n2,1.5\n")
     spy = FsyncSpy(monkeypatch)
-    save_checkpoint(tmp_path / "run", 2, config=config, model_state=model.state_dict(), tokenizer=gpt2_tokenizer(),
-                    training_state={"step": 2, "optimizer": {"m": torch.ones(3)}}, max_checkpoints=2)
+    save_checkpoint(
+        tmp_path / "run",
+        2,
+        config=config,
+        model_state=model.state_dict(),
+        tokenizer=gpt2_tokenizer(),
+        training_state={"step": 2, "optimizer": {"m": torch.ones(3)}},
+        max_checkpoints=2,
+    )
     writer = TokenWriter(tmp_path / "data.tokens", 50257)
     writer.write([1, 2, 3])
     writer.close()
@@ -128,14 +169,16 @@ def test_every_save_fsyncs_the_file_before_the_rename_and_the_folder_after(tmp_p
 
 # --- killed mid-run ------------------------------------------------------------------------------------
 
+
 class Launch:
     """`gpt2kit finetune` in a subprocess, its stderr read as it comes."""
 
     def __init__(self, args, run_dir: Path):
         self.run_dir = run_dir
         self.launched, self.startup = time.time(), 0.0
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV,
-                                     stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV, stdin=subprocess.DEVNULL
+        )
         self.started = threading.Event()  # set-up done: the first step is next
         self.logged_at_start = 0
         self.pointer_at_start = pointer(run_dir)
@@ -160,8 +203,15 @@ class Launch:
             time.sleep(rng.uniform(0, 0.05))
         else:  # "saving": while the second save of this launch is being written, plus up to 20 ms; if the
             # polling misses every save (a busy machine), at the third step after the first save
-            self._wait(lambda: self.saved() and (any(run_dir.glob(f".tmp-step-*-{self.proc.pid}"))
-                                                 or logged_steps(run_dir) > self.logged_at_start + 3))
+            self._wait(
+                lambda: (
+                    self.saved()
+                    and (
+                        any(run_dir.glob(f".tmp-step-*-{self.proc.pid}"))
+                        or logged_steps(run_dir) > self.logged_at_start + 3
+                    )
+                )
+            )
             time.sleep(rng.uniform(0, 0.02))
         if self.proc.poll() is not None:
             return False
@@ -232,6 +282,7 @@ def losses(run_dir: Path) -> list[tuple[str, str]]:
 
 # --- full disk ------------------------------------------------------------------------------------------
 
+
 def file_size_limit(nbytes: int):
     """preexec_fn: files the child writes stop at `nbytes` (writes fail with EFBIG; Python ignores SIGXFSZ)."""
     return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
@@ -261,9 +312,10 @@ def mount_namespace_works() -> bool:
     return probe.returncode == 0
 
 
-needs_mounts = pytest.mark.skipif(not mount_namespace_works(),
-                                  reason="needs `unshare -Urm` (user and mount namespaces) for a real tmpfs "
-                                         "or read-only mount")
+needs_mounts = pytest.mark.skipif(
+    not mount_namespace_works(),
+    reason="needs `unshare -Urm` (user and mount namespaces) for a real tmpfs or read-only mount",
+)
 
 
 def in_namespace(script: str, args: list[str]) -> list[str]:
@@ -281,8 +333,10 @@ def test_a_really_full_disk_mid_run_keeps_the_previous_checkpoint(corpus, tmp_pa
     # only the tensors) and runs out midway; on 30 MiB the check refuses it before writing. The tmpfs
     # goes with its namespace, so the run folder is copied out before it does.
     args = " ".join(finetune_args(corpus, ck, 4, "--save-every", "2"))
-    script = (f"mount -t tmpfs -o size={size} tmpfs {ck} && {{ {args} 2>{tmp_path}/err; echo $? >{tmp_path}/rc; }}; "
-              f"cp -a {ck}/run1 {copy}")
+    script = (
+        f"mount -t tmpfs -o size={size} tmpfs {ck} && {{ {args} 2>{tmp_path}/err; echo $? >{tmp_path}/rc; }}; "
+        f"cp -a {ck}/run1 {copy}"
+    )
     assert subprocess.run(["unshare", "-Urm", "sh", "-c", script], env=ENV, timeout=600).returncode == 0
     err = (tmp_path / "err").read_text()
     line = one_clear_line(subprocess.CompletedProcess([], int((tmp_path / "rc").read_text()), "", err))
@@ -295,8 +349,7 @@ def test_a_really_full_disk_mid_run_keeps_the_previous_checkpoint(corpus, tmp_pa
 def test_a_read_only_checkpoint_folder_fails_before_training(corpus, tmp_path):
     ck = tmp_path / "ck"
     ck.mkdir()
-    proc = run(in_namespace(f"mount --bind {ck} {ck} && mount -o remount,ro,bind {ck}",
-                            finetune_args(corpus, ck, 3)))
+    proc = run(in_namespace(f"mount --bind {ck} {ck} && mount -o remount,ro,bind {ck}", finetune_args(corpus, ck, 3)))
     line = one_clear_line(proc)
     assert str(ck / "run1") in line and "Read-only file system" in line, line
     assert "starting from" not in proc.stderr  # refused before the model was even built
@@ -311,8 +364,18 @@ def test_a_checkpoint_folder_under_a_file_fails_before_training(corpus, tmp_path
 
 def test_encoding_onto_a_full_disk_is_one_clear_error(tmp_path):
     (tmp_path / "big.txt").write_text("Some words to encode, again and again. " * 20000)
-    proc = run([sys.executable, "-m", "gpt2kit", "encode", str(tmp_path / "big.txt"), "--output",
-                str(tmp_path / "big.tokens")], preexec_fn=file_size_limit(64 << 10))
+    proc = run(
+        [
+            sys.executable,
+            "-m",
+            "gpt2kit",
+            "encode",
+            str(tmp_path / "big.txt"),
+            "--output",
+            str(tmp_path / "big.tokens"),
+        ],
+        preexec_fn=file_size_limit(64 << 10),
+    )
     line = one_clear_line(proc)
     assert "no space left" in line and "big.tokens" in line
     assert not (tmp_path / "big.tokens").exists() and not list(tmp_path.glob("big.tokens*"))

@@ -1,20 +1,20 @@
 """The one engine: the same seed gives the same text through every front end, alone or in a mixed batch, and
 the engine's rows compute what the static-batch loop it replaced computed (kept in tests as an oracle)."""
+
 import json
 import threading
 import urllib.request
 
 import pytest
+from conftest import run_cli
+from live_server import start_server
+from oracle_decoding import BatchDecoder
 
 import gpt2kit
 from gpt2kit.engine import Engine
 from gpt2kit.generation import make_sequences
 from gpt2kit.sampling import SamplingSettings, make_generator
 from gpt2kit.sequence import DONE, Request, Status
-
-from conftest import run_cli
-from live_server import start_server
-from oracle_decoding import BatchDecoder
 
 PROMPT, SEED, LENGTH = "The engine", 11, 24
 SETTINGS = dict(temperature=0.9, top_k=40, top_p=0.95)
@@ -33,8 +33,14 @@ OTHERS = [  # what shares the batch: every other kind of row
 def oracle_tokens(lm, prompts, settings, seeds, length):
     """The static-batch loop's tokens for prompts decoded together, start to end (no stop at end of text)."""
     ids = [lm.tokenizer.encode(p) for p in prompts]
-    dec = BatchDecoder(lm.model, ids, settings=settings, generators=[make_generator(s) for s in seeds],
-                       max_new=length, pad_id=lm.tokenizer.eot_id)
+    dec = BatchDecoder(
+        lm.model,
+        ids,
+        settings=settings,
+        generators=[make_generator(s) for s in seeds],
+        max_new=length,
+        pad_id=lm.tokenizer.eot_id,
+    )
     out = [[] for _ in prompts]
     while dec.active:
         for res in dec.step():
@@ -44,10 +50,23 @@ def oracle_tokens(lm, prompts, settings, seeds, length):
 
 def engine_tokens(lm, prompts, settings, seeds, length, max_rows=8):
     engine = Engine(lm.model, lm.tokenizer, max_rows=max_rows)
-    seqs = [s for i, p in enumerate(prompts)
-            for s in make_sequences([p], [lm.tokenizer.encode(p)], per_prompt=1, seed=0, settings=settings[i],
-                                    max_new=length, stops=[], include_prefix=False, stop_at_eot=False, logprobs=0,
-                                    index_base=i)]
+    seqs = [
+        s
+        for i, p in enumerate(prompts)
+        for s in make_sequences(
+            [p],
+            [lm.tokenizer.encode(p)],
+            per_prompt=1,
+            seed=0,
+            settings=settings[i],
+            max_new=length,
+            stops=[],
+            include_prefix=False,
+            stop_at_eot=False,
+            logprobs=0,
+            index_base=i,
+        )
+    ]
     for s, seed in zip(seqs, seeds):  # the oracle's generators
         s.generator.manual_seed(seed)
     request = Request(seqs)
@@ -64,8 +83,12 @@ def test_the_engine_computes_what_the_static_loop_did(lm_tiny, kind):
     if kind == "shared":
         settings = [SamplingSettings(**SETTINGS)] * 4
     else:
-        settings = [SamplingSettings(temperature=0), SamplingSettings(top_k=5, repetition_penalty=1.2),
-                    SamplingSettings(top_p=0.7, presence_penalty=0.5), SamplingSettings(logit_bias=((11, 3.0),))]
+        settings = [
+            SamplingSettings(temperature=0),
+            SamplingSettings(top_k=5, repetition_penalty=1.2),
+            SamplingSettings(top_p=0.7, presence_penalty=0.5),
+            SamplingSettings(logit_bias=((11, 3.0),)),
+        ]
     seeds = [101, 202, 303, 404]
     expected = oracle_tokens(lm_tiny, prompts, settings, seeds, 20)
     # rows alone in the oracle give the same tokens as together there: a row's draw is its own
@@ -86,9 +109,21 @@ def test_rows_past_the_context_slide_alone(lm_tiny):
 
 def test_waiting_requests_take_turns_and_cancelled_rows_leave(lm_tiny):
     engine = Engine(lm_tiny.model, lm_tiny.tokenizer, max_rows=2)
-    mk = lambda p, k, n: list(make_sequences([p], [lm_tiny.tokenizer.encode(p)], per_prompt=n, seed=1,  # noqa: E731
-                                             settings=SamplingSettings(), max_new=30, stops=[], include_prefix=False,
-                                             stop_at_eot=False, logprobs=0, index_base=k))
+    mk = lambda p, k, n: list(
+        make_sequences(
+            [p],
+            [lm_tiny.tokenizer.encode(p)],
+            per_prompt=n,
+            seed=1,  # noqa: E731
+            settings=SamplingSettings(),
+            max_new=30,
+            stops=[],
+            include_prefix=False,
+            stop_at_eot=False,
+            logprobs=0,
+            index_base=k,
+        )
+    )
     big, small = Request(mk("Big", 0, 4)), Request(mk("Small", 10, 1))
     engine.add(big)
     engine.add(small)
@@ -103,8 +138,9 @@ def test_waiting_requests_take_turns_and_cancelled_rows_leave(lm_tiny):
 
 
 def served_text(url, body):
-    req = urllib.request.Request(url + "/v1/completions", json.dumps(body).encode(),
-                                 {"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url + "/v1/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=120) as r:
         return [c["text"] for c in sorted(json.load(r)["choices"], key=lambda c: c["index"])]
 
@@ -115,9 +151,24 @@ def test_one_seed_one_text_through_every_front_end(hf_tiny, dtype):
     requests of other settings) give the same text, token for token, at fp32 and at the default dtype."""
     lm = gpt2kit.load(hf_tiny, device="cpu", dtype=dtype)
     library = lm.generate(PROMPT, length=LENGTH, seed=SEED, include_prefix=False, nsamples=2, **SETTINGS)
-    r = run_cli("generate", PROMPT, "--model", hf_tiny, "--dtype", dtype, "--length", LENGTH, "--seed", SEED,
-                "--no-include-prefix", "--nsamples", 2, "--format", "jsonl",
-                *[a for k, v in SETTINGS.items() for a in (f"--{k.replace('_', '-')}", v)])
+    r = run_cli(
+        "generate",
+        PROMPT,
+        "--model",
+        hf_tiny,
+        "--dtype",
+        dtype,
+        "--length",
+        LENGTH,
+        "--seed",
+        SEED,
+        "--no-include-prefix",
+        "--nsamples",
+        2,
+        "--format",
+        "jsonl",
+        *[a for k, v in SETTINGS.items() for a in (f"--{k.replace('_', '-')}", v)],
+    )
     assert r.returncode == 0, r.stderr
     assert [json.loads(line)["text"] for line in r.stdout.splitlines()] == library
     body = {"prompt": PROMPT, "max_tokens": LENGTH, "seed": SEED, "n": 2, **SETTINGS}
@@ -125,8 +176,10 @@ def test_one_seed_one_text_through_every_front_end(hf_tiny, dtype):
     try:
         assert served_text(url, body) == library
         others = [None] * len(OTHERS)
-        threads = [threading.Thread(target=lambda i=i: others.__setitem__(i, served_text(url, OTHERS[i])))
-                   for i in range(len(OTHERS))]
+        threads = [
+            threading.Thread(target=lambda i=i: others.__setitem__(i, served_text(url, OTHERS[i])))
+            for i in range(len(OTHERS))
+        ]
         for t in threads:
             t.start()
         mixed = served_text(url, body)
@@ -143,16 +196,20 @@ def test_one_seed_one_text_through_every_front_end(hf_tiny, dtype):
 def test_contrastive_search_in_the_engine_gives_the_references_tokens(hf_tiny, lm_tiny, alpha, k):
     """penalty_alpha rows run their k candidates apart from the batch; alone or beside sampled rows, their tokens
     are Su et al.'s formula over transformers' own hidden states (test_samplers.reference_contrastive)."""
-    from transformers import GPT2LMHeadModel
-
     from test_samplers import reference_contrastive
+    from transformers import GPT2LMHeadModel
 
     reference = GPT2LMHeadModel.from_pretrained(hf_tiny).eval()
     prompt = "The cat sat on the mat. The cat"
     ids = lm_tiny.tokenizer.encode(prompt)
-    expected = reference_contrastive(reference, ids, 8, k, alpha)[len(ids):]
+    expected = reference_contrastive(reference, ids, 8, k, alpha)[len(ids) :]
     search = SamplingSettings(top_k=k, penalty_alpha=alpha)
     alone = engine_tokens(lm_tiny, [prompt], [search], [1], 8)
-    mixed = engine_tokens(lm_tiny, ["Other", prompt, "Another one"], [SamplingSettings(top_k=40), search,
-                                                                     SamplingSettings(temperature=0)], [2, 1, 3], 8)
+    mixed = engine_tokens(
+        lm_tiny,
+        ["Other", prompt, "Another one"],
+        [SamplingSettings(top_k=40), search, SamplingSettings(temperature=0)],
+        [2, 1, 3],
+        8,
+    )
     assert alone[0] == expected and mixed[1] == expected

@@ -1,11 +1,12 @@
 """Perplexity: the library function against transformers, and the CLI as a thin adapter over it."""
+
 import shutil
 
 import pytest
 import torch
+from conftest import FIXTURES, run_cli
 
 import gpt2kit
-from conftest import FIXTURES, run_cli
 
 TEXT = FIXTURES / "heldout_phoenix_and_the_turtle.txt"
 
@@ -13,11 +14,12 @@ TEXT = FIXTURES / "heldout_phoenix_and_the_turtle.txt"
 def reference_loss(hf_folder, ids: list[int], window: int) -> float:
     """transformers' own GPT-2 over the same non-overlapping windows: every token scored once."""
     from transformers import GPT2LMHeadModel
+
     model = GPT2LMHeadModel.from_pretrained(hf_folder).eval()
     total, count = 0.0, 0
     with torch.no_grad():
         for s in range(0, len(ids) - 1, window):
-            chunk = torch.tensor(ids[s:s + window + 1])
+            chunk = torch.tensor(ids[s : s + window + 1])
             logits = model(chunk[:-1].unsqueeze(0)).logits[0]
             total += torch.nn.functional.cross_entropy(logits, chunk[1:], reduction="sum").item()
             count += len(chunk) - 1
@@ -44,9 +46,22 @@ def test_perplexity_bad_input_is_a_user_error(lm_tiny):
 def test_perplexity_cli_finds_the_model_in_models_dir(lm_tiny, hf_tiny, tmp_path):
     models = tmp_path / "models"
     shutil.copytree(hf_tiny, models / "mine")
-    r = run_cli("perplexity", TEXT, "--models-dir", models, "--model", "mine", "--device", "cpu", "--dtype", "float32",
-                cwd=tmp_path)  # `mine` is nowhere but in the models folder
+    r = run_cli(
+        "perplexity",
+        TEXT,
+        "--models-dir",
+        models,
+        "--model",
+        "mine",
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        cwd=tmp_path,
+    )  # `mine` is nowhere but in the models folder
     assert r.returncode == 0, r.stderr
     expected = gpt2kit.perplexity(lm_tiny, TEXT)
-    assert r.stdout == f"{TEXT}: {expected.tokens:,} tokens, loss {expected.loss:.4f} nats/token, " \
-                       f"perplexity {expected.perplexity:.2f}\n"
+    assert (
+        r.stdout == f"{TEXT}: {expected.tokens:,} tokens, loss {expected.loss:.4f} nats/token, "
+        f"perplexity {expected.perplexity:.2f}\n"
+    )

@@ -1,21 +1,25 @@
 """`gpt2kit export` to GGUF, against llama.cpp itself (llama-cpp-python) and gpt2kit's own GGUF reader."""
+
 import importlib.util
 
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_cli
+
 from gpt2kit.export import export
 from gpt2kit.formats import build_model, read_checkpoint
 from gpt2kit.paths import ASSETS_DIR, BUNDLED_DIR, HELDOUT_TEXT
 
 HAVE_LLAMA = importlib.util.find_spec("llama_cpp") is not None
-needs_llama = pytest.mark.skipif(not HAVE_LLAMA, reason="llama-cpp-python is not installed (pip install 'gpt2kit[export-test]')")
+needs_llama = pytest.mark.skipif(
+    not HAVE_LLAMA, reason="llama-cpp-python is not installed (pip install 'gpt2kit[export-test]')"
+)
 TYPES = ("f32", "f16", "q8_0")
-UNICODE = ("emoji 🤖🎉👩‍👩‍👧 flags 🇫🇷 naïve café Ωμέγα Привет 日本語 한국어 عربى \u200b\u00a0\u2028 "
-           "I'm here; they'll go, DON'T   spaces\t\ttabs\r\n\n\n 1234567890 ½ 3.14 <|endoftext|> after "
-           + " " * 9 + "x\n")
+UNICODE = (
+    "emoji 🤖🎉👩‍👩‍👧 flags 🇫🇷 naïve café Ωμέγα Привет 日本語 한국어 عربى \u200b\u00a0\u2028 "
+    "I'm here; they'll go, DON'T   spaces\t\ttabs\r\n\n\n 1234567890 ½ 3.14 <|endoftext|> after " + " " * 9 + "x\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +43,13 @@ def reference():
 def eval_windows(tokenizer, n_ctx: int, total: int = 2000) -> list[list[int]]:
     """`total` tokens of text the bundled model never trained on (its held-out poem, GPT-2's licence, its own
     card), cut into windows that fit its context."""
-    text = "\n\n".join(p.read_text() for p in (HELDOUT_TEXT, ASSETS_DIR / "LICENSE-GPT2.txt", BUNDLED_DIR / "MODEL_CARD.md"))
+    text = "\n\n".join(
+        p.read_text() for p in (HELDOUT_TEXT, ASSETS_DIR / "LICENSE-GPT2.txt", BUNDLED_DIR / "MODEL_CARD.md")
+    )
     ids = tokenizer.encode(text)[:total]
     assert len(ids) == total
     step = n_ctx - 6
-    return [ids[i:i + step] for i in range(0, total, step)]
+    return [ids[i : i + step] for i in range(0, total, step)]
 
 
 @torch.no_grad()
@@ -53,16 +59,18 @@ def gpt2kit_logits(model, ids: list[int]) -> np.ndarray:
 
 def llama(path, **kw):
     from llama_cpp import Llama
+
     return Llama(model_path=str(path), n_ctx=256, n_threads=2, n_batch=256, verbose=False, seed=0, **kw)
 
 
 def llama_logits(llm, ids: list[int]) -> np.ndarray:
     llm.reset()
     llm.eval(ids)
-    return np.array(llm.scores[:len(ids)])
+    return np.array(llm.scores[: len(ids)])
 
 
 # --- gpt2kit reads what it wrote --------------------------------------------------------------------------
+
 
 def test_gguf_reads_back_as_the_same_model(hf_tiny, tmp_path):
     """A random fp32 model: f32 comes back bit for bit, f16 and q8_0 as their precision allows."""
@@ -83,6 +91,7 @@ def test_gguf_reads_back_as_the_same_model(hf_tiny, tmp_path):
 def test_gguf_loads_and_generates_like_any_format(bundled_ggufs):
     """`load` takes a GGUF file like a folder, and q8_0's greedy text stays that of the fp32 weights."""
     import gpt2kit
+
     lm = gpt2kit.load(bundled_ggufs["q8_0"], device="cpu", dtype="float32")
     assert lm.info["format"] == "gguf" and any("q8_0" in n for n in lm.info["notes"])
     ref = gpt2kit.load(None, device="cpu", dtype="float32")
@@ -94,6 +103,7 @@ def test_gguf_loads_and_generates_like_any_format(bundled_ggufs):
 
 def test_metadata_names_the_model_and_carries_the_notice(bundled_ggufs):
     from gguf import GGUFReader
+
     r = GGUFReader(bundled_ggufs["q8_0"])
     get = lambda k: r.fields[k].contents()  # noqa: E731
     assert get("general.architecture") == "gpt2" and get("general.name") == "gpt2kit-bundled"
@@ -106,9 +116,11 @@ def test_metadata_names_the_model_and_carries_the_notice(bundled_ggufs):
 
 # --- llama.cpp reads what gpt2kit wrote -------------------------------------------------------------------
 
+
 @needs_llama
 def test_llama_cpp_tokenizes_like_gpt2kit(bundled_ggufs, reference):
     from llama_cpp import Llama
+
     llm = Llama(model_path=str(bundled_ggufs["f16"]), vocab_only=True, verbose=False)
     tokenizer = reference[1]
     for text in (UNICODE, HELDOUT_TEXT.read_text()):
@@ -140,6 +152,7 @@ def test_llama_cpp_reduced_types_agree_on_top1(bundled_ggufs, reference, type):
 @needs_llama
 def test_llama_cpp_greedy_continuation_equals_gpt2kit(bundled_ggufs):
     import gpt2kit
+
     lm = gpt2kit.load(None, device="cpu", dtype="float32")
     llm = llama(bundled_ggufs["f32"])
     prompt = "KING HENRY. Now, by my sceptre,"
@@ -154,10 +167,13 @@ def test_llama_cpp_greedy_continuation_equals_gpt2kit(bundled_ggufs):
 
 # --- mistakes: one line, exit code 2 ----------------------------------------------------------------------
 
+
 def test_bad_type_unwritable_out_and_wrong_suffix_exit_2(tmp_path):
-    cases = [("bundled", tmp_path / "m.gguf", "--type", "q4_k"),
-             ("bundled", tmp_path / "no" / "such" / "dir" / "m.gguf"),
-             ("bundled", tmp_path / "m.bin")]
+    cases = [
+        ("bundled", tmp_path / "m.gguf", "--type", "q4_k"),
+        ("bundled", tmp_path / "no" / "such" / "dir" / "m.gguf"),
+        ("bundled", tmp_path / "m.bin"),
+    ]
     for args in cases:
         r = run_cli("export", *args)
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and "error" in r.stderr, (args, r.stderr)
@@ -166,6 +182,7 @@ def test_bad_type_unwritable_out_and_wrong_suffix_exit_2(tmp_path):
 
 def test_non_gpt2_and_corrupt_gguf_are_user_errors(tmp_path, bundled_ggufs):
     from gguf import GGUFWriter
+
     w = GGUFWriter(tmp_path / "llama.gguf", "llama")
     w.add_block_count(1)
     w.add_tensor("token_embd.weight", np.zeros((8, 32), dtype=np.float32))
@@ -174,7 +191,11 @@ def test_non_gpt2_and_corrupt_gguf_are_user_errors(tmp_path, bundled_ggufs):
     (tmp_path / "truncated.gguf").write_bytes(data[: len(data) // 3])
     (tmp_path / "header.gguf").write_bytes(data[:200])
     (tmp_path / "garbage.gguf").write_bytes(b"GGUF" + bytes(range(256)) * 4)
-    for name, words in (("llama.gguf", "'llama' architecture"), ("truncated.gguf", "GGUF"),
-                        ("header.gguf", "GGUF"), ("garbage.gguf", "GGUF")):
+    for name, words in (
+        ("llama.gguf", "'llama' architecture"),
+        ("truncated.gguf", "GGUF"),
+        ("header.gguf", "GGUF"),
+        ("garbage.gguf", "GGUF"),
+    ):
         r = run_cli("info", tmp_path / name)
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and words in r.stderr, (name, r.stderr)

@@ -1,23 +1,26 @@
 """`gpt2kit export` to ONNX, run by onnxruntime itself with past key/values, against gpt2kit's fp32 model."""
+
 import importlib.util
 
 import numpy as np
 import pytest
+from conftest import FIXTURES, run_cli
+from test_export_gguf import eval_windows, gpt2kit_logits
 
 import gpt2kit
-from conftest import FIXTURES, run_cli
 from gpt2kit.export import export
 from gpt2kit.formats import build_model, read_checkpoint
 from gpt2kit.paths import BUNDLED_DIR
-from test_export_gguf import eval_windows, gpt2kit_logits
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnxscript") is None,
-    reason="onnxruntime / onnxscript are not installed (pip install 'gpt2kit[export-test]')")
+    reason="onnxruntime / onnxscript are not installed (pip install 'gpt2kit[export-test]')",
+)
 
 
 def session(path):
     import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -25,13 +28,23 @@ def session(path):
 
 def empty_past(config, batch: int) -> dict:
     hs = config.n_embd // config.n_head
-    return {f"past_key_values.{i}.{kv}": np.zeros((batch, config.n_head, 0, hs), np.float32)
-            for i in range(config.n_layer) for kv in ("key", "value")}
+    return {
+        f"past_key_values.{i}.{kv}": np.zeros((batch, config.n_head, 0, hs), np.float32)
+        for i in range(config.n_layer)
+        for kv in ("key", "value")
+    }
 
 
 def run(sess, config, ids, mask, positions, past) -> tuple[np.ndarray, dict]:
-    out = sess.run(None, {"input_ids": np.asarray(ids, np.int64), "attention_mask": np.asarray(mask, np.int64),
-                          "position_ids": np.asarray(positions, np.int64), **past})
+    out = sess.run(
+        None,
+        {
+            "input_ids": np.asarray(ids, np.int64),
+            "attention_mask": np.asarray(mask, np.int64),
+            "position_ids": np.asarray(positions, np.int64),
+            **past,
+        },
+    )
     names = [o.name for o in sess.get_outputs()]
     presents = {n.replace("present.", "past_key_values."): v for n, v in zip(names[1:], out[1:])}
     return out[0], presents
@@ -44,13 +57,22 @@ def test_onnx_decodes_with_past_like_gpt2kit(hf_tiny, tmp_path):
     model = build_model(ck.config, ck.state_dict, ck.path).eval()
     out = export(hf_tiny, tmp_path / "tiny.onnx")
     sess = session(out)
-    assert [i.name for i in sess.get_inputs()][:4] == ["input_ids", "attention_mask", "position_ids", "past_key_values.0.key"]
+    assert [i.name for i in sess.get_inputs()][:4] == [
+        "input_ids",
+        "attention_mask",
+        "position_ids",
+        "past_key_values.0.key",
+    ]
     assert [o.name for o in sess.get_outputs()][:3] == ["logits", "present.0.key", "present.0.value"]
     shapes = {v.name: v.shape for v in [*sess.get_inputs(), *sess.get_outputs()]}  # Optimum's axis names
     assert shapes["input_ids"] == ["batch_size", "sequence_length"]
     assert shapes["attention_mask"] == ["batch_size", "total_sequence_length"]
-    assert shapes["past_key_values.1.value"] == ["batch_size", ck.config.n_head, "past_sequence_length",
-                                                 ck.config.n_embd // ck.config.n_head]
+    assert shapes["past_key_values.1.value"] == [
+        "batch_size",
+        ck.config.n_head,
+        "past_sequence_length",
+        ck.config.n_embd // ck.config.n_head,
+    ]
     assert shapes["logits"] == ["batch_size", "sequence_length", ck.config.n_vocab]
     rows = [ck.tokenizer.encode("Past keys and values carry the prompt forward"), ck.tokenizer.encode("Short one")]
     width = max(map(len, rows))
@@ -61,7 +83,7 @@ def test_onnx_decodes_with_past_like_gpt2kit(hf_tiny, tmp_path):
     for step in range(17):
         for b, row in enumerate(rows):
             want = gpt2kit_logits(model, row)
-            got = logits[b, -len(want):] if step == 0 else logits[b, -1:]
+            got = logits[b, -len(want) :] if step == 0 else logits[b, -1:]
             diff = np.abs(got - (want if step == 0 else want[-1:])).max()
             assert diff < 1e-4, (step, b, diff)
             row.append(int(want[-1].argmax()))
@@ -102,18 +124,25 @@ def genai_folder(tmp_path_factory):
     out = tmp_path_factory.mktemp("genai") / "bundled-genai"
     r = run_cli("export", "bundled", out, timeout=1200)
     assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["genai_config.json", "model.onnx", "tokenizer.json",
-                                                     "tokenizer_config.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "genai_config.json",
+        "model.onnx",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
     return out
 
 
-TEXTS = [(FIXTURES / "heldout_phoenix_and_the_turtle.txt").read_text(encoding="utf-8"),
-         "  leading spaces, tabs\tand\n\nnew lines; it's we'll they've 1234567 émigré naïve 東京 😀 <|endoftext|> after"]
+TEXTS = [
+    (FIXTURES / "heldout_phoenix_and_the_turtle.txt").read_text(encoding="utf-8"),
+    "  leading spaces, tabs\tand\n\nnew lines; it's we'll they've 1234567 émigré naïve 東京 😀 <|endoftext|> after",
+]
 
 
 def test_the_folders_tokenizer_json_is_gpt2s_for_the_tokenizers_library(genai_folder):
     """Hugging Face's `tokenizers` (Rust) reads the exported tokenizer.json and splits text as gpt2kit does."""
     from tokenizers import Tokenizer
+
     hf = Tokenizer.from_file(str(genai_folder / "tokenizer.json"))
     ours = read_checkpoint(BUNDLED_DIR).tokenizer
     for text in TEXTS:
@@ -122,12 +151,15 @@ def test_the_folders_tokenizer_json_is_gpt2s_for_the_tokenizers_library(genai_fo
         assert hf.decode(ids, skip_special_tokens=False) == ours.decode(ids)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("onnxruntime_genai") is None,
-                    reason="onnxruntime-genai is not installed (pip install 'gpt2kit[export-test]')")
+@pytest.mark.skipif(
+    importlib.util.find_spec("onnxruntime_genai") is None,
+    reason="onnxruntime-genai is not installed (pip install 'gpt2kit[export-test]')",
+)
 def test_onnxruntime_genai_runs_the_folder_as_gpt2kit_does(genai_folder):
     """onnxruntime-genai opens the folder as it is: its tokenizer gives gpt2kit's ids, and greedy search over
     two prompts of different lengths in one batch (it pads them) gives gpt2kit's fp32 greedy tokens."""
     import onnxruntime_genai as og
+
     lm = gpt2kit.load(None, device="cpu", dtype="float32")
     model = og.Model(str(genai_folder))
     tok = og.Tokenizer(model)
@@ -143,10 +175,10 @@ def test_onnxruntime_genai_runs_the_folder_as_gpt2kit_does(genai_folder):
     for i, prompt in enumerate(prompts):
         ids = lm.tokenizer.encode(prompt)
         got = [int(t) for t in generator.get_sequence(i) if t != lm.tokenizer.eot_id]  # without its padding
-        assert got[:len(ids)] == ids
-        new = got[len(ids):]
+        assert got[: len(ids)] == ids
+        new = got[len(ids) :]
         want = lm.tokenizer.encode(lm.generate(prompt, length=len(new), temperature=0, include_prefix=False)[0])
-        assert len(new) >= 20 and new == want[:len(new)], (prompt, tok.decode(got))
+        assert len(new) >= 20 and new == want[: len(new)], (prompt, tok.decode(got))
 
 
 def test_an_export_folder_that_is_not_empty_is_refused_before_work(tmp_path):
@@ -155,4 +187,6 @@ def test_an_export_folder_that_is_not_empty_is_refused_before_work(tmp_path):
     for out in (tmp_path / "taken", tmp_path / "model.v2"):
         r = run_cli("export", "bundled", out)
         assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
-    assert (tmp_path / "taken" / "notes.txt").read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+    assert (tmp_path / "taken" / "notes.txt").read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "taken"
+    ]

@@ -1,16 +1,16 @@
 """Every on-disk format against an independent reference: TensorFlow for OpenAI/gpt-2-simple/nshepperd
 checkpoints (fixtures written by real TensorFlow, scripts/make_tf_fixtures.py), transformers for HF."""
+
 import json
 import shutil
 
 import numpy as np
 import pytest
 import torch
+from conftest import FIXTURES
 
 import gpt2kit
 from gpt2kit.errors import UserError
-
-from conftest import FIXTURES
 
 TF_CASES = [
     ("openai_tiny", None, "logits", "greedy"),
@@ -43,24 +43,29 @@ def test_nshepperd_sizes_are_inferred_and_said():
 
 def test_hf_logits_and_greedy_match_transformers(hf_tiny, lm_tiny):
     from transformers import GPT2LMHeadModel
+
     ref = GPT2LMHeadModel.from_pretrained(hf_tiny).eval()
     idx = torch.randint(0, 50257, (3, 40), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert (ref(idx).logits - lm_tiny.model(idx)).abs().max() < 1e-4
     prompt = "The meaning of life is"
     ids = torch.tensor([lm_tiny.tokenizer.encode(prompt)])
-    out = ref.generate(ids, max_new_tokens=20, do_sample=False, pad_token_id=50256)[0, ids.size(1):].tolist()
-    sample = [s for s in lm_tiny.samples(prompt, length=20, temperature=0, stop_at_eot=False) if hasattr(s, "tokens")][0]
+    out = ref.generate(ids, max_new_tokens=20, do_sample=False, pad_token_id=50256)[0, ids.size(1) :].tolist()
+    sample = [s for s in lm_tiny.samples(prompt, length=20, temperature=0, stop_at_eot=False) if hasattr(s, "tokens")][
+        0
+    ]
     assert sample.tokens == out
 
 
-
-@pytest.mark.parametrize("key,value", [("activation_function", "relu"), ("scale_attn_by_inverse_layer_idx", True),
-                                       ("tie_word_embeddings", False)])
+@pytest.mark.parametrize(
+    "key,value",
+    [("activation_function", "relu"), ("scale_attn_by_inverse_layer_idx", True), ("tie_word_embeddings", False)],
+)
 def test_a_local_gpt2_variant_is_refused_not_misread(hf_tiny, tmp_path, key, value):
     """A folder whose config.json asks transformers for a computation gpt2kit's model does not do loads as a
     clear refusal, not as a model with silently different outputs. transformers says the outputs do differ."""
     from transformers import GPT2LMHeadModel
+
     folder = tmp_path / "variant"
     shutil.copytree(hf_tiny, folder)
     cfg = json.loads((folder / "config.json").read_text())
@@ -75,9 +80,11 @@ def test_a_local_gpt2_variant_is_refused_not_misread(hf_tiny, tmp_path, key, val
     with pytest.raises(UserError, match=f"{key}.*variant"):
         gpt2kit.load(folder, device="cpu")
 
+
 @pytest.mark.parametrize("variant", ["sharded", "bin"])
 def test_hf_sharded_and_bin(hf_tiny, lm_tiny, tmp_path, variant):
     from transformers import GPT2LMHeadModel
+
     ref = GPT2LMHeadModel.from_pretrained(hf_tiny)
     if variant == "sharded":
         ref.save_pretrained(tmp_path / "m", max_shard_size="500KB")
@@ -94,6 +101,7 @@ def test_hf_sharded_and_bin(hf_tiny, lm_tiny, tmp_path, variant):
 
 def test_convert_tf_to_hf_opens_in_transformers(tmp_path):
     from transformers import GPT2LMHeadModel
+
     out = gpt2kit.convert(FIXTURES / "openai_tiny", tmp_path / "hf")
     expected = np.load(FIXTURES / "openai_tiny" / "expected.npz")
     ref = GPT2LMHeadModel.from_pretrained(out).eval()
@@ -152,6 +160,7 @@ def test_missing_and_unrecognised_folders(tmp_path):
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_precision_hf_checkpoints_load_as_transformers_widens_them(hf_tiny, tmp_path, dtype):
     from transformers import GPT2LMHeadModel
+
     ref = GPT2LMHeadModel.from_pretrained(hf_tiny, torch_dtype=getattr(torch, dtype))
     ref.save_pretrained(tmp_path / "m")  # stored in fp16 / bf16, Conv1D weights (in, out)
     ref = ref.float().eval()
@@ -166,6 +175,7 @@ def test_a_model_is_built_without_drawing_random_numbers(hf_tiny):
     from gpt2kit.config import GPTConfig
     from gpt2kit.formats import build_model, read_checkpoint
     from gpt2kit.model import GPT
+
     ck = read_checkpoint(hf_tiny)
     state = torch.random.get_rng_state()
     GPT(GPTConfig(n_vocab=97, n_ctx=16, n_embd=32, n_layer=2, n_head=4))

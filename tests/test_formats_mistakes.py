@@ -1,12 +1,12 @@
 """User mistakes in what a model folder holds or how it is named: each is one line on stderr and exit 2,
 naming the file and what to do, before any work starts (the real CLI on real damaged copies)."""
+
 import json
 import shutil
 import struct
 from pathlib import Path
 
 import pytest
-
 from conftest import FIXTURES, run_cli
 
 ADVICE = "restore it"
@@ -34,11 +34,23 @@ def command(name: str, folder: Path, tmp_path: Path) -> list:
     """The four commands that read a model folder, each as a user types it."""
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("Some words to train on, more than a few of them. " * 20)
-    return {"generate": ["generate", "Hi", "--length", "2", "--model", folder],
-            "info": ["info", folder],
-            "convert": ["convert", folder, tmp_path / "converted"],
-            "finetune": ["finetune", "--dataset", corpus, "--model", folder, "--steps", "1",
-                         "--checkpoint-dir", tmp_path / "ck", "--no-progress"]}[name]
+    return {
+        "generate": ["generate", "Hi", "--length", "2", "--model", folder],
+        "info": ["info", folder],
+        "convert": ["convert", folder, tmp_path / "converted"],
+        "finetune": [
+            "finetune",
+            "--dataset",
+            corpus,
+            "--model",
+            folder,
+            "--steps",
+            "1",
+            "--checkpoint-dir",
+            tmp_path / "ck",
+            "--no-progress",
+        ],
+    }[name]
 
 
 DAMAGE = [
@@ -52,7 +64,7 @@ DAMAGE = [
     ("n_head true", lambda cfg: {**cfg, "n_head": True}, "n_head is true"),
     ("no n_embd", lambda cfg: {k: v for k, v in cfg.items() if k != "n_embd"}, "lacks or mistypes 'n_embd'"),
     # a billion blocks would be built before the weights were compared: the sizes are checked first
-    ("n_layer huge", lambda cfg: {**cfg, "n_layer": 10 ** 9}, "n_layer=1000000000 but the weights have 2"),
+    ("n_layer huge", lambda cfg: {**cfg, "n_layer": 10**9}, "n_layer=1000000000 but the weights have 2"),
 ]
 
 
@@ -69,9 +81,14 @@ def test_a_damaged_config_json_is_one_line_naming_the_file(hf_tiny, tmp_path, la
         assert not (tmp_path / "converted").exists() and not (tmp_path / "ck").exists()
 
 
-@pytest.mark.parametrize("hparams,what", [("[]", "holds a list"), ('{"n_vocab": 1000}', "lacks or mistypes 'n_ctx'"),
-                                          ('{"n_vocab": 1000, "n_ctx": 32, "n_embd": 64, "n_head": 4, "n_layer": "2"}',
-                                           'n_layer is "2"')])
+@pytest.mark.parametrize(
+    "hparams,what",
+    [
+        ("[]", "holds a list"),
+        ('{"n_vocab": 1000}', "lacks or mistypes 'n_ctx'"),
+        ('{"n_vocab": 1000, "n_ctx": 32, "n_embd": 64, "n_head": 4, "n_layer": "2"}', 'n_layer is "2"'),
+    ],
+)
 def test_a_damaged_hparams_json_is_one_line_naming_the_file(tmp_path, hparams, what):
     folder = tmp_path / "openai"
     shutil.copytree(FIXTURES / "openai_tiny", folder)
@@ -79,16 +96,21 @@ def test_a_damaged_hparams_json_is_one_line_naming_the_file(tmp_path, hparams, w
     one_line_error(run_cli("info", folder), str(folder / "hparams.json"), what, ADVICE)
 
 
-@pytest.mark.parametrize("key,fmt,value,what", [
-    ("gpt2.attention.layer_norm_epsilon", "<f", float("nan"), "layer_norm_epsilon is NaN"),
-    ("gpt2.block_count", "<I", 0, "n_layer is 0")])
+@pytest.mark.parametrize(
+    "key,fmt,value,what",
+    [
+        ("gpt2.attention.layer_norm_epsilon", "<f", float("nan"), "layer_norm_epsilon is NaN"),
+        ("gpt2.block_count", "<I", 0, "n_layer is 0"),
+    ],
+)
 def test_a_damaged_gguf_header_is_one_line_naming_the_file(hf_tiny, tmp_path, key, fmt, value, what):
     from gpt2kit.export import export
+
     good = export(hf_tiny, tmp_path / "good.gguf", type="f32")
     data = good.read_bytes()
     at = data.index(key.encode()) + len(key) + 4  # a key, then its uint32 value type, then the value
     bad = tmp_path / "bad.gguf"
-    bad.write_bytes(data[:at] + struct.pack(fmt, value) + data[at + 4:])
+    bad.write_bytes(data[:at] + struct.pack(fmt, value) + data[at + 4 :])
     one_line_error(run_cli("info", bad), str(bad), what, "export or download it again")
 
 
@@ -104,8 +126,12 @@ def run_folder(hf_tiny, tmp_path) -> Path:
 
 @pytest.mark.parametrize("checkpoint", ["step-999", "bogus"])
 def test_a_checkpoint_the_run_does_not_hold_is_refused_with_those_it_does(run_folder, tmp_path, checkpoint):
-    for args in (["generate", "Hi", "--length", "2", "--model", run_folder], ["info", run_folder],
-                 ["export", run_folder, tmp_path / "out.gguf"], ["convert", run_folder, tmp_path / "out"]):
+    for args in (
+        ["generate", "Hi", "--length", "2", "--model", run_folder],
+        ["info", run_folder],
+        ["export", run_folder, tmp_path / "out.gguf"],
+        ["convert", run_folder, tmp_path / "out"],
+    ):
         r = run_cli(*args, "--checkpoint", checkpoint, timeout=120)
         one_line_error(r, f"no checkpoint {checkpoint!r} in {run_folder}", "it has: step-000001, step-000002")
     assert not (tmp_path / "out.gguf").exists() and not (tmp_path / "out").exists()
@@ -139,23 +165,32 @@ def test_any_file_of_a_model_folder_stands_for_the_folder(hf_tiny, tmp_path):
 
 def test_tf_runs_word_a_missing_checkpoint_the_same_way():
     run = FIXTURES / "gpt2_simple_run/run1"
-    one_line_error(run_cli("info", run, "--checkpoint", "step-2"),
-                   f"no checkpoint 'step-2' in {run}; it has: model-10, model-20", "leave --checkpoint out")
+    one_line_error(
+        run_cli("info", run, "--checkpoint", "step-2"),
+        f"no checkpoint 'step-2' in {run}; it has: model-10, model-20",
+        "leave --checkpoint out",
+    )
 
 
 def test_a_checkpoint_for_a_single_model_is_refused(hf_tiny, tmp_path):
     from gpt2kit.export import export
+
     gguf = export(hf_tiny, tmp_path / "m.gguf", type="f32")
     for model in (hf_tiny, gguf):
-        one_line_error(run_cli("info", model, "--checkpoint", "step-000001"),
-                       f"{model} holds a single model with none to choose from", "leave --checkpoint out")
+        one_line_error(
+            run_cli("info", model, "--checkpoint", "step-000001"),
+            f"{model} holds a single model with none to choose from",
+            "leave --checkpoint out",
+        )
 
 
 def test_a_plain_file_is_named_as_what_it_is(tmp_path):
     notes = tmp_path / "afile.txt"
     notes.write_text("not a model\n")
     for args in (["info", notes], ["generate", "Hi", "--model", notes]):
-        line = one_line_error(run_cli(*args), f"{notes} is a file, not a model", "not a GGUF", "Pass the model's folder")
+        line = one_line_error(
+            run_cli(*args), f"{notes} is a file, not a model", "not a GGUF", "Pass the model's folder"
+        )
         assert f"{tmp_path} holds no" not in line
 
 
@@ -177,6 +212,7 @@ def test_a_folder_above_the_model_names_the_model_inside(hf_tiny, tmp_path):
 
 def test_bundled_names_the_bundled_model_in_every_command(tmp_path):
     from gpt2kit.paths import BUNDLED_DIR
+
     r = run_cli("info", "bundled", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["path"] == str(BUNDLED_DIR)

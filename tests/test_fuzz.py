@@ -8,6 +8,7 @@ harness) and GPT2KIT_FUZZ_SEED (default 1) set how long and where; for a long lo
     # or one harness, open-ended, keeping what it learns:
     python tests/fuzz/fuzz_tf_index.py -seed=1 -max_total_time=3600 my_corpus tests/fuzz/corpus/tf_index
 """
+
 import importlib
 import os
 import subprocess
@@ -30,8 +31,11 @@ def harness(target: str):
 
 
 def cases(folder: str) -> list:
-    return [pytest.param(target, path, id=f"{target}/{path.name}")
-            for target in TARGETS for path in sorted((FUZZ / folder / target).glob("*"))]
+    return [
+        pytest.param(target, path, id=f"{target}/{path.name}")
+        for target in TARGETS
+        for path in sorted((FUZZ / folder / target).glob("*"))
+    ]
 
 
 @pytest.mark.parametrize("target,path", cases("crashers"))
@@ -54,12 +58,24 @@ def test_fuzz(target, tmp_path):
     if SECONDS:
         limits.append(f"-max_total_time={SECONDS}")
     # New inputs go to the first folder (a scratch one); the committed seeds are only read.
-    proc = subprocess.run([sys.executable, str(FUZZ / f"fuzz_{target}.py"), *limits, f"-artifact_prefix={artifacts}/",
-                           str(corpus), str(FUZZ / "corpus" / target)],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=1800,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(FUZZ / f"fuzz_{target}.py"),
+            *limits,
+            f"-artifact_prefix={artifacts}/",
+            str(corpus),
+            str(FUZZ / "corpus" / target),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=1800,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     found = sorted(artifacts.iterdir())
     assert proc.returncode == 0 and not found, (
         f"the fuzzer found an input that is not a clean UserError; keep it as tests/fuzz/crashers/{target}/NAME "
-        f"and fix the parser: {found}\n{proc.stderr[-4000:]}")
+        f"and fix the parser: {found}\n{proc.stderr[-4000:]}"
+    )
     assert "Done" in proc.stderr, proc.stderr[-2000:]

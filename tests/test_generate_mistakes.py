@@ -1,5 +1,6 @@
 """`gpt2kit generate`'s answers to a user's mistakes: one line, exit code 2, nothing of theirs lost,
 and nothing loaded or opened before the mistake is found."""
+
 import os
 import signal
 import subprocess
@@ -7,8 +8,8 @@ import sys
 import time
 
 import pytest
-
 from conftest import run_cli
+
 from gpt2kit.options import GenerateOptions, LoadOptions
 
 NO_MODEL = "/no/such/model"  # the load would fail on it: an error about anything else came before the load
@@ -22,13 +23,16 @@ def one_error_line(r, message: str) -> None:
     assert message in r.stderr, r.stderr
 
 
-@pytest.mark.parametrize("flag,where,message", [
-    ("--output", "folder", "is a folder"),
-    ("--output", "afile.txt/x", "is a file, not a folder"),
-    ("--output", "/proc/nope/x", "cannot write in /proc/nope"),
-    ("--output-dir", "afile.txt", "is a file, not a folder"),
-    ("--output-dir", "/proc/nope", "cannot write in /proc/nope"),
-])
+@pytest.mark.parametrize(
+    "flag,where,message",
+    [
+        ("--output", "folder", "is a folder"),
+        ("--output", "afile.txt/x", "is a file, not a folder"),
+        ("--output", "/proc/nope/x", "cannot write in /proc/nope"),
+        ("--output-dir", "afile.txt", "is a file, not a folder"),
+        ("--output-dir", "/proc/nope", "cannot write in /proc/nope"),
+    ],
+)
 def test_bad_output_place_is_refused_before_the_model_loads(tmp_path, flag, where, message):
     (tmp_path / "folder").mkdir()
     (tmp_path / "afile.txt").write_text("precious")
@@ -40,8 +44,20 @@ def test_bad_output_place_is_refused_before_the_model_loads(tmp_path, flag, wher
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full, a device that is always full")
 def test_disk_full_mid_write_is_one_line(hf_tiny):
     """A device is written in place (it cannot be replaced): the error comes mid-run, after the load's notes."""
-    r = run_cli("generate", "Hi", "--model", hf_tiny, "--dtype", "float32", "--length", "4", "--seed", "1",
-                "--output", "/dev/full")
+    r = run_cli(
+        "generate",
+        "Hi",
+        "--model",
+        hf_tiny,
+        "--dtype",
+        "float32",
+        "--length",
+        "4",
+        "--seed",
+        "1",
+        "--output",
+        "/dev/full",
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("gpt2kit: error: no space left while writing /dev/full")
 
@@ -50,9 +66,29 @@ def test_disk_full_mid_write_is_one_line(hf_tiny):
 def test_standard_output_on_a_full_disk_is_one_line(hf_tiny):
     """`generate > FILE` on a full disk: the shell opened the file, so only the write can fail."""
     with open("/dev/full", "w") as full:
-        r = subprocess.run([sys.executable, "-m", "gpt2kit", "generate", "Hi", "--model", str(hf_tiny), "--dtype",
-                            "float32", "--length", "4", "--seed", "1"], stdout=full, stderr=subprocess.PIPE,
-                           stdin=subprocess.DEVNULL, text=True, env={**os.environ, "GPT2KIT_OFFLINE": "1"}, timeout=300)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "gpt2kit",
+                "generate",
+                "Hi",
+                "--model",
+                str(hf_tiny),
+                "--dtype",
+                "float32",
+                "--length",
+                "4",
+                "--seed",
+                "1",
+            ],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, "GPT2KIT_OFFLINE": "1"},
+            timeout=300,
+        )
     assert r.returncode == 2 and "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("gpt2kit: error: no space left while writing standard output")
 
@@ -64,20 +100,44 @@ def test_output_dev_stdout_writes_through_to_the_redirected_file(hf_tiny, tmp_pa
     log = tmp_path / "log.txt"
     log.write_text("kept from before\n")
     with open(log, "a") as appended:
-        r = subprocess.run([sys.executable, "-m", "gpt2kit", "generate", "Hi", "--model", str(hf_tiny), "--dtype",
-                            "float32", "--length", "3", "--seed", "1", "--output", "/dev/stdout"], stdout=appended,
-                           stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-                           env={**os.environ, "GPT2KIT_OFFLINE": "1"}, timeout=300)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "gpt2kit",
+                "generate",
+                "Hi",
+                "--model",
+                str(hf_tiny),
+                "--dtype",
+                "float32",
+                "--length",
+                "3",
+                "--seed",
+                "1",
+                "--output",
+                "/dev/stdout",
+            ],
+            stdout=appended,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, "GPT2KIT_OFFLINE": "1"},
+            timeout=300,
+        )
     assert r.returncode == 0, r.stderr
     text = log.read_text()
     assert text.startswith("kept from before\nHi"), text
     assert list(tmp_path.glob(".*.tmp")) == []
 
 
-@pytest.mark.parametrize("args,message,untouched", [
-    (["--output", "o.txt", "--output-dir", "od"], "pass one of them", "od"),
-    (["--format", "jsonl", "--output-dir", "od2"], "--output FILE.jsonl", "od2"),
-])
+@pytest.mark.parametrize(
+    "args,message,untouched",
+    [
+        (["--output", "o.txt", "--output-dir", "od"], "pass one of them", "od"),
+        (["--format", "jsonl", "--output-dir", "od2"], "--output FILE.jsonl", "od2"),
+    ],
+)
 def test_conflicting_outputs_are_refused_before_anything_opens(tmp_path, args, message, untouched):
     (tmp_path / "o.txt").write_text("precious")
     r = run_cli("generate", "Hi", "--model", NO_MODEL, *args, cwd=tmp_path)
@@ -85,13 +145,16 @@ def test_conflicting_outputs_are_refused_before_anything_opens(tmp_path, args, m
     assert (tmp_path / "o.txt").read_text() == "precious" and not (tmp_path / untouched).exists()
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--length", "-1"], "length must be 0 or more"),
-    (["--repetition-penalty", "0"], "repetition_penalty"),
-    (["--top-k", "-5"], "top_k"),
-    (["--batch-size", "0"], "batch_size"),
-    (["--nsamples", "-1"], "nsamples"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--length", "-1"], "length must be 0 or more"),
+        (["--repetition-penalty", "0"], "repetition_penalty"),
+        (["--top-k", "-5"], "top_k"),
+        (["--batch-size", "0"], "batch_size"),
+        (["--nsamples", "-1"], "nsamples"),
+    ],
+)
 def test_bad_sampling_option_is_the_only_line_and_keeps_the_output_file(tmp_path, args, message):
     """No --model: the bundled model's notice (and a first load's timing lines) would come first."""
     keep = tmp_path / "keep.txt"
@@ -126,7 +189,9 @@ def test_stdin_not_utf8_is_refused_like_prompt_file_dash(hf_tiny):
     base = [sys.executable, "-m", "gpt2kit", "generate", "--model", str(hf_tiny), "--length", "2"]
     for extra in ([], ["--prompt-file", "-"]):  # bytes in: run_cli's text mode cannot send invalid UTF-8
         r = subprocess.run(base + extra, input="caf\xe9\n".encode("latin-1"), capture_output=True, env=env, timeout=300)
-        assert r.returncode == 2 and b"standard input is not UTF-8" in r.stderr and b"Traceback" not in r.stderr, r.stderr
+        assert r.returncode == 2 and b"standard input is not UTF-8" in r.stderr and b"Traceback" not in r.stderr, (
+            r.stderr
+        )
 
 
 def test_a_subcommands_usage_error_points_at_its_own_help():
@@ -153,9 +218,27 @@ def test_stopping_a_run_into_a_file_keeps_the_finished_samples(hf_tiny, tmp_path
     old = "the file before this run\n"  # a whole line no sample writes ("old" alone is in "unfolded")
     out.write_text(old)
     env = {**os.environ, "GPT2KIT_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "gpt2kit", "generate", "Hi", "--model", str(hf_tiny), "--length", "3",
-                             "--nsamples", "0", "--output", str(out)], stderr=subprocess.PIPE, text=True, env=env,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal has it
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gpt2kit",
+            "generate",
+            "Hi",
+            "--model",
+            str(hf_tiny),
+            "--length",
+            "3",
+            "--nsamples",
+            "0",
+            "--output",
+            str(out),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # as a terminal has it
     try:
         deadline = time.monotonic() + 240
         while not any(DELIM in p.read_text() for p in tmp_path.glob(".run.txt.*.tmp")):  # a second sample began

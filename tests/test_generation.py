@@ -1,12 +1,20 @@
 """Generation: batching, seeds, stop strings, post-processing, sampling filters, bad parameters."""
+
 import pytest
 import torch
 
 from gpt2kit.errors import UserError
 from gpt2kit.generation import Sample
 from gpt2kit.pipeline import process_logits
-from gpt2kit.sampling import (SamplingSettings, apply_repetition_penalty, apply_top_k, apply_top_p, draw, draw_top_k,
-                              make_generator)
+from gpt2kit.sampling import (
+    SamplingSettings,
+    apply_repetition_penalty,
+    apply_top_k,
+    apply_top_p,
+    draw,
+    draw_top_k,
+    make_generator,
+)
 
 
 def finished(events):
@@ -56,7 +64,9 @@ def test_stop_strings_cut_and_stop(lm_tiny):
     streamed = "".join(lm_tiny.stream("Hello", length=40, temperature=0, stop_at_eot=False, stop=[stop]))
     assert streamed == cut
     # truncate (gpt-2-simple) cuts the same way, also without include_prefix (gpt-2-simple bug #153)
-    trunc = lm_tiny.generate("Hello", length=40, temperature=0, stop_at_eot=False, include_prefix=False, truncate=stop)[0]
+    trunc = lm_tiny.generate("Hello", length=40, temperature=0, stop_at_eot=False, include_prefix=False, truncate=stop)[
+        0
+    ]
     assert trunc == cut
 
 
@@ -97,14 +107,17 @@ def test_repetition_penalty_is_ctrl():
     assert apply_repetition_penalty(logits, seen, 2.0).tolist() == [[1.0, -4.0, 1.0]]
 
 
-@pytest.mark.parametrize("settings", [SamplingSettings(top_k=40), SamplingSettings(top_k=7, top_p=0.9, temperature=0.7),
-                                      SamplingSettings(top_k=1)])
+@pytest.mark.parametrize(
+    "settings",
+    [SamplingSettings(top_k=40), SamplingSettings(top_k=7, top_p=0.9, temperature=0.7), SamplingSettings(top_k=1)],
+)
 def test_top_k_fast_path_draws_what_the_full_definition_draws(settings):
     """draw_top_k (the decoder's shortcut) picks the token draw(process_logits(...)) picks, seed for seed."""
     logits = torch.randn(6, 50257, generator=torch.Generator().manual_seed(0)) * 3
     for seed in range(50):
-        full = draw(process_logits(logits, settings, []), settings.temperature,
-                    [make_generator(seed * 6 + i) for i in range(6)])
+        full = draw(
+            process_logits(logits, settings, []), settings.temperature, [make_generator(seed * 6 + i) for i in range(6)]
+        )
         fast = draw_top_k(logits, settings, [make_generator(seed * 6 + i) for i in range(6)])
         assert fast.tolist() == full.tolist()
 
@@ -116,16 +129,28 @@ def test_draw_follows_the_distribution():
     assert torch.allclose(counts, torch.tensor([0.2, 0.5, 0.3]), atol=0.03)
 
 
-@pytest.mark.parametrize("bad", [dict(temperature=-1), dict(top_p=0), dict(top_p=1.5), dict(top_k=-1),
-                                 dict(length=-3), dict(batch_size=0), dict(nsamples=0)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(temperature=-1),
+        dict(top_p=0),
+        dict(top_p=1.5),
+        dict(top_k=-1),
+        dict(length=-3),
+        dict(batch_size=0),
+        dict(nsamples=0),
+    ],
+)
 def test_bad_parameters_are_user_errors(lm_tiny, bad):
     with pytest.raises(UserError):
         lm_tiny.generate("Hi", **bad)
 
 
 def test_int8_weights_stay_close_to_float32():
-    import gpt2kit
     from conftest import FIXTURES
+
+    import gpt2kit
+
     a = gpt2kit.load(FIXTURES / "openai_tiny", device="cpu")
     b = gpt2kit.load(FIXTURES / "openai_tiny", device="cpu", dtype="int8")
     assert b.info["dtype"] == "int8"
@@ -135,4 +160,3 @@ def test_int8_weights_stay_close_to_float32():
     assert (x.argmax(-1) == y.argmax(-1)).float().mean() > 0.9
     assert (x - y).abs().max() < 0.05 * x.abs().max()
     assert b.generate("Hello", length=5, seed=1)  # and it generates
-

@@ -1,4 +1,5 @@
 """`inspect` (GLTR) from Python against transformers' own logits, its sliding window, and `gpt2kit inspect`."""
+
 import html as htmllib
 import json
 import math
@@ -6,12 +7,12 @@ import re
 
 import pytest
 import torch
+from conftest import run_cli
 
 from gpt2kit.errors import UserError
 from gpt2kit.paths import HELDOUT_TEXT
 from gpt2kit.provenance.inspect import TokenScore, inspect, windows
 from gpt2kit.provenance.render import page, terminal
-from conftest import run_cli
 
 TEXT = "ROMEO.\nBut soft, what light through yonder window breaks? It is the east, and Juliet is the sun."
 
@@ -19,6 +20,7 @@ TEXT = "ROMEO.\nBut soft, what light through yonder window breaks? It is the eas
 @pytest.fixture(scope="module")
 def hf_model(hf_tiny):
     from transformers import GPT2LMHeadModel
+
     return GPT2LMHeadModel.from_pretrained(hf_tiny).eval()
 
 
@@ -47,7 +49,7 @@ def test_every_token_scored_as_transformers_scores_it(lm_tiny, hf_model):
     assert [t.id for t in result.tokens] == ids and result.text == TEXT
     sequence = [50256] + ids  # the first token is predicted from <|endoftext|>
     for j, token in enumerate(result.tokens):
-        check_against(hf_model, token, sequence[:j + 1])
+        check_against(hf_model, token, sequence[: j + 1])
         assert token.alternatives[0].id == token.top_id and len(token.alternatives) == 5
         assert token.bucket == (0 if token.rank <= 10 else 1 if token.rank <= 100 else 2 if token.rank <= 1000 else 3)
 
@@ -77,6 +79,7 @@ def test_windows_cover_every_target_once_with_at_least_half_a_window_of_context(
 def test_the_bundled_model_finds_its_own_text_more_expected_than_human_text_and_random_words_least():
     """GLTR's premise, on the bundled model: its samples sit in its top 10 more than held-out Shakespeare does."""
     import gpt2kit
+
     lm = gpt2kit.load(device="cpu", dtype="float32")
     sample = inspect(lm, lm.generate("ROMEO.\n", length=150, temperature=0.7, seed=1, include_prefix=False)[0])
     human = inspect(lm, HELDOUT_TEXT.read_text()[:1500])  # held out of the bundled model's training
@@ -97,9 +100,15 @@ def test_characters_split_across_tokens_show_with_their_last_token(lm_tiny):
     assert all(t.alternatives == () for t in result.tokens)
 
 
-@pytest.mark.parametrize("kwargs,message", [({"text": ""}, "empty"), ({"alternatives": -1}, "alternatives"),
-                                            ({"alternatives": 101}, "alternatives"),
-                                            ({"context_length": -2}, "context_length")])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"text": ""}, "empty"),
+        ({"alternatives": -1}, "alternatives"),
+        ({"alternatives": 101}, "alternatives"),
+        ({"context_length": -2}, "context_length"),
+    ],
+)
 def test_mistakes_are_user_errors(lm_tiny, kwargs, message):
     with pytest.raises(UserError, match=message):
         inspect(lm_tiny, **{"text": "Hello", **kwargs})
@@ -109,8 +118,18 @@ def test_as_dict_is_json_with_the_summary(lm_tiny):
     d = json.loads(json.dumps(inspect(lm_tiny, TEXT, alternatives=3).as_dict()))
     assert [b["name"] for b in d["buckets"]] == ["top 10", "top 100", "top 1000", "rest"]
     assert sum(b["count"] for b in d["buckets"]) == len(d["tokens"])
-    assert set(d["tokens"][0]) == {"id", "text", "rank", "prob", "top_id", "top_text", "top_prob", "entropy",
-                                   "alternatives", "bucket"}
+    assert set(d["tokens"][0]) == {
+        "id",
+        "text",
+        "rank",
+        "prob",
+        "top_id",
+        "top_text",
+        "top_prob",
+        "entropy",
+        "alternatives",
+        "bucket",
+    }
     assert set(d["histograms"]) == {"ratio", "entropy"} and d["histograms"]["ratio"]["edges"][-1] == 1.0
 
 
@@ -126,6 +145,7 @@ def test_renderers(lm_tiny):
 
 
 # --- gpt2kit inspect, in a subprocess (the bundled model) ------------------------------------------------
+
 
 def test_cli_inspect_json_text_file_and_stdin(tmp_path):
     r = run_cli("inspect", TEXT, "--format", "json", "--alternatives", "3")
@@ -160,10 +180,15 @@ def test_cli_inspect_takes_a_missing_file_name_as_text_and_says_so():
     assert json.loads(r.stdout)["text"] == "notes.txt"
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--alternatives", "-1"], "alternatives must be"), (["--context-length", "-1"], "context_length"),
-    (["--html", "."], "is a folder"), (["--format", "xml"], "invalid choice"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--alternatives", "-1"], "alternatives must be"),
+        (["--context-length", "-1"], "context_length"),
+        (["--html", "."], "is a folder"),
+        (["--format", "xml"], "invalid choice"),
+    ],
+)
 def test_cli_inspect_mistakes_exit_2_with_one_line(args, message):
     r = run_cli("inspect", TEXT, *args)
     assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -1,12 +1,13 @@
 """POST /v1/inspect over a real socket (the bundled model): the same inspection the library gives, and 400s."""
+
 import json
 import urllib.error
 import urllib.request
 
 import pytest
+from live_server import start_server
 
 from gpt2kit.paths import BUNDLED_DIR
-from live_server import start_server
 
 TEXT = "ROMEO.\nBut soft, what light through yonder window breaks?"
 
@@ -20,8 +21,9 @@ def url():
 
 
 def post(url, body, path="/v1/inspect"):
-    request = urllib.request.Request(url + path, method="POST", headers={"Content-Type": "application/json"},
-                                     data=json.dumps(body).encode())
+    request = urllib.request.Request(
+        url + path, method="POST", headers={"Content-Type": "application/json"}, data=json.dumps(body).encode()
+    )
     try:
         with urllib.request.urlopen(request, timeout=120) as r:
             return r.status, json.load(r)
@@ -32,6 +34,7 @@ def post(url, body, path="/v1/inspect"):
 def test_inspect_answers_what_the_library_gives(url):
     import gpt2kit
     from gpt2kit.provenance.inspect import inspect
+
     status, d = post(url, {"text": TEXT, "alternatives": 4})
     assert status == 200, d
     assert d["model"] == "bundled" and d["text"] == TEXT
@@ -52,12 +55,18 @@ def test_inspect_is_in_the_openapi_schema(url):
     assert "/v1/inspect" in schema["paths"] and "400" in schema["paths"]["/v1/inspect"]["post"]["responses"]
 
 
-@pytest.mark.parametrize("body,status,param", [
-    ({}, 400, "text"), ({"text": ""}, 400, "text"), ({"text": 5}, 400, "text"),
-    ({"text": "hi", "alternatives": 101}, 400, "alternatives"),
-    ({"text": "hi", "context_length": -1}, 400, "context_length"),
-    ({"text": "hi", "model": "nope"}, 404, "model"), ({"text": "hi " * 9000}, 400, "text"),
-])
+@pytest.mark.parametrize(
+    "body,status,param",
+    [
+        ({}, 400, "text"),
+        ({"text": ""}, 400, "text"),
+        ({"text": 5}, 400, "text"),
+        ({"text": "hi", "alternatives": 101}, 400, "alternatives"),
+        ({"text": "hi", "context_length": -1}, 400, "context_length"),
+        ({"text": "hi", "model": "nope"}, 404, "model"),
+        ({"text": "hi " * 9000}, 400, "text"),
+    ],
+)
 def test_bad_requests_name_the_field(url, body, status, param):
     got, d = post(url, body)
     assert got == status, d

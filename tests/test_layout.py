@@ -1,4 +1,5 @@
 """The shape of the package: imports point one way, and starting up loads only what it uses."""
+
 import ast
 import dataclasses
 import inspect
@@ -23,8 +24,12 @@ def imports_of(path: Path, modules: set[str]) -> set[str]:
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     tree = ast.parse(path.read_text())
-    skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-            for n in ast.walk(node)}
+    skip = {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for n in ast.walk(node)
+    }
     found = set()
     for node in ast.walk(tree):
         if id(node) in skip:
@@ -96,7 +101,6 @@ def test_the_cli_imports_point_down():
         assert not {d for d in graph[m] if d.startswith(("gpt2kit.cli", "gpt2kit.server"))}, m
 
 
-
 def test_package_inits_that_name_a_boundary_only_re_export():
     """formats/ and server/ are read through their __init__, which holds no logic: each name's home is a
     module named for what it does (formats/read.py, server/run.py, ...)."""
@@ -105,8 +109,9 @@ def test_package_inits_that_name_a_boundary_only_re_export():
         for node in tree.body:
             is_docstring = isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
             is_all = isinstance(node, ast.Assign) and [ast.unparse(t) for t in node.targets] == ["__all__"]
-            assert isinstance(node, (ast.Import, ast.ImportFrom)) or is_docstring or is_all, \
+            assert isinstance(node, (ast.Import, ast.ImportFrom)) or is_docstring or is_all, (
                 f"{package}/__init__.py:{node.lineno} {ast.unparse(node)[:60]}"
+            )
 
 
 def test_options_classes_go_by_their_own_names():
@@ -115,12 +120,21 @@ def test_options_classes_go_by_their_own_names():
     for path in sorted(PACKAGE.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom):
-                aliases += [f"{module_name(path)}: {a.name} as {a.asname}" for a in node.names
-                            if a.asname and a.name.endswith("Options")]
-            elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Name) and node.value.id.endswith("Options"):
-                aliases += [f"{module_name(path)}:{node.lineno} {ast.unparse(node)}" for t in node.targets
-                            if isinstance(t, ast.Name)]
+                aliases += [
+                    f"{module_name(path)}: {a.name} as {a.asname}"
+                    for a in node.names
+                    if a.asname and a.name.endswith("Options")
+                ]
+            elif (
+                isinstance(node, ast.Assign) and isinstance(node.value, ast.Name) and node.value.id.endswith("Options")
+            ):
+                aliases += [
+                    f"{module_name(path)}:{node.lineno} {ast.unparse(node)}"
+                    for t in node.targets
+                    if isinstance(t, ast.Name)
+                ]
     assert not aliases, aliases
+
 
 def loaded_after(code: str) -> list[str]:
     probe = code + f"\nimport sys\nprint([m for m in {HEAVY!r} if m in sys.modules])"
@@ -131,23 +145,49 @@ def loaded_after(code: str) -> list[str]:
 
 def test_import_gpt2kit_and_help_load_nothing_heavy():
     assert loaded_after("import gpt2kit") == []
-    help_all = "\n".join(f"try:\n    main([{c!r}, '--help'] if {c!r} else ['--help'])\nexcept SystemExit:\n    pass"
-                         for c in ["", "generate", "interactive", "info", "convert", "encode", "decode", "finetune",
-                                   "perplexity", "download", "models", "serve"])
-    assert loaded_after("import contextlib, io\nfrom gpt2kit.cli import main\n"
-                        "with contextlib.redirect_stdout(io.StringIO()):\n" + "\n".join("    " + l for l in help_all.splitlines())) == []
+    help_all = "\n".join(
+        f"try:\n    main([{c!r}, '--help'] if {c!r} else ['--help'])\nexcept SystemExit:\n    pass"
+        for c in [
+            "",
+            "generate",
+            "interactive",
+            "info",
+            "convert",
+            "encode",
+            "decode",
+            "finetune",
+            "perplexity",
+            "download",
+            "models",
+            "serve",
+        ]
+    )
+    assert (
+        loaded_after(
+            "import contextlib, io\nfrom gpt2kit.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n" + "\n".join("    " + l for l in help_all.splitlines())
+        )
+        == []
+    )
 
 
 def test_generating_a_token_loads_nothing_it_does_not_use():
     """Start-up is what people feel when they call `gpt2kit generate` in a loop (issue 16)."""
     # torch._dynamo: what PyTorch imported when the embeddings' init ran under build_model's meta device
     unused = ("torch._dynamo", "transformers", "fastapi", "uvicorn", "jinja2", "matplotlib")
-    code = ("import contextlib, io, sys\nfrom gpt2kit.cli import main\n"
-            "with contextlib.redirect_stdout(io.StringIO()):\n"
-            "    assert main(['generate', 'Hello', '--length', '1', '--seed', '1']) == 0\n"
-            f"print([m for m in {unused!r} if m in sys.modules])")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "GPT2KIT_OFFLINE": "1"})
+    code = (
+        "import contextlib, io, sys\nfrom gpt2kit.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    assert main(['generate', 'Hello', '--length', '1', '--seed', '1']) == 0\n"
+        f"print([m for m in {unused!r} if m in sys.modules])"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "GPT2KIT_OFFLINE": "1"},
+    )
     assert r.returncode == 0, r.stderr
     assert eval(r.stdout.strip().splitlines()[-1]) == []
 
@@ -155,6 +195,7 @@ def test_generating_a_token_loads_nothing_it_does_not_use():
 def test_public_names_are_the_library_functions_with_their_signatures():
     from gpt2kit import evaluation, hub, lm
     from gpt2kit.options import EncodeOptions
+
     assert gpt2kit.load is lm.load and gpt2kit.download is hub.download and gpt2kit.perplexity is evaluation.perplexity
     params = inspect.signature(gpt2kit.encode_dataset).parameters
     assert params["val_fraction"].default == EncodeOptions.val_fraction and params["errors"].annotation == "str"
@@ -163,6 +204,7 @@ def test_public_names_are_the_library_functions_with_their_signatures():
 
 def test_finetune_shows_every_training_option_with_its_default():
     from gpt2kit.training.options import TrainOptions
+
     params = inspect.signature(gpt2kit.finetune).parameters
     assert {"dataset", "model", "run_name"} <= set(params)
     for f in dataclasses.fields(TrainOptions):
@@ -198,9 +240,13 @@ def test_one_token_loop_and_one_sequence_type():
         if _steps(tree):
             stepping.append(module_name(path))
         for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
-            fields = {t.attr if isinstance(t, ast.Attribute) else getattr(t, "id", None)
-                      for n in ast.walk(cls) for t in (n.targets if isinstance(n, ast.Assign) else
-                                                       [n.target] if isinstance(n, ast.AnnAssign) else [])}
+            fields = {
+                t.attr if isinstance(t, ast.Attribute) else getattr(t, "id", None)
+                for n in ast.walk(cls)
+                for t in (
+                    n.targets if isinstance(n, ast.Assign) else [n.target] if isinstance(n, ast.AnnAssign) else []
+                )
+            }
             if {"ids", "tokens", "generator"} <= fields:
                 row_types.append(f"{module_name(path)}.{cls.name}")
     assert stepping == ["gpt2kit.engine"]

@@ -8,6 +8,7 @@ request it accepted (or refuse it cleanly), and leak no decoding rows.
 GPT2KIT_LOAD_SECONDS (default 60) and GPT2KIT_LOAD_CONNECTIONS (default 200) scale it for
 longer local runs; GPT2KIT_LOAD_SEED picks the random schedule.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -18,7 +19,6 @@ import random
 import time
 
 import pytest
-
 from live_server import health, start_server
 
 SECONDS = float(os.environ.get("GPT2KIT_LOAD_SECONDS", "60"))
@@ -45,8 +45,14 @@ def _request(body: bytes, *, stream: bool = False, chunked: bool = False) -> tup
 
 
 def _completion(rng: random.Random, stream: bool) -> bytes:
-    return json.dumps({"prompt": rng.choice(["Once", "The cat", "A long time ago", "x"]),
-                       "max_tokens": rng.randint(1, 24), "seed": rng.randint(0, 999), "stream": stream}).encode()
+    return json.dumps(
+        {
+            "prompt": rng.choice(["Once", "The cat", "A long time ago", "x"]),
+            "max_tokens": rng.randint(1, 24),
+            "seed": rng.randint(0, 999),
+            "stream": stream,
+        }
+    ).encode()
 
 
 async def _read_response(reader: asyncio.StreamReader, *, slow: bool = False) -> tuple[int, bytes]:
@@ -116,7 +122,7 @@ async def trickle(port, rng, tally):
     i = 0
     while i < len(data):
         step = rng.randint(1, 16)
-        writer.write(data[i:i + step])
+        writer.write(data[i : i + step])
         await writer.drain()
         i += step
         await asyncio.sleep(rng.uniform(0.01, 0.1))
@@ -137,7 +143,7 @@ async def oversize(port, rng, tally):
     try:
         if chunked:
             for i in range(0, len(body), 65536):
-                piece = body[i:i + 65536]
+                piece = body[i : i + 65536]
                 writer.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
                 await writer.drain()
             writer.write(b"0\r\n\r\n")
@@ -156,7 +162,10 @@ async def oversize(port, rng, tally):
 async def worker(port: int, seed: int, deadline: float, tally: Tally) -> None:
     rng = random.Random(seed)
     kinds = [(plain, 35), (hang_up, 15), (trickle, 15), (oversize, 5)]
-    stream_kinds = [(lambda p, r, t: plain(p, r, t, stream=True), 20), (lambda p, r, t: plain(p, r, t, stream=True, slow=True), 10)]
+    stream_kinds = [
+        (lambda p, r, t: plain(p, r, t, stream=True), 20),
+        (lambda p, r, t: plain(p, r, t, stream=True, slow=True), 10),
+    ]
     choices, weights = zip(*(kinds + stream_kinds))
     while time.monotonic() < deadline:
         action = rng.choices(choices, weights)[0]
@@ -207,15 +216,19 @@ def test_200_connections_for_a_minute_of_abuse(loaded_server):
 def _no_rows_leak(url: str) -> None:
     """After the load drains, nothing is left decoding and a fresh request is answered at once."""
     import urllib.request
+
     deadline = time.time() + 60
     h = health(url)
     while time.time() < deadline and h["running_rows"] + h["queue_depth"] > 0:
         time.sleep(0.5)
         h = health(url)
     assert h["running_rows"] == 0 and h["queue_depth"] == 0, h
-    req = urllib.request.Request(url + "/v1/completions", method="POST",
-                                 data=json.dumps({"prompt": "After", "max_tokens": 4}).encode(),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url + "/v1/completions",
+        method="POST",
+        data=json.dumps({"prompt": "After", "max_tokens": 4}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     start = time.time()
     with urllib.request.urlopen(req, timeout=30) as r:
         assert json.load(r)["usage"]["completion_tokens"] == 4

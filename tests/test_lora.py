@@ -1,4 +1,5 @@
 """LoRA: adapters in PEFT's format against peft + transformers, merge, exact resume, DDP, bad input."""
+
 import json
 import os
 import signal
@@ -9,17 +10,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
 from safetensors.torch import load_file, save_file
 
 import gpt2kit
 from gpt2kit.errors import UserError
 
-from conftest import run_cli
-
 peft = pytest.importorskip("peft")
 TEXT = ("The quick brown fox jumps over the lazy dog. " * 30 + "\n") * 4
-LORA = dict(lora_rank=4, lora_alpha=8.0, batch_size=4, context_length=32, learning_rate=3e-3, progress=False,
-            print_every=1)
+LORA = dict(
+    lora_rank=4, lora_alpha=8.0, batch_size=4, context_length=32, learning_rate=3e-3, progress=False, print_every=1
+)
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +43,7 @@ def trained(hf_tiny, corpus, tmp_path_factory):
 def peft_model(base: Path, adapter: Path):
     from peft import PeftModel
     from transformers import GPT2LMHeadModel
+
     return PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(base), adapter).eval()
 
 
@@ -86,8 +88,25 @@ def test_gpt2kit_adapter_in_peft_gives_the_same_logits(hf_tiny, trained):
     assert (logits(again.model, IDX) - ref).abs().max() < 1e-4
     # and the CLI's --adapter runs the same model: greedy text equals the API's
     text = lm.generate("The quick", length=6, temperature=0, seed=1, include_prefix=False)[0]
-    r = run_cli("generate", "The quick", "--model", hf_tiny, "--adapter", final, "--device", "cpu", "--dtype",
-                "float32", "--length", "6", "--temperature", "0", "--seed", "1", "--no-include-prefix")
+    r = run_cli(
+        "generate",
+        "The quick",
+        "--model",
+        hf_tiny,
+        "--adapter",
+        final,
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "--length",
+        "6",
+        "--temperature",
+        "0",
+        "--seed",
+        "1",
+        "--no-include-prefix",
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == text.strip()
 
@@ -97,9 +116,17 @@ def peft_adapter(hf_tiny, tmp_path_factory):
     """An adapter written by PEFT itself: per-module ranks and alphas, rsLoRA, random nonzero B."""
     from peft import LoraConfig, get_peft_model
     from transformers import GPT2LMHeadModel
+
     torch.manual_seed(3)
-    config = LoraConfig(r=4, lora_alpha=16, target_modules=["c_attn", "mlp.c_proj"], fan_in_fan_out=True,
-                        rank_pattern={"h.1.attn.c_attn": 2}, alpha_pattern={"mlp.c_proj": 4}, use_rslora=True)
+    config = LoraConfig(
+        r=4,
+        lora_alpha=16,
+        target_modules=["c_attn", "mlp.c_proj"],
+        fan_in_fan_out=True,
+        rank_pattern={"h.1.attn.c_attn": 2},
+        alpha_pattern={"mlp.c_proj": 4},
+        use_rslora=True,
+    )
     model = get_peft_model(GPT2LMHeadModel.from_pretrained(hf_tiny), config)
     for name, p in model.named_parameters():
         if "lora_B" in name:
@@ -118,6 +145,7 @@ def test_peft_adapter_loads_in_gpt2kit_and_merges(hf_tiny, peft_adapter, tmp_pat
     r = run_cli("merge", hf_tiny, folder, tmp_path / "merged")
     assert r.returncode == 0, r.stderr
     from transformers import GPT2LMHeadModel
+
     merged_hf = logits(GPT2LMHeadModel.from_pretrained(tmp_path / "merged").eval(), IDX)
     merged = logits(gpt2kit.load(tmp_path / "merged", device="cpu", dtype="float32").model, IDX)
     assert (merged_hf - ref).abs().max() < 1e-4
@@ -138,15 +166,18 @@ def test_a_bf16_base_is_the_base_rounded_to_bf16(hf_tiny, corpus, tmp_path):
     """--dtype bfloat16 stores the frozen matrices in bf16: training equals fp32 training on a base whose
     matrices were rounded to bf16 beforehand, bit for bit."""
     state = load_file(hf_tiny / "model.safetensors")
-    rounded = {k: (v.bfloat16().float() if k.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")) else v)
-               for k, v in state.items()}
+    rounded = {
+        k: (v.bfloat16().float() if k.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")) else v)
+        for k, v in state.items()
+    }
     (tmp_path / "rounded").mkdir()
     save_file(rounded, tmp_path / "rounded" / "model.safetensors", metadata={"format": "pt"})
     (tmp_path / "rounded" / "config.json").write_text((hf_tiny / "config.json").read_text())
     opts = dict(LORA, steps=3)
     a = gpt2kit.finetune(dataset=corpus, model=str(hf_tiny), checkpoint_dir=tmp_path / "a", dtype="bfloat16", **opts)
-    b = gpt2kit.finetune(dataset=corpus, model=str(tmp_path / "rounded"), checkpoint_dir=tmp_path / "b",
-                         dtype="float32", **opts)
+    b = gpt2kit.finetune(
+        dataset=corpus, model=str(tmp_path / "rounded"), checkpoint_dir=tmp_path / "b", dtype="float32", **opts
+    )
     c = gpt2kit.finetune(dataset=corpus, model=str(hf_tiny), checkpoint_dir=tmp_path / "c", dtype="float32", **opts)
     ta, tb, tc = (load_file(x / "adapter_model.safetensors") for x in (a, b, c))
     assert all(torch.equal(ta[k], tb[k]) for k in ta)
@@ -154,15 +185,50 @@ def test_a_bf16_base_is_the_base_rounded_to_bf16(hf_tiny, corpus, tmp_path):
 
 
 def test_sigint_saves_and_the_lora_run_resumes_exactly(hf_tiny, corpus, tmp_path):
-    args = ["finetune", "--dataset", corpus, "--model", hf_tiny, "--lora-rank", "4", "--lora-alpha", "8",
-            "--lora-dropout", "0.1", "--lora-targets", "c_attn,mlp.c_proj", "--dropout", "0.1", "--batch-size", "4",
-            "--context-length", "32", "--steps", "24", "--print-every", "1", "--no-progress", "--learning-rate",
-            "0.003", "--lr-schedule", "cosine", "--save-every", "1000", "--device", "cpu"]
+    args = [
+        "finetune",
+        "--dataset",
+        corpus,
+        "--model",
+        hf_tiny,
+        "--lora-rank",
+        "4",
+        "--lora-alpha",
+        "8",
+        "--lora-dropout",
+        "0.1",
+        "--lora-targets",
+        "c_attn,mlp.c_proj",
+        "--dropout",
+        "0.1",
+        "--batch-size",
+        "4",
+        "--context-length",
+        "32",
+        "--steps",
+        "24",
+        "--print-every",
+        "1",
+        "--no-progress",
+        "--learning-rate",
+        "0.003",
+        "--lr-schedule",
+        "cosine",
+        "--save-every",
+        "1000",
+        "--device",
+        "cpu",
+    ]
     ref = run_cli(*args, "--checkpoint-dir", tmp_path / "ref")
     assert ref.returncode == 0, ref.stderr
     env = {**os.environ, "GPT2KIT_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "gpt2kit", *map(str, args), "--checkpoint-dir", str(tmp_path / "int")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gpt2kit", *map(str, args), "--checkpoint-dir", str(tmp_path / "int")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     metrics = tmp_path / "int" / "run1" / "metrics.csv"
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) > 3):
@@ -182,14 +248,49 @@ def test_sigint_saves_and_the_lora_run_resumes_exactly(hf_tiny, corpus, tmp_path
 
 
 def test_ddp_two_processes_match_one(hf_tiny, corpus, tmp_path):
-    common = ["--dataset", str(corpus), "--model", str(hf_tiny), "--lora-rank", "4", "--context-length", "32",
-              "--steps", "4", "--no-progress", "--device", "cpu", "--learning-rate", "0.003"]
+    common = [
+        "--dataset",
+        str(corpus),
+        "--model",
+        str(hf_tiny),
+        "--lora-rank",
+        "4",
+        "--context-length",
+        "32",
+        "--steps",
+        "4",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--learning-rate",
+        "0.003",
+    ]
     one = run_cli("finetune", *common, "--batch-size", "4", "--checkpoint-dir", tmp_path / "one")
     assert one.returncode == 0, one.stderr
     env = {**os.environ, "GPT2KIT_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
-                          "-m", "gpt2kit", "finetune", *common, "--batch-size", "2", "--checkpoint-dir", str(tmp_path / "two")],
-                         capture_output=True, text=True, env=env, timeout=300)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29541",
+            "-m",
+            "gpt2kit",
+            "finetune",
+            *common,
+            "--batch-size",
+            "2",
+            "--checkpoint-dir",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stderr[-2000:]
     a = load_file(tmp_path / "one/run1/step-000004/adapter_model.safetensors")
     b = load_file(tmp_path / "two/run1/step-000004/adapter_model.safetensors")
@@ -197,10 +298,13 @@ def test_ddp_two_processes_match_one(hf_tiny, corpus, tmp_path):
     assert any(a[k].abs().max() > 1e-3 for k in a if "lora_B" in k)  # it trained
 
 
-@pytest.mark.parametrize("args, message", [
-    (["finetune", "--lora-rank", "0"], "lora-rank must be at least 1"),
-    (["merge", "BASE", "MISSING", "OUT"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["finetune", "--lora-rank", "0"], "lora-rank must be at least 1"),
+        (["merge", "BASE", "MISSING", "OUT"], "does not exist"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(hf_tiny, corpus, tmp_path, args, message):
     if args[0] == "finetune":
         args = [*args, "--dataset", corpus, "--model", hf_tiny, "--checkpoint-dir", tmp_path / "ck"]
@@ -213,6 +317,7 @@ def test_bad_input_is_one_line_and_exit_2(hf_tiny, corpus, tmp_path, args, messa
 
 def test_bad_lora_options_are_refused_before_work():
     from gpt2kit.training.options import TrainOptions
+
     with pytest.raises(UserError, match="unknown lora-targets q_proj"):
         TrainOptions(lora_rank=4, lora_targets="c_attn,q_proj")
     with pytest.raises(UserError, match="lora-rank must be at least 1"):
@@ -223,7 +328,10 @@ def test_bad_lora_options_are_refused_before_work():
 
 def test_an_adapter_for_another_base_shape_is_refused(peft_adapter, tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
-    GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=64, n_embd=48, n_layer=2, n_head=4)).save_pretrained(tmp_path / "wide")
+
+    GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=64, n_embd=48, n_layer=2, n_head=4)).save_pretrained(
+        tmp_path / "wide"
+    )
     folder, _ = peft_adapter
     with pytest.raises(UserError, match="different base model"):
         gpt2kit.load(tmp_path / "wide", device="cpu", adapter=folder)
@@ -249,6 +357,7 @@ def test_export_merges_an_adapter_into_the_gguf(hf_tiny, peft_adapter, tmp_path)
 def _tiny_gpt(n_embd=64, n_layer=2):
     from gpt2kit.config import GPTConfig
     from gpt2kit.model import GPT
+
     model = GPT(GPTConfig(n_vocab=512, n_ctx=64, n_embd=n_embd, n_head=4, n_layer=n_layer))
     model.init_weights(torch.Generator().manual_seed(0))
     return model
@@ -256,6 +365,7 @@ def _tiny_gpt(n_embd=64, n_layer=2):
 
 def _with_adapter(model, dtype):
     from gpt2kit.adapters.lora import LoraSpec, apply_adapter, freeze_base, new_adapter
+
     spec = LoraSpec(rank=4, alpha=8.0, dropout=0.0, targets=("c_attn", "c_proj", "c_fc"))
     adapter = new_adapter(model.config, spec, torch.Generator().manual_seed(1))
     for w in adapter.modules.values():  # B off zero, so the adapter's path carries gradient to A
@@ -268,7 +378,9 @@ def test_a_half_width_base_matches_plain_autograd_on_the_rounded_base():
     """Adapter gradients over an fp16 base (widened per product, narrow kept for backward) equal plain
     nn.Linear autograd on a copy whose matrices were rounded to fp16 beforehand."""
     import copy
+
     from gpt2kit.adapters.names import MATRICES
+
     plain = _tiny_gpt()
     rounded = copy.deepcopy(plain)
     with torch.no_grad():
@@ -295,16 +407,20 @@ def test_a_half_width_base_matches_plain_autograd_on_the_rounded_base():
 
 def test_autograd_keeps_the_narrow_base_not_a_widened_copy():
     """What autograd saves for backward: with an fp16 base, about the fp32 base's less half its matrices."""
+
     def saved_bytes(dtype):
         model = _tiny_gpt(n_embd=256)
         _with_adapter(model, dtype)
         storages = {}
+
         def pack(t):
             storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
             return t
+
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             model(torch.zeros(1, 8, dtype=torch.long)).sum()
         return sum(storages.values())
+
     # 2 layers of 12 C^2 weights, less the first c_attn (3 C^2): its input, the frozen embeddings, needs no gradient
     matrices_fp32 = (2 * 12 - 3) * 256 * 256 * 4
     saving = saved_bytes(torch.float32) - saved_bytes(torch.float16)
@@ -313,6 +429,7 @@ def test_autograd_keeps_the_narrow_base_not_a_widened_copy():
 
 def test_widened_product_has_the_numerical_gradient():
     from gpt2kit.adapters.lora import FrozenLinear
+
     lin = torch.nn.Linear(5, 3).double()
     frozen = FrozenLinear(lin, torch.float64)
     x = torch.randn(2, 4, 5, dtype=torch.float64, requires_grad=True)
@@ -324,6 +441,7 @@ def test_the_auto_base_is_half_width_on_every_cpu_and_fp16_falls_back_to_bf16_ou
     from gpt2kit.cpu.features import info
     from gpt2kit.training.lora import lora_precision
     from gpt2kit.training.options import TrainOptions
+
     cpu = torch.device("cpu")
     want = {"old_x86": torch.bfloat16, "avx2": torch.float16, "amx": torch.float16, "arm": torch.float16}
     for family, dtype in want.items():

@@ -6,6 +6,7 @@ Each load runs in a fresh subprocess that first loads a tiny model the same way 
 tokenizer, allocator all warm), then resets the kernel's peak-RSS counter (/proc/self/clear_refs, 5) so
 the peak measured is the load's own, above what that process already held.
 """
+
 import json
 import os
 import shutil
@@ -16,7 +17,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from conftest import FIXTURES
 
 VOCAB = FIXTURES / "openai_tiny"  # a 1000-token vocabulary: the model's bytes are its matrices, not wte
@@ -56,6 +56,7 @@ print(json.dumps({"before": before, "peak": status("VmHWM"), "model": model_byte
 
 def _hf_folder(path, n_embd, n_layer, seed):
     from transformers import GPT2Config, GPT2LMHeadModel
+
     torch.manual_seed(seed)
     cfg = GPT2Config(vocab_size=1000, n_positions=128, n_embd=n_embd, n_layer=n_layer, n_head=8)
     GPT2LMHeadModel(cfg).save_pretrained(path)
@@ -72,8 +73,13 @@ def folders(tmp_path_factory):
 
 def _measure(small, big, dtype, home=None):
     env = {**os.environ, "GPT2KIT_HOME": str(home)} if home else None
-    out = subprocess.run([sys.executable, "-c", CHILD, str(small), str(big), dtype, str(N_EMBD)], capture_output=True, text=True,
-                         timeout=600, env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(small), str(big), dtype, str(N_EMBD)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
     return (r["peak"] - r["before"]) / r["model"], r
@@ -100,8 +106,10 @@ def test_tensorflow_load_peak_within_1_3x_of_final_size(folders, tmp_path):
     ratio, r = _measure(tf_small, tf_big, "int8")
     assert ratio <= 1.3, f"TF -> int8: loading peaked at {ratio:.2f}x the loaded model ({r})"
     # and the same numbers as transformers on the folder the checkpoint was written from
-    import gpt2kit
     from transformers import GPT2LMHeadModel
+
+    import gpt2kit
+
     ref = GPT2LMHeadModel.from_pretrained(big).eval()
     lm = gpt2kit.load(tf_big, device="cpu", dtype="float32")
     idx = torch.randint(0, 1000, (2, 50), generator=torch.Generator().manual_seed(0))
@@ -110,8 +118,10 @@ def test_tensorflow_load_peak_within_1_3x_of_final_size(folders, tmp_path):
 
 
 def test_lean_loading_reads_the_same_numbers_as_transformers(folders):
-    import gpt2kit
     from transformers import GPT2LMHeadModel
+
+    import gpt2kit
+
     big = folders[1]
     ref = GPT2LMHeadModel.from_pretrained(big).eval()
     idx = torch.randint(0, 1000, (2, 60), generator=torch.Generator().manual_seed(0))
@@ -130,6 +140,7 @@ def test_lean_loading_reads_the_same_numbers_as_transformers(folders):
 
 
 # --- a TensorFlow checkpoint of the same weights, in the tensor-bundle format TF writes ------------------
+
 
 def _varint(n: int) -> bytes:
     out = bytearray()
@@ -177,6 +188,7 @@ def _write_bundle(prefix, arrays: dict[str, np.ndarray]) -> None:
 def _tf_folder_from_hf(hf, folder):
     """OpenAI's layout (model/h0/attn/c_attn/w as (1, in, out), ...) from the HF folder's own weights."""
     from safetensors.numpy import load_file
+
     sd = load_file(hf / "model.safetensors")
     cfg = json.loads((hf / "config.json").read_text())
     arrays = {}
@@ -190,8 +202,17 @@ def _tf_folder_from_hf(hf, folder):
     folder.mkdir()
     _write_bundle(folder / "model.ckpt", arrays)
     (folder / "checkpoint").write_text('model_checkpoint_path: "model.ckpt"\n')
-    (folder / "hparams.json").write_text(json.dumps({"n_vocab": cfg["vocab_size"], "n_ctx": cfg["n_positions"],
-                                                     "n_embd": cfg["n_embd"], "n_head": cfg["n_head"], "n_layer": cfg["n_layer"]}))
+    (folder / "hparams.json").write_text(
+        json.dumps(
+            {
+                "n_vocab": cfg["vocab_size"],
+                "n_ctx": cfg["n_positions"],
+                "n_embd": cfg["n_embd"],
+                "n_head": cfg["n_head"],
+                "n_layer": cfg["n_layer"],
+            }
+        )
+    )
     for name in ("encoder.json", "vocab.bpe"):
         shutil.copyfile(VOCAB / name, folder / name)
     return folder
@@ -222,6 +243,7 @@ def test_a_lora_run_holds_its_fp16_base_once(folders, tmp_path):
     one widened matrix and the step's own tensors (measured 1.33x). Keeping the file's fp32 pages, or fp32
     copies of the matrices for backward, would each add 2x."""
     from gpt2kit.data.tokens import TokenWriter
+
     small, big = folders
     writer = TokenWriter(tmp_path / "data.tokens", 1000)
     writer.write(np.random.default_rng(0).integers(0, 1000, 4000))
@@ -229,8 +251,13 @@ def test_a_lora_run_holds_its_fp16_base_once(folders, tmp_path):
     # glibc keeps freed blocks of up to 32 MB in its heap once such a block was freed (formats/mapped.py):
     # measured here, 37 MB of retained transients. Pinning its threshold measures what the run holds.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
-    out = subprocess.run([sys.executable, "-c", LORA_CHILD, str(small), str(big), str(tmp_path / "data.tokens"),
-                          str(tmp_path)], capture_output=True, text=True, timeout=600, env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", LORA_CHILD, str(small), str(big), str(tmp_path / "data.tokens"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
     C = N_EMBD
@@ -243,6 +270,7 @@ def test_release_gives_back_a_files_pages_and_never_loses_memory(tmp_path):
     """formats.mapped.release: a read file mapping's pages go back (and read the same again); pages written
     copy-on-write and plain memory are kept, and plain memory is not paged out to swap either."""
     from gpt2kit.formats.mapped import _PAGE, _pages, release, resident_bytes
+
     n = 4 << 20  # 16 MB of float32
     np.arange(n, dtype=np.float32).tofile(tmp_path / "w.bin")
     w = torch.from_numpy(np.memmap(tmp_path / "w.bin", dtype=np.float32, mode="c"))  # copy-on-write, as TF files
@@ -257,7 +285,7 @@ def test_release_gives_back_a_files_pages_and_never_loses_memory(tmp_path):
     w[: n // 2] = -1.0  # written: private copies of half the pages
     assert _pages(*span) == "mixed"
     release(w)
-    assert bool((w[: n // 2] == -1).all()) and torch.equal(w[n // 2:], torch.arange(n // 2, n, dtype=torch.float32))
+    assert bool((w[: n // 2] == -1).all()) and torch.equal(w[n // 2 :], torch.arange(n // 2, n, dtype=torch.float32))
     plain = torch.arange(n, dtype=torch.float32)
     plain_span = (-(-plain.data_ptr() // _PAGE) * _PAGE, (plain.data_ptr() + 4 * n) // _PAGE * _PAGE)
     assert _pages(*plain_span) == "anonymous"

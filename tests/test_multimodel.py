@@ -1,5 +1,6 @@
 """Several models in one server (`gpt2kit serve --model A --model B`): the real server over a socket, the
 official openai client, each model's text against the library's own generation from that model."""
+
 import concurrent.futures
 import json
 import signal
@@ -9,18 +10,21 @@ import urllib.request
 import openai
 import pytest
 import torch
-
-import gpt2kit
 from conftest import run_cli
+from live_server import free_port, start_server
 from test_api import metrics, post
 from test_scheduling import stream_events
-from live_server import free_port, start_server
+
+import gpt2kit
 
 
 def tiny_model(folder, *, seed, n_positions=64, n_embd=32, n_layer=2):
     from transformers import GPT2Config, GPT2LMHeadModel
+
     torch.manual_seed(seed)
-    GPT2LMHeadModel(GPT2Config(n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=4)).save_pretrained(folder)
+    GPT2LMHeadModel(GPT2Config(n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=4)).save_pretrained(
+        folder
+    )
     return folder
 
 
@@ -74,19 +78,36 @@ def test_the_model_field_picks_the_model(two, lm_tiny, lm_other):
         # float32 rounding, batched against alone, can move a draw across a boundary)
         for seed, temperature in ((None, 0), (7, 1.0)):
             kwargs = {"seed": seed} if seed is not None else {}
-            r = client.completions.create(model=name, prompt="Hello there", max_tokens=12, temperature=temperature,
-                                          extra_body={"top_k": 3}, **kwargs)
-            expected = lm.generate("Hello there", length=12, temperature=temperature, top_k=3, seed=seed,
-                                   include_prefix=False, stop_at_eot=False)[0]
+            r = client.completions.create(
+                model=name,
+                prompt="Hello there",
+                max_tokens=12,
+                temperature=temperature,
+                extra_body={"top_k": 3},
+                **kwargs,
+            )
+            expected = lm.generate(
+                "Hello there",
+                length=12,
+                temperature=temperature,
+                top_k=3,
+                seed=seed,
+                include_prefix=False,
+                stop_at_eot=False,
+            )[0]
             assert r.model == (name or "tiny") and r.choices[0].text == expected, (name, seed)
     tiny_text = client.completions.create(model="tiny", prompt="Hello there", max_tokens=12, temperature=0)
     other_text = client.completions.create(model="other", prompt="Hello there", max_tokens=12, temperature=0)
     assert tiny_text.choices[0].text != other_text.choices[0].text  # the two models really differ
-    chat = client.chat.completions.create(model="other", messages=[{"role": "user", "content": "Hi"}], max_tokens=8,
-                                          temperature=0)
+    chat = client.chat.completions.create(
+        model="other", messages=[{"role": "user", "content": "Hi"}], max_tokens=8, temperature=0
+    )
     assert chat.model == "other"
     # /tokenize answers with the model's own context; /v1/info describes the model asked for
-    assert [post(two, "/tokenize", {"prompt": "Hi", "model": m})[1]["max_model_len"] for m in ("tiny", "other")] == [64, 128]
+    assert [post(two, "/tokenize", {"prompt": "Hi", "model": m})[1]["max_model_len"] for m in ("tiny", "other")] == [
+        64,
+        128,
+    ]
     assert get(two + "/v1/info?model=other")["n_ctx"] == 128 and get(two + "/v1/info")["n_ctx"] == 64
     assert post(two, "/detokenize", {"tokens": [15496], "model": "other"}) == (200, {"prompt": "Hello"})
 
@@ -98,8 +119,11 @@ def test_an_unknown_model_is_refused_naming_those_served(two):
     assert "`gpt-4`" in str(e.value) and "`tiny`" in str(e.value) and "`other`" in str(e.value)
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "Hi"}])
-    for path, body in (("/tokenize", {"prompt": "x", "model": "gpt-4"}), ("/detokenize", {"tokens": [1], "model": "gpt-4"}),
-                       ("/v1/next_token", {"prompt": "x", "model": "gpt-4"})):
+    for path, body in (
+        ("/tokenize", {"prompt": "x", "model": "gpt-4"}),
+        ("/detokenize", {"tokens": [1], "model": "gpt-4"}),
+        ("/v1/next_token", {"prompt": "x", "model": "gpt-4"}),
+    ):
         status, answer = post(two, path, body)
         assert status == 404 and answer["error"]["code"] == "model_not_found" and answer["error"]["param"] == "model"
 
@@ -130,7 +154,9 @@ def test_models_that_do_not_fit_are_refused_before_loading(hf_tiny, other, tmp_p
     r = run_cli("serve", "--model", hf_tiny, "--model", other, "--max-memory", "1M", "--port", free_port(), timeout=60)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     line = r.stderr.strip().splitlines()[-1]
-    assert len(r.stderr.strip().splitlines()) == 1 and "tiny" in line and "other-folder" in line and "--max-memory" in line
+    assert (
+        len(r.stderr.strip().splitlines()) == 1 and "tiny" in line and "other-folder" in line and "--max-memory" in line
+    )
     # without --max-memory, the memory available: a KV budget of a trillion positions is over any machine's
     r = run_cli("serve", "--model", hf_tiny, "--max-batch-tokens", 10**12, "--port", free_port(), timeout=60)
     assert r.returncode == 2 and "MemAvailable" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
@@ -138,6 +164,7 @@ def test_models_that_do_not_fit_are_refused_before_loading(hf_tiny, other, tmp_p
     from gpt2kit.errors import UserError
     from gpt2kit.options import ServeOptions
     from gpt2kit.server import serve
+
     with pytest.raises(UserError, match="ID=PATH"):
         serve([hf_tiny, hf_tiny], ServeOptions(port=free_port()))
     with pytest.raises(UserError, match="--served-name"):
@@ -151,8 +178,10 @@ def test_sigterm_drains_every_engine(tmp_path):
     a = tiny_model(tmp_path / "a", seed=0, n_positions=1024, n_embd=128, n_layer=4)
     b = tiny_model(tmp_path / "b", seed=1, n_positions=1024, n_embd=128, n_layer=4)
     proc, url = start_server([a, b], "--dtype", "float32", "--shutdown-timeout", "1")
-    bodies = [{"model": m, "prompt": f"Long {m}", "max_tokens": 1000, "seed": 1, "logit_bias": {"50256": -100}}
-              for m in ("a", "b")]
+    bodies = [
+        {"model": m, "prompt": f"Long {m}", "max_tokens": 1000, "seed": 1, "logit_bias": {"50256": -100}}
+        for m in ("a", "b")
+    ]
     started = threading.Semaphore(0)
     with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
         futures = [pool.submit(stream_events, url, body, lambda k: k == 1 and started.release()) for body in bodies]
@@ -176,10 +205,36 @@ def test_a_new_user_fine_tunes_two_authors_and_serves_both(tmp_path):
     runs = {}
     for name, line in AUTHORS.items():
         (tmp_path / f"{name}.txt").write_text(line * 40)
-        r = run_cli("finetune", "--dataset", tmp_path / f"{name}.txt", "--from-scratch", "--n-layer", "2", "--n-embd", "32",
-                    "--n-head", "2", "--n-ctx", "32", "--batch-size", "4", "--steps", "40", "--learning-rate", "1e-2",
-                    "--checkpoint-dir", tmp_path / "checkpoint", "--run-name", name, "--no-progress",
-                    "--save-every", "1000", "--sample-every", "0", timeout=900)
+        r = run_cli(
+            "finetune",
+            "--dataset",
+            tmp_path / f"{name}.txt",
+            "--from-scratch",
+            "--n-layer",
+            "2",
+            "--n-embd",
+            "32",
+            "--n-head",
+            "2",
+            "--n-ctx",
+            "32",
+            "--batch-size",
+            "4",
+            "--steps",
+            "40",
+            "--learning-rate",
+            "1e-2",
+            "--checkpoint-dir",
+            tmp_path / "checkpoint",
+            "--run-name",
+            name,
+            "--no-progress",
+            "--save-every",
+            "1000",
+            "--sample-every",
+            "0",
+            timeout=900,
+        )
         assert r.returncode == 0, r.stderr
         runs[name] = tmp_path / "checkpoint" / name
     proc, url = start_server([runs["shire"], runs["sea"]])
@@ -188,7 +243,9 @@ def test_a_new_user_fine_tunes_two_authors_and_serves_both(tmp_path):
         assert [m.id for m in client.models.list().data] == ["shire", "sea"]  # the run folders' names
         texts = {}
         for name, run in runs.items():
-            texts[name] = client.completions.create(model=name, prompt="The", max_tokens=12, temperature=0).choices[0].text
+            texts[name] = (
+                client.completions.create(model=name, prompt="The", max_tokens=12, temperature=0).choices[0].text
+            )
             lm = gpt2kit.load(run, device="cpu", dtype="float32")
             assert texts[name] == lm.generate("The", length=12, temperature=0, include_prefix=False)[0]
         for name, text in texts.items():  # each writes like its own author

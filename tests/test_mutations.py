@@ -1,6 +1,7 @@
 """Corrupted model and dataset files: every variant loads or ends in a UserError (one line, exit 2 in the
 CLI), quickly, never another exception. Variants are generated from the small fixtures: truncations
 at many points, bit flips, absurd sizes in headers, empty and missing files."""
+
 import random
 import shutil
 import struct
@@ -31,7 +32,9 @@ def variants(data: bytes, rng: random.Random, n: int) -> list[tuple[str, bytes]]
             out.append((f"flip{at}", bytes(b)))
         else:
             at = rng.randrange(max(1, min(len(data) - 8, 4096)))
-            out.append((f"u64@{at}", data[:at] + struct.pack("<Q", rng.choice([2**63 - 1, 2**40, 2**32 + 7])) + data[at + 8:]))
+            out.append(
+                (f"u64@{at}", data[:at] + struct.pack("<Q", rng.choice([2**63 - 1, 2**40, 2**32 + 7])) + data[at + 8 :])
+            )
     return out
 
 

@@ -1,20 +1,34 @@
 """Mistakes in outputs, adapters and fine-tuning options: one line and exit code 2, before any work,
 and nothing the user had is lost. Every case runs the real CLI."""
+
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
 from safetensors.torch import load_file, save_file
 
 import gpt2kit
 
-from conftest import run_cli
-
 TEXT = ("The quick brown fox jumps over the lazy dog. " * 30 + "\n") * 4
-SCRATCH = ["--from-scratch", "--n-layer", "2", "--n-embd", "32", "--n-head", "2", "--n-ctx", "32", "--batch-size", "2",
-           "--no-progress", "--device", "cpu"]
+SCRATCH = [
+    "--from-scratch",
+    "--n-layer",
+    "2",
+    "--n-embd",
+    "32",
+    "--n-head",
+    "2",
+    "--n-ctx",
+    "32",
+    "--batch-size",
+    "2",
+    "--no-progress",
+    "--device",
+    "cpu",
+]
 
 
 def one_line_exit_2(r, message: str) -> None:
@@ -36,8 +50,24 @@ def corpus(tmp_path_factory) -> Path:
 def adapter(hf_tiny, corpus, tmp_path_factory) -> Path:
     """A LoRA step folder from gpt2kit's own writer (`finetune --lora-rank`), on the tiny transformers model."""
     ck = tmp_path_factory.mktemp("mistakes-lora")
-    r = run_cli("finetune", "--dataset", corpus, "--model", hf_tiny, "--lora-rank", "4", "--steps", "1",
-                "--context-length", "32", "--no-progress", "--device", "cpu", "--checkpoint-dir", ck)
+    r = run_cli(
+        "finetune",
+        "--dataset",
+        corpus,
+        "--model",
+        hf_tiny,
+        "--lora-rank",
+        "4",
+        "--steps",
+        "1",
+        "--context-length",
+        "32",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--checkpoint-dir",
+        ck,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     step = ck / "run1" / "step-000001"
     assert (step / "adapter_config.json").is_file()
@@ -46,9 +76,16 @@ def adapter(hf_tiny, corpus, tmp_path_factory) -> Path:
 
 # --- bad output paths: convert, merge, export --------------------------------------------------------------
 
+
 @pytest.mark.parametrize("command", ["convert", "merge", "export"])
-@pytest.mark.parametrize("out, message", [("afile.txt", "afile.txt"), ("afile.txt/sub", "is a file, not a folder"),
-                                          ("/proc/gpt2kit-out", "cannot write /proc/gpt2kit-out")])
+@pytest.mark.parametrize(
+    "out, message",
+    [
+        ("afile.txt", "afile.txt"),
+        ("afile.txt/sub", "is a file, not a folder"),
+        ("/proc/gpt2kit-out", "cannot write /proc/gpt2kit-out"),
+    ],
+)
 def test_a_bad_output_path_is_one_line_before_the_model_loads(hf_tiny, tmp_path, command, out, message):
     """Once NotADirectoryError, FileNotFoundError or FileExistsError tracebacks, some after the model loaded."""
     (tmp_path / "afile.txt").write_text("mine")
@@ -65,7 +102,9 @@ def test_a_bad_output_path_is_one_line_before_the_model_loads(hf_tiny, tmp_path,
     r = run_cli(*args, cwd=tmp_path)
     one_line_exit_2(r, message)
     assert (tmp_path / "afile.txt").read_text() == "mine"
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["afile.txt"] + (["afile.txt.gguf"] if command == "export" else []))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["afile.txt"] + (["afile.txt.gguf"] if command == "export" else [])
+    )
 
 
 @pytest.mark.parametrize("name", ["ex.gguf", "ex.onnx"])
@@ -90,20 +129,24 @@ def test_convert_and_merge_write_into_new_nested_folders(hf_tiny, adapter, tmp_p
 
 # --- adapter_config.json ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("field, value, message", [
-    ("lora_alpha", "x", 'lora_alpha is "x"'),
-    ("lora_alpha", float("inf"), "lora_alpha is Infinity"),
-    ("lora_alpha", float("nan"), "lora_alpha is NaN"),
-    ("lora_alpha", True, "lora_alpha is true"),
-    ("r", 0, "r is 0"),
-    ("lora_dropout", "0.1", "lora_dropout"),
-    ("use_rslora", "yes", "use_rslora"),
-    ("alpha_pattern", {"h.0.attn.c_attn": float("inf")}, "alpha_pattern"),
-    ("alpha_pattern", {"(": 2}, "not a valid pattern"),
-    ("rank_pattern", {"h.0.attn.c_attn": -1}, "rank_pattern"),
-])
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("lora_alpha", "x", 'lora_alpha is "x"'),
+        ("lora_alpha", float("inf"), "lora_alpha is Infinity"),
+        ("lora_alpha", float("nan"), "lora_alpha is NaN"),
+        ("lora_alpha", True, "lora_alpha is true"),
+        ("r", 0, "r is 0"),
+        ("lora_dropout", "0.1", "lora_dropout"),
+        ("use_rslora", "yes", "use_rslora"),
+        ("alpha_pattern", {"h.0.attn.c_attn": float("inf")}, "alpha_pattern"),
+        ("alpha_pattern", {"(": 2}, "not a valid pattern"),
+        ("rank_pattern", {"h.0.attn.c_attn": -1}, "rank_pattern"),
+    ],
+)
 def test_a_bad_adapter_config_field_is_one_line_naming_the_file(hf_tiny, adapter, tmp_path, field, value, message):
-    """"lora_alpha": "x" was a TypeError traceback; Infinity merged into 2.6M non-finite weights, exit 0."""
+    """ "lora_alpha": "x" was a TypeError traceback; Infinity merged into 2.6M non-finite weights, exit 0."""
     edited = tmp_path / "adapter"
     shutil.copytree(adapter, edited)
     cfg = json.loads((edited / "adapter_config.json").read_text())
@@ -139,23 +182,41 @@ def test_the_unedited_adapter_merges_into_finite_weights(hf_tiny, adapter, tmp_p
 
 # --- fine-tuning options ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("extra, message", [
-    (["--lora-rank", "4", "--lora-alpha", "inf"], "lora-alpha must be a finite number"),
-    (["--lora-rank", "4", "--lora-alpha", "nan"], "lora-alpha must be a finite number"),
-    (["--lora-alpha", "inf"], "lora-alpha must be a finite number"),
-    (["--steps", "1", "--epochs", "1"], "not both"),
-    (["--run-name", "../../escape"], "run-name must be one plain folder name"),
-    (["--run-name", ""], "run-name must be one plain folder name"),
-    (["--run-name", ".."], "run-name must be one plain folder name"),
-    (["--run-name", "a/b"], "run-name must be one plain folder name"),
-])
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--lora-rank", "4", "--lora-alpha", "inf"], "lora-alpha must be a finite number"),
+        (["--lora-rank", "4", "--lora-alpha", "nan"], "lora-alpha must be a finite number"),
+        (["--lora-alpha", "inf"], "lora-alpha must be a finite number"),
+        (["--steps", "1", "--epochs", "1"], "not both"),
+        (["--run-name", "../../escape"], "run-name must be one plain folder name"),
+        (["--run-name", ""], "run-name must be one plain folder name"),
+        (["--run-name", ".."], "run-name must be one plain folder name"),
+        (["--run-name", "a/b"], "run-name must be one plain folder name"),
+    ],
+)
 def test_finetune_option_mistakes_are_refused_before_work(hf_tiny, corpus, tmp_path, extra, message):
     """--lora-alpha inf trained to a NaN loss and saved it, exit 0; --run-name ../../escape wrote outside
     --checkpoint-dir, '' made checkpoint/ itself the run; --steps with --epochs took --steps silently."""
     work = tmp_path / "a" / "b"
     work.mkdir(parents=True)
-    r = run_cli("finetune", "--dataset", corpus, "--model", hf_tiny, "--steps", "1", "--context-length", "32",
-                "--no-progress", "--device", "cpu", *extra, cwd=work)
+    r = run_cli(
+        "finetune",
+        "--dataset",
+        corpus,
+        "--model",
+        hf_tiny,
+        "--steps",
+        "1",
+        "--context-length",
+        "32",
+        "--no-progress",
+        "--device",
+        "cpu",
+        *extra,
+        cwd=work,
+    )
     one_line_exit_2(r, message)
     assert [p.name for p in tmp_path.iterdir()] == ["a"] and [p.name for p in work.iterdir()] == []
 

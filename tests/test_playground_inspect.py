@@ -1,5 +1,6 @@
 """The playground's Inspect mode in a real headless Chromium (Debian's chromium, driven by Playwright), at
 desktop and phone sizes. GPT2KIT_DOC_SCREENSHOTS=1 also writes docs/inspect-desktop.png and docs/inspect-phone.png."""
+
 import json
 import os
 import shutil
@@ -7,22 +8,36 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from live_server import start_server
 
 from gpt2kit.paths import BUNDLED_DIR
-from live_server import start_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 sync_api = pytest.importorskip("playwright.sync_api")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-TEXT = ("ROMEO.\nBut soft, what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n"
-        "Quantum giraffes invoice the spatula department on Tuesdays.")
+TEXT = (
+    "ROMEO.\nBut soft, what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n"
+    "Quantum giraffes invoice the spatula department on Tuesdays."
+)
 
 
 def inspected(url, text):
-    request = urllib.request.Request(url + "/v1/inspect", method="POST", headers={"Content-Type": "application/json"},
-                                     data=json.dumps({"text": text}).encode())
+    request = urllib.request.Request(
+        url + "/v1/inspect",
+        method="POST",
+        headers={"Content-Type": "application/json"},
+        data=json.dumps({"text": text}).encode(),
+    )
     with urllib.request.urlopen(request, timeout=120) as r:
         return json.load(r)
 
@@ -37,10 +52,12 @@ def page_url():
     proc.wait(timeout=30)
 
 
-@pytest.mark.parametrize("name,viewport", [("desktop", {"width": 1280, "height": 800}),
-                                           ("phone", {"width": 390, "height": 844})])
+@pytest.mark.parametrize(
+    "name,viewport", [("desktop", {"width": 1280, "height": 800}), ("phone", {"width": 390, "height": 844})]
+)
 def test_inspect_colours_each_token_and_shows_its_alternatives(page_url, name, viewport, tmp_path):
     from gpt2kit.tokenizer import gpt2_tokenizer
+
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport=viewport, has_touch=name == "phone", is_mobile=name == "phone")

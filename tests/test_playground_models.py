@@ -1,14 +1,15 @@
 """The playground's model picker in a real headless Chromium, against a server with two models: the text
 comes from the model chosen (checked against the library's own generation from it), in both modes."""
+
 import json
 import shutil
 
 import pytest
-
-import gpt2kit
 from live_server import start_server
 from test_multimodel import tiny_model
 from test_playground import ARGS, CHROMIUM
+
+import gpt2kit
 
 sync_api = pytest.importorskip("playwright.sync_api")
 
@@ -19,8 +20,13 @@ def served(hf_tiny, tmp_path_factory):
         pytest.fail("chromium is not installed: apt-get install chromium (see README)")
     other = tiny_model(tmp_path_factory.mktemp("other") / "other", seed=1, n_positions=128, n_layer=1)
     proc, url = start_server([hf_tiny, other])
-    yield url, {"tiny": gpt2kit.load(hf_tiny, device="cpu", dtype="float32"),
-                "other": gpt2kit.load(other, device="cpu", dtype="float32")}
+    yield (
+        url,
+        {
+            "tiny": gpt2kit.load(hf_tiny, device="cpu", dtype="float32"),
+            "other": gpt2kit.load(other, device="cpu", dtype="float32"),
+        },
+    )
     proc.terminate()
     proc.wait(timeout=30)
 
@@ -49,7 +55,9 @@ def test_the_picker_switches_model_in_both_modes_and_survives_reload(served, tmp
             page.click("#generate")
             sync_api.expect(page.locator("#output .token")).to_have_count(10, timeout=30000)
             sync_api.expect(page.locator("#generate")).to_be_enabled()
-            expected = lms[name].generate("ROMEO.", length=10, temperature=0, include_prefix=False, stop_at_eot=False)[0]
+            expected = lms[name].generate("ROMEO.", length=10, temperature=0, include_prefix=False, stop_at_eot=False)[
+                0
+            ]
             assert generated(page) == expected, name
             assert bodies[-1][1]["model"] == name
         page.get_by_role("button", name="Next-token probabilities").click()

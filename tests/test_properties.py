@@ -1,4 +1,5 @@
 """Property-based tests (Hypothesis): what must hold for any input, not just the ones someone thought of."""
+
 import functools
 
 import numpy as np
@@ -38,6 +39,7 @@ def _hf_tokenizer():
     from transformers import GPT2TokenizerFast
 
     from gpt2kit.paths import ASSETS_DIR
+
     d = Path(tempfile.mkdtemp())  # the fast tokenizer loads from a folder of Hugging Face names
     shutil.copy(ASSETS_DIR / "encoder.json", d / "vocab.json")
     shutil.copy(ASSETS_DIR / "vocab.bpe", d / "merges.txt")
@@ -58,10 +60,16 @@ def test_any_token_sequence_survives_the_dataset_format(tmp_path_factory, tokens
     assert read_tokens(path).tolist() == tokens
 
 
-logits_rows = st.integers(1, 3).flatmap(lambda b: st.integers(2, 40).flatmap(lambda v: st.lists(
-    st.lists(st.floats(-30, 30, allow_nan=False), min_size=v, max_size=v), min_size=b, max_size=b)))
-sampling_settings = st.builds(SamplingSettings, temperature=st.floats(0.05, 3), top_k=st.integers(0, 50),
-                              top_p=st.floats(0.01, 1.0))
+logits_rows = st.integers(1, 3).flatmap(
+    lambda b: st.integers(2, 40).flatmap(
+        lambda v: st.lists(
+            st.lists(st.floats(-30, 30, allow_nan=False), min_size=v, max_size=v), min_size=b, max_size=b
+        )
+    )
+)
+sampling_settings = st.builds(
+    SamplingSettings, temperature=st.floats(0.05, 3), top_k=st.integers(0, 50), top_p=st.floats(0.01, 1.0)
+)
 
 
 @quick

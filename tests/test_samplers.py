@@ -1,13 +1,13 @@
 """The samplers of issue 29 (gpt2kit.samplers) against their references: transformers' warpers on the same
 logits, llama.cpp's samplers through llama-cpp-python's C API on the same logits and tokens, and contrastive
 search against a plain reference written from Su et al.'s formula over transformers' GPT2LMHeadModel."""
+
 import ctypes
 import dataclasses
+import importlib.util
 import math
 import subprocess
 import sys
-
-import importlib.util
 
 import numpy as np
 import pytest
@@ -17,8 +17,19 @@ from hypothesis import strategies as st
 
 from gpt2kit.errors import UserError
 from gpt2kit.options import GenerateOptions, SamplingSettings
-from gpt2kit.samplers import (HELP, STAGES, Dry, EpsilonCutoff, EtaCutoff, MinP, MirostatV2, TopNSigma, TypicalP, Xtc,
-                              contrastive_pick)
+from gpt2kit.samplers import (
+    HELP,
+    STAGES,
+    Dry,
+    EpsilonCutoff,
+    EtaCutoff,
+    MinP,
+    MirostatV2,
+    TopNSigma,
+    TypicalP,
+    Xtc,
+    contrastive_pick,
+)
 from gpt2kit.samplers.dry import Breakers, repeat_lengths
 from gpt2kit.sequence import Sequence
 from gpt2kit.tokenizer import gpt2_tokenizer
@@ -37,12 +48,20 @@ def kept(logits: torch.Tensor) -> torch.Tensor:
 
 # --- the settings ------------------------------------------------------------------------------------------
 
+
 def test_every_sampler_is_off_by_default_and_each_turns_on():
     off = SamplingSettings(temperature=0.8)
     assert not [stage.name for stage in STAGES if stage.wants(off)]
-    on = {"dry": dict(dry_multiplier=0.8), "top_n_sigma": dict(top_n_sigma=1.0), "min_p": dict(min_p=0.05),
-          "typical_p": dict(typical_p=0.9), "epsilon_cutoff": dict(epsilon_cutoff=3e-4),
-          "eta_cutoff": dict(eta_cutoff=3e-4), "xtc": dict(xtc_probability=0.5), "mirostat": dict(mirostat=2)}
+    on = {
+        "dry": dict(dry_multiplier=0.8),
+        "top_n_sigma": dict(top_n_sigma=1.0),
+        "min_p": dict(min_p=0.05),
+        "typical_p": dict(typical_p=0.9),
+        "epsilon_cutoff": dict(epsilon_cutoff=3e-4),
+        "eta_cutoff": dict(eta_cutoff=3e-4),
+        "xtc": dict(xtc_probability=0.5),
+        "mirostat": dict(mirostat=2),
+    }
     assert [stage.name for stage in STAGES] == list(on)  # order.py's order
     for stage in STAGES:
         s = dataclasses.replace(off, **on[stage.name])
@@ -53,23 +72,51 @@ def test_every_sampler_is_off_by_default_and_each_turns_on():
 
 
 def test_mirostat_turns_the_truncations_off_but_not_dry():
-    s = SamplingSettings(temperature=1.0, mirostat=2, min_p=0.1, typical_p=0.5, epsilon_cutoff=0.01, eta_cutoff=0.01,
-                         top_n_sigma=1.0, xtc_probability=1.0, dry_multiplier=1.0)
+    s = SamplingSettings(
+        temperature=1.0,
+        mirostat=2,
+        min_p=0.1,
+        typical_p=0.5,
+        epsilon_cutoff=0.01,
+        eta_cutoff=0.01,
+        top_n_sigma=1.0,
+        xtc_probability=1.0,
+        dry_multiplier=1.0,
+    )
     assert [stage.name for stage in STAGES if stage.wants(s)] == ["dry", "mirostat"]
 
 
-@pytest.mark.parametrize("field, value, extra", [
-    ("min_p", 1.5, {}), ("min_p", -0.1, {}), ("min_p", math.nan, {}), ("typical_p", 1.01, {}),
-    ("epsilon_cutoff", 1.0, {}), ("eta_cutoff", -1e-3, {}), ("top_n_sigma", math.inf, {}),
-    ("top_n_sigma", math.nan, {}),
-    ("mirostat", 1, {}), ("mirostat", 3, {}), ("mirostat_tau", -1.0, {}), ("mirostat_tau", math.nan, {}),
-    ("mirostat_eta", 1.5, {}), ("dry_multiplier", -0.5, {}), ("dry_multiplier", math.inf, {}), ("dry_base", 0.9, {}),
-    ("dry_allowed_length", -1, {}), ("dry_penalty_last_n", -2, {}), ("dry_sequence_breakers", ("",), {}),
-    ("dry_sequence_breakers", ("x" * 41,), {}), ("dry_sequence_breakers", "\n", {}),
-    ("dry_sequence_breakers", (1,), {}),
-    ("xtc_threshold", 1.5, {}), ("xtc_probability", -0.1, {}), ("penalty_alpha", 1.5, {"top_k": 4}),
-    ("penalty_alpha", 0.6, {"top_k": 1}),
-])
+@pytest.mark.parametrize(
+    "field, value, extra",
+    [
+        ("min_p", 1.5, {}),
+        ("min_p", -0.1, {}),
+        ("min_p", math.nan, {}),
+        ("typical_p", 1.01, {}),
+        ("epsilon_cutoff", 1.0, {}),
+        ("eta_cutoff", -1e-3, {}),
+        ("top_n_sigma", math.inf, {}),
+        ("top_n_sigma", math.nan, {}),
+        ("mirostat", 1, {}),
+        ("mirostat", 3, {}),
+        ("mirostat_tau", -1.0, {}),
+        ("mirostat_tau", math.nan, {}),
+        ("mirostat_eta", 1.5, {}),
+        ("dry_multiplier", -0.5, {}),
+        ("dry_multiplier", math.inf, {}),
+        ("dry_base", 0.9, {}),
+        ("dry_allowed_length", -1, {}),
+        ("dry_penalty_last_n", -2, {}),
+        ("dry_sequence_breakers", ("",), {}),
+        ("dry_sequence_breakers", ("x" * 41,), {}),
+        ("dry_sequence_breakers", "\n", {}),
+        ("dry_sequence_breakers", (1,), {}),
+        ("xtc_threshold", 1.5, {}),
+        ("xtc_probability", -0.1, {}),
+        ("penalty_alpha", 1.5, {"top_k": 4}),
+        ("penalty_alpha", 0.6, {"top_k": 1}),
+    ],
+)
 def test_a_value_out_of_range_is_one_line_naming_the_field(field, value, extra):
     with pytest.raises(UserError) as e:
         SamplingSettings(**{field: value}, **extra)
@@ -80,10 +127,25 @@ def test_a_value_out_of_range_is_one_line_naming_the_field(field, value, extra):
 
 
 def test_the_edges_of_each_range_are_accepted():
-    SamplingSettings(min_p=1.0, typical_p=0.0, epsilon_cutoff=0.999, eta_cutoff=0.0, top_n_sigma=-1.0,
-                     mirostat=2, mirostat_tau=0.0, mirostat_eta=1.0, dry_multiplier=0.0, dry_base=1.0,
-                     dry_allowed_length=0, dry_penalty_last_n=-1, dry_sequence_breakers=(), xtc_threshold=1.0,
-                     xtc_probability=1.0, penalty_alpha=1.0, top_k=2)
+    SamplingSettings(
+        min_p=1.0,
+        typical_p=0.0,
+        epsilon_cutoff=0.999,
+        eta_cutoff=0.0,
+        top_n_sigma=-1.0,
+        mirostat=2,
+        mirostat_tau=0.0,
+        mirostat_eta=1.0,
+        dry_multiplier=0.0,
+        dry_base=1.0,
+        dry_allowed_length=0,
+        dry_penalty_last_n=-1,
+        dry_sequence_breakers=(),
+        xtc_threshold=1.0,
+        xtc_probability=1.0,
+        penalty_alpha=1.0,
+        top_k=2,
+    )
 
 
 def test_generate_options_carry_every_sampler_with_its_default():
@@ -106,11 +168,16 @@ def test_each_sampler_setting_has_one_line_of_help_and_reading_it_loads_no_torch
 
 # --- min-p, typical, epsilon, eta: the tokens transformers' warpers keep -----------------------------------
 
+
 def warper(name: str, value: float):
     from transformers.generation import logits_process as lp
-    return {"min_p": lambda: lp.MinPLogitsWarper(value), "typical_p": lambda: lp.TypicalLogitsWarper(mass=value),
-            "epsilon_cutoff": lambda: lp.EpsilonLogitsWarper(value),
-            "eta_cutoff": lambda: lp.EtaLogitsWarper(value)}[name]()
+
+    return {
+        "min_p": lambda: lp.MinPLogitsWarper(value),
+        "typical_p": lambda: lp.TypicalLogitsWarper(mass=value),
+        "epsilon_cutoff": lambda: lp.EpsilonLogitsWarper(value),
+        "eta_cutoff": lambda: lp.EtaLogitsWarper(value),
+    }[name]()
 
 
 OURS = {"min_p": MinP(), "typical_p": TypicalP(), "epsilon_cutoff": EpsilonCutoff(), "eta_cutoff": EtaCutoff()}
@@ -130,9 +197,17 @@ def agree_with_transformers(name: str, value: float, logits: torch.Tensor) -> No
 
 # Rows with ties: a few values drawn again and again, random ones, and tokens an earlier stage filtered.
 TIES = st.sampled_from([0.0, 1.0, -1.0, 2.5, 7.0, float("-inf")])
-logit_rows = st.integers(1, 3).flatmap(lambda b: st.integers(2, 48).flatmap(lambda v: st.lists(
-    st.lists(st.one_of(TIES, st.floats(-20, 20, width=32)), min_size=v, max_size=v).filter(
-        lambda r: any(math.isfinite(x) for x in r)), min_size=b, max_size=b)))
+logit_rows = st.integers(1, 3).flatmap(
+    lambda b: st.integers(2, 48).flatmap(
+        lambda v: st.lists(
+            st.lists(st.one_of(TIES, st.floats(-20, 20, width=32)), min_size=v, max_size=v).filter(
+                lambda r: any(math.isfinite(x) for x in r)
+            ),
+            min_size=b,
+            max_size=b,
+        )
+    )
+)
 
 
 @pytest.mark.parametrize("name", list(OURS))
@@ -146,6 +221,7 @@ def test_the_same_tokens_as_transformers_on_random_logits_with_ties(name, rows, 
 @pytest.fixture(scope="module")
 def reference(hf_tiny):
     from transformers import GPT2LMHeadModel
+
     return GPT2LMHeadModel.from_pretrained(hf_tiny, torch_dtype=torch.float32).eval()
 
 
@@ -160,15 +236,21 @@ def real_logits(reference):
 @pytest.mark.parametrize("name", list(OURS))
 @pytest.mark.parametrize("scale", [1.0, 30.0, 300.0])  # the random model's near-uniform rows, and peaked ones
 def test_the_same_tokens_as_transformers_on_a_models_logits(name, scale, real_logits):
-    for value in {"min_p": (0.01, 0.1, 0.5, 0.9), "typical_p": (0.2, 0.5, 0.9, 0.99),
-                  "epsilon_cutoff": (1e-5, 3e-4, 0.01), "eta_cutoff": (1e-5, 3e-4, 0.01)}[name]:
+    for value in {
+        "min_p": (0.01, 0.1, 0.5, 0.9),
+        "typical_p": (0.2, 0.5, 0.9, 0.99),
+        "epsilon_cutoff": (1e-5, 3e-4, 0.01),
+        "eta_cutoff": (1e-5, 3e-4, 0.01),
+    }[name]:
         agree_with_transformers(name, value, real_logits * scale)
 
 
 # --- llama.cpp's samplers through llama-cpp-python's C API --------------------------------------------------
 
+
 def lib():
     import llama_cpp
+
     return llama_cpp
 
 
@@ -178,8 +260,9 @@ class Candidates:
     def __init__(self, logits):
         self.buf = np.zeros(len(logits), dtype=[("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])  # llama_token_data
         self.buf["id"], self.buf["logit"] = np.arange(len(logits)), logits
-        self.array = lib().llama_token_data_array(data=self.buf.ctypes.data_as(lib().llama_token_data_p),
-                                                  size=len(logits), selected=-1, sorted=False)
+        self.array = lib().llama_token_data_array(
+            data=self.buf.ctypes.data_as(lib().llama_token_data_p), size=len(logits), selected=-1, sorted=False
+        )
 
     def apply(self, sampler) -> "Candidates":
         lib().llama_sampler_apply(sampler, ctypes.byref(self.array))
@@ -188,7 +271,7 @@ class Candidates:
     def _left(self) -> np.ndarray:
         """The entries still in the array (a sampler may sort them, move its start and shorten it)."""
         start = (ctypes.addressof(self.array.data.contents) - self.buf.ctypes.data) // self.buf.itemsize
-        return self.buf[start:start + self.array.size]
+        return self.buf[start : start + self.array.size]
 
     def logits(self, n_vocab: int) -> np.ndarray:
         """What is left, by id (-inf for a token filtered out or dropped from the array)."""
@@ -201,8 +284,10 @@ class Candidates:
         return int(self._left()["id"][self.array.selected])
 
 
-needs_llama = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
-                                 reason="llama-cpp-python is not installed (pip install 'gpt2kit[export-test]')")
+needs_llama = pytest.mark.skipif(
+    importlib.util.find_spec("llama_cpp") is None,
+    reason="llama-cpp-python is not installed (pip install 'gpt2kit[export-test]')",
+)
 
 
 @needs_llama
@@ -247,7 +332,7 @@ def test_xtc_fires_with_its_probability_from_each_rows_own_generator():
     fired = ~kept(out[:, 0])
     assert 0.22 < fired.float().mean() < 0.38
     again = [row(seed=i) for i in range(400)]
-    alone = torch.cat([Xtc().apply(logits[i:i + 1], s, [again[i]]) for i in range(400)])
+    alone = torch.cat([Xtc().apply(logits[i : i + 1], s, [again[i]]) for i in range(400)])
     assert torch.equal(kept(out), kept(alone))  # each row's own chance, whatever shares its batch
     assert (kept(out[fired]) == torch.tensor([False, False, True, True, True])).all()  # 2.8 the last top choice
 
@@ -286,6 +371,7 @@ def test_mirostat_mu_follows_the_drawn_tokens_surprise():
 
 # --- DRY --------------------------------------------------------------------------------------------------
 
+
 def test_dry_on_llama_cpps_own_example():
     # llama_sampler_dry_apply's comment: a b c c b c y a b c. The latest "a b c" also ends at the first c
     # (3 tokens), so the c after it would make 4; "b c" ends at the second-last c, so y would make 3.
@@ -296,17 +382,21 @@ def test_dry_on_llama_cpps_own_example():
     assert repeat_lengths(window, 2).tolist() == [0, 0, 2, 1, 0, 2, 0, 0, 0]  # a breaker's limit caps them
 
 
-@pytest.mark.parametrize("probs, tokens, expected, multiplier, base, allowed, last_n, breakers", [
-    # llama.cpp's tests/test-sampling.cpp test_dry cases: probabilities before and after
-    ([0.25] * 4, [0, 1], [0.25] * 4, 1.0, 1.1, 2, 4, []),
-    ([0.25] * 4, [0, 1, 2, 0, 1], [0.296923, 0.296923, 0.109232, 0.296923], 1.0, 1.1, 2, 5, []),
-    ([0.2] * 5, [0, 1, 3, 4, 0, 1], [0.2] * 5, 1.0, 1.1, 2, 6, [[3]]),
-    ([0.2] * 5, [0, 1, 2, 0, 1], [0.241818, 0.241818, 0.032727, 0.241818, 0.241818], 2.0, 1.1, 2, 5, []),
-    ([0.2] * 5, [0, 1, 2, 3, 4, 0, 1], [0.2] * 5, 1.0, 1.1, 4, 7, []),
-])
+@pytest.mark.parametrize(
+    "probs, tokens, expected, multiplier, base, allowed, last_n, breakers",
+    [
+        # llama.cpp's tests/test-sampling.cpp test_dry cases: probabilities before and after
+        ([0.25] * 4, [0, 1], [0.25] * 4, 1.0, 1.1, 2, 4, []),
+        ([0.25] * 4, [0, 1, 2, 0, 1], [0.296923, 0.296923, 0.109232, 0.296923], 1.0, 1.1, 2, 5, []),
+        ([0.2] * 5, [0, 1, 3, 4, 0, 1], [0.2] * 5, 1.0, 1.1, 2, 6, [[3]]),
+        ([0.2] * 5, [0, 1, 2, 0, 1], [0.241818, 0.241818, 0.032727, 0.241818, 0.241818], 2.0, 1.1, 2, 5, []),
+        ([0.2] * 5, [0, 1, 2, 3, 4, 0, 1], [0.2] * 5, 1.0, 1.1, 4, 7, []),
+    ],
+)
 def test_dry_gives_llama_cpps_test_probabilities(probs, tokens, expected, multiplier, base, allowed, last_n, breakers):
-    s = SamplingSettings(dry_multiplier=multiplier, dry_base=base, dry_allowed_length=allowed,
-                         dry_penalty_last_n=last_n)
+    s = SamplingSettings(
+        dry_multiplier=multiplier, dry_base=base, dry_allowed_length=allowed, dry_penalty_last_n=last_n
+    )
     heads = {b[0]: {tuple(b[1:])} for b in breakers}
     logits = torch.tensor(probs).log()
     for token, penalty in Dry().row_penalties(tokens, s, Breakers(heads, len(probs))).items():
@@ -316,8 +406,15 @@ def test_dry_gives_llama_cpps_test_probabilities(probs, tokens, expected, multip
 
 def llama_dry(vocab, s: SamplingSettings):
     texts = [b.encode("utf-8") for b in s.dry_sequence_breakers]
-    return lib().llama_sampler_init_dry(vocab, s.dry_multiplier, s.dry_base, s.dry_allowed_length,
-                                        s.dry_penalty_last_n, (ctypes.c_char_p * len(texts))(*texts), len(texts))
+    return lib().llama_sampler_init_dry(
+        vocab,
+        s.dry_multiplier,
+        s.dry_base,
+        s.dry_allowed_length,
+        s.dry_penalty_last_n,
+        (ctypes.c_char_p * len(texts))(*texts),
+        len(texts),
+    )
 
 
 def agree_with_llama_dry(vocab, s: SamplingSettings, tokens: list[int], logits: np.ndarray, stage: Dry) -> None:
@@ -340,12 +437,16 @@ def test_dry_penalises_as_llama_cpp_does_on_repetitive_token_streams():
         alphabet = int(g.integers(2, 8))
         phrase = g.integers(0, alphabet, size=int(g.integers(1, 6)))
         # phrases again and again, with noise: repeats of every length
-        tokens = np.concatenate([phrase if g.random() < 0.7 else g.integers(0, alphabet, size=3)
-                                 for _ in range(int(g.integers(1, 15)))]).tolist()
-        s = SamplingSettings(dry_multiplier=float(g.choice([0.5, 0.8, 2.0])),
-                             dry_base=float(g.choice([1.0, 1.75, 3.0])),
-                             dry_allowed_length=int(g.integers(0, 4)), dry_penalty_last_n=int(g.integers(1, 80)),
-                             dry_sequence_breakers=())
+        tokens = np.concatenate(
+            [phrase if g.random() < 0.7 else g.integers(0, alphabet, size=3) for _ in range(int(g.integers(1, 15)))]
+        ).tolist()
+        s = SamplingSettings(
+            dry_multiplier=float(g.choice([0.5, 0.8, 2.0])),
+            dry_base=float(g.choice([1.0, 1.75, 3.0])),
+            dry_allowed_length=int(g.integers(0, 4)),
+            dry_penalty_last_n=int(g.integers(1, 80)),
+            dry_sequence_breakers=(),
+        )
         logits = (g.normal(size=16) * 2).astype(np.float32)
         agree_with_llama_dry(None, s, tokens, logits, stage)  # no breakers: llama.cpp needs no vocabulary
 
@@ -356,6 +457,7 @@ def llama_vocab(hf_tiny, tmp_path_factory):
     from llama_cpp import Llama
 
     from gpt2kit.export import export
+
     path = export(hf_tiny, tmp_path_factory.mktemp("gguf") / "tiny.gguf", type="f32")
     llm = Llama(model_path=str(path), vocab_only=True, verbose=False)
     yield llm._model.vocab
@@ -365,8 +467,23 @@ def llama_vocab(hf_tiny, tmp_path_factory):
 @needs_llama
 def test_dry_sequence_breakers_match_llama_cpps_in_gpt2s_tokens(llama_vocab):
     tok = gpt2_tokenizer()
-    pieces = ["Once upon a time", " there was a cat", ":", " \"quoted\"", "\n", "\n\n", " *bold*", " the end",
-              " the", " end", " naïve café", "é", " and so on", ", and", " again"]
+    pieces = [
+        "Once upon a time",
+        " there was a cat",
+        ":",
+        ' "quoted"',
+        "\n",
+        "\n\n",
+        " *bold*",
+        " the end",
+        " the",
+        " end",
+        " naïve café",
+        "é",
+        " and so on",
+        ", and",
+        " again",
+    ]
     # llama.cpp's defaults; breakers of several tokens, one cut inside a character; one a prefix of another
     breakers = [("\n", ":", '"', "*"), ("\n\n", " the end", "é", "so on"), (" the", " the end", ":"), ()]
     g = np.random.default_rng(4)
@@ -374,8 +491,13 @@ def test_dry_sequence_breakers_match_llama_cpps_in_gpt2s_tokens(llama_vocab):
     for trial in range(40):
         text = "".join(g.choice(pieces, size=int(g.integers(3, 40))))
         tokens = tok.encode(text)
-        s = SamplingSettings(dry_multiplier=0.8, dry_base=1.75, dry_allowed_length=int(g.integers(1, 4)),
-                             dry_penalty_last_n=int(g.integers(8, 200)), dry_sequence_breakers=breakers[trial % 4])
+        s = SamplingSettings(
+            dry_multiplier=0.8,
+            dry_base=1.75,
+            dry_allowed_length=int(g.integers(1, 4)),
+            dry_penalty_last_n=int(g.integers(8, 200)),
+            dry_sequence_breakers=breakers[trial % 4],
+        )
         logits = g.normal(size=tok.n_vocab).astype(np.float32)
         agree_with_llama_dry(llama_vocab, s, tokens, logits, stages[s.dry_sequence_breakers])
 
@@ -389,8 +511,9 @@ def test_dry_repeats_never_run_across_a_breaker():
     def penalties(tokens, **kw):
         s = SamplingSettings(dry_multiplier=1.0, dry_base=1.75, dry_allowed_length=2, **kw)
         return stage.row_penalties(tokens, s, stage.breakers(s.dry_sequence_breakers))
+
     # " red green\n blue yellow" again: " purple" would make the repeat 6 tokens long, 1.75 ** (5 - 2)
-    assert penalties(text, dry_sequence_breakers=()) == {purple: 1.75 ** 3}
+    assert penalties(text, dry_sequence_breakers=()) == {purple: 1.75**3}
     # but only " blue yellow" counts after the new line: 2 tokens, the allowed length, 1.75 ** 0
     assert penalties(text) == {purple: 1.0}
     assert penalties(text + tok.encode(":")) == {}  # right after a breaker nothing repeats yet
@@ -405,8 +528,17 @@ def test_dry_repeats_never_run_across_a_breaker():
 
 # --- every stage: a row's result depends on that row alone --------------------------------------------------
 
-ALL_ON = SamplingSettings(temperature=0.9, min_p=0.02, typical_p=0.95, epsilon_cutoff=1e-4, eta_cutoff=1e-4,
-                          top_n_sigma=3.0, dry_multiplier=0.8, xtc_probability=0.5, xtc_threshold=0.05)
+ALL_ON = SamplingSettings(
+    temperature=0.9,
+    min_p=0.02,
+    typical_p=0.95,
+    epsilon_cutoff=1e-4,
+    eta_cutoff=1e-4,
+    top_n_sigma=3.0,
+    dry_multiplier=0.8,
+    xtc_probability=0.5,
+    xtc_threshold=0.05,
+)
 
 
 def run_stages(logits: torch.Tensor, s: SamplingSettings, seqs: list) -> torch.Tensor:
@@ -430,7 +562,7 @@ def test_a_rows_samplers_never_depend_on_its_batch(s, real_logits):
     for step in range(8):
         logits = (real_logits[step] * 40).expand(4, -1).clone()  # (4, V), the same for every row
         batch = run_stages(logits, s, together)
-        single = torch.cat([run_stages(logits[i:i + 1], s, [alone[i]]) for i in range(4)])
+        single = torch.cat([run_stages(logits[i : i + 1], s, [alone[i]]) for i in range(4)])
         assert torch.equal(batch, single), step
         for i, (a, b) in enumerate(zip(together, alone)):
             token = int(torch.multinomial(batch[i].softmax(-1), 1, generator=torch.Generator().manual_seed(step)))
@@ -439,19 +571,22 @@ def test_a_rows_samplers_never_depend_on_its_batch(s, real_logits):
                 for stage in STAGES:
                     if stage.wants(s) and hasattr(stage, "accept"):
                         stage.accept(s, seq, token)
-    assert together[0].state == {} or all(torch.equal(torch.tensor(a.state["mirostat"]["mu"]),
-                                                      torch.tensor(b.state["mirostat"]["mu"]))
-                                          for a, b in zip(together, alone))
+    assert together[0].state == {} or all(
+        torch.equal(torch.tensor(a.state["mirostat"]["mu"]), torch.tensor(b.state["mirostat"]["mu"]))
+        for a, b in zip(together, alone)
+    )
 
 
 def test_a_rows_sums_are_taken_alone_whatever_its_batch():
     from gpt2kit.samplers.truncation import per_row
+
     x = torch.randn(4, 50257, generator=torch.Generator().manual_seed(0)) * 30
-    alone = torch.cat([per_row(x[i:i + 1], torch.sum) for i in range(4)])
+    alone = torch.cat([per_row(x[i : i + 1], torch.sum) for i in range(4)])
     assert torch.equal(per_row(x, torch.sum), alone)
 
 
 # --- contrastive search: Su et al.'s formula over transformers' hidden states ------------------------------
+
 
 def reference_contrastive(model, ids: list[int], steps: int, k: int, alpha: float) -> list[int]:
     """Contrastive search written from the paper, one candidate at a time, on transformers' GPT2LMHeadModel:
@@ -492,6 +627,7 @@ def gpt2kit_contrastive(model, ids: list[int], steps: int, k: int, alpha: float)
 @pytest.mark.parametrize("alpha, k", [(0.6, 4), (0.3, 6)])
 def test_contrastive_search_gives_the_references_tokens(hf_tiny, reference, alpha, k):
     from gpt2kit.formats import build_model, read_checkpoint
+
     ck = read_checkpoint(hf_tiny)
     model = build_model(ck.config, ck.state_dict, ck.path).eval()
     prompt = gpt2_tokenizer().encode("The cat sat on the mat. The cat")

@@ -1,8 +1,10 @@
 """The samplers of issue 29 through their front ends: `gpt2kit generate`/`interactive` flags, LM.generate,
 `gpt2kit info`, and training-time samples; a seed's text whatever shares its batch, with them in use."""
+
 import json
 
 import pytest
+from conftest import run_cli
 
 import gpt2kit
 from gpt2kit.engine import Engine
@@ -11,8 +13,6 @@ from gpt2kit.options import GenerateOptions, SamplingSettings
 from gpt2kit.samplers.help import HELP
 from gpt2kit.sequence import Request
 from gpt2kit.training.options import TrainOptions
-
-from conftest import run_cli
 
 # Each sampler at a setting strong enough to change the bundled model's text, with the settings that tune it.
 # DRY is tried greedy, where the bundled model loops; the others at temperature 1, where truncation matters.
@@ -23,8 +23,14 @@ STRONG = {
     "eta_cutoff": {"eta_cutoff": 0.05},
     "top_n_sigma": {"top_n_sigma": 0.5},
     "mirostat": {"mirostat": 2, "mirostat_tau": 2.0, "mirostat_eta": 0.3},
-    "dry": {"dry_multiplier": 2.0, "dry_base": 2.0, "dry_allowed_length": 1, "dry_penalty_last_n": 64,
-            "dry_sequence_breakers": ("\n", ";"), "temperature": 0},
+    "dry": {
+        "dry_multiplier": 2.0,
+        "dry_base": 2.0,
+        "dry_allowed_length": 1,
+        "dry_penalty_last_n": 64,
+        "dry_sequence_breakers": ("\n", ";"),
+        "temperature": 0,
+    },
     "xtc": {"xtc_threshold": 0.05, "xtc_probability": 1.0},
 }
 PROMPT, SEED, LENGTH = "KING HENRY.", 7, 16
@@ -59,12 +65,27 @@ def _flags(settings: dict) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("group", [["min_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "top_n_sigma", "xtc"],
-                                   ["mirostat", "dry"]])
+@pytest.mark.parametrize(
+    "group", [["min_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "top_n_sigma", "xtc"], ["mirostat", "dry"]]
+)
 def test_the_cli_flags_give_what_lm_generate_gives(lm, group):
     settings = {k: v for name in group for k, v in STRONG[name].items()}
-    r = run_cli("generate", PROMPT, "--length", LENGTH, "--seed", SEED, "--nsamples", 2, "--batch-size", 2,
-                "--format", "jsonl", *FAST, *_flags(settings))
+    r = run_cli(
+        "generate",
+        PROMPT,
+        "--length",
+        LENGTH,
+        "--seed",
+        SEED,
+        "--nsamples",
+        2,
+        "--batch-size",
+        2,
+        "--format",
+        "jsonl",
+        *FAST,
+        *_flags(settings),
+    )
     assert r.returncode == 0, r.stderr
     records = [json.loads(line) for line in r.stdout.splitlines()]
     assert [rec["text"] for rec in records] == lm.generate(PROMPT, length=LENGTH, seed=SEED, nsamples=2, **settings)
@@ -74,20 +95,34 @@ def test_the_cli_flags_give_what_lm_generate_gives(lm, group):
 
 
 def test_interactive_takes_the_sampler_flags(lm):
-    r = run_cli("interactive", "--length", 20, "--seed", SEED, "--min-p", 0.3, "--dry-multiplier", 1.0, *FAST,
-                input=PROMPT + "\n")
+    r = run_cli(
+        "interactive",
+        "--length",
+        20,
+        "--seed",
+        SEED,
+        "--min-p",
+        0.3,
+        "--dry-multiplier",
+        1.0,
+        *FAST,
+        input=PROMPT + "\n",
+    )
     assert r.returncode == 0, r.stderr
     expected = lm.generate(PROMPT, length=20, seed=SEED, min_p=0.3, dry_multiplier=1.0, include_prefix=False)[0]
     assert expected in r.stdout
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--min-p", "2"], "min_p must be between 0 and 1"),
-    (["--mirostat", "1"], "mirostat must be 0 (off) or 2"),
-    (["--dry-base", "0.5"], "dry_base must be 1 or more"),
-    (["--top-n-sigma", "inf"], "top_n_sigma must be a finite"),
-    (["--xtc-probability", "abc"], "invalid float value"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--min-p", "2"], "min_p must be between 0 and 1"),
+        (["--mirostat", "1"], "mirostat must be 0 (off) or 2"),
+        (["--dry-base", "0.5"], "dry_base must be 1 or more"),
+        (["--top-n-sigma", "inf"], "top_n_sigma must be a finite"),
+        (["--xtc-probability", "abc"], "invalid float value"),
+    ],
+)
 def test_a_bad_sampler_value_is_one_line_and_exit_2(args, needle):
     r = run_cli("generate", "Hi", *args)
     assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
@@ -131,10 +166,23 @@ def test_a_seed_gives_the_same_text_whatever_the_batch(lm):
         assert lm.generate(PROMPT, options, length=12, seed=SEED, nsamples=4, batch_size=4) == alone
     alone = [lm.generate(PROMPT, options, length=12, seed=SEED + i)[0] for i, options in enumerate(ROWS)]
     engine = Engine(lm.model, lm.tokenizer, max_rows=len(ROWS))
-    seqs = [s for i, options in enumerate(ROWS)
-            for s in make_sequences([PROMPT], [lm.tokenizer.encode(PROMPT)], per_prompt=1, seed=SEED + i,
-                                    settings=options.sampling(), max_new=12, stops=[], include_prefix=True,
-                                    stop_at_eot=True, logprobs=0, index_base=i)]
+    seqs = [
+        s
+        for i, options in enumerate(ROWS)
+        for s in make_sequences(
+            [PROMPT],
+            [lm.tokenizer.encode(PROMPT)],
+            per_prompt=1,
+            seed=SEED + i,
+            settings=options.sampling(),
+            max_new=12,
+            stops=[],
+            include_prefix=True,
+            stop_at_eot=True,
+            logprobs=0,
+            index_base=i,
+        )
+    ]
     request = Request(seqs)
     engine.add(request)
     while not engine.idle:
@@ -144,13 +192,25 @@ def test_a_seed_gives_the_same_text_whatever_the_batch(lm):
 
 # --- training-time samples -------------------------------------------------------------------------------
 
+
 def test_training_samples_take_every_sampler():
     names = {f"sample_{n}" for n in GenerateOptions.SAMPLERS}
-    options = TrainOptions(sample_min_p=0.2, sample_dry_multiplier=0.8, sample_dry_sequence_breakers=["\n"],
-                           sample_mirostat=2, sample_temperature=0.7)
+    options = TrainOptions(
+        sample_min_p=0.2,
+        sample_dry_multiplier=0.8,
+        sample_dry_sequence_breakers=["\n"],
+        sample_mirostat=2,
+        sample_temperature=0.7,
+    )
     assert names <= set(TrainOptions.__dataclass_fields__)
-    assert options.sampling() == SamplingSettings(min_p=0.2, dry_multiplier=0.8, dry_sequence_breakers=("\n",),
-                                                  mirostat=2, temperature=0.7, top_k=TrainOptions.sample_top_k)
+    assert options.sampling() == SamplingSettings(
+        min_p=0.2,
+        dry_multiplier=0.8,
+        dry_sequence_breakers=("\n",),
+        mirostat=2,
+        temperature=0.7,
+        top_k=TrainOptions.sample_top_k,
+    )
     r = run_cli("finetune", "--dataset", "none.tokens", "--sample-xtc-probability", "1.5")
     assert r.returncode == 2 and "in the training samples' settings: xtc_probability" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1

@@ -1,5 +1,6 @@
 """Continuous batching in `gpt2kit serve`, against a live server: joins and leaves at any step, limits
 checked before work, cancelled rows freed, SIGTERM answering every accepted request."""
+
 import concurrent.futures
 import json
 import signal
@@ -80,8 +81,9 @@ def test_text_does_not_depend_on_what_joins_or_leaves(hf_tiny, lm_tiny, native, 
 
         def run(i):
             # Request i+1 starts once request i has streamed 3 + 2i events: joins at different steps.
-            results[i] = texts_of(stream_events(url, REQUESTS[i], lambda k: k >= 3 + 2 * i and started[i].set()),
-                                  REQUESTS[i].get("n", 1))
+            results[i] = texts_of(
+                stream_events(url, REQUESTS[i], lambda k: k >= 3 + 2 * i and started[i].set()), REQUESTS[i].get("n", 1)
+            )
             started[i].set()
 
         threads = []
@@ -134,8 +136,9 @@ def test_a_short_request_is_not_held_behind_a_long_one(busy_server):
 
 
 def test_requests_over_the_limits_are_refused_before_any_work(hf_tiny):
-    proc, url = start_server(hf_tiny, "--dtype", "float32", "--max-batch-tokens", "40", "--max-queue", "1",
-                             "--max-batch", "1")
+    proc, url = start_server(
+        hf_tiny, "--dtype", "float32", "--max-batch-tokens", "40", "--max-queue", "1", "--max-batch", "1"
+    )
     try:
         before = health(url)
         code, answer = post(url, {"prompt": "x", "max_tokens": 100})  # needs 64 positions; the budget is 40
@@ -145,8 +148,7 @@ def test_requests_over_the_limits_are_refused_before_any_work(hf_tiny):
         first = threading.Event()
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             # 16 rows that fit the budget one at a time: the running request, then one queued, then 429
-            running = pool.submit(stream_events, url, {"prompt": "x", "max_tokens": 38, "n": 16},
-                                  lambda k: first.set())
+            running = pool.submit(stream_events, url, {"prompt": "x", "max_tokens": 38, "n": 16}, lambda k: first.set())
             assert first.wait(60)
             queued = pool.submit(post, url, {"prompt": "y", "max_tokens": 5})
             wait_for(lambda: health(url)["queue_depth"] >= 1)  # the 16-row request runs, "y" waits
@@ -164,8 +166,10 @@ def test_a_non_streaming_client_that_leaves_frees_its_rows(busy_server):
     body = json.dumps({"prompt": ["Long"] * 2, "n": 12, "max_tokens": 1000}).encode()
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as conn:
-        conn.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        conn.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
         wait_for(lambda: health(url)["running_rows"] > 0)
     wait_for(lambda: health(url)["running_rows"] == 0)
     h = health(url)
@@ -178,6 +182,7 @@ def test_a_non_streaming_client_that_leaves_frees_its_rows(busy_server):
 def long_context(tmp_path_factory):
     """A small random GPT-2 with a 1024-token context: rows that can run long enough to outlast a shutdown."""
     from transformers import GPT2Config, GPT2LMHeadModel
+
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("long") / "long"
     GPT2LMHeadModel(GPT2Config(n_positions=1024, n_embd=128, n_layer=4, n_head=4)).save_pretrained(folder)
@@ -188,9 +193,9 @@ def test_sigterm_answers_every_accepted_stream_and_exits_0(long_context):
     # The long ones ask for ~1000 tokens each (never <|endoftext|>): seconds of decoding, past the 1 s the
     # server gives them; the short ones need a few steps.
     proc, url = start_server(long_context, "--dtype", "float32", "--max-batch", "7", "--shutdown-timeout", "1")
-    bodies = [{"prompt": f"Short {i}", "max_tokens": 5, "seed": i} for i in range(3)] + \
-             [{"prompt": f"Long {i}", "max_tokens": 1000, "n": 2, "seed": i, "logit_bias": {"50256": -100}}
-              for i in range(4)]
+    bodies = [{"prompt": f"Short {i}", "max_tokens": 5, "seed": i} for i in range(3)] + [
+        {"prompt": f"Long {i}", "max_tokens": 1000, "n": 2, "seed": i, "logit_bias": {"50256": -100}} for i in range(4)
+    ]
     started, opened = threading.Semaphore(0), threading.Semaphore(0)
     with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
         # 7 rows fill the batch; the last two requests (4 rows) wait for room
@@ -212,7 +217,9 @@ def test_sigterm_answers_every_accepted_stream_and_exits_0(long_context):
         complete += finished == set(range(body.get("n", 1)))
         assert error or finished == set(range(body.get("n", 1))), events[-3:]  # ...complete, or with an error event
     summary = "; ".join(f"{b['prompt']}: {len(ev)} events, {str(ev[-2])[-160:]}" for b, ev in zip(bodies, outcomes))
-    assert errors >= 1 and complete >= 1, summary  # the last long one waits for another: not done in 1 s; a short one is
+    assert errors >= 1 and complete >= 1, (
+        summary
+    )  # the last long one waits for another: not done in 1 s; a short one is
     with pytest.raises(requests.ConnectionError):  # and nothing new is accepted
         requests.post(url + "/v1/completions", json={"prompt": "x"}, timeout=5)
 
@@ -221,8 +228,11 @@ def gauges(url):
     """The /metrics gauges of the one served model, by name (Prometheus' text format: `name{model="..."} value`)."""
     with urllib.request.urlopen(url + "/metrics") as r:
         lines = r.read().decode().splitlines()
-    return {ln.split("{")[0]: float(ln.split()[-1]) for ln in lines if ln.startswith("gpt2kit_") and "model=" in ln
-            and "_bucket" not in ln}
+    return {
+        ln.split("{")[0]: float(ln.split()[-1])
+        for ln in lines
+        if ln.startswith("gpt2kit_") and "model=" in ln and "_bucket" not in ln
+    }
 
 
 def test_the_kv_cache_stays_within_its_budget(hf_tiny):
@@ -262,6 +272,7 @@ def test_prompt_scoring_is_interleaved_and_scores_like_transformers(long_context
     finishes long before it instead of waiting for every one of its prompts (the scoring of all of them once
     ran in one step when the request was admitted), and the scores are transformers' (fp32)."""
     from transformers import GPT2LMHeadModel
+
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(0, 50256, (1000 + i,), generator=g).tolist() for i in range(8)]  # near-full context
     scoring = {"prompt": prompts, "max_tokens": 0, "echo": True, "logprobs": 2}
@@ -289,7 +300,9 @@ def test_prompt_scoring_is_interleaved_and_scores_like_transformers(long_context
             lp = reference(torch.tensor([ids])).logits[0, :-1].log_softmax(-1)  # (T - 1, V)
         expected = lp.gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
         got = choice["logprobs"]
-        assert got["token_logprobs"][0] is None and got["top_logprobs"][0] is None and choice["finish_reason"] == "length"
+        assert (
+            got["token_logprobs"][0] is None and got["top_logprobs"][0] is None and choice["finish_reason"] == "length"
+        )
         assert got["token_logprobs"][1:] == pytest.approx(expected.tolist(), abs=1e-4)
         # The top 2 and the prompt's own token, keyed by text: random ids can decode alike (a lone UTF-8 byte is
         # '\ufffd') and share a key, so only "none above the model's best" holds at every position.
@@ -305,6 +318,7 @@ def test_a_request_whose_numbers_break_down_fails_alone(hf_tiny, tmp_path):
     import shutil
 
     from safetensors.torch import load_file, save_file
+
     broken = tmp_path / "broken"
     shutil.copytree(hf_tiny, broken)
     tensors = load_file(broken / "model.safetensors")

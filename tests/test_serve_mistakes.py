@@ -3,6 +3,7 @@
 Each is one line on stderr and exit 2, found before any model loads, and no path ends in an abort
 (exit 134: the process leaving while an engine thread is still inside PyTorch, loading its model).
 """
+
 import os
 import re
 import socket
@@ -12,11 +13,11 @@ import time
 import urllib.request
 
 import pytest
-
 from conftest import run_cli
+from live_server import health
+
 from gpt2kit.errors import UserError
 from gpt2kit.server import bind, listen
-from live_server import health
 
 NO_MODEL = "/no/such/model/folder"  # a mistake found first would be reported instead of this one
 TIMEOUT = 120  # seconds for a serve that is expected to stop by itself (imports take a few on a busy machine)
@@ -35,17 +36,33 @@ def one_line_error(r: subprocess.CompletedProcess, *needles: str) -> str:
 
 @pytest.mark.parametrize("port", ["-1", "70000"])
 def test_a_port_out_of_range_is_one_line_before_the_model_is_looked_at(port):
-    one_line_error(run_cli("serve", "--model", NO_MODEL, "--port", port, timeout=TIMEOUT),
-                   f"port must be between 1 and 65535 (or 0: any free port), got {port}", "--port")
+    one_line_error(
+        run_cli("serve", "--model", NO_MODEL, "--port", port, timeout=TIMEOUT),
+        f"port must be between 1 and 65535 (or 0: any free port), got {port}",
+        "--port",
+    )
 
 
-@pytest.mark.parametrize("flag,value", [("--max-queue", "0"), ("--max-queue", "-1"), ("--max-tokens-limit", "0"),
-                                        ("--max-tokens-limit", "-5"), ("--max-request-rows", "0"),
-                                        ("--max-request-bytes", "-1"), ("--max-batch", "0")])
+@pytest.mark.parametrize(
+    "flag,value",
+    [
+        ("--max-queue", "0"),
+        ("--max-queue", "-1"),
+        ("--max-tokens-limit", "0"),
+        ("--max-tokens-limit", "-5"),
+        ("--max-request-rows", "0"),
+        ("--max-request-bytes", "-1"),
+        ("--max-batch", "0"),
+    ],
+)
 def test_limits_below_one_are_refused_before_the_model_is_looked_at(flag, value):
     name = flag.removeprefix("--").replace("-", "_")
-    one_line_error(run_cli("serve", "--model", NO_MODEL, flag, value, timeout=TIMEOUT),
-                   f"{name} must be at least 1", f"got {value}", f"pass {flag} 1 or more")
+    one_line_error(
+        run_cli("serve", "--model", NO_MODEL, flag, value, timeout=TIMEOUT),
+        f"{name} must be at least 1",
+        f"got {value}",
+        f"pass {flag} 1 or more",
+    )
 
 
 @pytest.mark.parametrize("listening", [True, False], ids=["listening", "bound"])
@@ -61,8 +78,11 @@ def test_a_port_in_use_is_one_line_before_the_model_is_looked_at(listening):
 
 @pytest.mark.parametrize("host", ["nosuchhost.invalid", "999.1.1.1"])
 def test_a_host_that_cannot_be_listened_on_is_one_line(host):
-    one_line_error(run_cli("serve", "--model", NO_MODEL, "--host", host, timeout=TIMEOUT),
-                   f"cannot listen on host {host}", "pass --host 127.0.0.1")
+    one_line_error(
+        run_cli("serve", "--model", NO_MODEL, "--host", host, timeout=TIMEOUT),
+        f"cannot listen on host {host}",
+        "pass --host 127.0.0.1",
+    )
 
 
 def test_a_port_taken_between_bind_and_listen_is_one_line():
@@ -84,8 +104,12 @@ def test_a_port_taken_between_bind_and_listen_is_one_line():
 def test_port_zero_serves_on_a_free_port_and_says_which(hf_tiny, tmp_path):
     log = tmp_path / "serve.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "gpt2kit", "serve", "--model", str(hf_tiny), "--port", "0"],
-                                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "GPT2KIT_OFFLINE": "1"})
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gpt2kit", "serve", "--model", str(hf_tiny), "--port", "0"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "GPT2KIT_OFFLINE": "1"},
+        )
     try:
         deadline = time.time() + TIMEOUT
         while proc.poll() is None and time.time() < deadline and "serving" not in log.read_text():
@@ -113,9 +137,12 @@ def _template_mistakes(tmp_path):
     not_utf8.write_bytes("{{ 'caf\xe9' }}".encode("latin-1"))
     bad_jinja = tmp_path / "bad.jinja"
     bad_jinja.write_text("{% for m in messages %}\n{{ m.content }}\n")
-    return [(tmp_path / "missing.jinja", "does not exist"), (tmp_path, "is a folder, not a file"),
-            (not_utf8, "is not UTF-8 text (byte 0xe9 at offset 7); save it as UTF-8"),
-            (bad_jinja, "is not valid Jinja")]
+    return [
+        (tmp_path / "missing.jinja", "does not exist"),
+        (tmp_path, "is a folder, not a file"),
+        (not_utf8, "is not UTF-8 text (byte 0xe9 at offset 7); save it as UTF-8"),
+        (bad_jinja, "is not valid Jinja"),
+    ]
 
 
 def test_chat_template_mistakes_say_which_file_and_what_to_do(hf_tiny, tmp_path):

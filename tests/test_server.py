@@ -1,4 +1,5 @@
 """The HTTP API through the official `openai` client against a live server on 127.0.0.1."""
+
 import concurrent.futures
 import json
 import socket
@@ -8,7 +9,6 @@ import time
 import urllib.request
 
 import pytest
-
 
 openai = pytest.importorskip("openai")
 
@@ -38,18 +38,31 @@ def test_models_and_plain_completion(client, lm_tiny):
 
 def test_streaming_matches_plain_and_ends_with_done(client, server):
     plain = client.completions.create(model="tiny", prompt="Once", max_tokens=12, seed=3)
-    chunks = list(client.completions.create(model="tiny", prompt="Once", max_tokens=12, seed=3, stream=True,
-                                            stream_options={"include_usage": True}))
+    chunks = list(
+        client.completions.create(
+            model="tiny", prompt="Once", max_tokens=12, seed=3, stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert "".join(c.choices[0].text for c in chunks if c.choices) == plain.choices[0].text
     assert chunks[-1].usage.completion_tokens == 12
-    raw = urllib.request.urlopen(urllib.request.Request(server + "/v1/completions", method="POST",
-                                 data=json.dumps({"prompt": "x", "max_tokens": 2, "stream": True}).encode(),
-                                 headers={"Content-Type": "application/json"})).read().decode()
+    raw = (
+        urllib.request.urlopen(
+            urllib.request.Request(
+                server + "/v1/completions",
+                method="POST",
+                data=json.dumps({"prompt": "x", "max_tokens": 2, "stream": True}).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+        )
+        .read()
+        .decode()
+    )
     assert raw.rstrip().endswith("data: [DONE]")
 
 
 def test_logprobs_layout_and_values(client, lm_tiny):
     import torch
+
     r = client.completions.create(model="tiny", prompt="The cat", max_tokens=3, temperature=0, logprobs=5, echo=True)
     lp = r.choices[0].logprobs
     ids = lm_tiny.tokenizer.encode("The cat")
@@ -67,12 +80,16 @@ def test_logprobs_layout_and_values(client, lm_tiny):
 def test_a_streamed_echo_carries_the_prompts_logprobs(client):
     """stream + echo + logprobs: the chunk that echoes the prompt carries its tokens' logprobs, so the stream
     adds up to the same logprobs object as the response without stream (OpenAI's legacy completions)."""
-    body = dict(model="tiny", prompt=["The cat sat", "On a mat"], max_tokens=3, temperature=0, logprobs=2, echo=True, n=2)
+    body = dict(
+        model="tiny", prompt=["The cat sat", "On a mat"], max_tokens=3, temperature=0, logprobs=2, echo=True, n=2
+    )
     whole = {c.index: c for c in client.completions.create(**body).choices}
     got: dict[int, dict] = {}
     for chunk in client.completions.create(**body, stream=True):
         for c in chunk.choices:
-            g = got.setdefault(c.index, {"text": "", "tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []})
+            g = got.setdefault(
+                c.index, {"text": "", "tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+            )
             g["text"] += c.text
             for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
                 g[key] += getattr(c.logprobs, key) if c.logprobs else []
@@ -101,17 +118,20 @@ def test_stop_and_penalties(client):
     assert r.choices[0].text != base
 
 
-@pytest.mark.parametrize("kwargs,status", [
-    (dict(model="tiny", prompt="x", temperature=-1), 400),
-    (dict(model="tiny", prompt="x", top_p=0), 400),
-    (dict(model="tiny", prompt="x", max_tokens=100000), 400),
-    (dict(model="tiny", prompt="x", max_tokens=-1), 400),
-    (dict(model="tiny", prompt="x", presence_penalty=3), 400),
-    (dict(model="tiny", prompt="x", extra_body={"top_k": -1}), 400),
-    (dict(model="tiny", prompt="x", temperature=2.5), 400),
-    (dict(model="other", prompt="x"), 404),
-    (dict(model="tiny", prompt="word " * 100), 400),  # longer than the context: OpenAI's 400
-])
+@pytest.mark.parametrize(
+    "kwargs,status",
+    [
+        (dict(model="tiny", prompt="x", temperature=-1), 400),
+        (dict(model="tiny", prompt="x", top_p=0), 400),
+        (dict(model="tiny", prompt="x", max_tokens=100000), 400),
+        (dict(model="tiny", prompt="x", max_tokens=-1), 400),
+        (dict(model="tiny", prompt="x", presence_penalty=3), 400),
+        (dict(model="tiny", prompt="x", extra_body={"top_k": -1}), 400),
+        (dict(model="tiny", prompt="x", temperature=2.5), 400),
+        (dict(model="other", prompt="x"), 404),
+        (dict(model="tiny", prompt="word " * 100), 400),  # longer than the context: OpenAI's 400
+    ],
+)
 def test_errors_in_openai_shape(client, kwargs, status):
     with pytest.raises(openai.APIStatusError) as e:
         client.completions.create(**kwargs)
@@ -128,7 +148,9 @@ def test_concurrent_requests_share_forward_passes(client, server):
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         together = list(pool.map(one, range(8)))
     batches = health(server)["batches"] - before
-    assert [r.choices[0].text for r in together] == [r.choices[0].text for r in sequential]  # seeds hold across batching
+    assert [r.choices[0].text for r in together] == [
+        r.choices[0].text for r in sequential
+    ]  # seeds hold across batching
     # Requests shared forward passes (what it gains in time is benchmarks/serve.py's business: timings
     # in tests are noise on a shared 2-core machine).
     assert batches < 8
@@ -152,8 +174,10 @@ def test_a_non_streaming_client_that_leaves_stops_its_generation(server):
     body = json.dumps({"prompt": ["Long"] * 4, "n": 16, "max_tokens": 1000}).encode()
     host, port = server.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as conn:  # the client gives up after 0.5 s and hangs up
-        conn.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        conn.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
         time.sleep(0.5)
     deadline = time.time() + 20
     # wait for all of them: running rows and waiting ones are counted in different steps of the engine
@@ -165,11 +189,17 @@ def test_a_non_streaming_client_that_leaves_stops_its_generation(server):
 def test_a_chunked_body_over_the_limit_is_refused(server):
     """No Content-Length to check up front: the body is counted as it arrives."""
     import http.client
+
     host, port = server.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=30)
     chunk = b'{"prompt": "' + b"x" * (1 << 20) + b'", "max_tokens": 1}'
-    conn.request("POST", "/v1/completions", body=iter([chunk[:1000], chunk[1000:]]),
-                 headers={"Content-Type": "application/json"}, encode_chunked=True)
+    conn.request(
+        "POST",
+        "/v1/completions",
+        body=iter([chunk[:1000], chunk[1000:]]),
+        headers={"Content-Type": "application/json"},
+        encode_chunked=True,
+    )
     r = conn.getresponse()
     assert r.status == 413 and "limit" in json.loads(r.read())["error"]["message"]
     assert health(server)["status"] == "ok"
@@ -211,14 +241,19 @@ def test_queue_full_is_429(hf_tiny):
 def test_a_model_that_cannot_load_stops_the_server_with_one_line(tmp_path):
     """The files exist but are corrupt: the server says why and exits 2 instead of answering 503 forever."""
     (tmp_path / "config.json").write_text('{"n_embd": 4')
-    r = subprocess.run([sys.executable, "-m", "gpt2kit", "serve", "--model", str(tmp_path), "--port", str(free_port())],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "gpt2kit", "serve", "--model", str(tmp_path), "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr and "config.json" in r.stderr.strip().splitlines()[-1]
 
 
 def test_defaults_come_from_serve_options(server):
     from gpt2kit.options import ServeOptions
+
     with urllib.request.urlopen(server + "/v1/info") as r:
         info = json.load(r)
     assert info["max_tokens_limit"] == ServeOptions.max_tokens_limit and info["auth"] is False
@@ -248,6 +283,7 @@ def test_token_id_prompts_as_lm_evaluation_harness_sends_them(hf_tiny):
     max_tokens=1: the prompt tokens' logprobs must be the model's, here against transformers in fp32."""
     import torch
     from transformers import GPT2LMHeadModel
+
     proc, url = start_server(hf_tiny, "--dtype", "float32")
     try:
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused")
@@ -258,7 +294,7 @@ def test_token_id_prompts_as_lm_evaluation_harness_sends_them(hf_tiny):
         with torch.no_grad():
             ref = GPT2LMHeadModel.from_pretrained(hf_tiny).eval()(torch.tensor([ids])).logits[0].log_softmax(-1)
         expected = [ref[i - 1, ids[i]].item() for i in range(1, len(ids))]
-        assert lp.token_logprobs[1:len(ids)] == pytest.approx(expected, abs=1e-4)
+        assert lp.token_logprobs[1 : len(ids)] == pytest.approx(expected, abs=1e-4)
         assert r.choices[0].text.startswith("The cat sat on the mat.")
         # the same continuation as the text prompt, for one prompt and for a batch of id lists
         text = client.completions.create(model="tiny", prompt="The cat sat on the mat.", max_tokens=6, seed=2)
@@ -279,7 +315,9 @@ def test_a_request_over_the_row_limit_is_refused_before_any_work(client, server)
         client.completions.create(model="tiny", prompt=["hello"] * 1000, n=16, max_tokens=200)
     after = health(server)  # nothing ran: no batch, no request done
     assert (after["batches"], after["requests"]) == (before["batches"], before["requests"])
-    assert client.completions.create(model="tiny", prompt=["hello"] * 4, n=16, max_tokens=1).usage.completion_tokens == 64
+    assert (
+        client.completions.create(model="tiny", prompt=["hello"] * 4, n=16, max_tokens=1).usage.completion_tokens == 64
+    )
 
 
 # A multiple-choice task for lm-evaluation-harness: (question, choices, answer). Multi-token choices, a
@@ -295,8 +333,12 @@ MC_ITEMS = [
     ("The opposite of hot is", ["cold", "warm", "loud"], 0),
     ("Snow is usually", ["white", "green", "purple with yellow dots"], 0),
     ("Fish live in", ["water", "trees", "deserts"], 0),
-    ("In the beginning God created the heaven and the earth. And the earth was without form, and void; and "
-     "darkness was upon the face of the deep. And the Spirit of God moved upon the face of the", ["waters", "land"], 0),
+    (
+        "In the beginning God created the heaven and the earth. And the earth was without form, and void; and "
+        "darkness was upon the face of the deep. And the Spirit of God moved upon the face of the",
+        ["waters", "land"],
+        0,
+    ),
     ("Café, naïve, résumé: words with", ["accents", "numbers 1, 2, 3", "emoji 🙂"], 0),
 ]
 
@@ -313,6 +355,7 @@ def scoring_model(folder):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from gpt2kit.paths import ASSETS_DIR
+
     torch.manual_seed(0)
     cfg = GPT2Config(vocab_size=50257, n_positions=64, n_embd=32, n_layer=2, n_head=4, initializer_range=0.2)
     model = GPT2LMHeadModel(cfg).eval()
@@ -324,9 +367,17 @@ def scoring_model(folder):
     model.save_pretrained(folder)
     shutil.copy(ASSETS_DIR / "encoder.json", folder / "vocab.json")
     shutil.copy(ASSETS_DIR / "vocab.bpe", folder / "merges.txt")
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "GPT2Tokenizer", "model_max_length": 64, "bos_token": "<|endoftext|>",
-        "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "GPT2Tokenizer",
+                "model_max_length": 64,
+                "bos_token": "<|endoftext|>",
+                "eos_token": "<|endoftext|>",
+                "unk_token": "<|endoftext|>",
+            }
+        )
+    )
     return model
 
 
@@ -359,12 +410,32 @@ metric_list:
 def lm_eval(tmp_path, name, model_type, model_args, *extra):
     """`lm_eval` itself in a subprocess, offline, on the task of write_mc_task (started, not waited for)."""
     import os
+
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}
     with open(tmp_path / f"{name}.log", "w") as log:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen([sys.executable, "-m", "lm_eval", "--model", model_type, "--model_args", model_args,
-                                 "--tasks", "gpt2kit_mc", "--include_path", str(tmp_path / "task"), "--log_samples",
-                                 "--output_path", str(tmp_path / name), *extra],
-                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "lm_eval",
+                "--model",
+                model_type,
+                "--model_args",
+                model_args,
+                "--tasks",
+                "gpt2kit_mc",
+                "--include_path",
+                str(tmp_path / "task"),
+                "--log_samples",
+                "--output_path",
+                str(tmp_path / name),
+                *extra,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=tmp_path,
+        )
 
 
 def lm_eval_samples(tmp_path, name, proc):
@@ -400,9 +471,15 @@ def test_lm_evaluation_harness_scores_a_served_model(tmp_path):
     try:
         # max_length is the model's context: the harness keeps one position for the generated token.
         # --batch_size 8: eight token-id prompts per request, as the harness batches them.
-        served = lm_eval(tmp_path, "served", "local-completions",
-                         f"model=tiny,base_url={url}/v1/completions,tokenizer_backend=huggingface,"
-                         f"tokenizer={folder},max_length=64,num_concurrent=1,max_retries=1", "--batch_size", "8")
+        served = lm_eval(
+            tmp_path,
+            "served",
+            "local-completions",
+            f"model=tiny,base_url={url}/v1/completions,tokenizer_backend=huggingface,"
+            f"tokenizer={folder},max_length=64,num_concurrent=1,max_retries=1",
+            "--batch_size",
+            "8",
+        )
         got = lm_eval_samples(tmp_path, "served", served)
         assert 0 < health(url)["requests"] < len(texts)  # lists of prompts were sent
         # The end of text that stops a row is listed in logprobs (not in the text), streamed or not, as OpenAI's.
@@ -413,8 +490,9 @@ def test_lm_evaluation_harness_scores_a_served_model(tmp_path):
         assert (r.choices[0].text, r.choices[0].finish_reason) == (tok.decode(ended), "stop")
         assert len(lp.tokens) == len(ended) + 1 and lp.tokens[-1] == "<|endoftext|>"
         assert lp.token_logprobs[-1] == pytest.approx(eot_logprob, abs=1e-4)
-        chunks = client.completions.create(model="tiny", prompt=ended, max_tokens=1, logprobs=1, temperature=0,
-                                           stream=True)
+        chunks = client.completions.create(
+            model="tiny", prompt=ended, max_tokens=1, logprobs=1, temperature=0, stream=True
+        )
         streamed = [c.choices[0].logprobs for c in chunks if c.choices and c.choices[0].logprobs]
         assert [x.tokens for x in streamed] == [["<|endoftext|>"]]
         assert streamed[0].token_logprobs[0] == pytest.approx(eot_logprob, abs=1e-4)

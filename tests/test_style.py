@@ -1,4 +1,5 @@
 """The tree is formatted and linted as pyproject.toml's [tool.ruff] says (issue 26): CI fails otherwise."""
+
 import subprocess
 import sys
 from pathlib import Path

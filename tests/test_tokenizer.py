@@ -1,4 +1,5 @@
 """Token ids against transformers' GPT2Tokenizer (Hugging Face tokenizers, a BPE engine independent of tiktoken)."""
+
 import marshal
 
 import pytest
@@ -24,6 +25,7 @@ NASTY = [
 @pytest.fixture(scope="module")
 def reference():
     from transformers import GPT2Tokenizer
+
     return GPT2Tokenizer(str(ASSETS / "encoder.json"), str(ASSETS / "vocab.bpe"))
 
 

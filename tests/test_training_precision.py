@@ -4,12 +4,14 @@ and which precision `--dtype auto` picks on each CPU family.
 bf16 is emulated on CPUs without AVX512-BF16/AMX (dozens of times slower than fp32), so these models
 use a 257-token byte vocabulary: a 50257-row output head would dominate every emulated step.
 """
+
 import csv
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import FIXTURES, ROOT
 from safetensors.torch import load_file
 
 import gpt2kit
@@ -22,8 +24,6 @@ from gpt2kit.tokenizer import _byte_decoder
 from gpt2kit.training.options import TrainOptions
 from gpt2kit.training.precision import AUTOCAST, FP32, MASTER_WEIGHTS, plan_precision
 from gpt2kit.training.run import start_run
-
-from conftest import FIXTURES, ROOT
 
 CPU = torch.device("cpu")
 
@@ -64,8 +64,15 @@ def test_bf16_runs_bf16_weights_over_fp32_masters(tmp_path):
     model = byte_level_model(tmp_path / "m")
     opts = TrainOptions(dtype="bfloat16", batch_size=4, checkpoint_dir=str(tmp_path / "ck"), progress=False)
     with torch.random.fork_rng(devices=[]):
-        run = start_run(dataset=[FIXTURES / "heldout_phoenix_and_the_turtle.txt"], model_name=str(model),
-                        run_name="run1", opts=opts, device=CPU, rank=0, world=1)
+        run = start_run(
+            dataset=[FIXTURES / "heldout_phoenix_and_the_turtle.txt"],
+            model_name=str(model),
+            run_name="run1",
+            opts=opts,
+            device=CPU,
+            rank=0,
+            world=1,
+        )
         start = read_checkpoint(model).state_dict  # in gpt2kit's own names
         masters = run.precision.masters
         assert {p.dtype for p in run.model.parameters()} == {torch.bfloat16}
@@ -90,8 +97,18 @@ def test_bf16_runs_bf16_weights_over_fp32_masters(tmp_path):
 def test_bf16_resume_is_exact_and_saves_the_fp32_masters(tmp_path):
     model = byte_level_model(tmp_path / "m")
     data = [ROOT / "README.md"]
-    opts = dict(model=str(model), dtype="bfloat16", batch_size=4, context_length=32, learning_rate=1e-3,
-                dropout=0.1, noise=0.05, accumulate_gradients=2, save_every=1000, progress=False)
+    opts = dict(
+        model=str(model),
+        dtype="bfloat16",
+        batch_size=4,
+        context_length=32,
+        learning_rate=1e-3,
+        dropout=0.1,
+        noise=0.05,
+        accumulate_gradients=2,
+        save_every=1000,
+        progress=False,
+    )
     straight = gpt2kit.finetune(dataset=data, checkpoint_dir=tmp_path / "a", steps=12, **opts)
     gpt2kit.finetune(dataset=data, checkpoint_dir=tmp_path / "b", steps=5, **opts)
     resumed = gpt2kit.finetune(dataset=data, checkpoint_dir=tmp_path / "b", steps=12, **opts)
@@ -99,7 +116,9 @@ def test_bf16_resume_is_exact_and_saves_the_fp32_masters(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     w = a["transformer.h.0.mlp.c_fc.weight"]
     assert w.dtype == torch.float32 and not torch.equal(w, w.bfloat16().float())  # the masters, not the bf16 module
-    fp32 = weights(gpt2kit.finetune(dataset=data, checkpoint_dir=tmp_path / "c", steps=12, **{**opts, "dtype": "float32"}))
+    fp32 = weights(
+        gpt2kit.finetune(dataset=data, checkpoint_dir=tmp_path / "c", steps=12, **{**opts, "dtype": "float32"})
+    )
     assert not torch.equal(fp32["transformer.h.0.mlp.c_fc.weight"], w)  # the dtype was used
 
 
@@ -118,8 +137,18 @@ def test_bf16_loss_curve_stays_within_1_percent_of_fp32(tmp_path):
     model = byte_level_model(tmp_path / "m")
     curves = {}
     for dtype in ("float32", "bfloat16"):
-        gpt2kit.finetune(dataset=[ROOT / "README.md"], model=str(model), checkpoint_dir=tmp_path / dtype, steps=200,
-                         batch_size=8, learning_rate=1e-3, dtype=dtype, print_every=10, save_every=1000, progress=False)
+        gpt2kit.finetune(
+            dataset=[ROOT / "README.md"],
+            model=str(model),
+            checkpoint_dir=tmp_path / dtype,
+            steps=200,
+            batch_size=8,
+            learning_rate=1e-3,
+            dtype=dtype,
+            print_every=10,
+            save_every=1000,
+            progress=False,
+        )
         curves[dtype] = logged(tmp_path / dtype / "run1", "avg_loss")  # gpt2kit's running average, every 10 steps
     fp32, bf16 = curves["float32"], curves["bfloat16"]
     assert len(fp32) == len(bf16) == 20
@@ -133,6 +162,7 @@ def test_bf16_loss_curve_stays_within_1_percent_of_fp32(tmp_path):
 def test_clip_gradients_is_clip_grad_norm_bit_for_bit(max_norm, old_torch, monkeypatch):
     """Clipping and not clipping (where the pass is skipped), and torch < 2.6's fallback, against PyTorch's own."""
     from gpt2kit.training.precision import clip_gradients
+
     if old_torch:
         monkeypatch.delattr(torch.nn.utils, "get_total_norm")
     g = torch.Generator().manual_seed(0)

@@ -1,5 +1,6 @@
 """The watermark against transformers' own (the reference): the same processed logits, the same green lists
 under greedy decoding, and detection both ways; then `gpt2kit detect` in a subprocess."""
+
 import json
 import subprocess
 import sys
@@ -7,10 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import run_cli
 from transformers import WatermarkDetector, WatermarkingConfig
 from transformers.generation.logits_process import WatermarkLogitsProcessor
 
-from conftest import run_cli
 from gpt2kit.errors import UserError
 from gpt2kit.options import SamplingSettings
 from gpt2kit.paths import HELDOUT_TEXT
@@ -27,13 +28,15 @@ def row(tokens, seed=0):
 
 
 def settings(key=KEY, gamma=0.25, delta=2.0, width=1, **kw):
-    return SamplingSettings(watermark_key=key, watermark_gamma=gamma, watermark_delta=delta,
-                            watermark_context_width=width, **kw)
+    return SamplingSettings(
+        watermark_key=key, watermark_gamma=gamma, watermark_delta=delta, watermark_context_width=width, **kw
+    )
 
 
 def hf_config(gamma=0.25, delta=2.0, width=1, key=KEY):
-    return WatermarkingConfig(greenlist_ratio=gamma, bias=delta, hashing_key=key, seeding_scheme="lefthash",
-                              context_width=width)
+    return WatermarkingConfig(
+        greenlist_ratio=gamma, bias=delta, hashing_key=key, seeding_scheme="lefthash", context_width=width
+    )
 
 
 @pytest.mark.parametrize("key,gamma,delta,width", [(KEY, 0.25, 2.0, 1), (7, 0.5, 0.75, 1), (2**40 + 3, 0.1, 5.0, 3)])
@@ -42,8 +45,9 @@ def test_processed_logits_equal_transformers_processor(key, gamma, delta, width)
     ids = torch.randint(0, GPT2_VOCAB, (4, 6))
     logits = torch.randn(4, GPT2_VOCAB) * 3
     logits[1, :100] = float("-inf")  # a row top-k already cut
-    theirs = WatermarkLogitsProcessor(vocab_size=GPT2_VOCAB, device="cpu", greenlist_ratio=gamma, bias=delta,
-                                      hashing_key=key, context_width=width)(ids, logits.clone())
+    theirs = WatermarkLogitsProcessor(
+        vocab_size=GPT2_VOCAB, device="cpu", greenlist_ratio=gamma, bias=delta, hashing_key=key, context_width=width
+    )(ids, logits.clone())
     s = settings(key, gamma, delta, width)
     ours = Watermark().apply(logits.clone(), s, [row(r.tolist()) for r in ids])
     assert torch.equal(ours, theirs)
@@ -57,7 +61,8 @@ def test_rows_shorter_than_the_context_width_are_left_alone_as_transformers_leav
     out = Watermark().apply(logits.clone(), settings(width=3), [row([5, 6]), row([1, 2, 3])])
     assert torch.equal(out[0], logits[0]) and not torch.equal(out[1], logits[1])
     theirs = WatermarkLogitsProcessor(vocab_size=GPT2_VOCAB, device="cpu", context_width=3)(
-        torch.tensor([[5, 6]]), logits[:1].clone())
+        torch.tensor([[5, 6]]), logits[:1].clone()
+    )
     assert torch.equal(theirs, logits[:1])
 
 
@@ -85,19 +90,21 @@ def generate(model_logits, prompt, n, s, seed):
         else:
             token = int(torch.multinomial(logits.softmax(-1)[0], 1, generator=seq.generator))
         seq.tokens.append(token)
-    return seq.tokens[len(prompt):]
+    return seq.tokens[len(prompt) :]
 
 
 def logits_of(lm):
     @torch.inference_mode()
     def last(tokens):
-        return lm.model(torch.tensor([tokens[-lm.config.n_ctx:]]))[0, -1:].float()
+        return lm.model(torch.tensor([tokens[-lm.config.n_ctx :]]))[0, -1:].float()
+
     return last
 
 
 @pytest.fixture(scope="module")
 def hf_model(hf_tiny):
     from transformers import GPT2LMHeadModel
+
     return GPT2LMHeadModel.from_pretrained(hf_tiny).eval()
 
 
@@ -113,6 +120,7 @@ def bundled():
 
     import gpt2kit
     from gpt2kit.paths import BUNDLED_DIR
+
     hf_model = GPT2LMHeadModel.from_pretrained(BUNDLED_DIR, dtype=torch.float32).eval()
     return gpt2kit.load(device="cpu", dtype="float32"), hf_model
 
@@ -122,9 +130,15 @@ def test_greedy_watermarked_text_equals_transformers(bundled):
     lm, hf_model = bundled
     prompt = lm.tokenizer.encode("ROMEO.\n")
     ours = generate(logits_of(lm), prompt, 40, settings(temperature=0), seed=0)
-    out = hf_model.generate(torch.tensor([prompt]), watermarking_config=hf_config(), do_sample=False,
-                            max_new_tokens=40, min_new_tokens=40, pad_token_id=50256)
-    assert ours == out[0, len(prompt):].tolist()
+    out = hf_model.generate(
+        torch.tensor([prompt]),
+        watermarking_config=hf_config(),
+        do_sample=False,
+        max_new_tokens=40,
+        min_new_tokens=40,
+        pad_token_id=50256,
+    )
+    assert ours == out[0, len(prompt) :].tolist()
     plain = generate(logits_of(lm), prompt, 40, settings(key=None, temperature=0), seed=0)
     assert plain != ours  # the watermark changed the text
     assert detect(ours, key=KEY).z > 4 > detect(plain, key=KEY).z
@@ -149,9 +163,15 @@ def test_detect_finds_transformers_watermark(bundled, do_sample, gamma, delta, w
     hf_model = bundled[1]
     torch.manual_seed(0)
     prompt = torch.tensor([[50256, 33676, 4720, 13, 198]])  # <|endoftext|>ROMEO.\n
-    out = hf_model.generate(prompt, watermarking_config=hf_config(gamma, delta, width), do_sample=do_sample,
-                            max_new_tokens=100, min_new_tokens=100, pad_token_id=50256)
-    tokens = out[0, prompt.size(1):].tolist()
+    out = hf_model.generate(
+        prompt,
+        watermarking_config=hf_config(gamma, delta, width),
+        do_sample=do_sample,
+        max_new_tokens=100,
+        min_new_tokens=100,
+        pad_token_id=50256,
+    )
+    tokens = out[0, prompt.size(1) :].tolist()
     found = detect(tokens, key=KEY, gamma=gamma, context_width=width)
     theirs = their_detection(hf_model, tokens, gamma=gamma, delta=delta, width=width)
     assert found.watermarked and theirs.prediction[0]
@@ -166,11 +186,16 @@ def test_a_leading_endoftext_is_not_scored_as_transformers_drops_it():
     assert detect(tokens[1:], key=KEY).scored == 3
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"key": None}, "needs the watermark key"), ({"key": 0}, "watermark_key must be"),
-    ({"key": KEY, "gamma": 1.0}, "watermark_gamma"), ({"key": KEY, "context_width": 0}, "watermark_context_width"),
-    ({"key": KEY, "z_threshold": float("nan")}, "z_threshold"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"key": None}, "needs the watermark key"),
+        ({"key": 0}, "watermark_key must be"),
+        ({"key": KEY, "gamma": 1.0}, "watermark_gamma"),
+        ({"key": KEY, "context_width": 0}, "watermark_context_width"),
+        ({"key": KEY, "z_threshold": float("nan")}, "z_threshold"),
+    ],
+)
 def test_detect_mistakes_are_one_line_user_errors(kwargs, message):
     with pytest.raises(UserError, match=message):
         detect([464, 3290, 318], **kwargs)
@@ -183,8 +208,16 @@ def test_too_few_tokens_and_foreign_ids_are_user_errors():
         detect([464, 60000], key=KEY)
 
 
-@pytest.mark.parametrize("field,value", [("watermark_delta", 0.0), ("watermark_delta", 101.0),
-                                         ("watermark_gamma", 0.0), ("watermark_key", -5), ("watermark_key", 2**64)])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("watermark_delta", 0.0),
+        ("watermark_delta", 101.0),
+        ("watermark_gamma", 0.0),
+        ("watermark_key", -5),
+        ("watermark_key", 2**64),
+    ],
+)
 def test_sampling_settings_refuse_watermarks_out_of_range(field, value):
     with pytest.raises(UserError, match=field):
         SamplingSettings(**{field: value})
@@ -192,10 +225,12 @@ def test_sampling_settings_refuse_watermarks_out_of_range(field, value):
 
 # --- gpt2kit detect, in a subprocess -------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def marked_file(tmp_path_factory):
     """200 tokens of the bundled model at temperature 1.0, watermarked (δ 2, γ 0.25), as text in a file."""
     import gpt2kit
+
     lm = gpt2kit.load(device="cpu", dtype="float32")
     prompt = lm.tokenizer.encode("ROMEO.\n")
     tokens = generate(logits_of(lm), prompt, 200, settings(key=42, temperature=1.0), seed=5)
@@ -222,11 +257,14 @@ def test_cli_detect_exit_1_for_human_text_and_for_another_key(marked_file):
     assert run_cli("detect", "-", "--watermark-key", "42", input=HELDOUT_TEXT.read_text()).returncode == 1
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--watermark-key", "0"], "watermark_key must be"),
-    (["--watermark-key", "42", "--watermark-gamma", "1.5"], "watermark_gamma"),
-    ([], "--watermark-key"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--watermark-key", "0"], "watermark_key must be"),
+        (["--watermark-key", "42", "--watermark-gamma", "1.5"], "watermark_gamma"),
+        ([], "--watermark-key"),
+    ],
+)
 def test_cli_detect_mistakes_exit_2_with_one_line(marked_file, args, message):
     r = run_cli("detect", marked_file, *args)
     assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
@@ -241,10 +279,12 @@ def test_cli_detect_refuses_missing_files_and_empty_text(tmp_path):
 
 
 def test_detect_loads_no_model(marked_file):
-    code = ("import contextlib, io, sys\nfrom gpt2kit.cli import main\n"
-            "with contextlib.redirect_stdout(io.StringIO()):\n"
-            f"    assert main(['detect', {str(marked_file)!r}, '--watermark-key', '42']) == 0\n"
-            "print([m for m in ('gpt2kit.lm', 'gpt2kit.model', 'gpt2kit.formats', 'safetensors') if m in sys.modules])")
+    code = (
+        "import contextlib, io, sys\nfrom gpt2kit.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        f"    assert main(['detect', {str(marked_file)!r}, '--watermark-key', '42']) == 0\n"
+        "print([m for m in ('gpt2kit.lm', 'gpt2kit.model', 'gpt2kit.formats', 'safetensors') if m in sys.modules])"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "[]"

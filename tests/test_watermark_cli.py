@@ -1,9 +1,9 @@
 """The watermark (issue 31) from `gpt2kit generate --watermark-key` and LM.generate, found by `gpt2kit detect`."""
+
 import pytest
+from conftest import run_cli
 
 import gpt2kit
-
-from conftest import run_cli
 
 FAST = ("--device", "cpu", "--dtype", "float32")
 KEY = 15485863  # transformers' own default key
@@ -26,13 +26,25 @@ def test_generated_with_a_key_detect_says_watermarked_and_unmarked_text_not(tmp_
 def test_lm_generate_takes_the_watermark_options():
     lm = gpt2kit.load(None, device="cpu", dtype="float32")
     plain = lm.generate("ROMEO.", length=30, seed=1)
-    marked = lm.generate("ROMEO.", length=30, seed=1, watermark_key=KEY, watermark_gamma=0.5, watermark_delta=5.0,
-                         watermark_context_width=1)
+    marked = lm.generate(
+        "ROMEO.",
+        length=30,
+        seed=1,
+        watermark_key=KEY,
+        watermark_gamma=0.5,
+        watermark_delta=5.0,
+        watermark_context_width=1,
+    )
     assert marked != plain
 
 
-@pytest.mark.parametrize("args, needle", [(["--watermark-key", "0"], "watermark_key must be"),
-                                          (["--watermark-key", "1", "--watermark-gamma", "1.5"], "watermark_gamma")])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--watermark-key", "0"], "watermark_key must be"),
+        (["--watermark-key", "1", "--watermark-gamma", "1.5"], "watermark_gamma"),
+    ],
+)
 def test_a_bad_watermark_value_is_one_line_and_exit_2(args, needle):
     r = run_cli("generate", "Hi", *args)
     assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

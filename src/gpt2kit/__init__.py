@@ -7,6 +7,7 @@
 The public names are the library's own functions and classes, with their real signatures. They
 are imported on first use (PEP 562), so `import gpt2kit` and `gpt2kit --help` do not load PyTorch.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -52,5 +53,16 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_EXPORTS))
 
 
-__all__ = ["load", "LM", "GPTConfig", "PRESETS", "UserError", "convert", "encode_dataset", "finetune", "download",
-           "perplexity", "Perplexity"]
+__all__ = [
+    "load",
+    "LM",
+    "GPTConfig",
+    "PRESETS",
+    "UserError",
+    "convert",
+    "encode_dataset",
+    "finetune",
+    "download",
+    "perplexity",
+    "Perplexity",
+]

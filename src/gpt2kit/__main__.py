@@ -1,4 +1,5 @@
 """`python -m gpt2kit` (and `torchrun -m gpt2kit finetune ...`)."""
+
 import sys
 
 from .cli import main

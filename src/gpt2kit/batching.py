@@ -8,6 +8,7 @@ column. A leaving row's slot goes dead (it computes a throwaway token until a jo
 engine compacts), so a leave costs no copy. The cache never holds more than `budget` positions.
 A row's numbers do not depend on its slot or its neighbours: its prefill runs alone and padding is masked out.
 """
+
 from __future__ import annotations
 
 import torch
@@ -47,7 +48,7 @@ class Prefill:
     def advance(self, budget: int) -> int:
         """Run up to `budget` more prompt tokens (at least one); returns how many ran."""
         start = self.cache.length
-        chunk = self.ids[start:start + max(1, budget)]
+        chunk = self.ids[start : start + max(1, budget)]
         # Past the first chunk the queries sit after cached keys: the explicit mask (padded) places the
         # causal diagonal right, where SDPA's is_causal would align it to the first key.
         self.cache.padded = start > 0
@@ -71,7 +72,7 @@ class Prefill:
         if n <= 0:
             return
         lp = logits[:n].float().log_softmax(-1)  # (n, V)
-        following = torch.tensor(self.ids[start + 1:start + 1 + n], device=lp.device)  # (n,)
+        following = torch.tensor(self.ids[start + 1 : start + 1 + n], device=lp.device)  # (n,)
         chosen = lp.gather(1, following[:, None])[:, 0]  # (n,)
         values, indices = torch.topk(lp, self.score, dim=-1)  # (n, score)
         for c, i, v in zip(chosen.tolist(), indices.tolist(), values.tolist()):
@@ -145,10 +146,10 @@ class RunningBatch:
     def _place(self, slot: int, row: Sequence, source: KVCache) -> None:
         """Copy a one-row prefill cache into dead slot `slot`, right-aligned at the shared column."""
         c, P = self.cache, source.length
-        c.k[:, slot, :, c.length - P:c.length] = source.k[:, 0, :, :P]
-        c.v[:, slot, :, c.length - P:c.length] = source.v[:, 0, :, :P]
-        c.valid[slot, :c.length - P] = False
-        c.valid[slot, c.length - P:] = True
+        c.k[:, slot, :, c.length - P : c.length] = source.k[:, 0, :, :P]
+        c.v[:, slot, :, c.length - P : c.length] = source.v[:, 0, :, :P]
+        c.valid[slot, : c.length - P] = False
+        c.valid[slot, c.length - P :] = True
         c.padded = True
         self.slots[slot] = row
 
@@ -157,7 +158,7 @@ class RunningBatch:
         if self.cache is None or not self.rows:
             return 0 if self.cache is None else self.cache.length
         live = torch.tensor([r is not None for r in self.slots])
-        used = self.cache.valid[live.to(self.cache.valid.device), :self.cache.length].any(0)
+        used = self.cache.valid[live.to(self.cache.valid.device), : self.cache.length].any(0)
         return int(used.to(torch.int8).argmax()) if bool(used.any()) else self.cache.length
 
     def _rebuild(self, joining: list[tuple[Sequence, KVCache]]) -> None:
@@ -174,14 +175,14 @@ class RunningBatch:
         new.valid[:, :W] = False  # columns from W on are where the rows' next tokens go: valid
         new.length, new.padded = W, True
         for j, i in enumerate(keep):  # live rows: their last `span` columns move, with their validity
-            new.k[:, j, :, W - span:W] = old.k[:, i, :, old.length - span:old.length]
-            new.v[:, j, :, W - span:W] = old.v[:, i, :, old.length - span:old.length]
-            new.valid[j, W - span:W] = old.valid[i, old.length - span:old.length]
+            new.k[:, j, :, W - span : W] = old.k[:, i, :, old.length - span : old.length]
+            new.v[:, j, :, W - span : W] = old.v[:, i, :, old.length - span : old.length]
+            new.valid[j, W - span : W] = old.valid[i, old.length - span : old.length]
         for j, (row, src) in enumerate(joining, start=len(keep)):
             P = src.length
-            new.k[:, j, :, W - P:W] = src.k[:, 0, :, :P]
-            new.v[:, j, :, W - P:W] = src.v[:, 0, :, :P]
-            new.valid[j, W - P:W] = True
+            new.k[:, j, :, W - P : W] = src.k[:, 0, :, :P]
+            new.v[:, j, :, W - P : W] = src.v[:, 0, :, :P]
+            new.valid[j, W - P : W] = True
         self.cache = new
         self.slots = rows
 
@@ -198,8 +199,9 @@ class RunningBatch:
         tokens = torch.tensor([[r.tokens[-1] if r is not None else self.pad_id] for r in self.slots])  # (B, 1)
         positions = torch.tensor([[r.pos if r is not None else 0] for r in self.slots])  # (B, 1)
         with torch.inference_mode():
-            logits = self.model(tokens.to(self.device), cache=self.cache, positions=positions.to(self.device),
-                                last_only=True)[:, -1, :]  # (B, V)
+            logits = self.model(
+                tokens.to(self.device), cache=self.cache, positions=positions.to(self.device), last_only=True
+            )[:, -1, :]  # (B, V)
         for i, r in enumerate(self.slots):
             if r is not None:
                 r.logits, r.pos = logits[i], r.pos + 1

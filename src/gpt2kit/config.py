@@ -1,4 +1,5 @@
 """The model's shape: a small frozen dataclass and the four published presets."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,9 +43,14 @@ def _bad_epsilon(name: str, value: object) -> str | None:
 
 # config.json keys that change what a GPT-2 computes, and the values gpt2kit's model reproduces
 # (transformers' GPT2Model options; "gelu_pytorch_tanh" is the same tanh GELU as "gelu_new").
-HF_EXACT = {"activation_function": (None, "gelu_pytorch_tanh", "gelu_new"), "scale_attn_weights": (None, True),
-            "scale_attn_by_inverse_layer_idx": (None, False), "add_cross_attention": (None, False),
-            "reorder_and_upcast_attn": (None, True, False), "tie_word_embeddings": (None, True)}
+HF_EXACT = {
+    "activation_function": (None, "gelu_pytorch_tanh", "gelu_new"),
+    "scale_attn_weights": (None, True),
+    "scale_attn_by_inverse_layer_idx": (None, False),
+    "add_cross_attention": (None, False),
+    "reorder_and_upcast_attn": (None, True, False),
+    "tie_word_embeddings": (None, True),
+}
 
 
 @dataclass(frozen=True)
@@ -61,14 +67,16 @@ class GPTConfig:
         # Checked here, where every shape is made (config files, GGUF headers, options), so a bad value
         # stops the load at once rather than as a TypeError deep in the model or after auto-tuning began.
         for name in SIZES:
-            if (problem := _bad_size(name, getattr(self, name))):
+            if problem := _bad_size(name, getattr(self, name)):
                 raise MalformedConfig(f"model size {problem}")
-        if (problem := _bad_epsilon("layer_norm_epsilon", self.layer_norm_epsilon)):
+        if problem := _bad_epsilon("layer_norm_epsilon", self.layer_norm_epsilon):
             raise MalformedConfig(problem)
         # JSON may spell it as a whole number (1 for 1.0); the model wants a float
         object.__setattr__(self, "layer_norm_epsilon", float(self.layer_norm_epsilon))
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            raise MalformedConfig(f"dropout is {_show(self.dropout)}; it must be a number from 0 up to (not including) 1")
+            raise MalformedConfig(
+                f"dropout is {_show(self.dropout)}; it must be a number from 0 up to (not including) 1"
+            )
         if self.n_embd % self.n_head:
             raise MalformedConfig(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
 
@@ -126,18 +134,22 @@ class GPTConfig:
         # Named as the file names them (n_positions, vocab_size), before they become GPTConfig's fields
         ctx_key = "n_positions" if "n_positions" in cfg else "n_ctx"
         for key in ("vocab_size", "n_embd", "n_head", "n_layer", *([ctx_key] if ctx_key in cfg else [])):
-            if (problem := _bad_size(key, cfg[key])):
+            if problem := _bad_size(key, cfg[key]):
                 raise MalformedConfig(problem)
         if "layer_norm_epsilon" in cfg and (problem := _bad_epsilon("layer_norm_epsilon", cfg["layer_norm_epsilon"])):
             raise MalformedConfig(problem)
         if cfg.get("model_type", "gpt2") != "gpt2":
             raise UserError(f"config.json describes a {cfg.get('model_type')!r} model, not GPT-2")
         if cfg.get("n_inner") not in (None, 4 * cfg["n_embd"]):
-            raise UserError("config.json sets n_inner to something other than 4*n_embd; gpt2kit loads GPT-2's own shape only")
+            raise UserError(
+                "config.json sets n_inner to something other than 4*n_embd; gpt2kit loads GPT-2's own shape only"
+            )
         for key, allowed in HF_EXACT.items():
             if cfg.get(key) not in allowed:
-                raise UserError(f"config.json sets {key}={cfg[key]!r}, a GPT-2 variant gpt2kit does not compute "
-                                f"(it computes {key}={allowed[-1]!r})")
+                raise UserError(
+                    f"config.json sets {key}={cfg[key]!r}, a GPT-2 variant gpt2kit does not compute "
+                    f"(it computes {key}={allowed[-1]!r})"
+                )
         return cls(
             n_vocab=cfg["vocab_size"],
             n_ctx=cfg.get("n_positions", cfg.get("n_ctx", cls.n_ctx)),
@@ -157,10 +169,16 @@ PRESETS: dict[str, GPTConfig] = {
 
 # Old and Hugging Face names of the same four models.
 ALIASES: dict[str, str] = {
-    "117M": "124M", "345M": "355M",
-    "gpt2": "124M", "gpt2-medium": "355M", "gpt2-large": "774M", "gpt2-xl": "1558M",
-    "openai-community/gpt2": "124M", "openai-community/gpt2-medium": "355M",
-    "openai-community/gpt2-large": "774M", "openai-community/gpt2-xl": "1558M",
+    "117M": "124M",
+    "345M": "355M",
+    "gpt2": "124M",
+    "gpt2-medium": "355M",
+    "gpt2-large": "774M",
+    "gpt2-xl": "1558M",
+    "openai-community/gpt2": "124M",
+    "openai-community/gpt2-medium": "355M",
+    "openai-community/gpt2-large": "774M",
+    "openai-community/gpt2-xl": "1558M",
 }
 
 
@@ -173,7 +191,9 @@ def _json_kind(value: object) -> str:
     """How JSON spells the type of a parsed value, for messages: 'a list', 'null'."""
     if value is None:
         return "null"
-    return {list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}.get(type(value), "something else")
+    return {list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}.get(
+        type(value), "something else"
+    )
 
 
 def canonical_name(name: str) -> str | None:

@@ -3,6 +3,7 @@
 The one home of the PyTorch-level auto rule, for training and for inference off the CPU kernels.
 (On CPUs, inference's `--dtype auto` is decided by measurement in gpt2kit.cpu.policy.)
 """
+
 from __future__ import annotations
 
 import torch

@@ -10,6 +10,7 @@ itself is on disk. A folder (a checkpoint) gets every file in it fsynced, then t
 otherwise report as an opaque RuntimeError or SafetensorError. A command's text output (`open_text_output`)
 is replaced the same way, unless it names a stream or a device, which are written where they are.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -114,8 +115,10 @@ def user_error_for(e: BaseException, path: Path) -> UserError | None:
     """A clear UserError when `e` means the disk is full or not writable while writing `path`, else None."""
     code = os_error(e)
     if code in NO_SPACE:
-        return UserError(f"no space left while writing {path} ({os.strerror(code)}); free some space "
-                         f"(or raise the file-size limit) and run the command again")
+        return UserError(
+            f"no space left while writing {path} ({os.strerror(code)}); free some space "
+            f"(or raise the file-size limit) and run the command again"
+        )
     if code in READ_ONLY:
         return UserError(f"cannot write {path} ({os.strerror(code)}); choose a folder you can write")
     return None
@@ -132,8 +135,9 @@ def check_writable(folder: Path) -> None:
         raise UserError(f"cannot create {folder}: {target} is a file, not a folder; choose another folder")
     e = _write_probe(target)
     if e is not None:
-        raise user_error_for(e, folder) or UserError(f"cannot write in {folder} ({e.strerror}); "
-                                                     f"choose a folder you can write") from None
+        raise user_error_for(e, folder) or UserError(
+            f"cannot write in {folder} ({e.strerror}); choose a folder you can write"
+        ) from None
 
 
 def _write_probe(folder: Path) -> OSError | None:
@@ -166,8 +170,9 @@ def check_output(path: Path, *, folder: bool, make_parents: bool = False) -> Pat
         raise UserError(f"cannot write {path}: the folder {parent} does not exist; create it first or write elsewhere")
     e = _write_probe(existing)  # a real write: os.access says yes to root, and on /proc or a read-only mount
     if e is not None:
-        raise user_error_for(e, path) or UserError(f"cannot write {path}: {existing} does not take new files "
-                                                   f"({e.strerror}); choose another output path") from None
+        raise user_error_for(e, path) or UserError(
+            f"cannot write {path}: {existing} does not take new files ({e.strerror}); choose another output path"
+        ) from None
     return path
 
 
@@ -175,8 +180,9 @@ def _check_existing(path: Path, folder: bool) -> None:
     """UserError unless `path`, which exists, is an output this command may take: an empty folder for a folder."""
     if not folder:
         what = "a folder" if path.is_dir() else "a file"
-        raise UserError(f"{path} already exists ({what}) and would be replaced; choose another output path, "
-                        f"or delete it first")
+        raise UserError(
+            f"{path} already exists ({what}) and would be replaced; choose another output path, or delete it first"
+        )
     if not path.is_dir():
         raise UserError(f"{path} already exists and is not a folder; choose a new folder")
     try:
@@ -191,11 +197,14 @@ def require_space(folder: Path, needed: int) -> None:
     """UserError before writing `needed` bytes into `folder` when the disk clearly lacks them."""
     free = shutil.disk_usage(folder).free
     if free < needed:
-        raise UserError(f"{folder} has {free / 2**20:,.0f} MiB free but the save needs about "
-                        f"{needed / 2**20:,.0f} MiB; free some space and run the command again")
+        raise UserError(
+            f"{folder} has {free / 2**20:,.0f} MiB free but the save needs about "
+            f"{needed / 2**20:,.0f} MiB; free some space and run the command again"
+        )
 
 
 # --- a command's text output: the terminal, a stream or device written in place, or a file replaced at the end ---
+
 
 def check_text_output(path: Path) -> None:
     """`path` can take a command's text (--output): checked before any work starts, creating nothing."""

@@ -10,6 +10,7 @@ Rows of one prompt share its prefill. A row whose context fills slides on: its l
 prefilled again and it rejoins; a row with no token limit ends instead (the context is its limit).
 Prompt scoring (echo with logprobs) rides on the prompt's prefill, chunk by chunk.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,14 +34,23 @@ from .tokenizer import Tokenizer
 @dataclass
 class _Prompt:
     """A prefill waiting or under way, for the rows that continue it and/or scoring its prompt."""
+
     prefill: Prefill
     request: Request
     ends: list[Sequence] = field(default_factory=list)  # max_new 0 rows that end when the prompt is scored
 
 
 class Engine:
-    def __init__(self, model: GPT, tokenizer: Tokenizer, *, max_rows: int = 1 << 30, budget: int | None = None,
-                 step_tokens: int = STEP_TOKENS, stats: Stats | None = None):
+    def __init__(
+        self,
+        model: GPT,
+        tokenizer: Tokenizer,
+        *,
+        max_rows: int = 1 << 30,
+        budget: int | None = None,
+        step_tokens: int = STEP_TOKENS,
+        stats: Stats | None = None,
+    ):
         """max_rows: rows decoded together; budget: KV-cache positions the running rows may reserve together
         (None: max_rows x n_ctx, or unbounded); step_tokens: prompt tokens plus decoding rows per step."""
         self.model, self.tokenizer = model, tokenizer
@@ -105,8 +115,11 @@ class Engine:
     # --- the step's parts ---------------------------------------------------------------------------
 
     def _admit(self) -> None:
-        room = KvBudget(positions=self.budget if self.budget is not None else 1 << 62, max_rows=self.max_rows,
-                        running=[seq.reservation(self.n_ctx) for seq, _ in self.live.values()])
+        room = KvBudget(
+            positions=self.budget if self.budget is not None else 1 << 62,
+            max_rows=self.max_rows,
+            running=[seq.reservation(self.n_ctx) for seq, _ in self.live.values()],
+        )
         for group in self.scheduler.admit(room.take):
             group.request.started = True
             self._start(group)
@@ -206,7 +219,7 @@ class Engine:
                 self._end(res.row, now)
         for seq in self.batch.feed():  # rows whose context is full: re-prefill their last n_ctx/2 tokens first
             seq.status = Status.PREFILLING
-            window = Prefill(self.model, seq.tokens[-(self.n_ctx // 2):], [seq])
+            window = Prefill(self.model, seq.tokens[-(self.n_ctx // 2) :], [seq])
             self.prefills.appendleft(_Prompt(window, self.live[seq.key][1]))
 
     def _draw(self, rows: list[Sequence], raw: torch.Tensor) -> tuple[list[StepResult], list]:
@@ -222,8 +235,14 @@ class Engine:
             greedy = dataclasses.replace(seq.settings, temperature=0.0)  # penalties, bias, constraint: no truncation
             try:
                 check_finite(raw[i : i + 1])
-                token = contrastive_token(self.model, self.batch.cache, self.batch.slots.index(seq), seq, raw[i],
-                                          lambda x: self.pipeline.process(x, greedy, [seq]))
+                token = contrastive_token(
+                    self.model,
+                    self.batch.cache,
+                    self.batch.slots.index(seq),
+                    seq,
+                    raw[i],
+                    lambda x: self.pipeline.process(x, greedy, [seq]),
+                )
             except NonFiniteLogits as e:
                 failed.append((seq, e))
                 continue

@@ -1,4 +1,5 @@
 """`perplexity`: how well a model predicts a text file or a token dataset (`gpt2kit perplexity`)."""
+
 from __future__ import annotations
 
 import math
@@ -28,8 +29,14 @@ class Perplexity:
         return math.exp(self.loss)
 
 
-def perplexity(lm: LM, path: str | Path, *, context_length: int | None = None,
-               encoding: str = EncodeOptions.encoding, errors: str = EncodeOptions.errors) -> Perplexity:
+def perplexity(
+    lm: LM,
+    path: str | Path,
+    *,
+    context_length: int | None = None,
+    encoding: str = EncodeOptions.encoding,
+    errors: str = EncodeOptions.errors,
+) -> Perplexity:
     """Score every token of `path` once, in windows of `context_length` tokens (None or 0: the model's
     context, which is also the most). A text file is read as `encode` reads it (`encoding`, `errors`):
     <|endoftext|> after each document, so a file and its token dataset score the same."""
@@ -55,8 +62,10 @@ def check_input(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():  # not read as a corpus: which of its files to score is the user's choice
         example = f", such as {path / '*'}" if any(path.iterdir()) else ""
-        raise UserError(f"{path} is a folder, and {describe_folder(path)}; perplexity scores files: give text files "
-                        f"or token datasets (.tokens, .npz, .bin){example}")
+        raise UserError(
+            f"{path} is a folder, and {describe_folder(path)}; perplexity scores files: give text files "
+            f"or token datasets (.tokens, .npz, .bin){example}"
+        )
     if path.exists() and not path.is_file():
         raise UserError(f"{path} is not a regular file; give a text file or a token dataset (.tokens, .npz, .bin)")
     if not path.is_file():
@@ -74,8 +83,10 @@ def input_tokens(lm: LM, path: Path, opts: ReadOptions) -> np.ndarray:
         tokens = _encode_documents(lm, path, opts)
     if tokens.size < 2:
         what = "encode more text into it" if dataset else "give a file with some text in it"
-        raise UserError(f"{path} has only {tokens.size} token(s), and perplexity needs at least 2 (the first "
-                        f"predicts the second): {what}")
+        raise UserError(
+            f"{path} has only {tokens.size} token(s), and perplexity needs at least 2 (the first "
+            f"predicts the second): {what}"
+        )
     return tokens
 
 
@@ -102,7 +113,7 @@ def strided_loss(model: GPT, tokens: np.ndarray, window: int, device: torch.devi
     T = min(window, tokens.size - 1)
     total, count = 0.0, 0
     for s in range(0, tokens.size - 1, T):
-        chunk = torch.from_numpy(np.asarray(tokens[s:s + T + 1], dtype=np.int64))  # (T + 1,)
+        chunk = torch.from_numpy(np.asarray(tokens[s : s + T + 1], dtype=np.int64))  # (T + 1,)
         x, y = chunk[:-1].unsqueeze(0).to(device), chunk[1:].unsqueeze(0).to(device)  # (1, T) each
         total += F.cross_entropy(model(x).float()[0], y[0], reduction="sum").item()
         count += y.numel()

@@ -4,6 +4,7 @@ and the Python API's ordered output (the current sample streams, later ones wait
 Sample k of a run draws from sample_seed(seed, k), so its text depends on the seed and its place alone;
 the server builds its sequences with the same make_sequences, so a seed gives the CLI's text there too.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -48,9 +49,13 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str | None, n_ctx: int, *, trunc
     if len(ids) >= n_ctx:
         if not truncate:
             raise PromptTooLong(len(ids), n_ctx)
-        log.warning("the prompt is %d tokens, longer than the model's context of %d: keeping its last %d tokens",
-                    len(ids), n_ctx, n_ctx - 1)
-        ids = ids[-(n_ctx - 1):]
+        log.warning(
+            "the prompt is %d tokens, longer than the model's context of %d: keeping its last %d tokens",
+            len(ids),
+            n_ctx,
+            n_ctx - 1,
+        )
+        ids = ids[-(n_ctx - 1) :]
     return ids
 
 
@@ -65,9 +70,21 @@ def check_counts(*, length: int | None = None, nsamples: int | None = None, batc
         raise UserError(f"nsamples must be 0 (forever) or more, got {nsamples}")
 
 
-def make_sequences(prompts: list[str | None], encoded: list[list[int]], *, per_prompt: int, seed: int,
-                   settings: SamplingSettings, max_new: int | None, stops: list[str], include_prefix: bool,
-                   stop_at_eot: bool, logprobs: int, first: int = 0, index_base: int = 0) -> Iterator[Sequence]:
+def make_sequences(
+    prompts: list[str | None],
+    encoded: list[list[int]],
+    *,
+    per_prompt: int,
+    seed: int,
+    settings: SamplingSettings,
+    max_new: int | None,
+    stops: list[str],
+    include_prefix: bool,
+    stop_at_eot: bool,
+    logprobs: int,
+    first: int = 0,
+    index_base: int = 0,
+) -> Iterator[Sequence]:
     """`per_prompt` sequences for each prompt, in prompt order: the CLI's samples and the server's choices.
 
     Sample k (counting from `first`) draws from sample_seed(seed, k); its key is index_base + k (the server
@@ -77,16 +94,37 @@ def make_sequences(prompts: list[str | None], encoded: list[list[int]], *, per_p
     k = first
     for prompt, ids in zip(prompts, encoded):
         for _ in range(per_prompt):
-            yield Sequence(key=index_base + k, prompt=prompt, ids=ids, seed=sample_seed(seed, k), settings=settings,
-                           max_new=max_new, stops=stops, include_prefix=include_prefix, stop_at_eot=stop_at_eot,
-                           logprobs=logprobs)
+            yield Sequence(
+                key=index_base + k,
+                prompt=prompt,
+                ids=ids,
+                seed=sample_seed(seed, k),
+                settings=settings,
+                max_new=max_new,
+                stops=stops,
+                include_prefix=include_prefix,
+                stop_at_eot=stop_at_eot,
+                logprobs=logprobs,
+            )
             k += 1
 
 
-def iter_samples(model: GPT, tokenizer: Tokenizer, prompts: list[str | None], *, length: int | None,
-                 settings: SamplingSettings, stop: list[str], seed: int, nsamples: int, batch_size: int,
-                 truncate: str | None, include_prefix: bool, stop_at_eot: bool,
-                 logprobs: int) -> Iterator[Piece | Sample]:
+def iter_samples(
+    model: GPT,
+    tokenizer: Tokenizer,
+    prompts: list[str | None],
+    *,
+    length: int | None,
+    settings: SamplingSettings,
+    stop: list[str],
+    seed: int,
+    nsamples: int,
+    batch_size: int,
+    truncate: str | None,
+    include_prefix: bool,
+    stop_at_eot: bool,
+    logprobs: int,
+) -> Iterator[Piece | Sample]:
     """Yield streamed Pieces and finished Samples, in output order. nsamples=0 runs forever.
 
     Up to batch_size samples decode together; as one finishes the next joins (continuous batching), so a
@@ -98,9 +136,19 @@ def iter_samples(model: GPT, tokenizer: Tokenizer, prompts: list[str | None], *,
     def sequences() -> Iterator[Sequence]:
         # nsamples=0: round after round of one sample per prompt, numbered on from the last round.
         for round_ in itertools.count() if nsamples == 0 else range(1):
-            yield from make_sequences(prompts, encoded, per_prompt=nsamples or 1, seed=seed, settings=settings,
-                                      max_new=length, stops=stops, include_prefix=include_prefix,
-                                      stop_at_eot=stop_at_eot, logprobs=logprobs, first=round_ * len(prompts))
+            yield from make_sequences(
+                prompts,
+                encoded,
+                per_prompt=nsamples or 1,
+                seed=seed,
+                settings=settings,
+                max_new=length,
+                stops=stops,
+                include_prefix=include_prefix,
+                stop_at_eot=stop_at_eot,
+                logprobs=logprobs,
+                first=round_ * len(prompts),
+            )
 
     yield from OrderedRun(Engine(model, tokenizer, max_rows=batch_size), sequences(), batch_size).events()
 

@@ -1,4 +1,5 @@
 """`load` a model from anywhere and the `LM` handle that generates with it."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,11 +20,11 @@ from .devices import resolve_device, resolve_dtype
 from .errors import UserError
 from .formats import build_model, read_checkpoint
 from .formats.mapped import keep_big_allocations_returnable
+from .generation import Piece, Sample, encode_prompt, iter_samples, new_seed
 from .hub import resolve_model_path
+from .model import GPT
 from .options import INT8, GenerateOptions, InspectOptions, LoadOptions
 from .paths import BUNDLED_DIR
-from .generation import Piece, Sample, encode_prompt, iter_samples, new_seed
-from .model import GPT
 from .tokenizer import Tokenizer
 
 log = logging.getLogger("gpt2kit")
@@ -52,8 +53,9 @@ class LM:
     def device(self) -> torch.device:
         return self.model.wte.weight.device
 
-    def generate(self, prompt: str | list[str] | None = None, options: GenerateOptions | None = None,
-                 **overrides) -> list[str]:
+    def generate(
+        self, prompt: str | list[str] | None = None, options: GenerateOptions | None = None, **overrides
+    ) -> list[str]:
         """One string per sample, in prompt order (all samples of the first prompt, then the next).
 
         `options` (default GenerateOptions()) with any of its fields overridden by keyword, e.g.
@@ -70,21 +72,38 @@ class LM:
             if isinstance(ev, Piece):
                 yield ev.text
 
-    def samples(self, prompt: str | list[str] | None = None, options: GenerateOptions | None = None,
-                **overrides) -> Iterator[Piece | Sample]:
+    def samples(
+        self, prompt: str | list[str] | None = None, options: GenerateOptions | None = None, **overrides
+    ) -> Iterator[Piece | Sample]:
         """Streamed Pieces and finished Samples (with seeds, token counts, logprobs) in output order."""
         o = _options(options, overrides)
         prompts = prompt if isinstance(prompt, list) else [prompt]
         if not prompts:
             raise UserError("no prompts given")
         stops = [o.stop] if isinstance(o.stop, str) else list(o.stop or [])
-        return iter_samples(self.model, self.tokenizer, prompts, length=o.length, settings=o.sampling(), stop=stops,
-                            seed=new_seed() if o.seed is None else o.seed, nsamples=o.nsamples,
-                            batch_size=o.batch_size, truncate=o.truncate, include_prefix=o.include_prefix,
-                            stop_at_eot=o.stop_at_eot, logprobs=o.logprobs)
+        return iter_samples(
+            self.model,
+            self.tokenizer,
+            prompts,
+            length=o.length,
+            settings=o.sampling(),
+            stop=stops,
+            seed=new_seed() if o.seed is None else o.seed,
+            nsamples=o.nsamples,
+            batch_size=o.batch_size,
+            truncate=o.truncate,
+            include_prefix=o.include_prefix,
+            stop_at_eot=o.stop_at_eot,
+            logprobs=o.logprobs,
+        )
 
-    def inspect(self, text: str, *, context_length: int | None = InspectOptions.context_length,
-                alternatives: int = InspectOptions.alternatives):
+    def inspect(
+        self,
+        text: str,
+        *,
+        context_length: int | None = InspectOptions.context_length,
+        alternatives: int = InspectOptions.alternatives,
+    ):
         """GLTR's view of `text` under this model: each token's rank, probability, the top prediction, entropy,
         and the share of tokens in the top 10, 100, 1000 and the rest (gpt2kit.provenance.inspect)."""
         from .provenance.inspect import inspect
@@ -101,9 +120,15 @@ class LM:
         return list(zip(i.tolist(), p.tolist()))
 
 
-def load(name: str | Path | None = None, *, device: str = _LOAD.device, dtype: str = _LOAD.dtype,
-         checkpoint: str | None = _LOAD.checkpoint, offline: bool | None = _LOAD.offline,
-         adapter: str | Path | None = _LOAD.adapter) -> LM:
+def load(
+    name: str | Path | None = None,
+    *,
+    device: str = _LOAD.device,
+    dtype: str = _LOAD.dtype,
+    checkpoint: str | None = _LOAD.checkpoint,
+    offline: bool | None = _LOAD.offline,
+    adapter: str | Path | None = _LOAD.adapter,
+) -> LM:
     """Load any GPT-2 people have on disk (or a published name, downloaded on first use).
 
     On a CPU, `lm.model` is a `gpt2kit.cpu.CpuGPT`: the reference GPT on the path gpt2kit.cpu chose
@@ -130,8 +155,15 @@ def load(name: str | Path | None = None, *, device: str = _LOAD.device, dtype: s
     gpt = build_model(ck.config, ck.state_dict, ck.path, share=True)
     ck.state_dict.clear()  # the model owns those tensors now; no second reference keeps old copies alive
     gpt = gpt.to(device=dev, dtype=torch_dtype).eval()
-    info = {"format": ck.format, "path": str(ck.path), "checkpoint": ck.checkpoint, "notes": ck.notes,
-            "bundled": folder == BUNDLED_DIR, "device": str(dev), "name": str(name) if name is not None else "bundled"}
+    info = {
+        "format": ck.format,
+        "path": str(ck.path),
+        "checkpoint": ck.checkpoint,
+        "notes": ck.notes,
+        "bundled": folder == BUNDLED_DIR,
+        "device": str(dev),
+        "name": str(name) if name is not None else "bundled",
+    }
     if lora is not None:
         info["adapter"] = str(adapter)
     if dev.type != "cpu":
@@ -141,4 +173,3 @@ def load(name: str | Path | None = None, *, device: str = _LOAD.device, dtype: s
     if model.decision is not None:
         info["cpu_auto"] = model.decision.summary()
     return LM(model, ck.tokenizer, info)
-

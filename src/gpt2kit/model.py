@@ -4,6 +4,7 @@ Parameter names are GPT-2's own (wte, wpe, h.N.ln_1, attn.c_attn, attn.c_proj, m
 mlp.c_proj, ln_f), so every checkpoint format maps onto it key for key. Linear weights are
 stored PyTorch-style as (out, in); the formats module transposes TF's and HF's (in, out).
 """
+
 from __future__ import annotations
 
 import math
@@ -69,10 +70,10 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         if cache is not None:
             start = cache.length
-            cache.k[layer, :, :, start:start + T] = k
-            cache.v[layer, :, :, start:start + T] = v
-            k = cache.k[layer, :, :, :start + T]  # (B, nh, S, hs)
-            v = cache.v[layer, :, :, :start + T]
+            cache.k[layer, :, :, start : start + T] = k
+            cache.v[layer, :, :, start : start + T] = v
+            k = cache.k[layer, :, :, : start + T]  # (B, nh, S, hs)
+            v = cache.v[layer, :, :, : start + T]
         dropout = self.dropout if self.training else 0.0
         if mask is not None:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
@@ -142,9 +143,15 @@ class GPT(nn.Module):
         # Per block: ln_1 2C, c_attn 3C^2+3C, c_proj C^2+C, ln_2 2C, c_fc 4C^2+4C, mlp.c_proj 4C^2+C.
         return (self.config.n_vocab + self.config.n_ctx) * C + L * (12 * C * C + 13 * C) + 2 * C
 
-    def forward(self, idx: torch.Tensor, *, cache: KVCache | None = None,
-                positions: torch.Tensor | None = None, hidden_only: bool = False,
-                last_only: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        idx: torch.Tensor,
+        *,
+        cache: KVCache | None = None,
+        positions: torch.Tensor | None = None,
+        hidden_only: bool = False,
+        last_only: bool = False,
+    ) -> torch.Tensor:
         """idx (B, T) token ids -> logits (B, T, n_vocab), or the final hidden states (B, T, C).
 
         last_only: only the last position's (B, 1, ...), as sampling needs; the output head is a
@@ -164,7 +171,7 @@ class GPT(nn.Module):
             causal = k_idx[None, :] <= q_idx[:, None]  # (T, S)
             # A padding query still sees itself, so no softmax row is empty (that would be NaN).
             itself = k_idx[None, :] == q_idx[:, None]  # (T, S)
-            mask = causal[None] & (cache.valid[:, None, :start + T] | itself[None])  # (B, T, S)
+            mask = causal[None] & (cache.valid[:, None, : start + T] | itself[None])  # (B, T, S)
             mask = mask.unsqueeze(1)  # (B, 1, T, S)
         for layer, block in enumerate(self.h):
             if self.gradient_checkpointing and self.training:
@@ -179,5 +186,3 @@ class GPT(nn.Module):
         if hidden_only:
             return x
         return F.linear(x, self.wte.weight)  # the output head is tied to wte, as in GPT-2
-
-

@@ -4,6 +4,7 @@ The CLI builds its flags' help from these classes and the server its request def
 written once. (Fine-tuning's options are `training/options.py`'s `TrainOptions`.) This module imports
 nothing heavy: `gpt2kit --help` reads it without loading PyTorch.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,7 +15,6 @@ from .constraints.spec import Constraint
 from .data.extract import ReadOptions
 from .errors import UserError
 
-
 # Temperatures this small are greedy, the limit they approach: dividing logits by less could overflow fp32
 # into +inf, a row no token can be drawn from (one such request once failed every request batched with it).
 GREEDY_BELOW = 1e-4
@@ -24,6 +24,7 @@ PENALTY_RANGE = (1e-4, 1e4)  # repetition_penalty: outside it a seen logit overf
 @dataclass(frozen=True)
 class SamplingSettings:
     """The per-row filters of sampling.py (re-exported there); the one rule for their valid ranges."""
+
     temperature: float = 1.0  # 0 = greedy
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1.0 = off
@@ -65,8 +66,10 @@ class SamplingSettings:
         if not 0 < self.top_p <= 1:
             raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
         if not PENALTY_RANGE[0] <= self.repetition_penalty <= PENALTY_RANGE[1]:
-            raise UserError(f"repetition_penalty must be between {PENALTY_RANGE[0]:g} and {PENALTY_RANGE[1]:g} "
-                            f"(1.0 = off), got {self.repetition_penalty}")
+            raise UserError(
+                f"repetition_penalty must be between {PENALTY_RANGE[0]:g} and {PENALTY_RANGE[1]:g} "
+                f"(1.0 = off), got {self.repetition_penalty}"
+            )
         for name in ("presence_penalty", "frequency_penalty"):
             if not -2.0 <= getattr(self, name) <= 2.0:
                 raise UserError(f"{name} must be between -2 and 2, got {getattr(self, name)}")
@@ -77,9 +80,14 @@ class SamplingSettings:
         check_watermark(self.watermark_key, self.watermark_gamma, self.watermark_delta, self.watermark_context_width)
 
     # Not fields (no annotation): the samplers' ranges, (low, high, what an out-of-range message adds).
-    UNIT_RANGES = (("min_p", 0.0, 1.0, "0 = off"), ("typical_p", 0.0, 1.0, "1 = off"),
-                   ("mirostat_eta", 0.0, 1.0, ""), ("xtc_probability", 0.0, 1.0, "0 = off"),
-                   ("xtc_threshold", 0.0, 1.0, "above 0.5 = off"), ("penalty_alpha", 0.0, 1.0, "0 = off"))
+    UNIT_RANGES = (
+        ("min_p", 0.0, 1.0, "0 = off"),
+        ("typical_p", 0.0, 1.0, "1 = off"),
+        ("mirostat_eta", 0.0, 1.0, ""),
+        ("xtc_probability", 0.0, 1.0, "0 = off"),
+        ("xtc_threshold", 0.0, 1.0, "above 0.5 = off"),
+        ("penalty_alpha", 0.0, 1.0, "0 = off"),
+    )
     DRY_BREAKER_MAX = 40  # characters; llama.cpp cuts longer breakers to 40 (llama_sampler_init_dry)
 
     def _check_samplers(self) -> None:
@@ -89,14 +97,17 @@ class SamplingSettings:
         object.__setattr__(self, "dry_sequence_breakers", tuple(breakers))  # a JSON list: hashable, as settings are
         for name, low, high, note in self.UNIT_RANGES:
             if not low <= getattr(self, name) <= high:
-                raise UserError(f"{name} must be between {low:g} and {high:g}{f' ({note})' if note else ''}, "
-                                f"got {getattr(self, name)}")
+                raise UserError(
+                    f"{name} must be between {low:g} and {high:g}{f' ({note})' if note else ''}, "
+                    f"got {getattr(self, name)}"
+                )
         for name in ("epsilon_cutoff", "eta_cutoff"):
             if not 0 <= getattr(self, name) < 1:
                 raise UserError(f"{name} must be in [0, 1) (0 = off), got {getattr(self, name)}")
         if not math.isfinite(self.top_n_sigma):
-            raise UserError(f"top_n_sigma must be a finite number of standard deviations (0 or less = off), "
-                            f"got {self.top_n_sigma}")
+            raise UserError(
+                f"top_n_sigma must be a finite number of standard deviations (0 or less = off), got {self.top_n_sigma}"
+            )
         if self.mirostat not in (0, 2):
             raise UserError(f"mirostat must be 0 (off) or 2 (mirostat v2; v1 is not offered), got {self.mirostat}")
         if not 0 <= self.mirostat_tau <= 100:  # bits: GPT-2's whole vocabulary is 15.6 bits
@@ -108,20 +119,26 @@ class SamplingSettings:
         if self.dry_allowed_length < 0:
             raise UserError(f"dry_allowed_length must be 0 or more tokens, got {self.dry_allowed_length}")
         if self.dry_penalty_last_n < -1:
-            raise UserError(f"dry_penalty_last_n must be -1 (every token), 0 (off) or a number of tokens, "
-                            f"got {self.dry_penalty_last_n}")
+            raise UserError(
+                f"dry_penalty_last_n must be -1 (every token), 0 (off) or a number of tokens, "
+                f"got {self.dry_penalty_last_n}"
+            )
         for breaker in self.dry_sequence_breakers:
             if not 1 <= len(breaker) <= self.DRY_BREAKER_MAX:
-                raise UserError(f"dry_sequence_breakers must be texts of 1 to {self.DRY_BREAKER_MAX} characters, "
-                                f"got {breaker!r}")
+                raise UserError(
+                    f"dry_sequence_breakers must be texts of 1 to {self.DRY_BREAKER_MAX} characters, got {breaker!r}"
+                )
         if self.penalty_alpha > 0 and self.top_k < 2:
-            raise UserError(f"penalty_alpha (contrastive search) compares top_k candidates: top_k must be 2 or more, "
-                            f"got {self.top_k}")
+            raise UserError(
+                f"penalty_alpha (contrastive search) compares top_k candidates: top_k must be 2 or more, "
+                f"got {self.top_k}"
+            )
 
 
 @dataclass(frozen=True)
 class GenerateOptions:
     """What `LM.samples` takes besides the prompts: `gpt2kit generate`/`interactive` and the server's defaults."""
+
     length: int | None = None  # new tokens per sample; None: until <|endoftext|> or the context is full
     temperature: float = SamplingSettings.temperature
     top_k: int = SamplingSettings.top_k
@@ -165,9 +182,24 @@ class GenerateOptions:
     logprobs: int = 0  # top alternatives recorded per step
 
     # Not fields: the samplers of gpt2kit.samplers (issue 29), the fields its HELP describes, and the constraint forms.
-    SAMPLERS = ("min_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "top_n_sigma", "mirostat", "mirostat_tau",
-                "mirostat_eta", "dry_multiplier", "dry_base", "dry_allowed_length", "dry_penalty_last_n",
-                "dry_sequence_breakers", "xtc_threshold", "xtc_probability", "penalty_alpha")
+    SAMPLERS = (
+        "min_p",
+        "typical_p",
+        "epsilon_cutoff",
+        "eta_cutoff",
+        "top_n_sigma",
+        "mirostat",
+        "mirostat_tau",
+        "mirostat_eta",
+        "dry_multiplier",
+        "dry_base",
+        "dry_allowed_length",
+        "dry_penalty_last_n",
+        "dry_sequence_breakers",
+        "xtc_threshold",
+        "xtc_probability",
+        "penalty_alpha",
+    )
     CONSTRAINTS = ("json_schema", "json_object", "regex", "grammar", "choices")
 
     def __post_init__(self) -> None:
@@ -185,21 +217,37 @@ class GenerateOptions:
             raise UserError(f"one constraint at a time: got {' and '.join(asked)}")
         if not asked:
             return None
-        build = {"json_schema": Constraint.json_schema, "json_object": lambda _: Constraint.json_object(),
-                 "regex": Constraint.regex, "grammar": Constraint.grammar, "choices": Constraint.choice}
+        build = {
+            "json_schema": Constraint.json_schema,
+            "json_object": lambda _: Constraint.json_object(),
+            "regex": Constraint.regex,
+            "grammar": Constraint.grammar,
+            "choices": Constraint.choice,
+        }
         return build[asked[0]](getattr(self, asked[0]))
 
     def sampling(self) -> SamplingSettings:
         """The per-row filters these options ask for (their ranges checked: a UserError when one is out)."""
-        return SamplingSettings(constraint=self.constraint(),
-                                **{f.name: getattr(self, f.name) for f in dataclasses.fields(SamplingSettings)
-                                   if f.name != "constraint" and hasattr(self, f.name)})
+        return SamplingSettings(
+            constraint=self.constraint(),
+            **{
+                f.name: getattr(self, f.name)
+                for f in dataclasses.fields(SamplingSettings)
+                if f.name != "constraint" and hasattr(self, f.name)
+            },
+        )
 
 
 # PyTorch compute dtypes by the names people type (the short ones are llama.cpp's and PyTorch users' habit),
 # each with the torch dtype it names. devices.py maps them to torch; this torch-free module holds the names.
-DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-               "float16": "float16", "fp16": "float16"}
+DTYPE_NAMES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+}
 INT8 = "int8"  # on CPUs only: weight-only int8 with per-row scales (gpt2kit.cpu.weights)
 
 
@@ -213,6 +261,7 @@ def dtype_choices() -> str:
 @dataclass(frozen=True)
 class LoadOptions:
     """How `load` reads a model (every command with --model, and each model `serve` loads)."""
+
     device: str = "auto"  # cuda, then mps, then cpu
     dtype: str = "auto"  # CPUs: the fastest path measured to keep fp32's answers; elsewhere devices.auto_dtype
     checkpoint: str | None = None  # which checkpoint of a run folder; None: the newest
@@ -227,6 +276,7 @@ DECODE_ERRORS = ("strict", "replace", "ignore")
 @dataclass(frozen=True)
 class EncodeOptions:
     """`encode_dataset`'s options (`gpt2kit encode`)."""
+
     val_fraction: float = 0.0  # whole documents held out for validation
     eot: bool = True  # <|endoftext|> after every document
     # How files are read: the reader's own defaults.
@@ -254,16 +304,21 @@ CONVERT_DTYPES = ("float32", "float16", "bfloat16")
 @dataclass(frozen=True)
 class ConvertOptions:
     """`convert`'s options (`gpt2kit convert`)."""
+
     checkpoint: str | None = None  # which checkpoint of a run folder; None: the newest
     dtype: str = "float32"  # lossless for every published model; halves are for smaller files
 
 
-DOWNLOAD_SOURCES = ("openai", "huggingface")  # the published models: OpenAI's TensorFlow files, or the hub's safetensors
+DOWNLOAD_SOURCES = (
+    "openai",
+    "huggingface",
+)  # the published models: OpenAI's TensorFlow files, or the hub's safetensors
 
 
 @dataclass(frozen=True)
 class DownloadOptions:
     """`download`'s options (`gpt2kit download`)."""
+
     source: str = DOWNLOAD_SOURCES[0]  # for the published names (124M ... 1558M)
     revision: str = "main"  # for hub repositories: a branch, tag or commit
 
@@ -271,6 +326,7 @@ class DownloadOptions:
 @dataclass(frozen=True)
 class ServeOptions:
     """`gpt2kit serve`: where it listens, what it allows, and how the model loads."""
+
     host: str = "127.0.0.1"  # this machine only; anything else warns without an API key
     port: int = 8000
     api_key: str | None = None  # None: GPT2KIT_API_KEY if set, else no key
@@ -293,21 +349,31 @@ class ServeOptions:
     # Not fields (no annotation): the valid ranges. TCP ports are 16 bits; each limit below must be 1 or
     # more (the unit its message names): at 0 every request would be refused (429, 400, 413) or get no tokens.
     PORT_MAX = 65535
-    AT_LEAST_ONE = (("max_batch", "row"), ("max_queue", "waiting request"), ("max_tokens_limit", "token"),
-                    ("max_request_rows", "row"), ("max_request_bytes", "byte"))
+    AT_LEAST_ONE = (
+        ("max_batch", "row"),
+        ("max_queue", "waiting request"),
+        ("max_tokens_limit", "token"),
+        ("max_request_rows", "row"),
+        ("max_request_bytes", "byte"),
+    )
 
     def __post_init__(self) -> None:
         if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
             raise UserError(f"max_batch_tokens must be at least 1, got {self.max_batch_tokens}")
         if not 0 <= self.port <= self.PORT_MAX:  # 0 is the system's choice of a free port (serve prints which)
-            raise UserError(f"port must be between 1 and {self.PORT_MAX} (or 0: any free port), got {self.port}; "
-                            f"pass e.g. --port {ServeOptions.port}")
+            raise UserError(
+                f"port must be between 1 and {self.PORT_MAX} (or 0: any free port), got {self.port}; "
+                f"pass e.g. --port {ServeOptions.port}"
+            )
         for name, unit in self.AT_LEAST_ONE:
             if getattr(self, name) < 1:
-                raise UserError(f"{name} must be at least 1 {unit}, got {getattr(self, name)}; "
-                                f"pass --{name.replace('_', '-')} 1 or more")
+                raise UserError(
+                    f"{name} must be at least 1 {unit}, got {getattr(self, name)}; "
+                    f"pass --{name.replace('_', '-')} 1 or more"
+                )
         if not self.shutdown_timeout >= 0:
             raise UserError(f"shutdown_timeout must be 0 seconds or more, got {self.shutdown_timeout}")
+
     # How the model loads; None leaves the choice to `load` (its defaults are its own).
     device: str | None = None
     dtype: str | None = None
@@ -316,13 +382,13 @@ class ServeOptions:
 
     def load_kwargs(self) -> dict:
         """The options meant for `load`, those that were set."""
-        return {f.name: v for f in dataclasses.fields(LoadOptions)
-                if (v := getattr(self, f.name, None)) is not None}
+        return {f.name: v for f in dataclasses.fields(LoadOptions) if (v := getattr(self, f.name, None)) is not None}
 
 
 @dataclass(frozen=True)
 class ExportOptions:
     """`export`'s options (`gpt2kit export`)."""
+
     type: str = "f16"  # GGUF tensor type: f32 | f16 | q8_0 (llama.cpp's converter also defaults to f16)
     int8: bool = False  # ONNX: int8 weights (onnxruntime's weight-only MatMulNBits quantizer)
     checkpoint: str | None = None  # which checkpoint of a run folder; None: the newest
@@ -351,6 +417,7 @@ def check_watermark(key: int | None, gamma: float, delta: float, context_width: 
 @dataclass(frozen=True)
 class InspectOptions:
     """`inspect`'s options (`gpt2kit inspect`, `LM.inspect`, POST /v1/inspect)."""
+
     context_length: int | None = None  # tokens of context per window; None or 0: the model's context
     alternatives: int = 10  # the model's top predictions listed with each token
 
@@ -358,8 +425,9 @@ class InspectOptions:
 
     def __post_init__(self) -> None:
         if self.context_length is not None and self.context_length < 0:
-            raise UserError(f"context_length must be a number of tokens (0: the model's context), "
-                            f"got {self.context_length}")
+            raise UserError(
+                f"context_length must be a number of tokens (0: the model's context), got {self.context_length}"
+            )
         if not 0 <= self.alternatives <= self.ALTERNATIVES_MAX:
             raise UserError(f"alternatives must be between 0 and {self.ALTERNATIVES_MAX}, got {self.alternatives}")
 
@@ -367,6 +435,7 @@ class InspectOptions:
 @dataclass(frozen=True)
 class DetectOptions:
     """`detect`'s options (`gpt2kit detect`): the generation's watermark settings, and the verdict's threshold."""
+
     watermark_key: int | None = None  # required: the key the text was generated with
     watermark_gamma: float = SamplingSettings.watermark_gamma
     watermark_context_width: int = SamplingSettings.watermark_context_width
@@ -376,7 +445,8 @@ class DetectOptions:
     def __post_init__(self) -> None:
         if self.watermark_key is None:
             raise UserError("detection needs the watermark key the text was generated with (--watermark-key K)")
-        check_watermark(self.watermark_key, self.watermark_gamma, SamplingSettings.watermark_delta,
-                        self.watermark_context_width)
+        check_watermark(
+            self.watermark_key, self.watermark_gamma, SamplingSettings.watermark_delta, self.watermark_context_width
+        )
         if not math.isfinite(self.z_threshold):
             raise UserError(f"z_threshold must be a finite number, got {self.z_threshold}")

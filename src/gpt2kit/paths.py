@@ -3,6 +3,7 @@
 The environment is read at call time (never at import), so a test or a caller that changes
 GPT2KIT_HOME sees the change at once.
 """
+
 from __future__ import annotations
 
 import os

@@ -14,6 +14,7 @@ and a row's draw depends on its own logits, state and generator alone, so a seed
 what shares its batch. A stage keeps per-row state in Sequence.state and changes it only in `accept`.
 Adding a sampler is one entry in Pipeline.stages (samplers/order.py says why each goes where it goes).
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,8 +26,18 @@ from .samplers.dry import Dry
 from .samplers.mirostat import MirostatV2
 from .samplers.truncation import EpsilonCutoff, EtaCutoff, MinP, TopNSigma, TypicalP
 from .samplers.xtc import Xtc
-from .sampling import (TOP_K_SHORTCUT, LogitBias, NonFiniteLogits, Penalties, Stage, Temperature, TopK, TopP, draw,
-                       draw_top_k)
+from .sampling import (
+    TOP_K_SHORTCUT,
+    LogitBias,
+    NonFiniteLogits,
+    Penalties,
+    Stage,
+    Temperature,
+    TopK,
+    TopP,
+    draw,
+    draw_top_k,
+)
 from .sequence import Sequence, StepResult
 from .tokenizer import Tokenizer
 
@@ -40,9 +51,22 @@ class Pipeline:
         vocab = tokenizer.n_vocab if tokenizer is not None else None
         self.constraint = ConstraintStage(tokenizer)
         self.stages: list[Stage] = [
-            Penalties(), Dry(tokenizer), LogitBias(), self.constraint, TopNSigma(), Temperature(), TopK(), TopP(),
-            MinP(), TypicalP(), EpsilonCutoff(), EtaCutoff(), Xtc(), Watermark(vocab) if vocab else Watermark(),
-            MirostatV2()]
+            Penalties(),
+            Dry(tokenizer),
+            LogitBias(),
+            self.constraint,
+            TopNSigma(),
+            Temperature(),
+            TopK(),
+            TopP(),
+            MinP(),
+            TypicalP(),
+            EpsilonCutoff(),
+            EtaCutoff(),
+            Xtc(),
+            Watermark(vocab) if vocab else Watermark(),
+            MirostatV2(),
+        ]
         self._for: dict[SamplingSettings, list[Stage]] = {}
 
     def stages_for(self, s: SamplingSettings) -> list[Stage]:
@@ -83,7 +107,9 @@ class Pipeline:
         """A constrained row whose text is not (yet) a whole document."""
         return self.constraint.wants(seq.settings) and not self.constraint.complete(seq)
 
-    def draw_rows(self, seqs: list[Sequence], raw: torch.Tensor) -> tuple[list[StepResult], list[tuple[Sequence, NonFiniteLogits]]]:
+    def draw_rows(
+        self, seqs: list[Sequence], raw: torch.Tensor
+    ) -> tuple[list[StepResult], list[tuple[Sequence, NonFiniteLogits]]]:
         """One token for every row of raw logits (B, V) -> (a StepResult per row that drew, in row order; the
         rows whose logits no token can be drawn from, with why). A failing group is drawn again row by row
         (its rows' generators put back first), so only the broken row fails."""
@@ -103,7 +129,7 @@ class Pipeline:
                     if state is not None:
                         seqs[i].generator.set_state(state)
                     try:
-                        tokens[i] = int(self.draw_group(raw[i:i + 1], s, [seqs[i]])[0])
+                        tokens[i] = int(self.draw_group(raw[i : i + 1], s, [seqs[i]])[0])
                     except NonFiniteLogits as e:
                         failed.append((seqs[i], e))
         drawn = sorted(tokens)

@@ -4,6 +4,7 @@ Each row draws from its own torch.Generator, so a sample's text depends on its s
 batch it shares or on the global RNG. A stage that keeps per-row state keeps it in its sequence's
 `state`, updated only after the row's draw (`accept`), so running a stage twice changes nothing.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,7 +54,9 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     return torch.where(seen, penalised, logits)
 
 
-def apply_presence_frequency(logits: torch.Tensor, counts: torch.Tensor, presence: float, frequency: float) -> torch.Tensor:
+def apply_presence_frequency(
+    logits: torch.Tensor, counts: torch.Tensor, presence: float, frequency: float
+) -> torch.Tensor:
     """OpenAI's penalties: minus presence once per generated token type, minus frequency per occurrence."""
     if presence == 0.0 and frequency == 0.0:
         return logits
@@ -75,6 +78,7 @@ def apply_logit_bias(logits: torch.Tensor, bias: tuple[tuple[int, float], ...]) 
 class Stage(Protocol):
     """One entry of the pipeline (pipeline.PIPELINE). Rows of one call share settings `s`; seqs[i] is row i's
     sequence (gpt2kit.sequence.Sequence: .ids, .tokens, .generator, .state)."""
+
     name: str
 
     def wants(self, s: SamplingSettings) -> bool: ...  # on for these settings?
@@ -85,6 +89,7 @@ class Stage(Protocol):
 class Penalties:
     """CTRL's repetition penalty and OpenAI's presence/frequency penalties. Per row: the tokens seen (prompt
     and output, for CTRL) and the generated tokens' counts (for OpenAI's), made at the row's first step."""
+
     name = "penalties"
 
     def wants(self, s: SamplingSettings) -> bool:
@@ -97,9 +102,13 @@ class Penalties:
             seen[torch.tensor(seq.tokens, dtype=torch.long, device=device)] = True
         if s.presence_penalty != 0.0 or s.frequency_penalty != 0.0:
             counts = torch.zeros(n_vocab, dtype=torch.int32, device=device)  # (V,)
-            generated = seq.tokens[len(seq.ids):]
+            generated = seq.tokens[len(seq.ids) :]
             if generated:
-                counts.index_add_(0, torch.tensor(generated, device=device), torch.ones(len(generated), dtype=torch.int32, device=device))
+                counts.index_add_(
+                    0,
+                    torch.tensor(generated, device=device),
+                    torch.ones(len(generated), dtype=torch.int32, device=device),
+                )
         seq.state[self.name] = (seen, counts)
 
     def apply(self, logits: torch.Tensor, s: SamplingSettings, seqs: list) -> torch.Tensor:
@@ -179,8 +188,10 @@ def check_finite(logits: torch.Tensor) -> None:
     bad = nan | pos_inf | torch.isneginf(logits).all(-1)
     row = int(bad.nonzero()[0, 0])
     what = "NaN" if nan[row] else "+inf" if pos_inf[row] else "no finite logit"
-    raise NonFiniteLogits(f"row {row} of the logits has {what}: the model's numbers broke down "
-                          f"(try --dtype float32), and no token is drawn from it")
+    raise NonFiniteLogits(
+        f"row {row} of the logits has {what}: the model's numbers broke down "
+        f"(try --dtype float32), and no token is drawn from it"
+    )
 
 
 def draw(logits: torch.Tensor, temperature: float, generators: list[torch.Generator]) -> torch.Tensor:
@@ -194,7 +205,9 @@ def draw(logits: torch.Tensor, temperature: float, generators: list[torch.Genera
     u = u * cdf[:, -1]  # the cumsum's last value is 1 up to rounding
     tokens = torch.searchsorted(cdf, u.unsqueeze(-1)).squeeze(-1)
     # Rounding can land on a zero-probability token past the end; the argmax is the safe choice then.
-    bad = (tokens >= probs.size(-1)) | (probs.gather(-1, tokens.clamp(max=probs.size(-1) - 1).unsqueeze(-1)).squeeze(-1) == 0)
+    bad = (tokens >= probs.size(-1)) | (
+        probs.gather(-1, tokens.clamp(max=probs.size(-1) - 1).unsqueeze(-1)).squeeze(-1) == 0
+    )
     return torch.where(bad, probs.argmax(-1), tokens.clamp(max=probs.size(-1) - 1))
 
 

@@ -11,6 +11,7 @@ each (round-robin), so a request of 64 rows cannot hold back a one-row request b
 The turn order is kept when the next group does not fit: it waits for room rather than be overtaken
 for ever by smaller ones.
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -27,6 +28,7 @@ class TooLarge(Exception):
 @dataclass
 class Group:
     """Sequences of one request continuing the same prompt: one prefill, admitted together."""
+
     request: Request
     seqs: list[Sequence]
     row_cost: int  # KV positions each row reserves (Sequence.reservation), the largest of its rows'
@@ -39,11 +41,17 @@ def make_groups(request: Request, *, n_ctx: int, max_rows: int, budget: int) -> 
     for seq in request.seqs:
         cost = seq.reservation(n_ctx)
         if cost > budget:
-            raise TooLarge(f"a row of this request needs {cost} KV-cache positions (prompt + max_tokens); this "
-                           f"server's --max-batch-tokens is {budget}: ask for fewer tokens")
+            raise TooLarge(
+                f"a row of this request needs {cost} KV-cache positions (prompt + max_tokens); this "
+                f"server's --max-batch-tokens is {budget}: ask for fewer tokens"
+            )
         last = groups[-1] if groups else None
-        if last is not None and last.seqs[0].ids == seq.ids and len(last.seqs) < max_rows \
-                and (len(last.seqs) + 1) * max(last.row_cost, cost) <= budget:
+        if (
+            last is not None
+            and last.seqs[0].ids == seq.ids
+            and len(last.seqs) < max_rows
+            and (len(last.seqs) + 1) * max(last.row_cost, cost) <= budget
+        ):
             last.seqs.append(seq)
             last.row_cost = max(last.row_cost, cost)
         else:

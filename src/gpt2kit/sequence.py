@@ -5,6 +5,7 @@ A Sequence is everything about one row: its prompt ids and settings, its own gen
 depends on its seed alone), the tokens drawn so far, the pipeline's per-row state, its place in the
 engine (status, position, ready logits) and its text assembly (UTF-8 pieces, stop strings, finish reason).
 """
+
 from __future__ import annotations
 
 import enum
@@ -20,6 +21,7 @@ from .options import SamplingSettings
 @dataclass
 class StepResult:
     """One drawn token of sequence `row`, with its log-probabilities when they were asked for."""
+
     row: int  # the sequence's key
     token: int
     logprob: float | None = None  # log-probability of `token` under the model's raw distribution
@@ -29,6 +31,7 @@ class StepResult:
 @dataclass
 class Piece:
     """A piece of streamed text of sample `index`, with the token steps it came from."""
+
     index: int
     text: str
     steps: list[StepResult] = field(default_factory=list)
@@ -37,6 +40,7 @@ class Piece:
 @dataclass
 class Sample:
     """One finished sample."""
+
     index: int  # position in the output order (prompt order, then sample number)
     prompt: str
     text: str  # what the user gets: prefix (if asked) + continuation, post-processed
@@ -88,7 +92,7 @@ class TextStream:
             out, self.pending = self.pending, ""
         else:
             hold = max((self._partial(s) for s in self.stops), default=0)  # a tail that could grow into a stop
-            out, self.pending = self.pending[:len(self.pending) - hold], self.pending[len(self.pending) - hold:]
+            out, self.pending = self.pending[: len(self.pending) - hold], self.pending[len(self.pending) - hold :]
         self.text += out
         return out
 
@@ -103,6 +107,7 @@ class TextStream:
 @dataclass(eq=False)
 class Sequence:
     """One sample from its prompt to its Sample. The engine fills the fields below `generator`."""
+
     key: int  # unique among the engine's sequences; the output index of its Piece/Sample
     prompt: str | None
     ids: list[int]  # the prompt's token ids
@@ -177,10 +182,18 @@ class Sequence:
             self._pending_steps = []
         prefix = self.prompt or ""
         completion = self._text.text if self._text is not None else ""
-        self.sample = Sample(index=self.key, prompt=prefix, completion=completion, seed=self.seed,
-                             text=(prefix + completion) if self.include_prefix else completion,
-                             prompt_tokens=len(self.ids), tokens=self.generated, finish_reason=self.finish_reason,
-                             steps=self.steps, end_step=self._end_step)
+        self.sample = Sample(
+            index=self.key,
+            prompt=prefix,
+            completion=completion,
+            seed=self.seed,
+            text=(prefix + completion) if self.include_prefix else completion,
+            prompt_tokens=len(self.ids),
+            tokens=self.generated,
+            finish_reason=self.finish_reason,
+            steps=self.steps,
+            end_step=self._end_step,
+        )
 
     def pop_pieces(self) -> list[Piece]:
         pieces, self._pieces = self._pieces, []
@@ -200,6 +213,7 @@ class Request:
     """Sequences asked for together (a CLI run's batch, an HTTP request): admitted fairly against other
     requests, their events handed to `sink` in order. score > 0: also score each distinct prompt's own tokens
     with that many alternatives (echo with logprobs); the scores land in `prompt_scores` before DONE."""
+
     seqs: list[Sequence]
     sink: Callable[[Event], None] | None = None  # None: events collect in `outbox`
     score: int = 0

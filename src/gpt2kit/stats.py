@@ -3,6 +3,7 @@
 Written by the engine's worker thread only; read from the HTTP thread (ints and lists read whole,
 which CPython makes safe enough for monitoring).
 """
+
 from __future__ import annotations
 
 import bisect
@@ -17,6 +18,7 @@ KEEP_SAMPLES = 10_000  # the most recent samples kept for quantiles
 @dataclass
 class Histogram:
     """Cumulative-bucket counts as Prometheus' text format wants them, plus recent raw samples."""
+
     buckets: tuple[float, ...] = LATENCY_BUCKETS
     counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))  # the last is +Inf
     sum: float = 0.0

@@ -5,6 +5,7 @@ files a model folder carries), so nothing is fetched at run time. Building them 
 (parsing a 1 MB JSON file, then 50,257 tokens to bytes), a good part of every `gpt2kit generate`'s
 start, so they are kept under GPT2KIT_HOME/tokenizers, keyed by the two files' bytes (0.02 s to read back).
 """
+
 from __future__ import annotations
 
 import codecs
@@ -22,7 +23,8 @@ import tiktoken
 
 from . import durable
 from .errors import UserError
-from .paths import ASSETS_DIR as ASSETS, tokenizers_dir
+from .paths import ASSETS_DIR as ASSETS
+from .paths import tokenizers_dir
 
 log = logging.getLogger("gpt2kit")
 RANKS_FORMAT = 1  # of the kept ranks file: marshal of (RANKS_FORMAT, ranks, special tokens)
@@ -86,11 +88,17 @@ def _read_vocab(encoder_path: Path, merges_path: Path) -> tuple[dict[bytes, int]
         raise UserError(f"cannot read the vocabulary {encoder_path} / {merges_path}: {e}") from None
     special = {token: i for token, i in encoder.items() if token.startswith("<|") and token.endswith("|>")}
     ranks = _ranks(encoder, [token for token in encoder if token not in special], encoder_path)
-    merge_lines = [m for m in merges[1:] if m.strip()] if merges and merges[0].startswith("#") else [m for m in merges if m.strip()]
+    merge_lines = (
+        [m for m in merges[1:] if m.strip()]
+        if merges and merges[0].startswith("#")
+        else [m for m in merges if m.strip()]
+    )
     for line in merge_lines[:10]:
         a, b = line.split(" ")
         if (a + b) not in encoder:
-            raise UserError(f"{merges_path} merges {a!r}+{b!r} into a token {encoder_path} lacks; the two files do not belong together")
+            raise UserError(
+                f"{merges_path} merges {a!r}+{b!r} into a token {encoder_path} lacks; the two files do not belong together"
+            )
     return ranks, special
 
 
@@ -125,8 +133,9 @@ class Tokenizer:
         ranks, special = _kept_vocab(Path(encoder_path), Path(merges_path))
         if EOT not in special:
             special[EOT] = len(ranks)
-        self._enc = tiktoken.Encoding(name=f"gpt2kit-{name}-{len(ranks)}", pat_str=GPT2_PATTERN,
-                                      mergeable_ranks=ranks, special_tokens=special)
+        self._enc = tiktoken.Encoding(
+            name=f"gpt2kit-{name}-{len(ranks)}", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens=special
+        )
         self.eot_id: int = special[EOT]
         self.n_vocab: int = max(max(ranks.values()), max(special.values())) + 1
         self.source = str(Path(encoder_path).parent)
@@ -202,8 +211,10 @@ def tokenizer_for_folder(folder: Path) -> Tokenizer:
 def _cached_folder_tokenizer(enc: str, merges: str) -> Tokenizer:
     official = gpt2_tokenizer()
     # Most folders carry a copy of GPT-2's own files: reuse the one already built.
-    if Path(enc).stat().st_size == (ASSETS / "encoder.json").stat().st_size and \
-            Path(enc).read_bytes() == (ASSETS / "encoder.json").read_bytes() and \
-            Path(merges).read_bytes().strip() == (ASSETS / "vocab.bpe").read_bytes().strip():
+    if (
+        Path(enc).stat().st_size == (ASSETS / "encoder.json").stat().st_size
+        and Path(enc).read_bytes() == (ASSETS / "encoder.json").read_bytes()
+        and Path(merges).read_bytes().strip() == (ASSETS / "vocab.bpe").read_bytes().strip()
+    ):
         return official
     return Tokenizer(Path(enc), Path(merges), name=Path(enc).parent.name)

@@ -6,6 +6,7 @@ The same checks replay tests/fuzz/crashers/ and the seed corpora in tests/test_f
 
     python tests/fuzz/fuzz_tf_index.py -runs=100000 -seed=1 NEW_CORPUS tests/fuzz/corpus/tf_index
 """
+
 from __future__ import annotations
 
 import atexit
@@ -30,6 +31,7 @@ def scratch() -> Path:
 
 def main(check: Callable[[bytes], None], mutate: Callable[[bytes, int, int], bytes] | None = None) -> None:
     import atheris
+
     # Coverage only of gpt2kit's own code: instrumenting torch or numpy would slow each run many times over.
     with atheris.instrument_imports(include=["gpt2kit"]):
         import gpt2kit.data.tokens  # noqa: F401

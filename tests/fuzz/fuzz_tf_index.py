@@ -1,5 +1,6 @@
 """Fuzz the TensorFlow checkpoint reader: the index table (footer, blocks, snappy, protobuf entries)
 and the tensor reads it drives, against the real data file of tests/fixtures/openai_tiny."""
+
 from __future__ import annotations
 
 import shutil
@@ -16,6 +17,7 @@ MAX_READS = 64  # an index may name thousands of entries; reading the first ones
 def check(data: bytes) -> None:
     from gpt2kit.errors import UserError
     from gpt2kit.formats.tf_checkpoint import TFCheckpoint
+
     prefix = scratch() / "model.ckpt"
     Path(f"{prefix}.index").write_bytes(data)
     if not Path(f"{prefix}.data-00000-of-00001").exists():

@@ -1,5 +1,6 @@
 """Fuzz the token-dataset readers: gpt2kit's header, nanoGPT .bin and gpt-2-simple .npz.
 The first byte picks the file's suffix (so one corpus covers all three), the rest is the file."""
+
 from __future__ import annotations
 
 import sys
@@ -14,6 +15,7 @@ SUFFIXES = (".tokens", ".bin", ".npz")
 def check(data: bytes) -> None:
     from gpt2kit.data.tokens import dataset_info, read_tokens
     from gpt2kit.errors import UserError
+
     if not data:
         return
     path = scratch() / f"data{SUFFIXES[data[0] % len(SUFFIXES)]}"

@@ -1,5 +1,6 @@
 """Write the seed corpora (small valid files of each format) under tests/fuzz/corpus/. Run once; the
 output is committed. The fuzzers mutate these, so they reach past the magic numbers at once."""
+
 from __future__ import annotations
 
 import io
@@ -28,8 +29,14 @@ def safetensors(out: Path) -> None:
     from gpt2kit.config import GPTConfig
     from gpt2kit.formats import save_hf
     from gpt2kit.model import GPT
-    config = GPTConfig(n_vocab=TINY["vocab_size"], n_ctx=TINY["n_positions"], n_embd=TINY["n_embd"],
-                       n_head=TINY["n_head"], n_layer=TINY["n_layer"])
+
+    config = GPTConfig(
+        n_vocab=TINY["vocab_size"],
+        n_ctx=TINY["n_positions"],
+        n_embd=TINY["n_embd"],
+        n_head=TINY["n_head"],
+        n_layer=TINY["n_layer"],
+    )
     torch.manual_seed(0)
     folder = out / "tmp"
     save_hf(folder, config, GPT(config).state_dict())
@@ -41,6 +48,7 @@ def safetensors(out: Path) -> None:
 
 def tokens(out: Path) -> None:
     from gpt2kit.data.tokens import TokenWriter
+
     ids = np.arange(0, 50257, 997, dtype=np.int64)
     for n_vocab, name in ((50257, "u16"), (100_000, "u32")):
         writer = TokenWriter(out / "tmp.tokens", n_vocab)

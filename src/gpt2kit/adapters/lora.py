@@ -11,6 +11,7 @@ which is where LoRA's speed and memory come from.
 `LoraLinear` wraps any module that maps (..., in) -> (..., out): a `FrozenLinear` while training.
 To run an adapter, `load(..., adapter=)` merges it into the weights in memory (`merge_into`).
 """
+
 from __future__ import annotations
 
 import math
@@ -24,6 +25,7 @@ from ..config import GPTConfig
 from ..formats.mapped import release
 from .names import MATRICES, targeted
 
+
 def matrix_shape(config: GPTConfig, matrix: str) -> tuple[int, int]:
     """(in_features, out_features) of `matrix` (a MATRICES key) in a model of `config`."""
     fan_in, fan_out = MATRICES[matrix]
@@ -33,6 +35,7 @@ def matrix_shape(config: GPTConfig, matrix: str) -> tuple[int, int]:
 @dataclass(frozen=True)
 class LoraSpec:
     """A new adapter's shape: rank r, alpha (the update is scaled by alpha / r), dropout, targets."""
+
     rank: int
     alpha: float
     dropout: float
@@ -49,6 +52,7 @@ class LoraSpec:
 @dataclass
 class LoraWeights:
     """One matrix's adapter: A (r, in), B (out, r), and the scale of B A."""
+
     A: torch.Tensor
     B: torch.Tensor
     scaling: float
@@ -57,6 +61,7 @@ class LoraWeights:
 @dataclass
 class Adapter:
     """A whole adapter in gpt2kit's names: {"h.0.attn.c_attn": LoraWeights, ...}."""
+
     modules: dict[str, LoraWeights]
     dropout: float = 0.0
     spec: LoraSpec | None = None  # how it was made, where gpt2kit made it

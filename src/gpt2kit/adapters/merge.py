@@ -1,4 +1,5 @@
 """`merge`: a base model plus a LoRA adapter, written as one plain model folder (W += scaling * B A)."""
+
 from __future__ import annotations
 
 import shutil

@@ -1,4 +1,5 @@
 """The names --lora-targets accepts, without PyTorch (TrainOptions checks them when `gpt2kit --help` runs)."""
+
 from __future__ import annotations
 
 from ..errors import UserError

@@ -12,6 +12,7 @@ PeftModel(GPT2LMHeadModel): `base_model.model.` + the module's name in GPT2LMHea
 Reading follows PEFT: the scale is lora_alpha / r (alpha / sqrt(r) with use_rslora), alpha_pattern
 overrides alpha per module, and r is read from each A's shape (which is what rank_pattern decides).
 """
+
 from __future__ import annotations
 
 import json
@@ -36,7 +37,9 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 LEGACY_WEIGHTS_FILE = "adapter_model.bin"  # PEFT before safetensors (save_pretrained(safe_serialization=False))
 PEFT_PREFIX = "base_model.model."  # PeftModel -> LoraModel -> GPT2LMHeadModel
 # One adapted matrix's tensor, after PEFT_PREFIX; `transformer.` is absent for an adapter on GPT2Model.
-KEY = re.compile(r"(?:transformer\.)?h\.(\d+)\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.lora_([AB])(?:\.default)?\.weight")
+KEY = re.compile(
+    r"(?:transformer\.)?h\.(\d+)\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.lora_([AB])(?:\.default)?\.weight"
+)
 
 
 def is_adapter_folder(folder: Path) -> bool:
@@ -46,12 +49,28 @@ def is_adapter_folder(folder: Path) -> bool:
 def peft_config(adapter: Adapter, base_model: str | None) -> dict:
     """adapter_config.json for a gpt2kit-made adapter (its spec names rank, alpha, dropout, targets)."""
     spec = adapter.spec
-    return {"peft_type": "LORA", "task_type": "CAUSAL_LM", "auto_mapping": None, "base_model_name_or_path": base_model,
-            "revision": None, "inference_mode": True, "r": spec.rank, "lora_alpha": spec.alpha,
-            "lora_dropout": spec.dropout, "target_modules": list(spec.targets), "fan_in_fan_out": True,
-            "bias": "none", "use_rslora": False, "use_dora": False, "modules_to_save": None,
-            "init_lora_weights": True, "layers_to_transform": None, "layers_pattern": None,
-            "rank_pattern": {}, "alpha_pattern": {}}
+    return {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "auto_mapping": None,
+        "base_model_name_or_path": base_model,
+        "revision": None,
+        "inference_mode": True,
+        "r": spec.rank,
+        "lora_alpha": spec.alpha,
+        "lora_dropout": spec.dropout,
+        "target_modules": list(spec.targets),
+        "fan_in_fan_out": True,
+        "bias": "none",
+        "use_rslora": False,
+        "use_dora": False,
+        "modules_to_save": None,
+        "init_lora_weights": True,
+        "layers_to_transform": None,
+        "layers_pattern": None,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+    }
 
 
 def write_adapter(folder: Path, adapter: Adapter, *, base_model: str | None) -> None:
@@ -89,8 +108,10 @@ def read_config(folder: Path) -> dict:
     path = folder / CONFIG_FILE
     if not path.is_file():
         what = "does not exist" if not folder.exists() else f"has no {CONFIG_FILE}"
-        raise UserError(f"adapter folder {folder} {what}: pass a folder written by `gpt2kit finetune --lora-rank` "
-                        f"or PEFT's save_pretrained")
+        raise UserError(
+            f"adapter folder {folder} {what}: pass a folder written by `gpt2kit finetune --lora-rank` "
+            f"or PEFT's save_pretrained"
+        )
     try:
         cfg = json.loads(path.read_text())
         if not isinstance(cfg, dict):
@@ -103,7 +124,9 @@ def read_config(folder: Path) -> dict:
     if cfg.get("bias", "none") != "none":
         unsupported.append(f"bias={cfg['bias']}")
     if unsupported:
-        raise UserError(f"{path} uses {', '.join(unsupported)}, which gpt2kit does not apply; merge it with PEFT instead")
+        raise UserError(
+            f"{path} uses {', '.join(unsupported)}, which gpt2kit does not apply; merge it with PEFT instead"
+        )
     _check_fields(path, cfg)
     return cfg
 
@@ -120,9 +143,12 @@ def _is_rank(value) -> bool:
 def _check_fields(path: Path, cfg: dict) -> None:
     """The fields reading applies, checked as they are read: a bad one would otherwise surface as a TypeError
     mid-merge, or merge silently into non-finite weights (an alpha of Infinity)."""
+
     def bad(field: str, value, need: str) -> UserError:
-        return UserError(f"{path}: {field} is {json.dumps(value)}, but it must be {need}; fix the file or save "
-                         f"the adapter again")
+        return UserError(
+            f"{path}: {field} is {json.dumps(value)}, but it must be {need}; fix the file or save the adapter again"
+        )
+
     if "r" in cfg and not _is_rank(cfg["r"]):
         raise bad("r", cfg["r"], "a whole number of at least 1 (the rank)")
     if "lora_alpha" in cfg and not _is_number(cfg["lora_alpha"]):
@@ -135,8 +161,10 @@ def _check_fields(path: Path, cfg: dict) -> None:
     base = cfg.get("base_model_name_or_path")
     if base is not None and not isinstance(base, str):
         raise bad("base_model_name_or_path", base, "a model's path or name (a string)")
-    for field, ok, need in (("alpha_pattern", _is_number, "a finite number"),
-                            ("rank_pattern", _is_rank, "a whole number of at least 1")):
+    for field, ok, need in (
+        ("alpha_pattern", _is_number, "a finite number"),
+        ("rank_pattern", _is_rank, "a whole number of at least 1"),
+    ):
         patterns = cfg.get(field) or {}
         if not isinstance(patterns, dict):
             raise bad(field, patterns, "an object of module patterns and values")
@@ -146,8 +174,10 @@ def _check_fields(path: Path, cfg: dict) -> None:
             try:
                 re.compile(pattern)
             except re.error as e:
-                raise UserError(f"{path}: {field} has {pattern!r}, which is not a valid pattern ({e}); fix the "
-                                f"file or save the adapter again") from None
+                raise UserError(
+                    f"{path}: {field} has {pattern!r}, which is not a valid pattern ({e}); fix the "
+                    f"file or save the adapter again"
+                ) from None
 
 
 def _tensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -181,16 +211,22 @@ def read_adapter(folder: str | Path, config: GPTConfig) -> Adapter:
     for key, t in _tensors(folder).items():
         m = KEY.fullmatch(key.removeprefix(PEFT_PREFIX))
         if m is None:
-            raise UserError(f"{folder}: {key} is not a LoRA matrix of a GPT-2 block; gpt2kit applies adapters "
-                            f"on attn.c_attn, attn.c_proj, mlp.c_fc and mlp.c_proj only")
+            raise UserError(
+                f"{folder}: {key} is not a LoRA matrix of a GPT-2 block; gpt2kit applies adapters "
+                f"on attn.c_attn, attn.c_proj, mlp.c_fc and mlp.c_proj only"
+            )
         pairs.setdefault((int(m.group(1)), m.group(2)), {})[m.group(3)] = t
     if not pairs:
         raise UserError(f"{folder}/{WEIGHTS_FILE} holds no LoRA weights")
     modules = {}
     for (layer, matrix), ab in sorted(pairs.items()):
         modules[f"h.{layer}.{matrix}"] = _checked(folder, cfg, config, layer, matrix, ab)
-    return Adapter(modules, float(cfg.get("lora_dropout") or 0.0), None,
-                   notes=[f"base_model_name_or_path: {cfg.get('base_model_name_or_path')}"])
+    return Adapter(
+        modules,
+        float(cfg.get("lora_dropout") or 0.0),
+        None,
+        notes=[f"base_model_name_or_path: {cfg.get('base_model_name_or_path')}"],
+    )
 
 
 def _checked(folder: Path, cfg: dict, config: GPTConfig, layer: int, matrix: str, ab: dict) -> LoraWeights:
@@ -198,18 +234,24 @@ def _checked(folder: Path, cfg: dict, config: GPTConfig, layer: int, matrix: str
     if set(ab) != {"A", "B"}:
         raise UserError(f"{folder}: {name} has lora_{''.join(ab)} but not both lora_A and lora_B")
     if layer >= config.n_layer:
-        raise UserError(f"{folder} adapts layer {layer}, but the base has {config.n_layer} layers: "
-                        f"the adapter was trained on a different base model")
+        raise UserError(
+            f"{folder} adapts layer {layer}, but the base has {config.n_layer} layers: "
+            f"the adapter was trained on a different base model"
+        )
     fan_in, fan_out = matrix_shape(config, matrix)
     A, B = ab["A"], ab["B"]
     r = A.shape[0] if A.dim() == 2 else -1
     if A.dim() != 2 or B.dim() != 2 or r < 1 or tuple(A.shape) != (r, fan_in) or tuple(B.shape) != (fan_out, r):
-        raise UserError(f"{folder}: {name} has lora_A {tuple(A.shape)} and lora_B {tuple(B.shape)}; this base needs "
-                        f"(r, {fan_in}) and ({fan_out}, r): the adapter was trained on a different base model")
+        raise UserError(
+            f"{folder}: {name} has lora_A {tuple(A.shape)} and lora_B {tuple(B.shape)}; this base needs "
+            f"(r, {fan_in}) and ({fan_out}, r): the adapter was trained on a different base model"
+        )
     A, B = A.float(), B.float()
     if not (torch.isfinite(A).all() and torch.isfinite(B).all()):  # merged, it would make the model's weights NaN
-        raise UserError(f"{folder}: {name} holds non-finite values (NaN or infinity); the adapter is broken: "
-                        f"save it again from a run whose loss stayed finite")
+        raise UserError(
+            f"{folder}: {name} holds non-finite values (NaN or infinity); the adapter is broken: "
+            f"save it again from a run whose loss stayed finite"
+        )
     return LoraWeights(A, B, _scaling(cfg, layer, matrix, r))
 
 
@@ -221,6 +263,8 @@ def adapter_base(folder: Path, checkpoint: str | None = None) -> tuple[Path, str
         return None
     base = read_config(step).get("base_model_name_or_path")
     if not base:
-        raise UserError(f"{step} is a LoRA adapter that names no base model; pass the base with --model "
-                        f"and the adapter with --adapter")
+        raise UserError(
+            f"{step} is a LoRA adapter that names no base model; pass the base with --model "
+            f"and the adapter with --adapter"
+        )
     return step, str(base)

@@ -17,10 +17,10 @@ Each command module has `register(subparsers)` and imports the library inside it
 functions, so `gpt2kit --help` loads no PyTorch. Imports point one way: this module -> command
 modules -> common -> the library.
 """
+
 from __future__ import annotations
 
-from . import common, download, encode, export, finetune, generate, info, merge, perplexity, serve
-from . import detect, inspect
+from . import common, detect, download, encode, export, finetune, generate, info, inspect, merge, perplexity, serve
 
 # The order of `gpt2kit --help`.
 COMMANDS = (generate, info, encode, finetune, merge, perplexity, inspect, detect, download, serve, export)

@@ -4,6 +4,7 @@ loading, and `run`, which turns a UserError into one line and exit code 2 (bugs 
 This module imports no command module (cli/__init__.py hands the commands to `run`), and nothing
 heavy at the top: `gpt2kit --help` must not pay for PyTorch.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,7 +46,9 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> typing.NoReturn:  # argparse's own errors: one line and exit code 2, like ours
         self.exit(2, f"gpt2kit: error: {message} (see `{self.prog} --help`)\n")
 
-    def parse_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None) -> argparse.Namespace:  # type: ignore[override]
+    def parse_args(
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:  # type: ignore[override]
         # argparse reports a subcommand's unknown flags from the top parser, whose --help does not list them:
         # report them from the subcommand's parser, so the line points at `gpt2kit generate --help`.
         parsed, extras = self.parse_known_args(args, namespace)
@@ -72,6 +75,7 @@ class _Handler(logging.Handler):
             msg = f"gpt2kit: {msg}"
         try:
             from tqdm import tqdm
+
             tqdm.write(msg, file=sys.stderr)
         except ImportError:
             print(msg, file=sys.stderr)
@@ -126,6 +130,7 @@ def _drop_stdout() -> None:
 
 # --- flags from options dataclasses --------------------------------------------------------------
 
+
 def given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
     """The options the user set, for passing on: unset ones keep the library's defaults."""
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
@@ -146,8 +151,16 @@ def _field_types(options: type) -> dict[str, Any]:
     return typing.get_type_hints(options)
 
 
-def add_field(p: argparse.ArgumentParser, options: type, name: str, *flags: str, help: str = "",
-              show_default: bool = True, unset: str | None = None, **kwargs: Any) -> None:
+def add_field(
+    p: argparse.ArgumentParser,
+    options: type,
+    name: str,
+    *flags: str,
+    help: str = "",
+    show_default: bool = True,
+    unset: str | None = None,
+    **kwargs: Any,
+) -> None:
     """A flag for field `name` of the dataclass `options`, which owns its default and its type.
 
     The flag itself defaults to None, so `given` passes on only what the user set, and the help says
@@ -178,18 +191,38 @@ LOAD_OPTIONS = tuple(f.name for f in dataclasses.fields(LoadOptions))  # adapter
 def add_model_args(p: argparse.ArgumentParser, *, many: bool = False) -> None:
     """--model and how it loads. Unset flags are not passed on: `load`'s defaults are the only ones.
     many: --model may repeat (a list), for `serve`."""
-    p.add_argument("--model", "--model_name", "--model-name", dest="model", default=None,
-                   action="append" if many else "store",
-                   help="a folder in any GPT-2 format, 124M/355M/774M/1558M, or a GPT-2 on the Hugging Face hub, "
-                        "OWNER/NAME[@REVISION] (default: the small bundled model)"
-                        + ("; repeat to serve several, ID=PATH names one's id" if many else ""))
-    p.add_argument("--models-dir", "--models_dir", dest="models_dir", default=None,
-                   help="look for published models in DIR/<name> (OpenAI's layout), as download_model.py writes them")
-    p.add_argument("--checkpoint", default=None, help="which checkpoint in a run folder: model-N (TF runs) or step-N (gpt2kit runs)")
+    p.add_argument(
+        "--model",
+        "--model_name",
+        "--model-name",
+        dest="model",
+        default=None,
+        action="append" if many else "store",
+        help="a folder in any GPT-2 format, 124M/355M/774M/1558M, or a GPT-2 on the Hugging Face hub, "
+        "OWNER/NAME[@REVISION] (default: the small bundled model)"
+        + ("; repeat to serve several, ID=PATH names one's id" if many else ""),
+    )
+    p.add_argument(
+        "--models-dir",
+        "--models_dir",
+        dest="models_dir",
+        default=None,
+        help="look for published models in DIR/<name> (OpenAI's layout), as download_model.py writes them",
+    )
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="which checkpoint in a run folder: model-N (TF runs) or step-N (gpt2kit runs)",
+    )
     # The defaults in the help are LoadOptions' own (add_field), so they cannot drift from what `load` does.
     add_field(p, LoadOptions, "device", help="auto | cpu | cuda | mps (auto: cuda, then mps, then cpu)")
-    add_field(p, LoadOptions, "dtype", help=f"{dtype_choices()} (int8: CPUs, int8 weights, a quarter of the bytes; "
-                                            "auto: on a CPU, the fastest path measured here that keeps fp32's answers)")
+    add_field(
+        p,
+        LoadOptions,
+        "dtype",
+        help=f"{dtype_choices()} (int8: CPUs, int8 weights, a quarter of the bytes; "
+        "auto: on a CPU, the fastest path measured here that keeps fp32's answers)",
+    )
     p.add_argument("--offline", action="store_true", default=None, help="never download; fail if the model is not here")
 
 
@@ -207,8 +240,11 @@ def in_models_dir(name: str | None, models_dir: str | None) -> str | None:
 def load_model(args: argparse.Namespace):
     """The model the model flags name, with a word to first-time users who got the bundled one."""
     from ..lm import load
+
     lm = load(model_name(args), **given(args, *LOAD_OPTIONS))
     if lm.info.get("bundled"):
-        log.warning("using the small model bundled with gpt2kit (Shakespeare and the King James Bible); "
-                    "for real GPT-2 run `gpt2kit download 124M` and pass --model 124M")
+        log.warning(
+            "using the small model bundled with gpt2kit (Shakespeare and the King James Bible); "
+            "for real GPT-2 run `gpt2kit download 124M` and pass --model 124M"
+        )
     return lm

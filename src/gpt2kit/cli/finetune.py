@@ -1,4 +1,5 @@
 """`gpt2kit finetune`: one flag per TrainOptions field, which owns every default."""
+
 from __future__ import annotations
 
 import argparse
@@ -43,10 +44,15 @@ HELP = {
 
 
 def register(sub) -> None:
-    p = sub.add_parser("finetune", example=("gpt2kit finetune --dataset data/posts.tokens --model 124M --steps 1000 --run-name run1",),
-                       help="fine-tune (or train from scratch) on a dataset; Ctrl-C saves, rerun resumes")
+    p = sub.add_parser(
+        "finetune",
+        example=("gpt2kit finetune --dataset data/posts.tokens --model 124M --steps 1000 --run-name run1",),
+        help="fine-tune (or train from scratch) on a dataset; Ctrl-C saves, rerun resumes",
+    )
     p.add_argument("--dataset", nargs="+", required=True, help="a token dataset, or text files/folders to encode first")
-    p.add_argument("--model", "--model_name", "--model-name", dest="model", help="start from this model (default: the bundled one)")
+    p.add_argument(
+        "--model", "--model_name", "--model-name", dest="model", help="start from this model (default: the bundled one)"
+    )
     p.add_argument("--models-dir", "--models_dir", dest="models_dir")
     add_train_options(p)
     p.set_defaults(func=cmd_finetune)
@@ -56,14 +62,22 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     """One flag per TrainOptions field (and an underscore alias), its default taken from there."""
     for name in field_names(TrainOptions):
         if name == "sample_dry_sequence_breakers":  # a list: the flag repeats
-            add_field(p, TrainOptions, name, action="append", metavar="TEXT", show_default=False,
-                      help=HELP[name] + "; repeatable, replaces the defaults")
+            add_field(
+                p,
+                TrainOptions,
+                name,
+                action="append",
+                metavar="TEXT",
+                show_default=False,
+                help=HELP[name] + "; repeatable, replaces the defaults",
+            )
         else:
             add_field(p, TrainOptions, name, help=HELP.get(name, ""))
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     from ..training.loop import finetune
+
     options = given(args, *field_names(TrainOptions))
     TrainOptions.from_kwargs(**options)  # a mistaken option is the only line, before any notice
     model = model_name(args)

@@ -1,5 +1,6 @@
 """`gpt2kit inspect`: how expected each token of a text is under a model (GLTR), in the terminal, as JSON
 or as one HTML page."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,24 +17,44 @@ from .common import add_field, add_model_args, given, load_model
 
 
 def register(sub) -> None:
-    p = sub.add_parser("inspect", help="each token's rank, probability and entropy under a model (GLTR)",
-                       example=("gpt2kit inspect 'ROMEO. What light through yonder window breaks?'",
-                                "gpt2kit inspect essay.txt --model 124M --html essay.html --format json > essay.json"))
+    p = sub.add_parser(
+        "inspect",
+        help="each token's rank, probability and entropy under a model (GLTR)",
+        example=(
+            "gpt2kit inspect 'ROMEO. What light through yonder window breaks?'",
+            "gpt2kit inspect essay.txt --model 124M --html essay.html --format json > essay.json",
+        ),
+    )
     p.add_argument("source", metavar="TEXT|FILE", help="a text file, - for standard input, or else the text itself")
     add_model_args(p)
-    add_field(p, InspectOptions, "context_length", help="tokens of context per window (longer texts slide it by "
-                                                        "half a window)", unset="the model's context")
+    add_field(
+        p,
+        InspectOptions,
+        "context_length",
+        help="tokens of context per window (longer texts slide it by half a window)",
+        unset="the model's context",
+    )
     add_field(p, InspectOptions, "alternatives", help="the top predictions listed with each token (JSON, HTML)")
-    p.add_argument("--format", choices=("text", "json"), default="text",
-                   help="text: the coloured passage, a table of every token, the buckets and histograms; "
-                        "json: all of it, and each token's alternatives (default text)")
+    p.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="text: the coloured passage, a table of every token, the buckets and histograms; "
+        "json: all of it, and each token's alternatives (default text)",
+    )
     p.add_argument("--html", metavar="FILE", help="also write one self-contained page to FILE, readable offline")
-    p.add_argument("--color", "--colour", dest="color", choices=("auto", "always", "never"), default="auto",
-                   help="GLTR's colours in the text format (auto: when standard output is a terminal and NO_COLOR "
-                        "is unset)")
+    p.add_argument(
+        "--color",
+        "--colour",
+        dest="color",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="GLTR's colours in the text format (auto: when standard output is a terminal and NO_COLOR is unset)",
+    )
     add_field(p, EncodeOptions, "encoding", help="a file's encoding")
-    add_field(p, EncodeOptions, "errors", choices=DECODE_ERRORS,
-              help="undecodable bytes: stop, replace them, or drop them")
+    add_field(
+        p, EncodeOptions, "errors", choices=DECODE_ERRORS, help="undecodable bytes: stop, replace them, or drop them"
+    )
     p.set_defaults(func=cmd_inspect)
 
 
@@ -41,6 +62,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from ..provenance.inspect import inspect
     from ..provenance.render import page, terminal
     from ..provenance.source import read_source
+
     options = InspectOptions(**given(args, "context_length", "alternatives"))  # every check before the load
     if args.html:
         _check_html(Path(args.html))

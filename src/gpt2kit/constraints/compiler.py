@@ -4,6 +4,7 @@
 that is invalid, or that no text can match, is a UserError of one line. What it returns makes the
 per-row matchers (`Compiled.matcher()`), copies of one matcher kept at its start state.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,13 @@ from .vocabulary import Vocabulary
 # A schema can change these in its "x-guidance" object.
 JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 ANY_OBJECT = '{"type": "object"}'
-WHAT = {"json_schema": "the JSON schema", "json_object": "the JSON object constraint",
-        "regex": "the regular expression", "grammar": "the grammar", "choice": "the choices"}
+WHAT = {
+    "json_schema": "the JSON schema",
+    "json_object": "the JSON object constraint",
+    "regex": "the regular expression",
+    "grammar": "the grammar",
+    "choice": "the choices",
+}
 CACHE_SIZE = 64  # compiled constraints kept per process (a matcher at its start state is tens of kB)
 
 

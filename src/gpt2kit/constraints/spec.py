@@ -4,6 +4,7 @@
 same thing compare equal (the compile cache keys on `key`). The constructors check what can be checked
 without the library (a schema is JSON, a choice has options); compiler.py checks the rest.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,6 +27,7 @@ KINDS = {
 @dataclass(frozen=True)
 class Constraint:
     """The shape every generated token must keep. Build one with the class methods, which check the source."""
+
     kind: str
     source: str | tuple[str, ...] = ""  # a tuple of the options for "choice"; text for the others
 

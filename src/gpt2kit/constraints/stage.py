@@ -12,6 +12,7 @@ For rows whose settings carry a constraint, the engine (through pipeline.py) cal
 <|endoftext|> is allowed exactly when the document so far is complete and could go on (a regex `[a-z]+`);
 drawing it ends the row whatever stop_at_eot says, and it is not part of the text.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -56,8 +57,9 @@ class ConstraintStage:
         if token == self.vocabulary.eot_id and matcher.is_stopped() and not matcher.is_error():
             return  # already complete: an engine that drew once more only sees its end again
         if not matcher.consume_token(token):  # the mask allowed only what it accepts: a bug, not a user mistake
-            raise RuntimeError(f"the constraint refused token {token}, which its own mask allowed: "
-                               f"{matcher.get_error()}")
+            raise RuntimeError(
+                f"the constraint refused token {token}, which its own mask allowed: {matcher.get_error()}"
+            )
 
     def finished(self, seq) -> bool:
         """The document is complete and nothing may follow it (or <|endoftext|> was drawn)."""

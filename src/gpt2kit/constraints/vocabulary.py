@@ -3,6 +3,7 @@
 Built from the Tokenizer's public encode/decode (0.5 s for GPT-2's 50,257 tokens, once per tokenizer and
 process), so any model folder's own vocabulary works the same way.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from ..tokenizer import Tokenizer
 @dataclass(frozen=True)
 class Vocabulary:
     """llguidance's tokenizer for one gpt2kit Tokenizer: `size` ids, `eot_id` the end of a document."""
+
     lltokenizer: object  # llguidance.LLTokenizer (imported where it is used: an optional dependency)
     size: int
     eot_id: int

@@ -8,6 +8,7 @@
 
 `prepare` is the one entry point: it takes a loaded fp32 GPT and returns what decoding calls.
 """
+
 from __future__ import annotations
 
 import logging
@@ -16,14 +17,17 @@ from ..model import GPT
 from ..options import LoadOptions
 from .candidates import build, candidates, for_dtype
 from .features import CpuInfo, detect
-from .kernels import load as load_kernels, status as kernels_status
+from .kernels import load as load_kernels
+from .kernels import status as kernels_status
 from .runner import CpuGPT
 from .tuning import Decision, decide, probe_ids
 
 log = logging.getLogger("gpt2kit")
 
 
-def prepare(gpt: GPT, dtype: str = LoadOptions.dtype, *, cpu: CpuInfo | None = None, probe: list[int] | None = None) -> CpuGPT:
+def prepare(
+    gpt: GPT, dtype: str = LoadOptions.dtype, *, cpu: CpuInfo | None = None, probe: list[int] | None = None
+) -> CpuGPT:
     """`gpt` (fp32, on the CPU; consumed: its matrices are replaced) on this CPU's path for `dtype`.
 
     auto: the fastest candidate measured here whose answers on `probe` (held-out token ids) meet

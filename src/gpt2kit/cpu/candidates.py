@@ -4,6 +4,7 @@ A candidate is a weight format (float32, float16, bfloat16, int8) on an engine: 
 where they build here, else PyTorch's own kernels. `--dtype X` picks X's candidate; `--dtype auto`
 picks among `candidates()` by measurement (tuning.py, policy.py).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,8 +15,8 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserError
-from ..options import DTYPE_NAMES, INT8, dtype_choices
 from ..model import GPT
+from ..options import DTYPE_NAMES, INT8, dtype_choices
 from .features import CpuInfo
 from .kernels import Kernels
 from .runner import CpuGPT, MakeLinear, block_matrices, swap_matrices
@@ -41,7 +42,11 @@ def candidates(cpu: CpuInfo, kernels: Kernels | None) -> list[Candidate]:
     if kernels is not None:
         found = [Candidate(d, "kernels") for d in ("float32", "float16", "bfloat16", "int8")]
         # int8 x int8 (VNNI) and bf16 x bf16 dot products, where this build has them
-        found += [Candidate(d, "kernels", k) for d, k in (("int8", "int8a8"), ("bfloat16", "bfloat16a16")) if k in kernels.kinds]
+        found += [
+            Candidate(d, "kernels", k)
+            for d, k in (("int8", "int8a8"), ("bfloat16", "bfloat16a16"))
+            if k in kernels.kinds
+        ]
     else:
         found = [Candidate("float32", "torch"), Candidate("int8", "torch")]
     if cpu.native_bf16:  # bf16 arithmetic through oneDNN: only fast where the CPU has it

@@ -6,6 +6,7 @@ any family (AVX2 only, AVX-512, AVX512-BF16, AMX, not x86) to those functions; o
 `GPT2KIT_CPU_FLAGS` narrows what gpt2kit believes the CPU has (only narrows: claiming an instruction the
 CPU lacks would crash the kernels), so a run on an AVX-512 machine can take the AVX2 path end to end.
 """
+
 from __future__ import annotations
 
 import os

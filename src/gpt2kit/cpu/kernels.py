@@ -12,6 +12,7 @@ has AVX512-BF16. Where nothing can be built (no C compiler, not x86, GPT2KIT_NAT
 kernels do the work: slower, the same numbers. Nothing here is cached across changes of the
 environment: the key of every loaded library includes everything that decided it.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -43,6 +44,7 @@ KINDS = {"float32": 0, "float16": 1, "int8": 2, "bfloat16": 3, "int8a8": 4, "bfl
 @dataclass(frozen=True)
 class Kernels:
     """A loaded kernel library and the instruction set it was built for."""
+
     lib: ctypes.CDLL
     path: Path
     isa: str  # "avx2", "avx512", "avx512-vnni", "avx512-vnni-bf16", ...
@@ -141,8 +143,12 @@ def _build(so: Path, cc: str, flags: list[str]) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=so.parent)
     os.close(fd)
     try:
-        subprocess.run([cc, *COMMON_FLAGS, *flags, "-o", tmp, *map(str, SOURCES), *LIBS],
-                       check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [cc, *COMMON_FLAGS, *flags, "-o", tmp, *map(str, SOURCES), *LIBS],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         os.chmod(tmp, 0o755)
         durable.replace(tmp, so)  # a second process building at the same time finds a whole library
     finally:

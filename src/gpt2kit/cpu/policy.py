@@ -3,6 +3,7 @@
 Pure functions over measured figures (tuning.py measures them), so the choice for any CPU family
 can be tested on any machine with injected figures.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,7 +24,9 @@ class Fidelity:
 
     @property
     def meets_bar(self) -> bool:
-        return self.top1 >= MIN_TOP1_AGREEMENT and abs(self.loss - self.reference_loss) <= MAX_LOSS_CHANGE * abs(self.reference_loss)
+        return self.top1 >= MIN_TOP1_AGREEMENT and abs(self.loss - self.reference_loss) <= MAX_LOSS_CHANGE * abs(
+            self.reference_loss
+        )
 
 
 def score(seconds: dict[str, float], baseline: dict[str, float]) -> float:

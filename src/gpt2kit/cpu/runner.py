@@ -5,6 +5,7 @@ path's modules (weights.py), an output head of the same kind, and, on the kernel
 one-token steps in C (step.py). It takes and returns what GPT does, so decoding, the server and
 the tests call it the same way; `reference` is the GPT inside, `path` says which path it is.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -72,8 +73,15 @@ class CpuGPT(nn.Module):
         return self.reference.num_params()
 
     @torch.no_grad()
-    def forward(self, idx: torch.Tensor, *, cache: KVCache | None = None, positions: torch.Tensor | None = None,
-                hidden_only: bool = False, last_only: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        idx: torch.Tensor,
+        *,
+        cache: KVCache | None = None,
+        positions: torch.Tensor | None = None,
+        hidden_only: bool = False,
+        last_only: bool = False,
+    ) -> torch.Tensor:
         """idx (B, T) -> logits (B, T, n_vocab) (or (B, 1, ...) with last_only), as GPT.forward."""
         if self.step is not None and cache is not None and idx.shape[1] == 1 and not hidden_only:
             if positions is None:

@@ -4,6 +4,7 @@ At batch 1 driving the ~300 small PyTorch operations around a token's ~50 matrix
 Python (LayerNorm, attention, residuals, ~20 us each) cost about 5 ms a token; in C they cost
 almost nothing, so no Python runs inside a step.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -33,15 +34,34 @@ class KernelStep:
             for lin in (b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj):
                 if not isinstance(lin, KernelLinear):
                     raise TypeError(f"KernelStep needs every matrix as a KernelLinear, got {type(lin).__name__}")
-        self.layers = (LayerStruct * cfg.n_layer)(*[
-            LayerStruct(fp32_address(b.ln_1.weight), fp32_address(b.ln_1.bias), _matrix(b.attn.c_attn),
-                        _matrix(b.attn.c_proj), fp32_address(b.ln_2.weight), fp32_address(b.ln_2.bias),
-                        _matrix(b.mlp.c_fc), _matrix(b.mlp.c_proj))
-            for b in gpt.h])
+        self.layers = (LayerStruct * cfg.n_layer)(
+            *[
+                LayerStruct(
+                    fp32_address(b.ln_1.weight),
+                    fp32_address(b.ln_1.bias),
+                    _matrix(b.attn.c_attn),
+                    _matrix(b.attn.c_proj),
+                    fp32_address(b.ln_2.weight),
+                    fp32_address(b.ln_2.bias),
+                    _matrix(b.mlp.c_fc),
+                    _matrix(b.mlp.c_proj),
+                )
+                for b in gpt.h
+            ]
+        )
         self.struct = ModelStruct(
-            cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.n_vocab, cfg.layer_norm_epsilon, fp32_address(gpt.wte.weight),
-            fp32_address(gpt.wpe.weight), fp32_address(gpt.ln_f.weight), fp32_address(gpt.ln_f.bias),
-            _matrix(head), self.layers)
+            cfg.n_layer,
+            cfg.n_embd,
+            cfg.n_head,
+            cfg.n_vocab,
+            cfg.layer_norm_epsilon,
+            fp32_address(gpt.wte.weight),
+            fp32_address(gpt.wpe.weight),
+            fp32_address(gpt.ln_f.weight),
+            fp32_address(gpt.ln_f.bias),
+            _matrix(head),
+            self.layers,
+        )
 
     def __call__(self, idx: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """idx (B, 1), positions (B, 1) or (1, 1) -> logits (B, 1, n_vocab); writes the cache at cache.length."""
@@ -52,8 +72,18 @@ class KernelStep:
         self._check(tokens, pos, cache)
         logits = torch.empty(B, self.n_vocab)
         rc = self.kernels.lib.gpt2kit_decode_step(
-            ctypes.byref(self.struct), tokens.data_ptr(), pos.data_ptr(), B, cache.k.data_ptr(), cache.v.data_ptr(),
-            cache.valid.data_ptr(), cache.max_len, cache.length, logits.data_ptr(), torch.get_num_threads())
+            ctypes.byref(self.struct),
+            tokens.data_ptr(),
+            pos.data_ptr(),
+            B,
+            cache.k.data_ptr(),
+            cache.v.data_ptr(),
+            cache.valid.data_ptr(),
+            cache.max_len,
+            cache.length,
+            logits.data_ptr(),
+            torch.get_num_threads(),
+        )
         if rc != 0:
             raise RuntimeError(f"gpt2kit_decode_step failed ({rc}) at cache length {cache.length} of {cache.max_len}")
         cache.length += 1
@@ -65,11 +95,23 @@ class KernelStep:
         B, (L, nh, hs) = tokens.shape[0], self.cache_dims
         fp32_address(cache.k)
         fp32_address(cache.v)
-        if cache.k.shape != (L, B, nh, cache.max_len, hs) or cache.v.shape != cache.k.shape \
-                or cache.valid.shape != (B, cache.max_len) or cache.valid.dtype != torch.bool:
-            raise ValueError(f"KernelStep: a cache of {tuple(cache.k.shape)} for {B} rows of a model with "
-                             f"(n_layer, n_head, head size) {self.cache_dims}")
-        if int(tokens.min()) < 0 or int(tokens.max()) >= self.n_vocab or int(pos.min()) < 0 \
-                or int(pos.max()) >= self.n_ctx:
-            raise ValueError(f"KernelStep: token ids {tokens.tolist()} or positions {pos.tolist()} out of range "
-                             f"(n_vocab {self.n_vocab}, n_ctx {self.n_ctx})")
+        if (
+            cache.k.shape != (L, B, nh, cache.max_len, hs)
+            or cache.v.shape != cache.k.shape
+            or cache.valid.shape != (B, cache.max_len)
+            or cache.valid.dtype != torch.bool
+        ):
+            raise ValueError(
+                f"KernelStep: a cache of {tuple(cache.k.shape)} for {B} rows of a model with "
+                f"(n_layer, n_head, head size) {self.cache_dims}"
+            )
+        if (
+            int(tokens.min()) < 0
+            or int(tokens.max()) >= self.n_vocab
+            or int(pos.min()) < 0
+            or int(pos.max()) >= self.n_ctx
+        ):
+            raise ValueError(
+                f"KernelStep: token ids {tokens.tolist()} or positions {pos.tolist()} out of range "
+                f"(n_vocab {self.n_vocab}, n_ctx {self.n_ctx})"
+            )

@@ -8,6 +8,7 @@
 
 Both are kept in GPT2KIT_HOME/tuning/<machine>.json (written atomically), so later loads decide at once.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,8 +28,8 @@ from ..paths import HELDOUT_TEXT, tuning_dir
 from .candidates import Candidate, candidates, linear_maker, on_candidate
 from .features import CpuInfo
 from .kernels import Kernels
-from .runner import block_matrices
 from .policy import TIMED_ROWS, Fidelity, by_speed, choose
+from .runner import block_matrices
 
 log = logging.getLogger("gpt2kit")
 FORMAT_VERSION = 1  # of the tuning file
@@ -64,8 +65,17 @@ def machine_key(cpu: CpuInfo, kernels: Kernels | None) -> str:
         version = metadata.version("gpt2kit")
     except metadata.PackageNotFoundError:
         version = "unknown"
-    raw = json.dumps([cpu.model, cpu.cores, sorted(cpu.flags), version, kernels.isa if kernels else None,
-                      torch.__version__, torch.get_num_threads()])
+    raw = json.dumps(
+        [
+            cpu.model,
+            cpu.cores,
+            sorted(cpu.flags),
+            version,
+            kernels.isa if kernels else None,
+            torch.__version__,
+            torch.get_num_threads(),
+        ]
+    )
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
@@ -99,16 +109,23 @@ def _seconds(fn, min_seconds: float = 0.005) -> float:
 
 
 @torch.inference_mode()
-def time_candidates(found: dict[str, Candidate], kernels: Kernels | None, n_embd: int, rounds: int = 5) -> dict[str, dict[str, float]]:
+def time_candidates(
+    found: dict[str, Candidate], kernels: Kernels | None, n_embd: int, rounds: int = 5
+) -> dict[str, dict[str, float]]:
     """Seconds for one block's four matrices (of width n_embd) on each candidate, per timed shape.
 
     Rounds interleave the candidates and keep each one's fastest, so a burst of load from another
     process slows one round of every candidate rather than all rounds of one.
     """
     C, g = n_embd, torch.Generator().manual_seed(0)
-    weights = [(torch.randn(n, k, generator=g) * 0.02, torch.zeros(n)) for n, k in ((3 * C, C), (C, C), (4 * C, C), (C, 4 * C))]
+    weights = [
+        (torch.randn(n, k, generator=g) * 0.02, torch.zeros(n)) for n, k in ((3 * C, C), (C, C), (4 * C, C), (C, 4 * C))
+    ]
     mats = {name: [linear_maker(c, kernels)(w, b) for w, b in weights] for name, c in found.items()}
-    xs = {shape: (torch.randn(rows, C, generator=g), torch.randn(rows, 4 * C, generator=g)) for shape, rows in TIMED_ROWS.items()}
+    xs = {
+        shape: (torch.randn(rows, C, generator=g), torch.randn(rows, 4 * C, generator=g))
+        for shape, rows in TIMED_ROWS.items()
+    }
 
     def run(ms, x, x4):
         return [m(x4 if i == 3 else x) for i, m in enumerate(ms)]
@@ -140,7 +157,9 @@ def fingerprint(gpt: GPT, probe: list[int]) -> str:
 
 def _windows(probe: list[int], n_ctx: int) -> list[torch.Tensor]:
     n = min(n_ctx, len(probe))
-    return [torch.tensor(probe[i:i + n]).unsqueeze(0) for i in range(0, len(probe) - 1, n) if len(probe[i:i + n]) > 1]
+    return [
+        torch.tensor(probe[i : i + n]).unsqueeze(0) for i in range(0, len(probe) - 1, n) if len(probe[i : i + n]) > 1
+    ]
 
 
 def _release_matrices(block) -> None:
@@ -172,15 +191,16 @@ def compare(gpt: GPT, c: Candidate, kernels: Kernels | None, windows: list[torch
     for w, x_ref, x in zip(windows, xs_ref, xs):
         h_ref, h, targets = gpt.ln_f(x_ref)[0], gpt.ln_f(x)[0], w[0, 1:]  # (T, C), (T, C), (T - 1,)
         for s in range(0, h.shape[0], HEAD_ROWS):
-            ref = F.linear(h_ref[s:s + HEAD_ROWS], gpt.wte.weight)  # (n, V)
-            got = head(h[s:s + HEAD_ROWS]).float()  # (n, V)
+            ref = F.linear(h_ref[s : s + HEAD_ROWS], gpt.wte.weight)  # (n, V)
+            got = head(h[s : s + HEAD_ROWS]).float()  # (n, V)
             agree.append(ref.argmax(-1) == got.argmax(-1))
-            t = targets[s:s + HEAD_ROWS]  # the last position of a window has no next token
-            losses.append(F.cross_entropy(got[:len(t)], t, reduction="none"))
-            ref_losses.append(F.cross_entropy(ref[:len(t)], t, reduction="none"))
+            t = targets[s : s + HEAD_ROWS]  # the last position of a window has no next token
+            losses.append(F.cross_entropy(got[: len(t)], t, reduction="none"))
+            ref_losses.append(F.cross_entropy(ref[: len(t)], t, reduction="none"))
     release(gpt.wte.weight)
-    return Fidelity(torch.cat(agree).float().mean().item(), torch.cat(losses).mean().item(),
-                    torch.cat(ref_losses).mean().item())
+    return Fidelity(
+        torch.cat(agree).float().mean().item(), torch.cat(losses).mean().item(), torch.cat(ref_losses).mean().item()
+    )
 
 
 def decide(gpt: GPT, cpu: CpuInfo, kernels: Kernels | None, probe: list[int]) -> Decision:

@@ -17,6 +17,7 @@ PyTorch's int8-weight kernel (`torch._weight_int8pack_mm`, the one gpt-fast uses
 
 Inference only: the modules hold no trainable parameters.
 """
+
 from __future__ import annotations
 
 import threading
@@ -27,8 +28,14 @@ import torch.nn.functional as F
 
 from .kernels import KINDS, Kernels
 
-STORAGE = {"float32": torch.float32, "float16": torch.float16, "int8": torch.int8, "bfloat16": torch.bfloat16,
-           "int8a8": torch.int8, "bfloat16a16": torch.bfloat16}
+STORAGE = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "int8": torch.int8,
+    "bfloat16": torch.bfloat16,
+    "int8a8": torch.int8,
+    "bfloat16a16": torch.bfloat16,
+}
 # Kinds whose arithmetic differs from fp32 on the stored weights: the kernels run every row count,
 # prompts included, so a model computes the same way whatever the batch.
 ALWAYS_KERNELS = {"int8a8", "bfloat16a16"}
@@ -55,10 +62,10 @@ def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     q, scales = torch.empty(N, K, dtype=torch.int8), torch.empty(N)
     rows = max(1, BLOCK_WEIGHTS // max(K, 1))
     for r in range(0, N, rows):
-        block = torch.empty(min(rows, N - r), K).copy_(w[r:r + rows].detach())  # (rows, K) fp32, our own copy
+        block = torch.empty(min(rows, N - r), K).copy_(w[r : r + rows].detach())  # (rows, K) fp32, our own copy
         s = torch.maximum(block.amax(dim=1), -block.amin(dim=1)).clamp(min=1e-12) / 127.0  # max |w| per row
-        q[r:r + rows] = block.div_(s[:, None]).round_().clamp_(-127, 127)
-        scales[r:r + rows] = s
+        q[r : r + rows] = block.div_(s[:, None]).round_().clamp_(-127, 127)
+        scales[r : r + rows] = s
     return q, scales
 
 
@@ -80,7 +87,7 @@ def stored(weight: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.Tensor |
 def dense(weight: torch.Tensor, scales: torch.Tensor | None) -> torch.Tensor:
     """A stored weight back as fp32 (N, K): exactly the values the kernels multiply by."""
     w = weight.float()
-    return w * scales[:w.shape[0], None] if scales is not None else w
+    return w * scales[: w.shape[0], None] if scales is not None else w
 
 
 class KernelLinear(nn.Module):
@@ -120,11 +127,11 @@ class KernelLinear(nn.Module):
 
     def _block_product(self, x: torch.Tensor, scratch: torch.Tensor, r: int, rows: int) -> torch.Tensor:
         """x @ W[r:r + rows]^T + b[r:r + rows], the block widened into `scratch` (dense()'s values)."""
-        w = self.weight[r:r + rows]
-        wide = scratch[:w.numel()].view(w.shape).copy_(w)  # (rows, K) fp32
+        w = self.weight[r : r + rows]
+        wide = scratch[: w.numel()].view(w.shape).copy_(w)  # (rows, K) fp32
         if self.scales is not None:
-            wide.mul_(self.scales[r:r + rows, None])  # int8's per-row scales
-        return F.linear(x, wide, None if self.bias is None else self.bias[r:r + rows])
+            wide.mul_(self.scales[r : r + rows, None])  # int8's per-row scales
+        return F.linear(x, wide, None if self.bias is None else self.bias[r : r + rows])
 
 
 _scratches = threading.local()
@@ -142,8 +149,14 @@ def _scratch(n: int) -> torch.Tensor:
     return buf[:n]
 
 
-def kernel_linear(kernels: Kernels, x: torch.Tensor, weight: torch.Tensor, kind: int, scales: torch.Tensor | None,
-                  bias: torch.Tensor | None) -> torch.Tensor:
+def kernel_linear(
+    kernels: Kernels,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    kind: int,
+    scales: torch.Tensor | None,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
     """x (M, K) fp32 @ weight (N, K)^T + bias (N,) -> (M, N) fp32, all contiguous on the CPU."""
     M, K = x.shape
     N = weight.shape[0]
@@ -154,9 +167,19 @@ def kernel_linear(kernels: Kernels, x: torch.Tensor, weight: torch.Tensor, kind:
         if v is not None and (v.numel() not in sizes or v.dtype != torch.float32 or not v.is_contiguous()):
             raise ValueError(f"kernel_linear: {name} {tuple(v.shape)} {v.dtype} for {N} output rows")
     y = torch.empty(M, N, dtype=torch.float32)
-    rc = kernels.lib.gpt2kit_linear(x.data_ptr(), M, K, weight.data_ptr(), N, kind,
-                                    None if scales is None else scales.data_ptr(),
-                                    None if bias is None else bias.data_ptr(), 0, y.data_ptr(), torch.get_num_threads())
+    rc = kernels.lib.gpt2kit_linear(
+        x.data_ptr(),
+        M,
+        K,
+        weight.data_ptr(),
+        N,
+        kind,
+        None if scales is None else scales.data_ptr(),
+        None if bias is None else bias.data_ptr(),
+        0,
+        y.data_ptr(),
+        torch.get_num_threads(),
+    )
     if rc != 0:
         raise ValueError(f"gpt2kit_linear failed ({rc}): x {tuple(x.shape)}, weight {tuple(weight.shape)} kind {kind}")
     return y
@@ -194,8 +217,11 @@ class OneDNNLinear(nn.Module):
 
 
 def has_onednn() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise") \
+    return (
+        torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
         and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+    )
 
 
 class InputMajorLinear(nn.Module):

@@ -1,4 +1,5 @@
 """`encode_dataset`: text inputs -> a token dataset (and a held-out validation set), streaming."""
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,9 @@ def _safe_cut(text: str) -> int:
     return tail_start + last.end() if last else len(text)
 
 
-def _file_pieces(path: Path, opts: ReadOptions, template: Template | None, keywords: int,
-                 by_record: bool) -> Iterator[tuple[str, bool]]:
+def _file_pieces(
+    path: Path, opts: ReadOptions, template: Template | None, keywords: int, by_record: bool
+) -> Iterator[tuple[str, bool]]:
     """(text, ends_document) pieces of a file; one piece per document except for huge plain-text files."""
     if template is not None:
         for doc in templated_documents(path, opts, template, keywords, by_record=by_record):
@@ -50,8 +52,10 @@ def _file_pieces(path: Path, opts: ReadOptions, template: Template | None, keywo
                 try:
                     chunk = f.read(PIECE)
                 except UnicodeDecodeError as e:
-                    raise UserError(f"{path} is not valid {opts.encoding} ({e.reason}); pass --encoding NAME, "
-                                    f"or --errors replace to go on anyway") from None
+                    raise UserError(
+                        f"{path} is not valid {opts.encoding} ({e.reason}); pass --encoding NAME, "
+                        f"or --errors replace to go on anyway"
+                    ) from None
                 if "\x00" in chunk:
                     raise UserError(f"{path} looks like a binary file, not text; leave it out of the inputs")
                 if not chunk:
@@ -89,7 +93,9 @@ class _Encoding:
             # Whole documents go to validation, every ~1/fraction-th by size, so the split is spread
             # through the inputs and a document never straddles it.
             size = file_size if not ends else len(text)
-            self.doc_to_val = bool(self.val) and self.val_chars + size / 2 <= self.val_fraction * (self.seen_chars + size)
+            self.doc_to_val = bool(self.val) and self.val_chars + size / 2 <= self.val_fraction * (
+                self.seen_chars + size
+            )
         self.doc_chars += len(text)
         self.batch.append((text, ends, self.doc_to_val))
         self.batch_chars += len(text)
@@ -123,25 +129,38 @@ class _Encoding:
         if self.train.n_tokens == 0:
             self.abort()
             if self.val and self.val.n_tokens:  # whole documents are held out, so a few can all go
-                raise UserError(f"all {self.documents} document(s) of the inputs went to validation with --val-fraction "
-                                f"{self.val_fraction}, leaving none to train on; give more documents, a smaller "
-                                f"--val-fraction, or --val-fraction 0")
+                raise UserError(
+                    f"all {self.documents} document(s) of the inputs went to validation with --val-fraction "
+                    f"{self.val_fraction}, leaving none to train on; give more documents, a smaller "
+                    f"--val-fraction, or --val-fraction 0"
+                )
             raise UserError(f"the inputs hold no text to train on ({', '.join(map(str, inputs))})")
         if self.val and self.val.n_tokens == 0:
             self.abort()
-            raise UserError(f"no document went to validation with val_fraction={self.val_fraction}; the inputs have "
-                            f"{self.documents} document(s): use more documents or a larger fraction")
+            raise UserError(
+                f"no document went to validation with val_fraction={self.val_fraction}; the inputs have "
+                f"{self.documents} document(s): use more documents or a larger fraction"
+            )
         self.train.close()
         if self.val:
             self.val.close()
 
 
-def encode_dataset(inputs: list[str | Path] | str | Path, output: str | Path, *,
-                   val_fraction: float = EncodeOptions.val_fraction, eot: bool = EncodeOptions.eot,
-                   encoding: str = EncodeOptions.encoding, errors: str = EncodeOptions.errors,
-                   column: str | None = EncodeOptions.column, field: str = EncodeOptions.field,
-                   tokenizer: Tokenizer | None = None, progress: bool = EncodeOptions.progress,
-                   template: str | None = EncodeOptions.template, keywords: int = EncodeOptions.keywords) -> dict:
+def encode_dataset(
+    inputs: list[str | Path] | str | Path,
+    output: str | Path,
+    *,
+    val_fraction: float = EncodeOptions.val_fraction,
+    eot: bool = EncodeOptions.eot,
+    encoding: str = EncodeOptions.encoding,
+    errors: str = EncodeOptions.errors,
+    column: str | None = EncodeOptions.column,
+    field: str = EncodeOptions.field,
+    tokenizer: Tokenizer | None = None,
+    progress: bool = EncodeOptions.progress,
+    template: str | None = EncodeOptions.template,
+    keywords: int = EncodeOptions.keywords,
+) -> dict:
     """Encode text files, folders and globs into gpt2kit's token format.
 
     Every document ends with <|endoftext|> unless eot=False. With val_fraction, whole documents go to
@@ -150,8 +169,17 @@ def encode_dataset(inputs: list[str | Path] | str | Path, output: str | Path, *,
     fills its {keywords} field with N keywords of each document (alone: "keywords: ...\n" before each).
     An existing output (or validation file) is replaced only when it is a gpt2kit dataset: re-encoding.
     """
-    EncodeOptions(val_fraction=val_fraction, eot=eot, encoding=encoding, errors=errors, column=column,
-                  field=field, progress=progress, template=template, keywords=keywords)  # the one check of these values
+    EncodeOptions(
+        val_fraction=val_fraction,
+        eot=eot,
+        encoding=encoding,
+        errors=errors,
+        column=column,
+        field=field,
+        progress=progress,
+        template=template,
+        keywords=keywords,
+    )  # the one check of these values
     shape = conditional_template(template, keywords)
     inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     files = expand_inputs(inputs)
@@ -159,7 +187,9 @@ def encode_dataset(inputs: list[str | Path] | str | Path, output: str | Path, *,
     if output.resolve() in {f.resolve() for f in files}:
         raise UserError(f"the output {output} is also an input; choose another output path")
     if output.is_dir():
-        raise UserError(f"the output {output} is a folder; give the path of the file to write, such as {output / 'corpus.tokens'}")
+        raise UserError(
+            f"the output {output} is a folder; give the path of the file to write, such as {output / 'corpus.tokens'}"
+        )
     check_replaceable(output)  # re-encoding replaces a dataset; any other file stays the user's
     if val_fraction:
         check_replaceable(val_path_for(output))
@@ -189,6 +219,7 @@ def encode_dataset(inputs: list[str | Path] | str | Path, output: str | Path, *,
 
 def _progress_bar(total_bytes: int):
     from tqdm import tqdm
+
     return tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc="encoding", dynamic_ncols=True)
 
 
@@ -196,11 +227,18 @@ def _summary(run: _Encoding, output: Path, n_files: int, n_bytes: int, seconds: 
     val_tokens = run.val.n_tokens if run.val else 0
     tokens = run.train.n_tokens + val_tokens
     return {
-        "output": str(output), "val_output": str(run.val.path) if run.val else None, "files": n_files,
-        "documents": run.documents, "val_documents": run.val_documents,
-        "tokens": tokens, "train_tokens": run.train.n_tokens, "val_tokens": val_tokens,
-        "bytes": n_bytes, "bytes_per_token": n_bytes / max(tokens, 1),
-        "seconds": seconds, "mb_per_s": n_bytes / 1e6 / max(seconds, 1e-9),
+        "output": str(output),
+        "val_output": str(run.val.path) if run.val else None,
+        "files": n_files,
+        "documents": run.documents,
+        "val_documents": run.val_documents,
+        "tokens": tokens,
+        "train_tokens": run.train.n_tokens,
+        "val_tokens": val_tokens,
+        "bytes": n_bytes,
+        "bytes_per_token": n_bytes / max(tokens, 1),
+        "seconds": seconds,
+        "mb_per_s": n_bytes / 1e6 / max(seconds, 1e-9),
     }
 
 
@@ -208,12 +246,18 @@ def decode_dataset(path: str | Path, tokenizer: Tokenizer | None = None, chunk: 
     """A token dataset back to text, in pieces (like nshepperd's train_decode_text.py).
     Ids outside the tokenizer's vocabulary are a UserError before the first piece."""
     from .tokens import check_ids, read_tokens
+
     tok = tokenizer or gpt2_tokenizer()
     tokens = read_tokens(path)
-    check_ids(tokens, tok.n_vocab, path, whose="GPT-2's" if tokenizer is None else "the tokenizer's",
-              advice="decode it with the tokenizer it was encoded with")
+    check_ids(
+        tokens,
+        tok.n_vocab,
+        path,
+        whose="GPT-2's" if tokenizer is None else "the tokenizer's",
+        advice="decode it with the tokenizer it was encoded with",
+    )
     dec = tok.stream_decoder()
     for i in range(0, tokens.size, chunk):
-        data = tok.decode_bytes(np.asarray(tokens[i:i + chunk]).tolist())
+        data = tok.decode_bytes(np.asarray(tokens[i : i + chunk]).tolist())
         yield dec.push_bytes(data)
     yield dec.flush()

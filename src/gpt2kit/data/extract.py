@@ -4,6 +4,7 @@ Markdown and HTML become the words a reader sees (headings, list items and link 
 markup and front matter go), as people clean blog posts by hand before training. CSV rows
 (one column) and JSONL lines (one field) are one document each; any other file is one document.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -36,8 +37,9 @@ class ReadOptions:
         try:  # checked before any file is read (a big text file once met it midway, with a traceback)
             codecs.lookup(self.encoding)
         except LookupError:
-            raise UserError(f"unknown --encoding {self.encoding!r}: give a Python codec name such as utf-8, "
-                            f"latin-1 or cp1252") from None
+            raise UserError(
+                f"unknown --encoding {self.encoding!r}: give a Python codec name such as utf-8, latin-1 or cp1252"
+            ) from None
 
     @property
     def decoding(self) -> str:
@@ -52,7 +54,11 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
     for item in inputs:
         p = Path(item).expanduser()
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            files += sorted(
+                f
+                for f in p.rglob("*")
+                if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)
+            )
         elif p.is_file():
             files.append(p)
         elif any(ch in str(item) for ch in "*?["):
@@ -74,15 +80,38 @@ def read_text(path: Path, opts: ReadOptions) -> str:
     try:
         return data.decode(opts.decoding, errors=opts.errors)
     except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not valid {opts.encoding} (byte {e.start}); pass --encoding NAME, "
-                        f"or --errors replace to go on anyway") from None
+        raise UserError(
+            f"{path} is not valid {opts.encoding} (byte {e.start}); pass --encoding NAME, "
+            f"or --errors replace to go on anyway"
+        ) from None
     except LookupError:
         raise UserError(f"unknown --encoding {opts.encoding!r}") from None
 
 
 class _HTMLText(HTMLParser):
-    BLOCK = {"p", "div", "br", "li", "h1", "h2", "h3", "h4", "h5", "h6", "tr", "section", "article",
-             "blockquote", "pre", "ul", "ol", "table", "header", "footer", "hr"}
+    BLOCK = {
+        "p",
+        "div",
+        "br",
+        "li",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "tr",
+        "section",
+        "article",
+        "blockquote",
+        "pre",
+        "ul",
+        "ol",
+        "table",
+        "header",
+        "footer",
+        "hr",
+    }
     SKIP = {"script", "style", "head", "noscript", "template", "svg"}
 
     def __init__(self):
@@ -154,8 +183,10 @@ def _csv_documents(path: Path, text: str, column: str | None) -> Iterator[str]:
     elif column.isdigit():
         col = int(column)
         if col >= len(header):
-            raise UserError(f"{path} has {len(header)} columns (numbered from 0: {', '.join(header)}); "
-                            f"--column {column} is past the last")
+            raise UserError(
+                f"{path} has {len(header)} columns (numbered from 0: {', '.join(header)}); "
+                f"--column {column} is past the last"
+            )
         yield header[col]
     else:
         raise UserError(f"{path} has no column {column!r}; its columns are: {', '.join(header)}")

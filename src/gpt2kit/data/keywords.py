@@ -7,6 +7,7 @@ and punctuation split the text into candidate phrases; a word scores its degree 
 phrases with, itself included) over its frequency, a phrase the sum of its words. It needs one document
 at a time and no model, so encoding stays one streaming pass with no new dependency.
 """
+
 from __future__ import annotations
 
 import re
@@ -16,7 +17,8 @@ SEPARATOR = ", "  # between keywords in the {keywords} field
 MAX_PHRASE_WORDS = 3  # longer runs without a stopword are lists or noise, not key phrases
 
 # Common English function words and verbs: they split phrases and are never keywords themselves.
-STOPWORDS = frozenset("""
+STOPWORDS = frozenset(
+    """
 a about above after again against all almost also although always am among an and another any anyone
 anything are aren't around as at be because been before being below between both but by can can't cannot
 could couldn't did didn't do does doesn't doing don't done down during each either else enough even ever
@@ -31,7 +33,8 @@ they're they've thing things this those though through thus to too toward toward
 use used using very via was wasn't way we we'd we'll we're we've well were weren't what what's whatever
 when when's where where's whether which while who who's whom whose why why's will with within without
 won't would wouldn't yet you you'd you'll you're you've your yours yourself yourselves
-""".split())
+""".split()
+)
 
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")  # letters and digits, with inner apostrophes (don't)
 _BREAK = re.compile(r"[.,;:!?()\[\]{}\"“”…—–|/\\\n]+|\s-\s")  # punctuation that ends a phrase

@@ -1,5 +1,6 @@
 """Files -> records (named values) for templates: a CSV row by its header, a JSONL line by its fields,
 any other file one record whose one field, `text`, is the document extract.py reads from it."""
+
 from __future__ import annotations
 
 import csv
@@ -48,13 +49,17 @@ def _jsonl_records(path: Path, text: str) -> Iterator[tuple[str, dict[str, str]]
         yield f"{path} line {n}", {k: "" if v is None else str(v) for k, v in obj.items()}
 
 
-def templated_documents(path: Path, opts: ReadOptions, template: Template, keywords: int, *,
-                        by_record: bool = True) -> Iterator[str]:
+def templated_documents(
+    path: Path, opts: ReadOptions, template: Template, keywords: int, *, by_record: bool = True
+) -> Iterator[str]:
     """One document per record, written by `template`. keywords > 0 fills its {keywords} field with that
     many keywords of the fields after it (the text the keywords are to steer). by_record=False reads
     the documents encode reads without a template (one --column or --field), as the field `text`."""
-    source = records(path, opts) if by_record else \
-        ((f"{path} document {n}", {TEXT_FIELD: doc}) for n, doc in enumerate(documents(path, opts), 1))
+    source = (
+        records(path, opts)
+        if by_record
+        else ((f"{path} document {n}", {TEXT_FIELD: doc}) for n, doc in enumerate(documents(path, opts), 1))
+    )
     about = keyword_sources(template)
     for where, values in source:
         if keywords:
@@ -72,11 +77,15 @@ def conditional_template(template: str | None, keywords: int) -> Template | None
         return parse_template(KEYWORDS_TEMPLATE) if keywords else None
     parsed = parse_template(template)
     if keywords and KEYWORDS_FIELD not in parsed.fields:
-        raise UserError(f"--keywords fills the template's {{{KEYWORDS_FIELD}}} field, and {template!r} has none; "
-                        f"e.g. --template \"[{{{KEYWORDS_FIELD}}}] {{title}}\"")
+        raise UserError(
+            f"--keywords fills the template's {{{KEYWORDS_FIELD}}} field, and {template!r} has none; "
+            f'e.g. --template "[{{{KEYWORDS_FIELD}}}] {{title}}"'
+        )
     if keywords and not keyword_sources(parsed):
-        raise UserError(f"the template {template!r} has no field after {{{KEYWORDS_FIELD}}}: keywords are drawn from "
-                        f"the text that follows them, e.g. \"[{{{KEYWORDS_FIELD}}}] {{title}}\"")
+        raise UserError(
+            f"the template {template!r} has no field after {{{KEYWORDS_FIELD}}}: keywords are drawn from "
+            f'the text that follows them, e.g. "[{{{KEYWORDS_FIELD}}}] {{title}}"'
+        )
     return parsed
 
 
@@ -84,5 +93,5 @@ def keyword_sources(template: Template) -> list[str]:
     """The fields keywords are drawn from: those after {keywords}, the text that generation will write from them
     (minimaxir's keyword generation draws them from the text, never from the other conditions)."""
     names = [p.name for p in template.parts if isinstance(p, Field)]
-    after = names[names.index(KEYWORDS_FIELD) + 1:] if KEYWORDS_FIELD in names else []
+    after = names[names.index(KEYWORDS_FIELD) + 1 :] if KEYWORDS_FIELD in names else []
     return [f for f in dict.fromkeys(after) if f != KEYWORDS_FIELD]

@@ -6,6 +6,7 @@ gpt-2-simple users build such documents by hand ("<|startoftext|>" + subreddit +
 from a BigQuery CSV) and generate with `prefix` and `truncate`; a template is that recipe written once.
 `{{` and `}}` stand for literal braces, as in Python's str.format.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,6 +30,7 @@ class Field:
 @dataclass(frozen=True)
 class Template:
     """A parsed template: literal text and fields, in order."""
+
     source: str
     parts: tuple[str | Field, ...]
 
@@ -49,8 +51,9 @@ class Template:
         """The document's text up to the first field without a value: what generation starts from."""
         unknown = [k for k in values if k not in self.fields]
         if unknown:
-            raise UserError(f"the template {self.source!r} has no field {unknown[0]!r}; its fields are: "
-                            f"{', '.join(self.fields)}")
+            raise UserError(
+                f"the template {self.source!r} has no field {unknown[0]!r}; its fields are: {', '.join(self.fields)}"
+            )
         out: list[str] = []
         open_field = None
         for p in self.parts:
@@ -59,9 +62,11 @@ class Template:
             elif open_field is None:
                 out.append(p if isinstance(p, str) else str(values[p.name]))
             elif isinstance(p, Field):
-                raise UserError(f"the template {self.source!r} has {{{p.name}}} after {{{open_field}}}, which has no "
-                                f"value: generation starts at the first field left open, so give {open_field} too "
-                                f"or put {{{p.name}}} first")
+                raise UserError(
+                    f"the template {self.source!r} has {{{p.name}}} after {{{open_field}}}, which has no "
+                    f"value: generation starts at the first field left open, so give {open_field} too "
+                    f"or put {{{p.name}}} first"
+                )
         # Drop trailing spaces: GPT-2's tokenizer joins a space to the word after it (" Title"), so a
         # prompt ending in a bare space asks for a token split the model never saw in training.
         return "".join(out).rstrip(" ")
@@ -84,18 +89,22 @@ class Template:
         splits the document where the model did."""
         open_index = next((i for i, p in enumerate(self.parts) if isinstance(p, Field) and p.name not in values), None)
         if open_index is None:
-            raise UserError(f"every field of the template {self.source!r} has a value: nothing is left to "
-                            f"generate under --constrain")
+            raise UserError(
+                f"every field of the template {self.source!r} has a value: nothing is left to "
+                f"generate under --constrain"
+            )
         before = "".join(p if isinstance(p, str) else str(values[p.name]) for p in self.parts[:open_index])
-        out = [_regex_literal(before[len(before.rstrip(" ")):])]  # the spaces `prompt` leaves to the model
+        out = [_regex_literal(before[len(before.rstrip(" ")) :])]  # the spaces `prompt` leaves to the model
         seen: set[str] = set()
         for i, p in enumerate(self.parts[open_index:], open_index):
             if isinstance(p, str):
                 out.append(_regex_literal(p))
                 continue
             if p.name in seen:
-                raise UserError(f"the template {self.source!r} repeats {{{p.name}}}: --constrain cannot make two "
-                                f"places hold the same generated text")
+                raise UserError(
+                    f"the template {self.source!r} repeats {{{p.name}}}: --constrain cannot make two "
+                    f"places hold the same generated text"
+                )
             seen.add(p.name)
             after = self.parts[i + 1] if i + 1 < len(self.parts) else ""
             excluded = "\\n" + (_regex_literal(after[0], in_class=True) if isinstance(after, str) and after else "")
@@ -106,8 +115,10 @@ class Template:
         """Two fields with no text between them cannot be told apart when read back."""
         for a, b in zip(self.parts, self.parts[1:]):
             if isinstance(a, Field) and isinstance(b, Field):
-                raise UserError(f"in the template {self.source!r}, {{{a.name}}} and {{{b.name}}} touch: put some "
-                                f"text between them so generated documents can be read back")
+                raise UserError(
+                    f"in the template {self.source!r}, {{{a.name}}} and {{{b.name}}} touch: put some "
+                    f"text between them so generated documents can be read back"
+                )
 
     def _pattern(self, known: Mapping[str, str]) -> re.Pattern:
         names = self.fields
@@ -157,16 +168,20 @@ def parse_template(source: str) -> Template:
             text, i = text + ch, i + 2
         elif ch == "{":
             end = source.find("}", i)
-            name = source[i + 1:end].strip() if end >= 0 else ""
+            name = source[i + 1 : end].strip() if end >= 0 else ""
             if end < 0 or not name or "{" in name:
-                raise UserError(f"the template {source!r} has an unclosed or empty {{ at character {i + 1}; "
-                                f"write {{{{ for a literal brace")
+                raise UserError(
+                    f"the template {source!r} has an unclosed or empty {{ at character {i + 1}; "
+                    f"write {{{{ for a literal brace"
+                )
             if text:
                 parts.append(text)
             parts.append(Field(name))
             text, i = "", end + 1
         elif ch == "}":
-            raise UserError(f"the template {source!r} has a }} with no {{ at character {i + 1}; write }}}} for a literal brace")
+            raise UserError(
+                f"the template {source!r} has a }} with no {{ at character {i + 1}; write }}}} for a literal brace"
+            )
         else:
             text, i = text + ch, i + 1
     if text:
@@ -197,7 +212,9 @@ def read_field_sets(path: str | Path) -> list[dict[str, str]]:
     except UnicodeDecodeError as e:
         raise UserError(f"{path} is not UTF-8 text (byte {e.start}); convert it, e.g. with iconv -t UTF-8") from None
     except OSError as e:
-        raise UserError(f"cannot read the fields file {path} ({e.strerror}); make it readable or pass another") from None
+        raise UserError(
+            f"cannot read the fields file {path} ({e.strerror}); make it readable or pass another"
+        ) from None
     sets = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -207,7 +224,7 @@ def read_field_sets(path: str | Path) -> list[dict[str, str]]:
         except ValueError:
             obj = None
         if not isinstance(obj, dict):
-            raise UserError(f"{path}:{n} is not a JSON object of field values, e.g. {{\"subreddit\": \"legaladvice\"}}")
+            raise UserError(f'{path}:{n} is not a JSON object of field values, e.g. {{"subreddit": "legaladvice"}}')
         sets.append({k: "" if v is None else str(v) for k, v in obj.items()})
     if not sets:
         raise UserError(f"the fields file {path} holds no field values")

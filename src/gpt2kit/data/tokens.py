@@ -12,6 +12,7 @@ followed by the tokens. Read by memory-mapping, so a corpus larger than RAM trai
 Also read: nshepperd / gpt-2-simple .npz (np.savez_compressed of 1-D integer arrays) and
 nanoGPT's headerless uint16 .bin.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -107,23 +108,31 @@ def read_tokens(path: str | Path) -> np.ndarray:
         if path.stat().st_size % 2:
             raise UserError(f"{path} has an odd number of bytes: not a nanoGPT uint16 .bin file")
         return np.memmap(path, dtype=np.uint16, mode="r") if path.stat().st_size else np.zeros(0, np.uint16)
-    raise UserError(f"{path} is not a token dataset (gpt2kit, .npz or nanoGPT .bin); "
-                    f"pass text files and gpt2kit encodes them, or run `gpt2kit encode {path} --output data.tokens`")
+    raise UserError(
+        f"{path} is not a token dataset (gpt2kit, .npz or nanoGPT .bin); "
+        f"pass text files and gpt2kit encodes them, or run `gpt2kit encode {path} --output data.tokens`"
+    )
 
 
 def _read_ours(path: Path, head: bytes) -> np.ndarray:
     if len(head) < HEADER.size:
-        raise UserError(f"{path} is truncated: its {len(head)} bytes do not hold a gpt2kit dataset header; encode it again")
+        raise UserError(
+            f"{path} is truncated: its {len(head)} bytes do not hold a gpt2kit dataset header; encode it again"
+        )
     magic, version, width, n_tokens, n_vocab, n_docs = HEADER.unpack(head)
     if version != VERSION:
-        raise UserError(f"{path} is a gpt2kit dataset of version {version}; this gpt2kit reads version {VERSION}: "
-                        f"encode the text again with `gpt2kit encode`")
+        raise UserError(
+            f"{path} is a gpt2kit dataset of version {version}; this gpt2kit reads version {VERSION}: "
+            f"encode the text again with `gpt2kit encode`"
+        )
     if width not in (2, 4):
         raise UserError(f"{path} is corrupted: its header says {width}-byte tokens (2 or 4); encode it again")
     dtype = np.dtype("<u2") if width == 2 else np.dtype("<u4")
     expected = HEADER.size + n_tokens * width
     if path.stat().st_size != expected:
-        raise UserError(f"{path} is truncated or corrupted: {path.stat().st_size:,} bytes, expected {expected:,}; encode it again")
+        raise UserError(
+            f"{path} is truncated or corrupted: {path.stat().st_size:,} bytes, expected {expected:,}; encode it again"
+        )
     if n_tokens == 0:
         return np.zeros(0, dtype)
     return np.memmap(path, dtype=dtype, mode="r", offset=HEADER.size, shape=(n_tokens,))
@@ -134,11 +143,15 @@ def not_a_dataset(path: Path) -> UserError:
     if path.is_dir():
         found = sorted(p.name for p in path.iterdir() if p.is_file() and is_token_file(p))
         if found:
-            return UserError(f"{path} is a folder, not a token dataset; it holds the datasets {', '.join(found[:3])}"
-                             f"{', ...' if len(found) > 3 else ''}: give one of them, such as {path / found[0]}")
-        return UserError(f"{path} is a folder, not a token dataset, and {describe_folder(path)}; give the dataset "
-                         f"file `gpt2kit encode` wrote, or make one with `gpt2kit encode TEXT... --output "
-                         f"{path / 'corpus.tokens'}`")
+            return UserError(
+                f"{path} is a folder, not a token dataset; it holds the datasets {', '.join(found[:3])}"
+                f"{', ...' if len(found) > 3 else ''}: give one of them, such as {path / found[0]}"
+            )
+        return UserError(
+            f"{path} is a folder, not a token dataset, and {describe_folder(path)}; give the dataset "
+            f"file `gpt2kit encode` wrote, or make one with `gpt2kit encode TEXT... --output "
+            f"{path / 'corpus.tokens'}`"
+        )
     if path.exists():
         return UserError(f"{path} is not a regular file; give a token dataset file (.tokens, .npz or .bin)")
     return UserError(f"dataset {path} does not exist; make one with `gpt2kit encode TEXT... --output {path}`")
@@ -153,16 +166,24 @@ def describe_folder(path: Path) -> str:
     return f"it holds {len(names)} entr{'y' if len(names) == 1 else 'ies'}: {', '.join(names[:3])}{more}"
 
 
-def check_ids(tokens: np.ndarray, n_vocab: int, path: Path | str, *, whose: str = "the model's",
-              advice: str = "encode its text again with this model's tokenizer (`gpt2kit encode --output ...`)") -> None:
+def check_ids(
+    tokens: np.ndarray,
+    n_vocab: int,
+    path: Path | str,
+    *,
+    whose: str = "the model's",
+    advice: str = "encode its text again with this model's tokenizer (`gpt2kit encode --output ...`)",
+) -> None:
     """The one rule for token ids against a vocabulary (finetune, perplexity, decode): every id below its size.
 
     Checked before any model runs: an id past the embedding is an IndexError deep in PyTorch, and one past
     the tokenizer a KeyError in tiktoken. A dataset encoded for another (larger) vocabulary is the usual cause."""
     top = int(tokens.max()) if tokens.size else -1
     if top >= n_vocab:
-        raise UserError(f"{path} holds token ids up to {top}, but {whose} vocabulary has {n_vocab:,} tokens "
-                        f"(ids 0 to {n_vocab - 1}): it was encoded for another vocabulary; {advice}")
+        raise UserError(
+            f"{path} holds token ids up to {top}, but {whose} vocabulary has {n_vocab:,} tokens "
+            f"(ids 0 to {n_vocab - 1}): it was encoded for another vocabulary; {advice}"
+        )
 
 
 def check_replaceable(path: Path) -> None:
@@ -172,15 +193,19 @@ def check_replaceable(path: Path) -> None:
     if not path.exists() and not path.is_symlink():
         return
     if not path.is_file():
-        raise UserError(f"the output {path} exists and is not a regular file; give the path of a new dataset file, "
-                        f"such as data/corpus.tokens")
+        raise UserError(
+            f"the output {path} exists and is not a regular file; give the path of a new dataset file, "
+            f"such as data/corpus.tokens"
+        )
     if path.stat().st_size == 0:
         return  # nothing to lose (a file made by `touch` or `mktemp`)
     with open(path, "rb") as f:
         ours = f.read(len(MAGIC)) == MAGIC
     if not ours:
-        raise UserError(f"the output {path} exists and is not a gpt2kit token dataset, and encode replaces only its "
-                        f"own datasets; give another path, or delete {path} first if it may go")
+        raise UserError(
+            f"the output {path} exists and is not a gpt2kit token dataset, and encode replaces only its "
+            f"own datasets; give another path, or delete {path} first if it may go"
+        )
 
 
 def _read_npz(path: Path) -> np.ndarray:
@@ -192,17 +217,29 @@ def _read_npz(path: Path) -> np.ndarray:
             members = {k: npz[k] for k in npz.files}
     # A damaged zip fails inside zipfile or zlib with their own exception types, an "encrypted" member with
     # RuntimeError, an absurd array size with MemoryError (all found by fuzzing).
-    except (ValueError, OSError, EOFError, RuntimeError, MemoryError, zipfile.BadZipFile, zlib.error,
-            NotImplementedError) as e:
+    except (
+        ValueError,
+        OSError,
+        EOFError,
+        RuntimeError,
+        MemoryError,
+        zipfile.BadZipFile,
+        zlib.error,
+        NotImplementedError,
+    ) as e:
         raise UserError(f"{path} is not a readable .npz dataset: {_npz_reason(e)}; encode the text again") from None
     for name, a in members.items():
         if not isinstance(a, np.ndarray):  # NpzFile hands back a member that is not .npy as its raw bytes
-            raise UserError(f"{path} is not a .npz dataset: its member {name!r} is not a NumPy array; encode the text again")
+            raise UserError(
+                f"{path} is not a .npz dataset: its member {name!r} is not a NumPy array; encode the text again"
+            )
     arrays = [a.reshape(-1) for a in members.values()]
     for a in arrays:
         if a.dtype.kind not in "ui" or (a.size and int(a.min()) < 0):
-            raise UserError(f"{path} holds {a.dtype} values{' below 0' if a.dtype.kind in 'ui' else ''}, "
-                            f"not token ids; encode the text again")
+            raise UserError(
+                f"{path} holds {a.dtype} values{' below 0' if a.dtype.kind in 'ui' else ''}, "
+                f"not token ids; encode the text again"
+            )
     if not arrays:
         return np.zeros(0, np.uint16)
     return np.concatenate(arrays).astype(np.int64 if max(a.max(initial=0) for a in arrays) > 65535 else np.uint16)

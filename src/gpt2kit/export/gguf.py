@@ -6,6 +6,7 @@ formats/gguf.py, hyperparameters under `gpt2.*`, and the whole byte-level BPE vo
 gpt2kit does. The head is tied: no `output.weight`, llama.cpp reuses token_embd.
 Matrices go in as nn.Linear's (out, in), which is ggml's (ne0=in, ne1=out): no transpose.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,17 +28,20 @@ def check_type(type: str, n_embd: int | None = None) -> None:
     if type not in GGUF_TYPES:
         raise UserError(f"--type {type!r} is not a GGUF type gpt2kit writes; choose one of {', '.join(GGUF_TYPES)}")
     if type == "q8_0" and n_embd is not None and n_embd % Q8_0_BLOCK:
-        raise UserError(f"q8_0 needs a width divisible by {Q8_0_BLOCK}, and this model's n_embd is {n_embd}; "
-                        "use --type f16 or f32")
+        raise UserError(
+            f"q8_0 needs a width divisible by {Q8_0_BLOCK}, and this model's n_embd is {n_embd}; use --type f16 or f32"
+        )
 
 
 def _file_type(type: str):
     from gguf import LlamaFileType
+
     return {"f32": LlamaFileType.ALL_F32, "f16": LlamaFileType.MOSTLY_F16, "q8_0": LlamaFileType.MOSTLY_Q8_0}[type]
 
 
 def _add_hparams(w, source: Source, type: str) -> None:
     from gguf import GGML_QUANT_VERSION
+
     c = source.model.config
     w.add_name(source.name)
     w.add_description(f"GPT-2 exported by gpt2kit from {source.origin}. {SYNTHETIC_NOTICE}")
@@ -60,6 +64,7 @@ def _add_hparams(w, source: Source, type: str) -> None:
 def _add_vocab(w, source: Source) -> None:
     """Every token (padded rows as unused [PADn]), its type, the merges, and <|endoftext|> as BOS and EOS."""
     from gguf import TokenType
+
     tok = source.tokenizer
     tokens, merges = vocab_lists(Path(tok.source))
     n_vocab = source.model.config.n_vocab  # the embedding's rows; some checkpoints pad past the vocabulary
@@ -87,6 +92,7 @@ def _add_vocab(w, source: Source) -> None:
 def _add_tensors(w, source: Source, type: str) -> None:
     from gguf import GGMLQuantizationType
     from gguf.quants import quantize
+
     for key, t in source.model.state_dict().items():
         data = t.detach().float().numpy()
         # llama.cpp keeps vectors (norms, biases) and the position table in f32, as its converter does
@@ -101,6 +107,7 @@ def _add_tensors(w, source: Source, type: str) -> None:
 def write_gguf(source: Source, out: Path, *, type: str) -> Path:
     """Write `source` to `out` as a GGUF of tensor type `type`; atomic (a temporary name, then a rename)."""
     from gguf import GGUFWriter
+
     check_type(type, source.model.config.n_embd)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:

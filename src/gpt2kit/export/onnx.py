@@ -12,6 +12,7 @@ The inputs and outputs are laid out as Hugging Face Optimum exports GPT-2 for tr
 so a runtime prefills a prompt with empty pasts, then feeds each new token with the presents it got back.
 `int8=True` then stores the matrices as int8 with onnxruntime's weight-only quantizer (MatMulNBits, 8 bits).
 """
+
 from __future__ import annotations
 
 import os
@@ -78,19 +79,37 @@ def _example(model: GPT) -> tuple:
     c = model.config
     B, T, P = 2, 3, 5
     past = tuple(torch.zeros(B, c.n_head, P, c.n_embd // c.n_head) for _ in range(2 * c.n_layer))
-    return (torch.zeros(B, T, dtype=torch.long), torch.ones(B, P + T, dtype=torch.long),
-            torch.arange(P, P + T).repeat(B, 1), past)
+    return (
+        torch.zeros(B, T, dtype=torch.long),
+        torch.ones(B, P + T, dtype=torch.long),
+        torch.arange(P, P + T).repeat(B, 1),
+        past,
+    )
 
 
 def _export_fp32(model: GPT, path: Path) -> None:
     dyn = torch.export.Dim.DYNAMIC
     inputs, outputs = io_names(model.config.n_layer)
-    shapes = ({0: dyn, 1: dyn}, {0: dyn, 1: dyn}, {0: dyn, 1: dyn},
-              tuple({0: dyn, 2: dyn} for _ in range(2 * model.config.n_layer)))
+    shapes = (
+        {0: dyn, 1: dyn},
+        {0: dyn, 1: dyn},
+        {0: dyn, 1: dyn},
+        tuple({0: dyn, 2: dyn} for _ in range(2 * model.config.n_layer)),
+    )
     big = model.num_params() * 4 > EXTERNAL_DATA_BYTES
-    torch.onnx.export(DecoderWithPast(model).eval(), _example(model), str(path), dynamo=True, opset_version=OPSET,
-                      input_names=inputs, output_names=outputs, dynamic_shapes=shapes, external_data=big,
-                      optimize=True, verbose=False)
+    torch.onnx.export(
+        DecoderWithPast(model).eval(),
+        _example(model),
+        str(path),
+        dynamo=True,
+        opset_version=OPSET,
+        input_names=inputs,
+        output_names=outputs,
+        dynamic_shapes=shapes,
+        external_data=big,
+        optimize=True,
+        verbose=False,
+    )
     _name_axes(path)
 
 
@@ -100,13 +119,22 @@ def _name_axes(path: Path) -> None:
 
     The exporter gives every past tensor its own symbol for the same length; all of them become one name."""
     import onnx
+
     model = onnx.load(path, load_external_data=False)  # the proto only; the weights stay where they are
     graph = model.graph
     inputs = {v.name: v.type.tensor_type.shape.dim for v in graph.input}
-    names = {inputs["input_ids"][0].dim_param: "batch_size", inputs["input_ids"][1].dim_param: "sequence_length",
-             inputs["attention_mask"][1].dim_param: "total_sequence_length"}
-    names.update({dims[2].dim_param: "past_sequence_length" for name, dims in inputs.items()
-                  if name.startswith("past_key_values.")})
+    names = {
+        inputs["input_ids"][0].dim_param: "batch_size",
+        inputs["input_ids"][1].dim_param: "sequence_length",
+        inputs["attention_mask"][1].dim_param: "total_sequence_length",
+    }
+    names.update(
+        {
+            dims[2].dim_param: "past_sequence_length"
+            for name, dims in inputs.items()
+            if name.startswith("past_key_values.")
+        }
+    )
     symbol = re.compile(r"\bs\d+\b")
     for value in [*graph.input, *graph.output, *graph.value_info]:
         for dim in value.type.tensor_type.shape.dim:
@@ -124,6 +152,7 @@ def _quantize_int8(src: Path, dst: Path) -> None:
     """
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
     big = src.stat().st_size > EXTERNAL_DATA_BYTES or src.with_name(src.name + ".data").exists()
     config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, bits=8)
     quantizer = MatMulNBitsQuantizer(onnx.load(src), bits=8, block_size=32, is_symmetric=True, algo_config=config)

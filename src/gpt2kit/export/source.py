@@ -3,6 +3,7 @@
 This is the one place an export gets its weights, so whatever changes them before export (merging a
 LoRA adapter into them, say) belongs here and nowhere in the writers.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,7 @@ from ..paths import BUNDLED_DIR
 from ..tokenizer import Tokenizer
 
 # Written into every export: a GPT-2's output is machine-made, and whoever publishes it should say so.
-SYNTHETIC_NOTICE = ("Its output is synthetic text, written by a language model; label it as such when you "
-                    "publish it.")
+SYNTHETIC_NOTICE = "Its output is synthetic text, written by a language model; label it as such when you publish it."
 LICENSE = "mit"
 LICENSE_NAME = "Modified MIT License (OpenAI GPT-2 weights and vocabulary)"
 LICENSE_LINK = "https://github.com/openai/gpt-2/blob/master/LICENSE"
@@ -29,6 +29,7 @@ LICENSE_LINK = "https://github.com/openai/gpt-2/blob/master/LICENSE"
 @dataclass
 class Source:
     """A model ready to export, with what its metadata says about it."""
+
     model: GPT  # float32, eval mode
     tokenizer: Tokenizer
     name: str
@@ -48,15 +49,22 @@ def _training_run(path: Path, checkpoint: str | None) -> str:
     if record.is_file():
         try:
             t = json.loads(record.read_text())
-            parts.append(f"{t['steps']} steps, {t['tokens_trained']:,} tokens, validation loss {t['val_loss']} "
-                         f"(perplexity {t['val_ppl']}), {t.get('date', '')}".rstrip(", "))
+            parts.append(
+                f"{t['steps']} steps, {t['tokens_trained']:,} tokens, validation loss {t['val_loss']} "
+                f"(perplexity {t['val_ppl']}), {t.get('date', '')}".rstrip(", ")
+            )
         except (ValueError, KeyError, TypeError):
             pass  # a hand-edited record only loses its line in the metadata
     return "; ".join(parts)
 
 
-def load_source(model: str | Path | None, *, checkpoint: str | None = None, offline: bool | None = None,
-                adapter: str | Path | None = None) -> Source:
+def load_source(
+    model: str | Path | None,
+    *,
+    checkpoint: str | None = None,
+    offline: bool | None = None,
+    adapter: str | Path | None = None,
+) -> Source:
     """Read `model` (a path, a published name, None for the bundled model) into a plain float32 GPT,
     with a LoRA `adapter` merged into its weights if one is given."""
     path = resolve_model_path(model, offline=offline)

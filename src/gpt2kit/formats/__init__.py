@@ -8,6 +8,7 @@
 
 Only re-exports: nothing downstream needs to know which module, or which format, a name comes from.
 """
+
 from .build import build_model, convert, write_vocab
 from .gguf import gguf_in_folder, is_gguf_file, load_gguf
 from .huggingface import is_hf_folder, load_hf, read_hf_config, save_hf
@@ -27,8 +28,34 @@ from .read import (
 )
 from .runs import RUN_POINTER, newest_step, resolve_run_folder, run_steps
 
-__all__ = ["Checkpoint", "read_checkpoint", "build_model", "convert", "newest_step", "release", "save_hf", "write_vocab",
-           "FORMATS_HELP", "BUNDLED_NAME", "MODEL_FILES", "WEIGHT_SUFFIXES", "RUN_POINTER", "bundled_model",
-           "detect_format", "local_model", "what_is_there", "read_hf_config", "read_hparams", "resolve_run_folder",
-           "run_steps", "gguf_in_folder", "is_gguf_file", "load_gguf", "is_hf_folder", "load_hf", "is_tf_folder",
-           "load_tf", "no_such_checkpoint"]
+__all__ = [
+    "Checkpoint",
+    "read_checkpoint",
+    "build_model",
+    "convert",
+    "newest_step",
+    "release",
+    "save_hf",
+    "write_vocab",
+    "FORMATS_HELP",
+    "BUNDLED_NAME",
+    "MODEL_FILES",
+    "WEIGHT_SUFFIXES",
+    "RUN_POINTER",
+    "bundled_model",
+    "detect_format",
+    "local_model",
+    "what_is_there",
+    "read_hf_config",
+    "read_hparams",
+    "resolve_run_folder",
+    "run_steps",
+    "gguf_in_folder",
+    "is_gguf_file",
+    "load_gguf",
+    "is_hf_folder",
+    "load_hf",
+    "is_tf_folder",
+    "load_tf",
+    "no_such_checkpoint",
+]

@@ -3,6 +3,7 @@
 `build_model` is the load boundary's last check: every tensor's name and shape is compared with the model's
 before a single weight is copied, so a mismatched checkpoint is one line naming the tensor, not a traceback.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -20,8 +21,9 @@ from .mapped import release
 from .read import read_checkpoint
 
 
-def build_model(config: GPTConfig, state_dict: dict[str, torch.Tensor], source: Path | str, *,
-                share: bool = False) -> GPT:
+def build_model(
+    config: GPTConfig, state_dict: dict[str, torch.Tensor], source: Path | str, *, share: bool = False
+) -> GPT:
     """A GPT with `state_dict` loaded, every tensor's name and shape checked first.
 
     share=True makes the model's parameters the state_dict's own tensors instead of copies (views of the
@@ -34,10 +36,14 @@ def build_model(config: GPTConfig, state_dict: dict[str, torch.Tensor], source: 
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = sorted(set(expected) - set(state_dict))
     if missing:
-        raise UserError(f"{source} lacks {len(missing)} tensor(s) of a GPT-2 of this size, e.g. {missing[0]}: incomplete checkpoint")
+        raise UserError(
+            f"{source} lacks {len(missing)} tensor(s) of a GPT-2 of this size, e.g. {missing[0]}: incomplete checkpoint"
+        )
     for k, shape in expected.items():
         if tuple(state_dict[k].shape) != shape:
-            raise UserError(f"{source}: {k} has shape {tuple(state_dict[k].shape)}, expected {shape}; the config does not match the weights")
+            raise UserError(
+                f"{source}: {k} has shape {tuple(state_dict[k].shape)}, expected {shape}; the config does not match the weights"
+            )
     if share:
         model.load_state_dict({k: state_dict[k] for k in expected}, strict=True, assign=True)
         return model
@@ -49,7 +55,13 @@ def build_model(config: GPTConfig, state_dict: dict[str, torch.Tensor], source: 
     return model
 
 
-def convert(src: str | Path, dst: str | Path, *, checkpoint: str | None = ConvertOptions.checkpoint, dtype: str = ConvertOptions.dtype) -> Path:
+def convert(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    checkpoint: str | None = ConvertOptions.checkpoint,
+    dtype: str = ConvertOptions.dtype,
+) -> Path:
     """Write any readable checkpoint as a Hugging Face / gpt2kit folder (config.json + model.safetensors + vocabulary)."""
     ck = read_checkpoint(src, checkpoint)
     dst = Path(dst)

@@ -5,6 +5,7 @@ ggml's (ne0=in, ne1=out), which numpy reads as (out, in): nn.Linear's layout, so
 transpose (Hugging Face's Conv1D (in, out) does; export/gguf.py writes ours as they are). The output head
 is tied to token_embd, as in GPT-2; llama.cpp duplicates token_embd when a file has no `output.weight`.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,10 +21,20 @@ from ..tokenizer import Tokenizer, gpt2_tokenizer
 ARCH = "gpt2"
 MAGIC = b"GGUF"
 # gpt2kit (GPT-2's own) name -> llama.cpp's; per block the part after "h.N." -> the part after "blk.N.".
-TOP_NAMES = {"wte.weight": "token_embd.weight", "wpe.weight": "position_embd.weight",
-             "ln_f.weight": "output_norm.weight", "ln_f.bias": "output_norm.bias"}
-BLOCK_NAMES = {"ln_1": "attn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output",
-               "ln_2": "ffn_norm", "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down"}
+TOP_NAMES = {
+    "wte.weight": "token_embd.weight",
+    "wpe.weight": "position_embd.weight",
+    "ln_f.weight": "output_norm.weight",
+    "ln_f.bias": "output_norm.bias",
+}
+BLOCK_NAMES = {
+    "ln_1": "attn_norm",
+    "attn.c_attn": "attn_qkv",
+    "attn.c_proj": "attn_output",
+    "ln_2": "ffn_norm",
+    "mlp.c_fc": "ffn_up",
+    "mlp.c_proj": "ffn_down",
+}
 TIED_HEAD = "output.weight"  # written by some converters; gpt2kit ties the head to wte, as GPT-2 does
 
 
@@ -65,11 +76,14 @@ def gguf_in_folder(folder: Path) -> Path | None:
 
 def _open(path: Path):
     from gguf import GGUFReader
+
     try:
         return GGUFReader(path)
     # The reader raises these for bad magic, versions, types and sizes; numpy's memmap raises the rest.
     except (ValueError, KeyError, IndexError, OverflowError, struct.error, OSError, TypeError) as e:
-        raise UserError(f"{path} is not a readable GGUF file ({str(e).splitlines()[0][:120]}); export or download it again") from None
+        raise UserError(
+            f"{path} is not a readable GGUF file ({str(e).splitlines()[0][:120]}); export or download it again"
+        ) from None
 
 
 def _field(reader, path: Path, key: str, kind: type, default=None):
@@ -88,7 +102,9 @@ def _field(reader, path: Path, key: str, kind: type, default=None):
 def _config(reader, path: Path) -> GPTConfig:
     arch = _field(reader, path, "general.architecture", str)
     if arch != ARCH:
-        raise UserError(f"{path} is a GGUF of llama.cpp's {arch!r} architecture; gpt2kit reads GPT-2 ({ARCH!r}) GGUFs only")
+        raise UserError(
+            f"{path} is a GGUF of llama.cpp's {arch!r} architecture; gpt2kit reads GPT-2 ({ARCH!r}) GGUFs only"
+        )
     n_embd = _field(reader, path, f"{ARCH}.embedding_length", int)
     n_ff = _field(reader, path, f"{ARCH}.feed_forward_length", int, 4 * n_embd)
     if n_ff != 4 * n_embd:
@@ -97,12 +113,15 @@ def _config(reader, path: Path) -> GPTConfig:
     if embd is None:
         raise UserError(f"{path} has no token_embd.weight tensor; it is not a complete GPT-2 GGUF")
     try:
-        return GPTConfig(n_vocab=int(embd.shape[1]),  # ggml's shape is (ne0=n_embd, ne1=n_vocab)
-                         n_ctx=_field(reader, path, f"{ARCH}.context_length", int),
-                         n_embd=n_embd, n_head=_field(reader, path, f"{ARCH}.attention.head_count", int),
-                         n_layer=_field(reader, path, f"{ARCH}.block_count", int),
-                         # GGUF stores it as float32: 1e-5 comes back 9.9999997e-06 unless rounded to float32's 7 digits
-                         layer_norm_epsilon=float(f"{_field(reader, path, f'{ARCH}.attention.layer_norm_epsilon', float):.7g}"))
+        return GPTConfig(
+            n_vocab=int(embd.shape[1]),  # ggml's shape is (ne0=n_embd, ne1=n_vocab)
+            n_ctx=_field(reader, path, f"{ARCH}.context_length", int),
+            n_embd=n_embd,
+            n_head=_field(reader, path, f"{ARCH}.attention.head_count", int),
+            n_layer=_field(reader, path, f"{ARCH}.block_count", int),
+            # GGUF stores it as float32: 1e-5 comes back 9.9999997e-06 unless rounded to float32's 7 digits
+            layer_norm_epsilon=float(f"{_field(reader, path, f'{ARCH}.attention.layer_norm_epsilon', float):.7g}"),
+        )
     except MalformedConfig as e:  # a header value that no GPT-2 has: the file is damaged
         raise UserError(f"{path}: its GGUF header is damaged ({e}); export or download it again") from None
 
@@ -111,6 +130,7 @@ def _tensors(reader, path: Path) -> tuple[dict[str, torch.Tensor], set[str]]:
     """Every tensor dequantized to float32 in gpt2kit's names; and the GGUF types they were stored in."""
     from gguf import GGMLQuantizationType
     from gguf.quants import dequantize
+
     sd: dict[str, torch.Tensor] = {}
     types: set[str] = set()
     head = None
@@ -129,10 +149,15 @@ def _tensors(reader, path: Path) -> tuple[dict[str, torch.Tensor], set[str]]:
             head = data
             continue
         sd[name] = torch.from_numpy(data.astype("float32", copy=True))
-    if head is not None and "wte.weight" in sd and not torch.allclose(torch.from_numpy(head.astype("float32")),
-                                                                       sd["wte.weight"], atol=1e-2):
-        raise UserError(f"{path} has an output head of its own (output.weight differs from token_embd); "
-                        "gpt2kit loads GPT-2 with its head tied to the token embedding")
+    if (
+        head is not None
+        and "wte.weight" in sd
+        and not torch.allclose(torch.from_numpy(head.astype("float32")), sd["wte.weight"], atol=1e-2)
+    ):
+        raise UserError(
+            f"{path} has an output head of its own (output.weight differs from token_embd); "
+            "gpt2kit loads GPT-2 with its head tied to the token embedding"
+        )
     return sd, types
 
 
@@ -165,11 +190,16 @@ def _tokenizer(reader, path: Path) -> Tokenizer:
         theirs, their_merges = tokens_field.contents(), merges_field.contents()
     except (ValueError, TypeError, IndexError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: its vocabulary is malformed ({e}); export or download it again") from None
-    padding = theirs[len(tokens):]  # rows past the vocabulary that padded checkpoints carry
-    if theirs[:len(tokens)] != tokens or their_merges != merges or \
-            any(not (t.startswith("[PAD") and t.endswith("]")) for t in padding):
-        raise UserError(f"{path} carries a vocabulary other than GPT-2's; gpt2kit reads GGUFs with GPT-2's "
-                        "vocabulary only (export a model with its own vocabulary from its folder instead)")
+    padding = theirs[len(tokens) :]  # rows past the vocabulary that padded checkpoints carry
+    if (
+        theirs[: len(tokens)] != tokens
+        or their_merges != merges
+        or any(not (t.startswith("[PAD") and t.endswith("]")) for t in padding)
+    ):
+        raise UserError(
+            f"{path} carries a vocabulary other than GPT-2's; gpt2kit reads GGUFs with GPT-2's "
+            "vocabulary only (export a model with its own vocabulary from its folder instead)"
+        )
     return official
 
 
@@ -182,8 +212,10 @@ def load_gguf(path: Path) -> tuple[GPTConfig, dict[str, torch.Tensor], Tokenizer
     layers = {k.split(".")[1] for k in sd if k.startswith("h.")}
     found = (len(layers), *(tuple(sd[k].shape) if k in sd else None for k in ("wpe.weight", "wte.weight")))
     if found != (config.n_layer, (config.n_ctx, config.n_embd), (config.n_vocab, config.n_embd)):
-        raise UserError(f"{path}: its hyperparameters (layers, context, width) do not match its tensors; "
-                        "the file is damaged or not a GPT-2")
+        raise UserError(
+            f"{path}: its hyperparameters (layers, context, width) do not match its tensors; "
+            "the file is damaged or not a GPT-2"
+        )
     tokenizer = _tokenizer(reader, path)
     notes = []
     quantized = sorted(types - {"f32"})

@@ -9,6 +9,7 @@ final form (gpt2kit.cpu, a contiguous copy) releases the source pages as it goes
 holds about one copy of the model, in its final dtype. Only checkpoints stored in fp16/bf16 are widened to
 fp32 here, which copies (once: the Conv1D weights straight into (out, in) order).
 """
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors import SafetensorError
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .. import durable
@@ -27,8 +27,10 @@ from ..config import GPTConfig, MalformedConfig
 from ..errors import UserError
 
 # What to do about a damaged config file (formats' loaders end their one line with it).
-RESTORE = ("restore it from where the model came from (download it again, or `gpt2kit convert` the original "
-           "checkpoint into a new folder)")
+RESTORE = (
+    "restore it from where the model came from (download it again, or `gpt2kit convert` the original "
+    "checkpoint into a new folder)"
+)
 
 TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 SKIPPED = ("lm_head.weight", ".attn.bias", ".attn.masked_bias")  # tied head; causal-mask buffers
@@ -67,9 +69,13 @@ def _read(path: Path) -> dict[str, torch.Tensor]:
         except RuntimeError as e:
             if "mmap" not in str(e):
                 raise
-            return torch.load(path, map_location="cpu", weights_only=True)  # the legacy (pre-1.6) format cannot be mapped
+            return torch.load(
+                path, map_location="cpu", weights_only=True
+            )  # the legacy (pre-1.6) format cannot be mapped
     except (SafetensorError, RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as e:
-        raise UserError(f"{path} is truncated or corrupted ({str(e).splitlines()[0][:120]}); download or copy it again") from None
+        raise UserError(
+            f"{path} is truncated or corrupted ({str(e).splitlines()[0][:120]}); download or copy it again"
+        ) from None
 
 
 def read_hf_config(path: Path) -> GPTConfig:
@@ -118,9 +124,18 @@ def _check_sizes(path: Path, config: GPTConfig, sd: dict[str, torch.Tensor]) -> 
     if "wte.weight" not in sd or "wpe.weight" not in sd:
         return  # build_model names the missing tensors
     layers = {k.split(".")[1] for k in sd if k.startswith("h.")}
-    found = {"vocab_size": sd["wte.weight"].shape[0], "n_embd": sd["wte.weight"].shape[-1],
-             "n_positions": sd["wpe.weight"].shape[0], "n_layer": len(layers)}
-    said = {"vocab_size": config.n_vocab, "n_embd": config.n_embd, "n_positions": config.n_ctx, "n_layer": config.n_layer}
+    found = {
+        "vocab_size": sd["wte.weight"].shape[0],
+        "n_embd": sd["wte.weight"].shape[-1],
+        "n_positions": sd["wpe.weight"].shape[0],
+        "n_layer": len(layers),
+    }
+    said = {
+        "vocab_size": config.n_vocab,
+        "n_embd": config.n_embd,
+        "n_positions": config.n_ctx,
+        "n_layer": config.n_layer,
+    }
     wrong = [f"{k}={said[k]} but the weights have {v}" for k, v in found.items() if said[k] != v]
     if wrong:
         raise UserError(f"{path} does not match the weights beside it ({', '.join(wrong)}); {RESTORE}")
@@ -140,7 +155,9 @@ def _readable_by_umask(path: Path) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
-def save_hf(folder: Path, config: GPTConfig, state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None = None) -> None:
+def save_hf(
+    folder: Path, config: GPTConfig, state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None = None
+) -> None:
     """Write config.json + model.safetensors that transformers' GPT2LMHeadModel opens as they are."""
     out = {}
     for key, t in state_dict.items():

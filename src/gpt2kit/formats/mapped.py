@@ -12,6 +12,7 @@ but on a private file mapping it would also throw away a page someone wrote to (
 still the file's own; otherwise MADV_PAGEOUT, which never loses data (it cannot drop dirty or written
 pages, so less is given back).
 """
+
 from __future__ import annotations
 
 import ctypes

@@ -8,6 +8,7 @@ hparams.json, encoder.json, vocab.bpe. nshepperd's train.py writes the same with
 Tensors are read one by one as views of the mapped data file (fp32 checkpoints copy nothing); they
 become their final dtype when the model is prepared, which releases each source as it goes.
 """
+
 from __future__ import annotations
 
 import re
@@ -36,8 +37,10 @@ def _natural(name: str) -> list:
 
 def no_such_checkpoint(checkpoint: str, folder: Path, have: list[str]) -> UserError:
     """The one wording for a --checkpoint a run folder does not hold, TF runs (model-N) and gpt2kit runs (step-N) alike."""
-    return UserError(f"no checkpoint {checkpoint!r} in {folder}; it has: {', '.join(sorted(have, key=_natural)) or 'none'} "
-                     f"(pass one of those, or leave --checkpoint out for the newest)")
+    return UserError(
+        f"no checkpoint {checkpoint!r} in {folder}; it has: {', '.join(sorted(have, key=_natural)) or 'none'} "
+        f"(pass one of those, or leave --checkpoint out for the newest)"
+    )
 
 
 def checkpoint_prefix(folder: Path, checkpoint: str | None) -> Path:
@@ -45,7 +48,9 @@ def checkpoint_prefix(folder: Path, checkpoint: str | None) -> Path:
     if checkpoint:
         prefix = folder / Path(checkpoint).name.removesuffix(".index")
         if not Path(str(prefix) + ".index").is_file():
-            raise no_such_checkpoint(checkpoint, folder, [p.name.removesuffix(".index") for p in folder.glob("*.index")])
+            raise no_such_checkpoint(
+                checkpoint, folder, [p.name.removesuffix(".index") for p in folder.glob("*.index")]
+            )
         return prefix
     state = folder / "checkpoint"
     if state.is_file():
@@ -71,8 +76,10 @@ def _infer_config(ckpt: TFCheckpoint, folder: Path, notes: list[str]) -> GPTConf
     if "model/wte" not in shapes or "model/wpe" not in shapes:
         raise UserError(f"{ckpt.prefix}.index has no model/wte or model/wpe: it is not a GPT-2 checkpoint")
     if len(shapes["model/wte"]) != 2 or len(shapes["model/wpe"]) != 2:
-        raise UserError(f"{ckpt.prefix}.index gives model/wte the shape {shapes['model/wte']} and model/wpe "
-                        f"{shapes['model/wpe']}, not 2-D: the checkpoint is corrupted")
+        raise UserError(
+            f"{ckpt.prefix}.index gives model/wte the shape {shapes['model/wte']} and model/wpe "
+            f"{shapes['model/wpe']}, not 2-D: the checkpoint is corrupted"
+        )
     n_vocab, n_embd = shapes["model/wte"]
     n_ctx = shapes["model/wpe"][0]
     n_layer = len({int(m.group(1)) for k in shapes if (m := re.match(r"model/h(\d+)/", k))})
@@ -91,8 +98,10 @@ def _infer_config(ckpt: TFCheckpoint, folder: Path, notes: list[str]) -> GPTConf
     try:
         return GPTConfig(n_vocab=n_vocab, n_ctx=n_ctx, n_embd=n_embd, n_head=n_head, n_layer=n_layer)
     except MalformedConfig as e:  # shapes no GPT-2 has (no blocks, an empty embedding)
-        raise UserError(f"{ckpt.prefix}.index describes no usable GPT-2 ({e}): the checkpoint is corrupted; "
-                        f"download or copy it again") from None
+        raise UserError(
+            f"{ckpt.prefix}.index describes no usable GPT-2 ({e}): the checkpoint is corrupted; "
+            f"download or copy it again"
+        ) from None
 
 
 def load_tf(folder: Path, checkpoint: str | None, notes: list[str]) -> tuple[GPTConfig, dict[str, torch.Tensor], str]:
@@ -118,8 +127,10 @@ def load_tf(folder: Path, checkpoint: str | None, notes: list[str]) -> tuple[GPT
         for lin in _LINEAR:
             w = tensor(f"model/h{i}/{lin}/w")
             if w.ndim != 3 or w.shape[0] != 1:  # TF's Conv1D weights are (1, in, out)
-                raise UserError(f"{prefix}.index gives model/h{i}/{lin}/w the shape {tuple(w.shape)}, not (1, in, out): "
-                                f"the checkpoint is corrupted")
+                raise UserError(
+                    f"{prefix}.index gives model/h{i}/{lin}/w the shape {tuple(w.shape)}, not (1, in, out): "
+                    f"the checkpoint is corrupted"
+                )
             sd[f"h.{i}.{lin.replace('/', '.')}.weight"] = w[0].t()  # (out, in) view; converted (and released) later
             sd[f"h.{i}.{lin.replace('/', '.')}.bias"] = tensor(f"model/h{i}/{lin}/b")
     sd["ln_f.weight"] = tensor("model/ln_f/g")

@@ -4,6 +4,7 @@ Every format's loader returns a GPTConfig and a state dict in gpt2kit's own name
 `read_checkpoint` knows which format was read. A path that holds no model is an error that says what
 is there instead (a file, a broken link, a folder of models) and what to pass.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -29,14 +30,26 @@ FORMATS_HELP = (
 )
 BUNDLED_NAME = "bundled"  # the word that names the small model shipped in the package, wherever a model is named
 # Files of a model folder that people pass instead of the folder (model.ckpt.data-* and shards match by pattern)
-MODEL_FILES = {"config.json", "hparams.json", "checkpoint", "encoder.json", "vocab.bpe", "vocab.json", "merges.txt",
-               "generation_config.json", "tokenizer.json", "tokenizer_config.json", "counter"}
+MODEL_FILES = {
+    "config.json",
+    "hparams.json",
+    "checkpoint",
+    "encoder.json",
+    "vocab.bpe",
+    "vocab.json",
+    "merges.txt",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "counter",
+}
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".index", ".meta", ".ckpt")
 
 
 @dataclass
 class Checkpoint:
     """What `read_checkpoint` found: the shape, the weights, the vocabulary, and where from."""
+
     config: GPTConfig
     state_dict: dict[str, torch.Tensor]
     tokenizer: Tokenizer
@@ -85,8 +98,10 @@ def _exists(path: Path) -> bool:
     try:
         return path.exists()
     except PermissionError:
-        raise UserError(f"cannot look at {path}: permission denied on a folder on its way; "
-                        f"check the folders' permissions or copy the model somewhere readable") from None
+        raise UserError(
+            f"cannot look at {path}: permission denied on a folder on its way; "
+            f"check the folders' permissions or copy the model somewhere readable"
+        ) from None
 
 
 def what_is_there(path: Path) -> str | None:
@@ -98,14 +113,23 @@ def what_is_there(path: Path) -> str | None:
         if _exists(parent):
             if parent.is_dir():
                 return None
-            hint = f"pass {parent} itself" if _is_model_file(parent) else "check the path (a model is a folder or a .gguf file)"
+            hint = (
+                f"pass {parent} itself"
+                if _is_model_file(parent)
+                else "check the path (a model is a folder or a .gguf file)"
+            )
             return f"{parent} is a file, not a folder, so {path} cannot be in it; {hint}"
     return None
 
 
 def _is_model_file(file: Path) -> bool:
-    return file.name in MODEL_FILES or file.suffix in WEIGHT_SUFFIXES or ".data-" in file.name or \
-        file.suffix.lower() == ".gguf" or is_gguf_file(file)
+    return (
+        file.name in MODEL_FILES
+        or file.suffix in WEIGHT_SUFFIXES
+        or ".data-" in file.name
+        or file.suffix.lower() == ".gguf"
+        or is_gguf_file(file)
+    )
 
 
 def _folder_of_file(file: Path) -> Path:
@@ -113,9 +137,11 @@ def _folder_of_file(file: Path) -> Path:
     # any file of a model folder or run (model.safetensors, its index, special_tokens_map.json, `latest`)
     if detect_format(file.parent) != "unknown" or run_steps(file.parent):
         return file.parent
-    raise UserError(f"{file} is a file, not a model: not a GGUF (it does not start with GGUF's magic) nor a file "
-                    f"of a model folder. Pass the model's folder (config.json + model.safetensors, or hparams.json "
-                    f"+ model.ckpt.*), a .gguf file, or a published name like 124M")
+    raise UserError(
+        f"{file} is a file, not a model: not a GGUF (it does not start with GGUF's magic) nor a file "
+        f"of a model folder. Pass the model's folder (config.json + model.safetensors, or hparams.json "
+        f"+ model.ckpt.*), a .gguf file, or a published name like 124M"
+    )
 
 
 def _no_model_in(folder: Path) -> UserError:
@@ -135,8 +161,7 @@ def read_checkpoint(path: str | Path, checkpoint: str | None = None) -> Checkpoi
     folder = local_model(path)
     if folder is None:
         there = what_is_there(Path(path).expanduser())
-        raise UserError(there if there else
-                        f"model folder {Path(path).expanduser()} does not exist. {FORMATS_HELP}")
+        raise UserError(there if there else f"model folder {Path(path).expanduser()} does not exist. {FORMATS_HELP}")
     if folder.is_file() and (is_gguf_file(folder) or folder.suffix.lower() == ".gguf"):
         if checkpoint:
             raise single_model_error(folder, checkpoint)

@@ -3,6 +3,7 @@
 One rule picks the step to load or resume from (`newest_step`); a step that was asked for by name is that
 step or an error listing the run's steps, never another one.
 """
+
 from __future__ import annotations
 
 import re
@@ -61,12 +62,16 @@ def resolve_run_folder(folder: Path, checkpoint: str | None = None) -> Path:
         raise no_such_checkpoint(checkpoint, folder, [p.name for p in steps])
     if folder.is_dir() and is_tf_folder(folder):
         return folder
-    if folder.is_dir() and (folder / checkpoint).is_dir():  # a subfolder by name, as before run folders had steps to list
+    if (
+        folder.is_dir() and (folder / checkpoint).is_dir()
+    ):  # a subfolder by name, as before run folders had steps to list
         return folder / checkpoint
     raise single_model_error(folder, checkpoint)
 
 
 def single_model_error(path: Path, checkpoint: str) -> UserError:
     """--checkpoint given for a path that holds one model, not a run of several."""
-    return UserError(f"--checkpoint {checkpoint} picks one checkpoint of a run folder (step-N, model-N), but {path} "
-                     f"holds a single model with none to choose from; leave --checkpoint out")
+    return UserError(
+        f"--checkpoint {checkpoint} picks one checkpoint of a run folder (step-N, model-N), but {path} "
+        f"holds a single model with none to choose from; leave --checkpoint out"
+    )

@@ -5,6 +5,7 @@ name to a BundleEntryProto (dtype, shape, shard, offset, size), and `PREFIX.data
 the raw little-endian tensor bytes. Format references: TensorFlow's core/util/tensor_bundle and
 core/lib/io/table_format.txt.
 """
+
 from __future__ import annotations
 
 import struct
@@ -55,12 +56,12 @@ def _proto_fields(buf: bytes):
         if wire == 0:
             value, pos = _varint(buf, pos)
         elif wire == 1:
-            value, pos = buf[pos:pos + 8], pos + 8
+            value, pos = buf[pos : pos + 8], pos + 8
         elif wire == 2:
             n, pos = _varint(buf, pos)
-            value, pos = buf[pos:pos + n], pos + n
+            value, pos = buf[pos : pos + n], pos + n
         elif wire == 5:
-            value, pos = buf[pos:pos + 4], pos + 4
+            value, pos = buf[pos : pos + 4], pos + 4
         else:
             raise ValueError(f"unsupported protobuf wire type {wire}")
         yield field, wire, value
@@ -78,10 +79,10 @@ def _snappy_decompress(data: bytes) -> bytes:
             n = tag >> 2
             if n >= 60:
                 extra = n - 59
-                n = int.from_bytes(data[pos:pos + extra], "little")
+                n = int.from_bytes(data[pos : pos + extra], "little")
                 pos += extra
             n += 1
-            out += data[pos:pos + n]
+            out += data[pos : pos + n]
             pos += n
             continue
         if kind == 1:
@@ -90,11 +91,11 @@ def _snappy_decompress(data: bytes) -> bytes:
             pos += 1
         elif kind == 2:
             n = (tag >> 2) + 1
-            off = int.from_bytes(data[pos:pos + 2], "little")
+            off = int.from_bytes(data[pos : pos + 2], "little")
             pos += 2
         else:
             n = (tag >> 2) + 1
-            off = int.from_bytes(data[pos:pos + 4], "little")
+            off = int.from_bytes(data[pos : pos + 4], "little")
             pos += 4
         for _ in range(n):  # copies may overlap their own output
             out.append(out[-off])
@@ -106,7 +107,7 @@ def _snappy_decompress(data: bytes) -> bytes:
 def _read_block(table: bytes, offset: int, size: int) -> list[tuple[bytes, bytes]]:
     if offset + size + BLOCK_TRAILER_LEN > len(table):
         raise ValueError("block runs past the end of the file")
-    block = table[offset:offset + size]
+    block = table[offset : offset + size]
     compression = table[offset + size]
     if compression == 1:
         block = _snappy_decompress(block)
@@ -119,9 +120,9 @@ def _read_block(table: bytes, offset: int, size: int) -> list[tuple[bytes, bytes
         shared, pos = _varint(block, pos)
         non_shared, pos = _varint(block, pos)
         value_len, pos = _varint(block, pos)
-        key = key[:shared] + block[pos:pos + non_shared]
+        key = key[:shared] + block[pos : pos + non_shared]
         pos += non_shared
-        entries.append((key, block[pos:pos + value_len]))
+        entries.append((key, block[pos : pos + value_len]))
         pos += value_len
     return entries
 
@@ -200,28 +201,38 @@ class TFCheckpoint:
             if not path.is_file():
                 raise UserError(f"{path} is missing: the checkpoint's data file must sit beside its .index")
             # Copy-on-write mapping ("c"): tensors read from it are writable views, and a write never reaches the file.
-            self._shards[shard] = np.memmap(path, dtype=np.uint8, mode="c") if path.stat().st_size else np.zeros(0, np.uint8)
+            self._shards[shard] = (
+                np.memmap(path, dtype=np.uint8, mode="c") if path.stat().st_size else np.zeros(0, np.uint8)
+            )
         return self._shards[shard]
 
     def read(self, name: str) -> np.ndarray:
         e = self.entries[name]
         if e.dtype not in TF_DTYPES:
-            raise UserError(f"{self.prefix}: variable {name} has TensorFlow dtype {e.dtype}, which gpt2kit does not read")
+            raise UserError(
+                f"{self.prefix}: variable {name} has TensorFlow dtype {e.dtype}, which gpt2kit does not read"
+            )
         data = self._shard(e.shard)
         if e.offset + e.size > len(data):
-            raise UserError(f"{self.shard_path(e.shard)} is truncated: {name} needs bytes up to {e.offset + e.size:,} "
-                            f"but the file has {len(data):,}. Download or copy the checkpoint again")
+            raise UserError(
+                f"{self.shard_path(e.shard)} is truncated: {name} needs bytes up to {e.offset + e.size:,} "
+                f"but the file has {len(data):,}. Download or copy the checkpoint again"
+            )
         itemsize = 2 if TF_DTYPES[e.dtype] == "bfloat16" else np.dtype(TF_DTYPES[e.dtype]).itemsize
         if e.size % itemsize:
-            raise UserError(f"{self.prefix}.index gives {name} {e.size} bytes, not a whole number of values: "
-                            f"the checkpoint is corrupted")
-        raw = np.asarray(data[e.offset:e.offset + e.size])  # a view of the mapped file: nothing is read yet
+            raise UserError(
+                f"{self.prefix}.index gives {name} {e.size} bytes, not a whole number of values: "
+                f"the checkpoint is corrupted"
+            )
+        raw = np.asarray(data[e.offset : e.offset + e.size])  # a view of the mapped file: nothing is read yet
         if TF_DTYPES[e.dtype] == "bfloat16":
             arr = (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
         else:
             arr = raw.view(TF_DTYPES[e.dtype])
         if arr.size != int(np.prod(e.shape, dtype=np.int64)):
-            raise UserError(f"{self.prefix}.index says {name} has shape {e.shape} but holds {arr.size} values: the checkpoint is corrupted")
+            raise UserError(
+                f"{self.prefix}.index says {name} has shape {e.shape} but holds {arr.size} values: the checkpoint is corrupted"
+            )
         if not arr.flags.aligned:  # TF pads tensors to their alignment; a copy only for files that do not
             arr = arr.copy()
         return arr.reshape(e.shape)

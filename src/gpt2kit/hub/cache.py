@@ -1,4 +1,5 @@
 """The local model cache: what a name means, downloading on first use, listing and removing."""
+
 from __future__ import annotations
 
 import shutil
@@ -7,16 +8,22 @@ from urllib.parse import unquote
 
 from ..config import canonical_name
 from ..errors import UserError
-from ..options import DownloadOptions
 from ..formats import FORMATS_HELP, bundled_model, detect_format, local_model, what_is_there
+from ..options import DownloadOptions
 from ..paths import BUNDLED_DIR, models_root
 from .published import NAMES_HELP, download_published, ensure_model
 from .repos import HUB_DIR, download_repo, ensure_repo, parse_repo, repo_folder
 from .transfer import COMPLETE
 
 
-def download(*names: str, source: str | None = None, models_dir: str | Path | None = None, progress: bool = True,
-             revision: str | None = None, offline: bool | None = None) -> list[Path]:
+def download(
+    *names: str,
+    source: str | None = None,
+    models_dir: str | Path | None = None,
+    progress: bool = True,
+    revision: str | None = None,
+    offline: bool | None = None,
+) -> list[Path]:
     """Download models; returns their folders.
 
     A name is a published model (124M ... 1558M and their aliases; `source` openai, the default, or
@@ -30,17 +37,28 @@ def download(*names: str, source: str | None = None, models_dir: str | Path | No
         ref = parse_repo(raw, revision) if not published or revision or "@" in raw else None
         if published and ref is None:
             if revision:
-                raise UserError(f"--revision is for hub repositories (OWNER/NAME); {raw} is OpenAI's release, "
-                                f"which has none (its hub copy is openai-community/gpt2...)")
-            folders.append(download_published(published, source=source or DownloadOptions.source, models_dir=models_dir,
-                                              progress=progress, offline=offline))
+                raise UserError(
+                    f"--revision is for hub repositories (OWNER/NAME); {raw} is OpenAI's release, "
+                    f"which has none (its hub copy is openai-community/gpt2...)"
+                )
+            folders.append(
+                download_published(
+                    published,
+                    source=source or DownloadOptions.source,
+                    models_dir=models_dir,
+                    progress=progress,
+                    offline=offline,
+                )
+            )
         elif ref is not None:
             if source == "openai":
                 raise UserError(f"{raw} is a hub repository; --source openai is for the published names ({NAMES_HELP})")
             folders.append(download_repo(ref, models_dir=models_dir, progress=progress, offline=offline))
         else:
-            raise UserError(f"{raw!r} is not a published GPT-2 model ({NAMES_HELP}) nor a Hugging Face "
-                            f"repository OWNER/NAME such as distilbert/distilgpt2")
+            raise UserError(
+                f"{raw!r} is not a published GPT-2 model ({NAMES_HELP}) nor a Hugging Face "
+                f"repository OWNER/NAME such as distilbert/distilgpt2"
+            )
     return folders
 
 
@@ -61,8 +79,10 @@ def resolve_model_path(name: str | Path | None, *, offline: bool | None = None) 
     ref = parse_repo(str(name))
     if ref is not None:
         return ensure_repo(ref, offline=offline)
-    raise UserError(f"no model folder {str(name)!r}, and it is not a published name (124M, 355M, 774M, 1558M), "
-                    f"`bundled`, nor a hub repository (OWNER/NAME[@REVISION]). {FORMATS_HELP}")
+    raise UserError(
+        f"no model folder {str(name)!r}, and it is not a published name (124M, 355M, 774M, 1558M), "
+        f"`bundled`, nor a hub repository (OWNER/NAME[@REVISION]). {FORMATS_HELP}"
+    )
 
 
 def _size(path: Path) -> int:
@@ -78,7 +98,14 @@ def list_models() -> list[dict]:
     """The bundled model, the published models in the cache, then the hub repositories (one row a revision)."""
     rows = []
     if (BUNDLED_DIR / "config.json").is_file():
-        rows.append({"name": "bundled (default)", "format": "huggingface", "bytes": _size(BUNDLED_DIR), "path": str(BUNDLED_DIR)})
+        rows.append(
+            {
+                "name": "bundled (default)",
+                "format": "huggingface",
+                "bytes": _size(BUNDLED_DIR),
+                "path": str(BUNDLED_DIR),
+            }
+        )
     root = models_root()
     for folder in sorted(root.iterdir()) if root.is_dir() else []:
         if folder.is_dir() and folder.name != HUB_DIR:

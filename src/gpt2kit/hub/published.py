@@ -1,4 +1,5 @@
 """The four published GPT-2 models: OpenAI's original TensorFlow files, or the hub's safetensors."""
+
 from __future__ import annotations
 
 import logging
@@ -14,11 +15,22 @@ from .transfer import COMPLETE, fetch, is_offline, make_folder, mark_complete
 
 log = logging.getLogger("gpt2kit")
 OPENAI_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"
-OPENAI_FILES = ["checkpoint", "encoder.json", "hparams.json", "model.ckpt.data-00000-of-00001",
-                "model.ckpt.index", "model.ckpt.meta", "vocab.bpe"]
+OPENAI_FILES = [
+    "checkpoint",
+    "encoder.json",
+    "hparams.json",
+    "model.ckpt.data-00000-of-00001",
+    "model.ckpt.index",
+    "model.ckpt.meta",
+    "vocab.bpe",
+]
 HF_FILES = ["config.json", "model.safetensors", "vocab.json", "merges.txt"]
-HF_REPOS = {"124M": "openai-community/gpt2", "355M": "openai-community/gpt2-medium",
-            "774M": "openai-community/gpt2-large", "1558M": "openai-community/gpt2-xl"}
+HF_REPOS = {
+    "124M": "openai-community/gpt2",
+    "355M": "openai-community/gpt2-medium",
+    "774M": "openai-community/gpt2-large",
+    "1558M": "openai-community/gpt2-xl",
+}
 NAMES_HELP = "124M, 355M, 774M or 1558M (aliases 117M, 345M, gpt2, gpt2-medium, gpt2-large, gpt2-xl)"
 
 
@@ -29,14 +41,22 @@ def ensure_model(name: str, *, offline: bool | None = None) -> Path:
     if (folder / COMPLETE).is_file():
         return folder
     if is_offline(offline):
-        raise UserError(f"model {name} is not on this machine and downloads are off (--offline / GPT2KIT_OFFLINE); "
-                        f"{offline_advice(download_command(name), None)}")
+        raise UserError(
+            f"model {name} is not on this machine and downloads are off (--offline / GPT2KIT_OFFLINE); "
+            f"{offline_advice(download_command(name), None)}"
+        )
     log.warning("model %s is not on this machine: downloading it first (once) into %s", name, folder)
     return download_published(name, offline=False)
 
 
-def download_published(name: str, *, source: str = DownloadOptions.source, models_dir: str | Path | None = None,
-                       progress: bool = True, offline: bool | None = None) -> Path:
+def download_published(
+    name: str,
+    *,
+    source: str = DownloadOptions.source,
+    models_dir: str | Path | None = None,
+    progress: bool = True,
+    offline: bool | None = None,
+) -> Path:
     """One published model (a canonical name, e.g. 124M) -> its folder. models_dir writes DIR/<name>/."""
     if source not in DOWNLOAD_SOURCES:
         raise UserError(f"source must be {' or '.join(DOWNLOAD_SOURCES)}, got {source!r}")
@@ -45,9 +65,13 @@ def download_published(name: str, *, source: str = DownloadOptions.source, model
         log.info("%s is already downloaded in %s", name, folder)
         return folder
     if is_offline(offline):
-        command = download_command(name, models_dir, *(["--source", source] if source != DownloadOptions.source else []))
-        raise UserError(f"{name} is not in {folder} and downloads are off (--offline / GPT2KIT_OFFLINE); "
-                        f"{offline_advice(command, offline)}")
+        command = download_command(
+            name, models_dir, *(["--source", source] if source != DownloadOptions.source else [])
+        )
+        raise UserError(
+            f"{name} is not in {folder} and downloads are off (--offline / GPT2KIT_OFFLINE); "
+            f"{offline_advice(command, offline)}"
+        )
     headers = {}
     if source == "openai":
         base = os.environ.get("GPT2KIT_OPENAI_URL", OPENAI_URL).rstrip("/")

@@ -8,6 +8,7 @@ tokenizer files the repository has. Files are fetched at the commit the listing 
 that moves mid-download cannot mix two versions. Each revision has its own folder:
 models/hub/OWNER/NAME/REVISION (the revision URL-quoted: `refs/pr/1` is one folder).
 """
+
 from __future__ import annotations
 
 import http.client
@@ -45,8 +46,15 @@ HUB_DIR = "hub"  # models/hub/OWNER/NAME/REVISION; published models sit beside i
 # The hub's own rule for names: letters, digits, `-`, `_`, `.`; no `--` or `..`; at most 96 characters.
 REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "added_tokens.json", "generation_config.json")
+TOKENIZER_FILES = (
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "generation_config.json",
+)
 LISTING_LIMIT = 16 << 20  # bytes; a listing of thousands of files is a few MB
 
 
@@ -100,7 +108,11 @@ def parse_repo(name: str, revision: str | None = None) -> RepoRef | None:
 def repo_folder(ref: RepoRef, models_dir: str | Path | None = None) -> Path:
     if models_dir:  # DIR/OWNER/NAME, beside OpenAI's DIR/124M layout; another revision gets NAME@REV
         owner, name = ref.repo.split("/")
-        return Path(models_dir) / owner / (name if ref.revision == DownloadOptions.revision else f"{name}@{quote(ref.revision, safe='')}")
+        return (
+            Path(models_dir)
+            / owner
+            / (name if ref.revision == DownloadOptions.revision else f"{name}@{quote(ref.revision, safe='')}")
+        )
     return models_root() / HUB_DIR / ref.repo / quote(ref.revision, safe="")
 
 
@@ -110,7 +122,9 @@ def list_files(ref: RepoRef) -> tuple[str, list[str]]:
     delay, error = first_retry_delay(), ""
     for attempt in range(1, RETRIES + 1):
         try:
-            resp, _ = open_url(url, {"User-Agent": "gpt2kit", "Accept": "application/json", **auth_headers()}, read_timeout())
+            resp, _ = open_url(
+                url, {"User-Agent": "gpt2kit", "Accept": "application/json", **auth_headers()}, read_timeout()
+            )
             with resp:
                 body = resp.read(LISTING_LIMIT + 1)
                 length = resp.headers.get("Content-Length") or ""
@@ -119,14 +133,18 @@ def list_files(ref: RepoRef) -> tuple[str, list[str]]:
             return _parse_listing(ref, url, body)
         except urllib.error.HTTPError as e:
             if e.code in (401, 403, 404):  # the hub answers 401 for a repository that does not exist, too
-                raise UserError(f"{ref.display}: no such folder here, and {hub_url()} has no such repository or "
-                                f"revision (HTTP {e.code}); check the name, or set HF_TOKEN for a private or gated "
-                                f"one") from None
+                raise UserError(
+                    f"{ref.display}: no such folder here, and {hub_url()} has no such repository or "
+                    f"revision (HTTP {e.code}); check the name, or set HF_TOKEN for a private or gated "
+                    f"one"
+                ) from None
             error = classify(e, url)
         except (http.client.HTTPException, OSError) as e:
             error = classify(e, url)
         if attempt < RETRIES:
-            log.warning("listing %s failed (%s); retrying in %.1f s (%d/%d)", ref.display, error, delay, attempt, RETRIES - 1)
+            log.warning(
+                "listing %s failed (%s); retrying in %.1f s (%d/%d)", ref.display, error, delay, attempt, RETRIES - 1
+            )
             time.sleep(delay)
             delay = min(delay * 2, 30)
     raise UserError(f"could not list {ref.display} at {url} after {RETRIES} tries ({error}); run the command again")
@@ -139,7 +157,9 @@ def _parse_listing(ref: RepoRef, url: str, body: bytes) -> tuple[str, list[str]]
         info = json.loads(body)
         files = [s["rfilename"] for s in info["siblings"]]
     except (ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{url} did not answer a model listing ({e}); does HF_ENDPOINT point at a Hugging Face hub?") from None
+        raise UserError(
+            f"{url} did not answer a model listing ({e}); does HF_ENDPOINT point at a Hugging Face hub?"
+        ) from None
     sha = info.get("sha")
     return (sha if isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{40}", sha) else ref.revision), files
 
@@ -152,14 +172,18 @@ def check_gpt2(ref: RepoRef, config_path: Path) -> None:
         raise UserError(f"{ref.display} is not a GPT-2: its config.json is not JSON") from None
     kind = cfg.get("model_type") if isinstance(cfg, dict) else None
     if kind != "gpt2":
-        raise UserError(f"{ref.display} is not a GPT-2: its config.json says model_type {kind!r}; gpt2kit runs "
-                        f"GPT-2 models (model_type \"gpt2\") only")
+        raise UserError(
+            f"{ref.display} is not a GPT-2: its config.json says model_type {kind!r}; gpt2kit runs "
+            f'GPT-2 models (model_type "gpt2") only'
+        )
     try:
         GPTConfig.from_hf_config(cfg)
     except UserError as e:
         raise UserError(f"{ref.display}: {e}") from None
     except (KeyError, TypeError) as e:
-        raise UserError(f"{ref.display}: its config.json lacks or mistypes {e}; it is not a usable GPT-2 config") from None
+        raise UserError(
+            f"{ref.display}: its config.json lacks or mistypes {e}; it is not a usable GPT-2 config"
+        ) from None
 
 
 def choose_weights(ref: RepoRef, files: list[str], folder: Path, get) -> list[str]:
@@ -179,20 +203,25 @@ def choose_weights(ref: RepoRef, files: list[str], folder: Path, get) -> list[st
             raise UserError(f"{ref.display}: {name} names shard {bad[0]!r}, which the repository does not hold")
         return shards
     others = [f for f in files if f.endswith((".h5", ".msgpack", ".onnx", ".ckpt.index", ".gguf", ".bin", ".pt"))]
-    raise UserError(f"{ref.display} has no weights gpt2kit reads (model.safetensors, sharded safetensors or "
-                    f"pytorch_model.bin); it holds {', '.join(sorted(others)[:5]) or 'no weight files'}")
+    raise UserError(
+        f"{ref.display} has no weights gpt2kit reads (model.safetensors, sharded safetensors or "
+        f"pytorch_model.bin); it holds {', '.join(sorted(others)[:5]) or 'no weight files'}"
+    )
 
 
-def download_repo(ref: RepoRef, *, models_dir: str | Path | None = None, progress: bool = True,
-                  offline: bool | None = None) -> Path:
+def download_repo(
+    ref: RepoRef, *, models_dir: str | Path | None = None, progress: bool = True, offline: bool | None = None
+) -> Path:
     """Fetch a GPT-2 repository's revision -> its folder (complete, or an error and nothing loadable)."""
     folder = repo_folder(ref, models_dir)
     if (folder / COMPLETE).is_file():
         log.info("%s is already downloaded in %s", ref.display, folder)
         return folder
     if is_offline(offline):
-        raise UserError(f"{ref.display} is not in {folder} and downloads are off (--offline / GPT2KIT_OFFLINE); "
-                        f"{offline_advice(download_command(ref.display, models_dir), offline)}")
+        raise UserError(
+            f"{ref.display} is not in {folder} and downloads are off (--offline / GPT2KIT_OFFLINE); "
+            f"{offline_advice(download_command(ref.display, models_dir), offline)}"
+        )
     commit, files = list_files(ref)
     if "config.json" not in files:
         raise UserError(f"{ref.display} is not a GPT-2: it has no config.json (not a Transformers model repository)")
@@ -233,7 +262,9 @@ def ensure_repo(ref: RepoRef, *, offline: bool | None = None) -> Path:
     if (folder / COMPLETE).is_file():
         return folder
     if is_offline(offline):
-        raise UserError(f"{ref.display} is not on this machine and downloads are off (--offline / GPT2KIT_OFFLINE); "
-                        f"{offline_advice(download_command(ref.display), None)}")
+        raise UserError(
+            f"{ref.display} is not on this machine and downloads are off (--offline / GPT2KIT_OFFLINE); "
+            f"{offline_advice(download_command(ref.display), None)}"
+        )
     log.warning("%s is not on this machine: downloading it first (once) into %s", ref.display, folder)
     return download_repo(ref, offline=False)

@@ -19,6 +19,7 @@ checked against the size and checksum the servers vouch for, and renamed only th
   after a power loss a renamed file is whole, never empty.
 urllib honours HTTPS_PROXY by itself.
 """
+
 from __future__ import annotations
 
 import base64
@@ -75,6 +76,7 @@ def _origin(url: str) -> tuple[str, str, int | None]:
 @dataclass
 class Vouched:
     """What the servers on the way said the file is: checksum and size."""
+
     digest: tuple[str, str] | None = None  # (algorithm, hex)
     size: int | None = None
     seen: list[str] = field(default_factory=list)  # the URLs visited
@@ -126,19 +128,22 @@ def classify(e: BaseException, url: str, part: Path | None = None) -> str:
     """A broken try -> the reason to log before retrying; raises UserError when retrying cannot help."""
     if isinstance(e, urllib.error.HTTPError):
         if e.code in (401, 403, 404, 410):
-            raise UserError(f"{url} answered {e.code} {e.reason}: {MIRROR_HINT}; a private or gated hub "
-                            f"repository needs HF_TOKEN") from None
+            raise UserError(
+                f"{url} answered {e.code} {e.reason}: {MIRROR_HINT}; a private or gated hub repository needs HF_TOKEN"
+            ) from None
         return f"HTTP {e.code}"
     if isinstance(e, http.client.HTTPException):  # e.g. IncompleteRead, BadStatusLine
         return type(e).__name__
     if isinstance(e, OSError):
         where = part or "the model folder"
         if isinstance(e, PermissionError) or e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-            raise UserError(f"no permission to write {where}; set GPT2KIT_HOME or --models-dir to a folder "
-                            f"you can write") from None
+            raise UserError(
+                f"no permission to write {where}; set GPT2KIT_HOME or --models-dir to a folder you can write"
+            ) from None
         if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            raise UserError(f"no space left on the disk while writing {where}; free some space and run again "
-                            f"(the download resumes)") from None
+            raise UserError(
+                f"no space left on the disk while writing {where}; free some space and run again (the download resumes)"
+            ) from None
         return str(getattr(e, "reason", e))
     raise e
 
@@ -247,15 +252,18 @@ class _Download:
         if self.expected and _digest(self.part, self.expected[0]) != self.expected[1]:
             if self.refetched:
                 self.part.unlink()
-                raise UserError(f"{self.url} failed its {self.expected[0]} check twice (the server or the network "
-                                f"corrupts it); it was deleted: try again later or from another mirror")
+                raise UserError(
+                    f"{self.url} failed its {self.expected[0]} check twice (the server or the network "
+                    f"corrupts it); it was deleted: try again later or from another mirror"
+                )
             self.refetched = True
             raise _Restart(f"it failed its {self.expected[0]} check (corrupted on the way)")
         durable_replace(self.part, self.dest)
 
 
-def fetch(url: str, dest: Path, *, progress: bool = True, retries: int = RETRIES,
-          headers: dict[str, str] | None = None) -> Path:
+def fetch(
+    url: str, dest: Path, *, progress: bool = True, retries: int = RETRIES, headers: dict[str, str] | None = None
+) -> Path:
     """Download `url` to `dest` resumably and verified; `dest` appears only when complete and synced."""
     if dest.is_file():
         return dest
@@ -273,7 +281,14 @@ def fetch(url: str, dest: Path, *, progress: bool = True, retries: int = RETRIES
         except (http.client.HTTPException, OSError) as e:
             error = classify(e, url, job.part)
         if attempt < retries:
-            log.warning("download of %s broke off (%s); retrying in %.1f s (%d/%d)", dest.name, error, delay, attempt, retries - 1)
+            log.warning(
+                "download of %s broke off (%s); retrying in %.1f s (%d/%d)",
+                dest.name,
+                error,
+                delay,
+                attempt,
+                retries - 1,
+            )
             time.sleep(delay)
             delay = min(delay * 2, 30)
     raise UserError(f"could not download {url} after {retries} tries ({error}); run the same command again to resume")
@@ -283,7 +298,10 @@ def _stream(resp, part: Path, have: int, total: int | None, label: str, progress
     bar = None
     if progress and (total is None or total - have >= CHUNK):  # a bar for a config.json is only noise
         from tqdm import tqdm
-        bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=label, dynamic_ncols=True)
+
+        bar = tqdm(
+            total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=label, dynamic_ncols=True
+        )
     try:
         with open(part, "ab" if have else "wb") as f:
             while True:
@@ -303,6 +321,7 @@ COMPLETE = ".complete"  # a model folder's marker, written last: a folder withou
 
 def mark_complete(folder: Path, info: dict) -> None:
     import json
+
     write_text_durably(folder / COMPLETE, json.dumps({**info, "time": time.time()}))
 
 
@@ -310,5 +329,6 @@ def make_folder(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot create {folder} ({e.strerror}); set GPT2KIT_HOME or --models-dir to a folder "
-                        f"you can write") from None
+        raise UserError(
+            f"cannot create {folder} ({e.strerror}); set GPT2KIT_HOME or --models-dir to a folder you can write"
+        ) from None

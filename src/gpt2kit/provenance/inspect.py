@@ -6,6 +6,7 @@ come GLTR's four buckets (top 10, 100, 1000, the rest) and its histograms. The f
 <|endoftext|>, as GPT-2 starts a document. Texts longer than the window go through a sliding window that
 moves half a window at a time, so every token after the first window has at least half a window of context.
 """
+
 from __future__ import annotations
 
 import math
@@ -63,6 +64,7 @@ class Histogram:
 @dataclass(frozen=True)
 class Inspection:
     """Every token of a text with its GLTR statistics, and their summary."""
+
     model: str
     window: int  # tokens of context a pass holds at most
     tokens: tuple[TokenScore, ...]
@@ -91,17 +93,26 @@ class Inspection:
     def histograms(self) -> dict[str, Histogram]:
         """GLTR's other two (the buckets are the first): p(token) / p(top) in tenths, and the entropy in nats."""
         entropies = [t.entropy for t in self.tokens]
-        return {"ratio": _histogram([t.prob / t.top_prob for t in self.tokens], 1 / RATIO_BINS, RATIO_BINS),
-                "entropy": _histogram(entropies, ENTROPY_BIN, max(1, math.ceil(max(entropies) / ENTROPY_BIN)))}
+        return {
+            "ratio": _histogram([t.prob / t.top_prob for t in self.tokens], 1 / RATIO_BINS, RATIO_BINS),
+            "entropy": _histogram(entropies, ENTROPY_BIN, max(1, math.ceil(max(entropies) / ENTROPY_BIN))),
+        }
 
     def as_dict(self) -> dict:
         """JSON-ready: the tokens, then the summary (bucket shares, mean log-rank, histograms)."""
         histograms = {name: {"edges": list(h.edges), "counts": list(h.counts)} for name, h in self.histograms().items()}
-        return {"model": self.model, "window": self.window, "text": self.text,
-                "tokens": [{**asdict(t), "bucket": t.bucket} for t in self.tokens],
-                "buckets": [{"name": n, "max_rank": r, "count": c, "share": s} for n, r, c, s in
-                            zip(BUCKET_NAMES, (*BUCKET_RANKS, None), self.buckets, self.shares)],
-                "mean_log_rank": self.mean_log_rank, "histograms": histograms}
+        return {
+            "model": self.model,
+            "window": self.window,
+            "text": self.text,
+            "tokens": [{**asdict(t), "bucket": t.bucket} for t in self.tokens],
+            "buckets": [
+                {"name": n, "max_rank": r, "count": c, "share": s}
+                for n, r, c, s in zip(BUCKET_NAMES, (*BUCKET_RANKS, None), self.buckets, self.shares)
+            ],
+            "mean_log_rank": self.mean_log_rank,
+            "histograms": histograms,
+        }
 
 
 def _histogram(values: list[float], width: float, bins: int) -> Histogram:
@@ -113,8 +124,13 @@ def _histogram(values: list[float], width: float, bins: int) -> Histogram:
 
 
 @torch.inference_mode()
-def inspect(lm: LM, text: str, *, context_length: int | None = InspectOptions.context_length,
-            alternatives: int = InspectOptions.alternatives) -> Inspection:
+def inspect(
+    lm: LM,
+    text: str,
+    *,
+    context_length: int | None = InspectOptions.context_length,
+    alternatives: int = InspectOptions.alternatives,
+) -> Inspection:
     """GLTR's view of `text` under `lm`: each token's rank, probability, top prediction and entropy, with
     `alternatives` top predictions each. context_length: tokens per window (None or 0: the model's context)."""
     InspectOptions(context_length=context_length, alternatives=alternatives)  # the ranges' one check
@@ -125,18 +141,28 @@ def inspect(lm: LM, text: str, *, context_length: int | None = InspectOptions.co
     sequence = [lm.tokenizer.eot_id] + ids
     rows = []
     for first_input, first_target, end in windows(len(sequence), window):
-        x = torch.tensor([sequence[first_input:end - 1]], device=lm.device)  # (1, T): the inputs
+        x = torch.tensor([sequence[first_input : end - 1]], device=lm.device)  # (1, T): the inputs
         # (end - first_target, V): one row per target; a vocabulary padded past the tokenizer's holds no tokens
-        logits = lm.model(x)[0, first_target - 1 - first_input:, :lm.tokenizer.n_vocab]
+        logits = lm.model(x)[0, first_target - 1 - first_input :, : lm.tokenizer.n_vocab]
         targets = torch.tensor(sequence[first_target:end], device=logits.device)
         for s in range(0, targets.numel(), ROWS_PER_PASS):
-            rows += _score(logits[s:s + ROWS_PER_PASS].float(), targets[s:s + ROWS_PER_PASS], alternatives)
+            rows += _score(logits[s : s + ROWS_PER_PASS].float(), targets[s : s + ROWS_PER_PASS], alternatives)
     pieces = _pieces(lm, ids)
     decode = lm.tokenizer.decode
-    tokens = tuple(TokenScore(id=t, text=piece, rank=rank, prob=p, top_id=top[0][0], top_text=decode([top[0][0]]),
-                              top_prob=top[0][1], entropy=h,
-                              alternatives=tuple(Alternative(i, decode([i]), q) for i, q in top[:alternatives]))
-                   for t, piece, (rank, p, h, top) in zip(ids, pieces, rows))
+    tokens = tuple(
+        TokenScore(
+            id=t,
+            text=piece,
+            rank=rank,
+            prob=p,
+            top_id=top[0][0],
+            top_text=decode([top[0][0]]),
+            top_prob=top[0][1],
+            entropy=h,
+            alternatives=tuple(Alternative(i, decode([i]), q) for i, q in top[:alternatives]),
+        )
+        for t, piece, (rank, p, h, top) in zip(ids, pieces, rows)
+    )
     return Inspection(model=str(lm.info.get("name", "")), window=window, tokens=tokens)
 
 
@@ -160,8 +186,10 @@ def _score(logits: torch.Tensor, targets: torch.Tensor, alternatives: int) -> li
     entropy = torch.special.entr(logp.exp()).sum(-1)  # -Σ p ln p, with 0 ln 0 = 0
     top = torch.topk(logp, max(1, alternatives), dim=-1)
     top_ids, top_p = top.indices.tolist(), top.values.exp().tolist()
-    return [(r, math.exp(c), h, list(zip(i, p)))
-            for r, c, h, i, p in zip(ranks.tolist(), chosen.squeeze(-1).tolist(), entropy.tolist(), top_ids, top_p)]
+    return [
+        (r, math.exp(c), h, list(zip(i, p)))
+        for r, c, h, i, p in zip(ranks.tolist(), chosen.squeeze(-1).tolist(), entropy.tolist(), top_ids, top_p)
+    ]
 
 
 def _pieces(lm: LM, ids: list[int]) -> list[str]:

@@ -1,5 +1,6 @@
 """An Inspection for people: a terminal report (GLTR's colours when the terminal has them) and one
 self-contained HTML page, readable offline (its styles inline, no script, nothing fetched)."""
+
 from __future__ import annotations
 
 import html
@@ -17,7 +18,7 @@ BAR = 30  # characters of the longest bar in the terminal's histograms
 def visible(text: str, width: int = 14) -> str:
     """A token as a table cell: quoted, escapes for newlines and the like, cut to `width` characters."""
     shown = repr(text)
-    return shown if len(shown) <= width else shown[:width - 2] + "…" + shown[-1]
+    return shown if len(shown) <= width else shown[: width - 2] + "…" + shown[-1]
 
 
 def terminal(ins: Inspection, *, colour: bool) -> str:
@@ -30,8 +31,10 @@ def terminal(ins: Inspection, *, colour: bool) -> str:
     for n, t in enumerate(ins.tokens, 1):
         token = visible(t.text)
         cell = _paint(token, t.bucket) + " " * (14 - len(token)) if colour else f"{token:<14}"
-        lines.append(f"{n:>6}  {cell}  {t.rank:>6}  {_percent(t.prob):>7}  {visible(t.top_text):<14}  "
-                     f"{_percent(t.top_prob):>8}  {t.entropy:7.2f}")
+        lines.append(
+            f"{n:>6}  {cell}  {t.rank:>6}  {_percent(t.prob):>7}  {visible(t.top_text):<14}  "
+            f"{_percent(t.top_prob):>8}  {t.entropy:7.2f}"
+        )
     lines += ["", "buckets (rank under the model)"]
     lines += _bars([(name, count) for name, count in zip(BUCKET_NAMES, ins.buckets)], len(ins.tokens))
     lines += ["", f"mean log-rank {ins.mean_log_rank:.3f}"]
@@ -89,41 +92,59 @@ def page(ins: Inspection, *, title: str = "gpt2kit inspect") -> str:
     e = html.escape
     histograms = ins.histograms()
     legend = "".join(f'<span class="b{b}">{e(name)}</span>' for b, name in enumerate(BUCKET_NAMES))
-    body = [f"<h1>{e(title)}</h1>",
-            (f'<p class="muted">{e(ins.model)}: {len(ins.tokens)} tokens, windows of {ins.window}. Each token is '
-             f"coloured by its rank under the model (GLTR); hover over one for its statistics.</p>"),
-            f'<p class="legend">{legend}</p>',
-            f'<div class="passage">{"".join(_span(t) for t in ins.tokens)}</div>',
-            "<h2>Buckets</h2>", _html_bars(list(zip(BUCKET_NAMES, ins.buckets)), len(ins.tokens)),
-            f'<p class="muted">mean log-rank {ins.mean_log_rank:.3f}</p>',
-            "<h2>p(token) / p(top prediction)</h2>",
-            _html_bars(_labelled(histograms["ratio"], "{:.1f}"), len(ins.tokens)),
-            "<h2>Entropy (nats)</h2>", _html_bars(_labelled(histograms["entropy"], "{:.0f}"), len(ins.tokens)),
-            "<h2>Every token</h2>", _table(ins)]
-    return (f'<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<title>{e(title)}</title>\n'
-            f"<style>{STYLE}</style>\n</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n")
+    body = [
+        f"<h1>{e(title)}</h1>",
+        (
+            f'<p class="muted">{e(ins.model)}: {len(ins.tokens)} tokens, windows of {ins.window}. Each token is '
+            f"coloured by its rank under the model (GLTR); hover over one for its statistics.</p>"
+        ),
+        f'<p class="legend">{legend}</p>',
+        f'<div class="passage">{"".join(_span(t) for t in ins.tokens)}</div>',
+        "<h2>Buckets</h2>",
+        _html_bars(list(zip(BUCKET_NAMES, ins.buckets)), len(ins.tokens)),
+        f'<p class="muted">mean log-rank {ins.mean_log_rank:.3f}</p>',
+        "<h2>p(token) / p(top prediction)</h2>",
+        _html_bars(_labelled(histograms["ratio"], "{:.1f}"), len(ins.tokens)),
+        "<h2>Entropy (nats)</h2>",
+        _html_bars(_labelled(histograms["entropy"], "{:.0f}"), len(ins.tokens)),
+        "<h2>Every token</h2>",
+        _table(ins),
+    ]
+    return (
+        f'<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<title>{e(title)}</title>\n'
+        f"<style>{STYLE}</style>\n</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n"
+    )
 
 
 def _span(t: TokenScore) -> str:
     alternatives = ", ".join(f"{visible(a.text, 20)} {_percent(a.prob)}" for a in t.alternatives[:5])
-    tip = (f"rank {t.rank} · {_percent(t.prob)} · top {visible(t.top_text, 20)} {_percent(t.top_prob)} · "
-           f"entropy {t.entropy:.2f}" + (f"\n{alternatives}" if alternatives else ""))
+    tip = (
+        f"rank {t.rank} · {_percent(t.prob)} · top {visible(t.top_text, 20)} {_percent(t.top_prob)} · "
+        f"entropy {t.entropy:.2f}" + (f"\n{alternatives}" if alternatives else "")
+    )
     return f'<span class="t b{t.bucket}" title="{html.escape(tip)}">{html.escape(t.text)}</span>'
 
 
 def _html_bars(rows: list[tuple[str, int]], total: int) -> str:
     most = max((c for _, c in rows), default=0) or 1
-    cells = "".join(f'<span>{html.escape(label)}</span><span class="bar" style="width: {100 * c / most:.1f}%"></span>'
-                    f'<span class="num">{c / total:.1%} ({c})</span>' for label, c in rows)
+    cells = "".join(
+        f'<span>{html.escape(label)}</span><span class="bar" style="width: {100 * c / most:.1f}%"></span>'
+        f'<span class="num">{c / total:.1%} ({c})</span>'
+        for label, c in rows
+    )
     return f'<div class="hist">{cells}</div>'
 
 
 def _table(ins: Inspection) -> str:
-    head = ('<tr><th>#</th><th class="s">token</th><th>rank</th><th>prob</th><th class="s">top prediction</th>'
-            "<th>top prob</th><th>entropy</th></tr>")
-    rows = "".join(f'<tr><td>{n}</td><td class="s b{t.bucket}">{html.escape(visible(t.text, 24))}</td><td>{t.rank}</td>'
-                   f'<td>{_percent(t.prob)}</td><td class="s">{html.escape(visible(t.top_text, 24))}</td>'
-                   f"<td>{_percent(t.top_prob)}</td><td>{t.entropy:.2f}</td></tr>"
-                   for n, t in enumerate(ins.tokens, 1))
+    head = (
+        '<tr><th>#</th><th class="s">token</th><th>rank</th><th>prob</th><th class="s">top prediction</th>'
+        "<th>top prob</th><th>entropy</th></tr>"
+    )
+    rows = "".join(
+        f'<tr><td>{n}</td><td class="s b{t.bucket}">{html.escape(visible(t.text, 24))}</td><td>{t.rank}</td>'
+        f'<td>{_percent(t.prob)}</td><td class="s">{html.escape(visible(t.top_text, 24))}</td>'
+        f"<td>{_percent(t.top_prob)}</td><td>{t.entropy:.2f}</td></tr>"
+        for n, t in enumerate(ins.tokens, 1)
+    )
     return f"<details open><summary>{len(ins.tokens)} tokens</summary><table>{head}{rows}</table></details>"

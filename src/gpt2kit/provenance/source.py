@@ -1,4 +1,5 @@
 """What `inspect` and `detect` read: a text given as it is, a text file, or standard input (-)."""
+
 from __future__ import annotations
 
 import logging
@@ -12,8 +13,9 @@ from ..options import EncodeOptions
 log = logging.getLogger("gpt2kit")
 
 
-def read_source(source: str, *, file_only: bool = False, encoding: str = EncodeOptions.encoding,
-                errors: str = EncodeOptions.errors) -> str:
+def read_source(
+    source: str, *, file_only: bool = False, encoding: str = EncodeOptions.encoding, errors: str = EncodeOptions.errors
+) -> str:
     """The text `source` names: - (standard input), a file, or else `source` itself is the text.
     file_only: `source` must be a file or - (`detect` reads files)."""
     EncodeOptions(encoding=encoding, errors=errors)  # how `encode` reads text files, and its one check
@@ -23,8 +25,10 @@ def read_source(source: str, *, file_only: bool = False, encoding: str = EncodeO
         try:
             return data.decode(options.decoding, errors=errors)
         except UnicodeDecodeError as e:
-            raise UserError(f"standard input is not valid {encoding} (byte {e.start}); pass --encoding NAME, "
-                            f"or --errors replace to go on anyway") from None
+            raise UserError(
+                f"standard input is not valid {encoding} (byte {e.start}); pass --encoding NAME, "
+                f"or --errors replace to go on anyway"
+            ) from None
     path = Path(source)
     if _names_a_path(source) and path.is_dir():
         raise UserError(f"{path} is a folder; give a text file (or the text itself, in quotes)")

@@ -12,6 +12,7 @@ vocabulary (GPT-2's 50,257). Only the last token seeds it; the context width is 
 the first one marked or scored. The permutation is PyTorch's own: transformers run on a GPU draws its lists
 with a CUDA generator, which gives other lists than these.
 """
+
 from __future__ import annotations
 
 import math
@@ -63,6 +64,7 @@ class Watermark:
     fewer tokens than the context width is left as it is, as transformers leaves it. Stateless: the list
     depends on the row's tokens alone. transformers applies it after every other processor (temperature,
     top-k and top-p included), so its place is the pipeline's end."""
+
     name = "watermark"
 
     def __init__(self, vocab_size: int = GPT2_VOCAB):
@@ -77,12 +79,15 @@ class Watermark:
         if not rows:
             return logits
         if logits.size(-1) < self.vocab_size:
-            raise ValueError(f"logits have {logits.size(-1)} columns, fewer than the {self.vocab_size} token ids "
-                             f"the watermark draws from")
+            raise ValueError(
+                f"logits have {logits.size(-1)} columns, fewer than the {self.vocab_size} token ids "
+                f"the watermark draws from"
+            )
         green = np.zeros(logits.shape, dtype=bool)  # (B, V): a padded vocabulary's extra ids are never green
         for i in rows:
-            green[i, :self.vocab_size] = green_mask(s.watermark_key, s.watermark_gamma, int(seqs[i].tokens[-1]),
-                                                    self.vocab_size)
+            green[i, : self.vocab_size] = green_mask(
+                s.watermark_key, s.watermark_gamma, int(seqs[i].tokens[-1]), self.vocab_size
+            )
         # logits + δ where green: the one float addition transformers makes, so the two agree bit for bit
         return torch.where(torch.from_numpy(green).to(logits.device), logits + s.watermark_delta, logits)
 
@@ -90,6 +95,7 @@ class Watermark:
 @dataclass(frozen=True)
 class Detection:
     """What `detect` found in one text."""
+
     scored: int  # tokens scored: all but the first context_width (and a leading <|endoftext|>)
     green: int  # of those, how many are on their predecessor's green list
     gamma: float
@@ -106,18 +112,29 @@ class Detection:
         return "watermarked" if self.watermarked else "not watermarked"
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "green_fraction": self.green / self.scored, "watermarked": self.watermarked,
-                "verdict": self.verdict}
+        return {
+            **asdict(self),
+            "green_fraction": self.green / self.scored,
+            "watermarked": self.watermarked,
+            "verdict": self.verdict,
+        }
 
 
-def detect(token_ids: Iterable[int], *, key: int | None, gamma: float = DetectOptions.watermark_gamma,
-           context_width: int = DetectOptions.watermark_context_width,
-           z_threshold: float = DetectOptions.z_threshold, vocab_size: int = GPT2_VOCAB) -> Detection:
+def detect(
+    token_ids: Iterable[int],
+    *,
+    key: int | None,
+    gamma: float = DetectOptions.watermark_gamma,
+    context_width: int = DetectOptions.watermark_context_width,
+    z_threshold: float = DetectOptions.z_threshold,
+    vocab_size: int = GPT2_VOCAB,
+) -> Detection:
     """Score `token_ids` (the text's tokens, best without its prompt) for the watermark of `key`: every token
     after the first `context_width` is green or not after its predecessor, as transformers' WatermarkDetector
     counts them (repeats included). Watermarked when z > z_threshold."""
-    DetectOptions(watermark_key=key, watermark_gamma=gamma, watermark_context_width=context_width,
-                  z_threshold=z_threshold)  # the ranges' one check
+    DetectOptions(
+        watermark_key=key, watermark_gamma=gamma, watermark_context_width=context_width, z_threshold=z_threshold
+    )  # the ranges' one check
     ids = [int(t) for t in token_ids]
     if bad := [t for t in ids if not 0 <= t < vocab_size]:
         raise UserError(f"token id {bad[0]} is not in the vocabulary (0 to {vocab_size - 1})")
@@ -125,8 +142,10 @@ def detect(token_ids: Iterable[int], *, key: int | None, gamma: float = DetectOp
         ids = ids[1:]
     scored = len(ids) - context_width
     if scored < 1:
-        raise UserError(f"the text has {len(ids)} token(s), and detection scores those after the first "
-                        f"{context_width} (the context width): give a longer text (200 tokens decide reliably)")
+        raise UserError(
+            f"the text has {len(ids)} token(s), and detection scores those after the first "
+            f"{context_width} (the context width): give a longer text (200 tokens decide reliably)"
+        )
     green = sum(is_green(key, gamma, ids[i - 1], ids[i], vocab_size) for i in range(context_width, len(ids)))
     z = (green - gamma * scored) / math.sqrt(scored * gamma * (1 - gamma))
     # The normal tail exactly; transformers' p-value uses a rough closed form of it, its z is the same.

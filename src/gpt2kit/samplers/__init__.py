@@ -2,13 +2,24 @@
 
 The names load when first used, so `from gpt2kit.samplers.help import HELP` (for --help) loads no PyTorch.
 """
+
 import importlib
 
 from .help import HELP
 
-_HOME = {"STAGES": "order", "stages": "order", "Dry": "dry", "MirostatV2": "mirostat", "Xtc": "xtc",
-         "MinP": "truncation", "TypicalP": "truncation", "EpsilonCutoff": "truncation", "EtaCutoff": "truncation",
-         "TopNSigma": "truncation", "contrastive_pick": "contrastive"}
+_HOME = {
+    "STAGES": "order",
+    "stages": "order",
+    "Dry": "dry",
+    "MirostatV2": "mirostat",
+    "Xtc": "xtc",
+    "MinP": "truncation",
+    "TypicalP": "truncation",
+    "EpsilonCutoff": "truncation",
+    "EtaCutoff": "truncation",
+    "TopNSigma": "truncation",
+    "contrastive_pick": "contrastive",
+}
 __all__ = ["HELP", *_HOME]
 
 

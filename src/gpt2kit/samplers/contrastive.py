@@ -8,14 +8,20 @@ where h_v is the model's last hidden state (after ln_f) with v appended, and h_j
 far, prompt included: a likely token that would not make the text look like itself again. Not a logits stage:
 the engine runs the k candidates through the model to get h_v; this module only scores them.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
 
-def contrastive_pick(probs: torch.Tensor, candidate_hidden: torch.Tensor, context_hidden: torch.Tensor,
-                     alpha: float, context_mask: torch.Tensor | None = None) -> torch.Tensor:
+def contrastive_pick(
+    probs: torch.Tensor,
+    candidate_hidden: torch.Tensor,
+    context_hidden: torch.Tensor,
+    alpha: float,
+    context_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The chosen candidate of each row (B,), an index into its k candidates.
 
     probs (B, K): the candidates' probabilities under the whole vocabulary (not renormalised over the k);
@@ -50,7 +56,7 @@ def contrastive_token(model, cache, slot: int, seq, logits: torch.Tensor, proces
     hidden = _candidates_hidden(model, cache, slot, seq.pos, top_ids[0])  # (K, C)
     pick = int(contrastive_pick(top_p, hidden[None], context[None], s.penalty_alpha)[0])
     n_ctx = model.config.n_ctx
-    seq.state["contrastive"] = torch.cat([context, hidden[pick:pick + 1]])[-n_ctx:]
+    seq.state["contrastive"] = torch.cat([context, hidden[pick : pick + 1]])[-n_ctx:]
     return int(top_ids[0, pick])
 
 

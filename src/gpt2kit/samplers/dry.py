@@ -10,6 +10,7 @@ a token whose text holds a breaker is one by itself; a token whose text ends wit
 one when the tokens of the breaker's rest follow it. That needs the vocabulary, so the stage is built with
 the tokenizer (gpt2kit.tokenizer.Tokenizer; GPT-2's own by default) and keeps each breaker list's tables.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,7 +46,7 @@ def breaker_tokens(breakers: tuple[str, ...], vocab: list[bytes], encode) -> Bre
             start = word.find(first)
             while start != -1:  # every place the word ends with the breaker's start
                 if breaker.startswith(word[start:]):
-                    tail = tuple(encode(breaker[len(word) - start:])[:MAX_TAIL_TOKENS])
+                    tail = tuple(encode(breaker[len(word) - start :])[:MAX_TAIL_TOKENS])
                     heads.setdefault(token, set()).add(tail)
                 start = word.find(first, start + 1)
     return Breakers(heads, len(vocab))
@@ -53,13 +54,17 @@ def breaker_tokens(breakers: tuple[str, ...], vocab: list[bytes], encode) -> Bre
 
 def repeat_limit(window: np.ndarray, breakers: Breakers) -> int:
     """How many of the latest tokens a repeat may span: those after the latest complete breaker."""
-    heads = np.flatnonzero(breakers.is_head[np.minimum(window, len(breakers.is_head) - 1)]
-                           & (window < len(breakers.is_head)))
+    heads = np.flatnonzero(
+        breakers.is_head[np.minimum(window, len(breakers.is_head) - 1)] & (window < len(breakers.is_head))
+    )
     n = len(window)
     for pos in heads[::-1]:  # latest first
         after = n - 1 - pos  # tokens after the head
-        tails = [len(t) for t in breakers.heads[int(window[pos])]
-                 if len(t) <= after and tuple(window[pos + 1:pos + 1 + len(t)].tolist()) == t]
+        tails = [
+            len(t)
+            for t in breakers.heads[int(window[pos])]
+            if len(t) <= after and tuple(window[pos + 1 : pos + 1 + len(t)].tolist()) == t
+        ]
         if tails:  # the longest breaker found there ends the span
             return after - max(tails)
     return n
@@ -99,6 +104,7 @@ class Dry:
         if texts not in self._breakers:
             if self._tokenizer is None:
                 from ..tokenizer import gpt2_tokenizer
+
                 self._tokenizer = gpt2_tokenizer()
             tok = self._tokenizer
             if self._vocab is None:
@@ -133,7 +139,7 @@ class Dry:
 
     def row_penalties(self, row: list[int], s, breakers: Breakers) -> dict[int, float]:
         """token id -> the penalty on its logit, for one row's tokens (prompt and output)."""
-        window = np.asarray(row if s.dry_penalty_last_n == -1 else row[-s.dry_penalty_last_n:], dtype=np.int64)
+        window = np.asarray(row if s.dry_penalty_last_n == -1 else row[-s.dry_penalty_last_n :], dtype=np.int64)
         allowed = s.dry_allowed_length
         if len(window) <= allowed:
             return {}
@@ -149,13 +155,16 @@ class Dry:
         # llama.cpp clamps the exponent so that base ** exponent stays within float32
         top = int(FLOAT_MAX_LOG / math.log(s.dry_base)) if s.dry_base > 1.000001 else 0
         whole = breakers.whole
-        return {token: s.dry_multiplier * _power(s.dry_base, min(n - allowed, top) if top > 0 else n - allowed)
-                for token, n in longest.items() if not (token < len(whole) and whole[token])}
+        return {
+            token: s.dry_multiplier * _power(s.dry_base, min(n - allowed, top) if top > 0 else n - allowed)
+            for token, n in longest.items()
+            if not (token < len(whole) and whole[token])
+        }
 
 
 def _power(base: float, exponent: int) -> float:
     """base ** exponent, inf where that overflows (as C's pow), not Python's OverflowError."""
     try:
-        return base ** exponent
+        return base**exponent
     except OverflowError:
         return math.inf

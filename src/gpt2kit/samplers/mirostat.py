@@ -7,6 +7,7 @@ llama_sampler_mirostat_v2_apply, split in two: `apply` truncates and notes what 
 once the engine has drawn (llama.cpp draws inside the sampler, with its own RNG; here the engine's draw
 uses the row's generator, so a seed's text never depends on its batch).
 """
+
 from __future__ import annotations
 
 import math

@@ -19,6 +19,7 @@
 A stage's `before_temperature` says which side of temperature it goes. At temperature 0 the stages after
 it turn themselves off (their `wants`), as top-k and top-p do: greedy takes the top token whatever they cut.
 """
+
 from __future__ import annotations
 
 from .dry import Dry

@@ -6,6 +6,7 @@ transformers' MinP/Typical/Epsilon/EtaLogitsWarper keep (tests/test_samplers.py)
 float32 so that ties and near-ties fall the same side; top-n-sigma follows llama.cpp. Under mirostat they are
 off: mirostat v2 does the truncating then, as in llama.cpp's common_sampler_init.
 """
+
 from __future__ import annotations
 
 import torch
@@ -15,6 +16,7 @@ NEG_INF = float("-inf")
 
 class MinP:
     """Keep the tokens at least min_p times as likely as the likeliest (transformers' MinPLogitsWarper)."""
+
     name = "min_p"
     before_temperature = False
 
@@ -32,6 +34,7 @@ class TypicalP:
     """Locally typical sampling (Meister et al. 2022): keep the tokens whose surprise -log p is nearest the
     row's entropy, the expected surprise, until their probability reaches typical_p (transformers'
     TypicalLogitsWarper). The likeliest token may go: a confident row's likeliest token is atypically unsurprising."""
+
     name = "typical_p"
     before_temperature = False
 
@@ -53,6 +56,7 @@ class TypicalP:
 class EpsilonCutoff:
     """Epsilon-sampling (Hewitt et al. 2022): drop the tokens less likely than epsilon_cutoff, but never the
     likeliest (transformers' EpsilonLogitsWarper)."""
+
     name = "epsilon_cutoff"
     before_temperature = False
 
@@ -66,6 +70,7 @@ class EpsilonCutoff:
 class EtaCutoff:
     """Eta-sampling (Hewitt et al. 2022): epsilon-sampling with the cutoff eta = min(eps, sqrt(eps) * exp(-H)),
     lowered where the row's entropy H is high, the model unsure (transformers' EtaLogitsWarper)."""
+
     name = "eta_cutoff"
     before_temperature = False
 
@@ -97,6 +102,7 @@ class TopNSigma:
     the mean and deviation taken over the row's finite logits (llama.cpp's llama_sampler_top_n_sigma_apply).
     Dividing by a temperature scales the gap and the deviation alike, so the kept set is the same before or
     after it."""
+
     name = "top_n_sigma"
     before_temperature = True
 

@@ -5,6 +5,7 @@ all of them but the least likely are removed: the text leaves its most predictab
 token that stays is still a plausible one. A threshold above 0.5 can never catch two tokens: off.
 The chance is drawn from the row's own generator, so a seed's text never depends on its batch.
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,8 +23,11 @@ class Xtc:
     def apply(self, logits: torch.Tensor, s, seqs: list) -> torch.Tensor:
         candidates = torch.isfinite(logits).sum(-1).tolist()  # (B,)
         # llama.cpp draws only for rows with two candidates or more, and applies when chance <= probability
-        rows = [i for i, seq in enumerate(seqs)
-                if candidates[i] >= 2 and float(torch.rand((), generator=seq.generator)) <= s.xtc_probability]
+        rows = [
+            i
+            for i, seq in enumerate(seqs)
+            if candidates[i] >= 2 and float(torch.rand((), generator=seq.generator)) <= s.xtc_probability
+        ]
         if not rows:
             return logits
         picked = torch.tensor(rows, device=logits.device)

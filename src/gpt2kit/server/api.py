@@ -4,6 +4,7 @@ Thin: each route checks what HTTP owns (authentication, body size, readiness), p
 the request's `model` names (models.py; none: the first) and hands the rest to completions.py and
 that model's engine.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -72,6 +73,7 @@ def _answers(model: type[BaseModel], *codes: int, chunk: type[BaseModel] | None 
 @dataclass
 class Served:
     """What every route reads: the served models, the server's options, and its request counters."""
+
     models: Models
     options: ServeOptions
     chat_template: ChatTemplate
@@ -153,13 +155,20 @@ def _add_status_routes(app: FastAPI, served: Served) -> None:
         """ok once every model is in; the totals over the models, then each model's own figures."""
         failed = next((m for m in served.models if m.engine.load_error), None)
         if failed is not None:
-            return JSONResponse({"status": "error", "error": f"{failed.id}: {failed.engine.load_error}"}, status_code=503)
+            return JSONResponse(
+                {"status": "error", "error": f"{failed.id}: {failed.engine.load_error}"}, status_code=503
+            )
         if not all(m.engine.ready for m in served.models):
             return JSONResponse({"status": "loading"}, status_code=503)
         each = [_engine_figures(m) for m in served.models]
         totals = {key: sum(f[key] for f in each) for key in each[0] if key not in ("id", "memory")}
-        return {"status": "ok", "model": served.models.first.id, **totals, "models": each,
-                "resident_bytes": resident_bytes()}
+        return {
+            "status": "ok",
+            "model": served.models.first.id,
+            **totals,
+            "models": each,
+            "resident_bytes": resident_bytes(),
+        }
 
     @app.get("/metrics", response_class=Response, responses={200: {"content": {prometheus.CONTENT_TYPE: {}}}})
     async def metrics():
@@ -182,21 +191,41 @@ def _add_status_routes(app: FastAPI, served: Served) -> None:
         """The shape of the model `model` names (none: the first), for the playground."""
         picked, lm = served.ready_model(model)
         c = lm.config
-        return {"model": picked.id, "n_ctx": c.n_ctx, "n_layer": c.n_layer, "n_embd": c.n_embd,
-                "n_head": c.n_head, "n_vocab": c.n_vocab, "max_tokens_limit": served.options.max_tokens_limit,
-                "auth": bool(served.options.api_key)}
+        return {
+            "model": picked.id,
+            "n_ctx": c.n_ctx,
+            "n_layer": c.n_layer,
+            "n_embd": c.n_embd,
+            "n_head": c.n_head,
+            "n_vocab": c.n_vocab,
+            "max_tokens_limit": served.options.max_tokens_limit,
+            "auth": bool(served.options.api_key),
+        }
 
 
 def _engine_figures(m: ServedModel) -> dict:
     e = m.engine
-    return {"id": m.id, "batches": e.batches_run, "requests": e.requests_done, "cancelled_rows": e.cancelled_rows,
-            "queue_depth": e.queue_depth, "running_rows": e.running_rows, "memory": m.memory()}
+    return {
+        "id": m.id,
+        "batches": e.batches_run,
+        "requests": e.requests_done,
+        "cancelled_rows": e.cancelled_rows,
+        "queue_depth": e.queue_depth,
+        "running_rows": e.running_rows,
+        "memory": m.memory(),
+    }
 
 
 def _card(m: ServedModel) -> dict:
     lm = m.engine.lm
-    return {"id": m.id, "object": "model", "created": m.created, "owned_by": "gpt2kit",
-            "max_model_len": lm.config.n_ctx if lm is not None else None, "memory": m.memory()}
+    return {
+        "id": m.id,
+        "object": "model",
+        "created": m.created,
+        "owned_by": "gpt2kit",
+        "max_model_len": lm.config.n_ctx if lm is not None else None,
+        "memory": m.memory(),
+    }
 
 
 def _add_generation_routes(app: FastAPI, served: Served) -> None:
@@ -204,37 +233,67 @@ def _add_generation_routes(app: FastAPI, served: Served) -> None:
     async def next_token(body: NextTokenRequest):
         picked, lm = served.ready_model(body.model)
         top = await asyncio.to_thread(picked.engine.call, lambda m: m.next_token_probs(body.prompt or None, body.top))
-        return {"prompt": body.prompt, "tokens": [{"token": lm.tokenizer.decode([i]), "id": i, "prob": p} for i, p in top]}
+        return {
+            "prompt": body.prompt,
+            "tokens": [{"token": lm.tokenizer.decode([i]), "id": i, "prob": p} for i, p in top],
+        }
 
-    @app.post("/v1/completions",
-              responses=_answers(CompletionResponse, 400, 401, 404, 413, 429, 500, 503, chunk=CompletionChunk))
+    @app.post(
+        "/v1/completions",
+        responses=_answers(CompletionResponse, 400, 401, 404, 413, 429, 500, 503, chunk=CompletionChunk),
+    )
     async def completions(body: CompletionRequest, http: HTTPRequest):
         return await _generate(served, body, http, TextLayout, arrival=time.perf_counter())
 
-    @app.post("/v1/chat/completions",
-              responses=_answers(ChatCompletionResponse, 400, 401, 404, 413, 429, 500, 503, chunk=ChatCompletionChunk))
+    @app.post(
+        "/v1/chat/completions",
+        responses=_answers(ChatCompletionResponse, 400, 401, 404, 413, 429, 500, 503, chunk=ChatCompletionChunk),
+    )
     async def chat_completions(body: ChatRequest, http: HTTPRequest):
         arrival = time.perf_counter()
         served.models.pick(body.model)  # an unknown model is refused before the template runs
-        return await _generate(served, as_completion(body, served.chat_template), http, ChatLayout, arrival=arrival,
-                               extra_stops=served.chat_template.stops)
+        return await _generate(
+            served,
+            as_completion(body, served.chat_template),
+            http,
+            ChatLayout,
+            arrival=arrival,
+            extra_stops=served.chat_template.stops,
+        )
 
 
-async def _generate(served: Served, body: CompletionRequest, http: HTTPRequest, layout, *, arrival: float,
-                    extra_stops: tuple[str, ...] = ()):
+async def _generate(
+    served: Served,
+    body: CompletionRequest,
+    http: HTTPRequest,
+    layout,
+    *,
+    arrival: float,
+    extra_stops: tuple[str, ...] = (),
+):
     """Build the request's jobs, queue them on the model's engine, and answer in `layout` (TextLayout or ChatLayout)."""
     picked, lm = served.ready_model(body.model)
-    completion = Completion.build(body, lm, model_name=picked.id, options=served.options,
-                                  reserve=picked.engine.reserve, metrics=picked.metrics, arrival=arrival,
-                                  extra_stops=extra_stops)
+    completion = Completion.build(
+        body,
+        lm,
+        model_name=picked.id,
+        options=served.options,
+        reserve=picked.engine.reserve,
+        metrics=picked.metrics,
+        arrival=arrival,
+        extra_stops=extra_stops,
+    )
     req = completion.request()
     try:
         picked.engine.submit(req)
     except Refused as e:  # queue full (429), a row that never fits (400), shutting down (503): before any work
         raise APIError(e.status, str(e), type_=e.type_) from None
     if body.stream:
-        return StreamingResponse(layout(completion).stream(req), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            layout(completion).stream(req),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
     return await _unless_client_leaves(layout(completion).response(req), http, req)
 
 
@@ -259,4 +318,3 @@ async def _unless_client_leaves(answer, http: HTTPRequest, req: Request, every: 
             task.cancel()
             raise APIError(499, "the client closed the connection", type_="client_closed_request")
     return task.result()
-

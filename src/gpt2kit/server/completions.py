@@ -1,6 +1,7 @@
 """One generation request: checked against the server's limits, turned into sequences by generation's own
 builder (so a seed gives the CLI's text), its events timed for /metrics, and its results put in
 /v1/completions' layout (chat.py puts the same results in the chat layout)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -26,8 +27,12 @@ MAX_STOPS = 4  # OpenAI's limit on stop sequences
 def check_model(model: str | None, model_name: str) -> None:
     """A request names the served model, or none."""
     if model is not None and model != model_name:
-        raise APIError(404, f"The model `{model}` does not exist; this server serves `{model_name}`",
-                       param="model", code="model_not_found")
+        raise APIError(
+            404,
+            f"The model `{model}` does not exist; this server serves `{model_name}`",
+            param="model",
+            code="model_not_found",
+        )
 
 
 def check_common(body: SamplingFields, model_name: str) -> None:
@@ -40,21 +45,33 @@ def check_common(body: SamplingFields, model_name: str) -> None:
 def _check(body: CompletionRequest, options: ServeOptions) -> None:
     """What a /v1/completions request asks that this server does not do, or allow."""
     if body.best_of is not None and body.best_of < body.n:
-        raise APIError(400, f"best_of ({body.best_of}) must be at least n ({body.n}): best_of candidates are "
-                       "generated and the n best returned", param="best_of")
+        raise APIError(
+            400,
+            f"best_of ({body.best_of}) must be at least n ({body.n}): best_of candidates are "
+            "generated and the n best returned",
+            param="best_of",
+        )
     if body.stream and (body.best_of or body.n) > body.n:
-        raise APIError(400, "best_of cannot be used with stream: the best are known only when all have finished",
-                       param="best_of")
+        raise APIError(
+            400, "best_of cannot be used with stream: the best are known only when all have finished", param="best_of"
+        )
     if body.suffix:
         raise APIError(400, "suffix (insertion) is not available for GPT-2", param="suffix")
     if body.max_tokens is not None and body.max_tokens > options.max_tokens_limit:
-        raise APIError(400, f"max_tokens is {body.max_tokens}; this server allows at most {options.max_tokens_limit}",
-                       param="max_tokens")
+        raise APIError(
+            400,
+            f"max_tokens is {body.max_tokens}; this server allows at most {options.max_tokens_limit}",
+            param="max_tokens",
+        )
     prompts = len(body.prompt) if isinstance(body.prompt, list) and body.prompt and not _is_ids(body.prompt) else 1
     rows = prompts * (body.best_of or body.n)
     if rows > options.max_request_rows:
-        raise APIError(400, f"this request asks for {rows} completions (best_of or n, x prompts); this server allows "
-                       f"at most {options.max_request_rows} per request: split it", param="n")
+        raise APIError(
+            400,
+            f"this request asks for {rows} completions (best_of or n, x prompts); this server allows "
+            f"at most {options.max_request_rows} per request: split it",
+            param="n",
+        )
 
 
 def logit_bias(body: SamplingFields, n_vocab: int) -> tuple[tuple[int, float], ...]:
@@ -63,11 +80,13 @@ def logit_bias(body: SamplingFields, n_vocab: int) -> tuple[tuple[int, float], .
     for key, bias in (body.logit_bias or {}).items():
         token = int(key) if key.isascii() and key.isdigit() else -1
         if not 0 <= token < n_vocab:
-            raise APIError(400, f"logit_bias: {key!r} is not a token id of this model (0..{n_vocab - 1})",
-                           param="logit_bias")
+            raise APIError(
+                400, f"logit_bias: {key!r} is not a token id of this model (0..{n_vocab - 1})", param="logit_bias"
+            )
         if not -100 <= bias <= 100:
-            raise APIError(400, f"logit_bias: the bias of token {token} is {bias}; biases are in [-100, 100]",
-                           param="logit_bias")
+            raise APIError(
+                400, f"logit_bias: the bias of token {token} is {bias}; biases are in [-100, 100]", param="logit_bias"
+            )
         if token in out:
             raise APIError(400, f"logit_bias: token {token} is given twice", param="logit_bias")
         out[token] = bias
@@ -78,6 +97,7 @@ def logit_bias(body: SamplingFields, n_vocab: int) -> tuple[tuple[int, float], .
 class Completion:
     """A request's prompts, their token ids and its sequences: `per_prompt` candidates per prompt (best_of, else
     n), candidate c is sequence first_index + c. Its events come on `queue`, from the engine's thread."""
+
     body: CompletionRequest
     lm: LM
     model_name: str
@@ -95,8 +115,18 @@ class Completion:
         return self.body.best_of or self.body.n
 
     @classmethod
-    def build(cls, body: CompletionRequest, lm: LM, *, model_name: str, options: ServeOptions, reserve: Any,
-              metrics: ModelMetrics, arrival: float, extra_stops: Iterable[str] = ()) -> Completion:
+    def build(
+        cls,
+        body: CompletionRequest,
+        lm: LM,
+        *,
+        model_name: str,
+        options: ServeOptions,
+        reserve: Any,
+        metrics: ModelMetrics,
+        arrival: float,
+        extra_stops: Iterable[str] = (),
+    ) -> Completion:
         """Check `body`, encode its prompts and make its sequences; `reserve(count)` gives the first key."""
         check_common(body, model_name)
         _check(body, options)
@@ -108,19 +138,35 @@ class Completion:
             raise APIError(400, f"at most {MAX_STOPS} stop sequences", param="stop")
         n_ctx, per_prompt = lm.config.n_ctx, body.best_of or body.n
         try:
-            encoded = [_token_prompt(p, lm) if _is_ids(p) else encode_prompt(lm.tokenizer, p, n_ctx, truncate=False)
-                       for p in prompts]
+            encoded = [
+                _token_prompt(p, lm) if _is_ids(p) else encode_prompt(lm.tokenizer, p, n_ctx, truncate=False)
+                for p in prompts
+            ]
             prompts = [lm.tokenizer.decode(p) if _is_ids(p) else p for p in prompts]  # the text echo shows
             settings = sampling_settings(body, lm.tokenizer, logit_bias(body, lm.config.n_vocab))
             first = reserve(len(prompts) * per_prompt)
-            seqs = list(make_sequences(prompts, encoded, per_prompt=per_prompt,
-                                       seed=new_seed() if body.seed is None else body.seed, settings=settings,
-                                       max_new=_max_new(body, options),
-                                       stops=stops + list(extra_stops), include_prefix=False, stop_at_eot=True,
-                                       logprobs=_decoder_logprobs(body), index_base=first))
+            seqs = list(
+                make_sequences(
+                    prompts,
+                    encoded,
+                    per_prompt=per_prompt,
+                    seed=new_seed() if body.seed is None else body.seed,
+                    settings=settings,
+                    max_new=_max_new(body, options),
+                    stops=stops + list(extra_stops),
+                    include_prefix=False,
+                    stop_at_eot=True,
+                    logprobs=_decoder_logprobs(body),
+                    index_base=first,
+                )
+            )
         except PromptTooLong as e:  # 400, as OpenAI's and vLLM's answer it (413 is for a body over the byte limit)
-            raise APIError(400, f"{e}: a prompt may have at most {n_ctx - 1} tokens (one position stays free for "
-                           "the first new token)", param="prompt", code="context_length_exceeded") from None
+            raise APIError(
+                400,
+                f"{e}: a prompt may have at most {n_ctx - 1} tokens (one position stays free for the first new token)",
+                param="prompt",
+                code="context_length_exceeded",
+            ) from None
         except UserError as e:
             raise APIError(400, str(e)) from None
         return cls(body, lm, model_name, prompts, encoded, seqs, first, metrics, arrival)
@@ -194,14 +240,20 @@ class Completion:
         """Every candidate's tokens count (best_of generates them all), as OpenAI bills them."""
         prompt_tokens = sum(len(ids) for ids in self.encoded)  # once per prompt, however many samples
         completion = sum(len(s.tokens) for s in samples)
-        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion}
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": prompt_tokens + completion,
+        }
 
     def include_usage(self) -> bool:
         return bool(self.body.stream_options and self.body.stream_options.include_usage)
 
-    def top_of(self, chosen: int, logprob: float | None, top: list[tuple[int, float]] | None) -> list[tuple[int, float]]:
+    def top_of(
+        self, chosen: int, logprob: float | None, top: list[tuple[int, float]] | None
+    ) -> list[tuple[int, float]]:
         """The body's top-N alternatives and the chosen token, as OpenAI lists them (N or N + 1 entries)."""
-        alternatives = list((top or [])[:self.body.logprobs or 0])
+        alternatives = list((top or [])[: self.body.logprobs or 0])
         if logprob is not None and all(t != chosen for t, _ in alternatives):
             alternatives.append((chosen, logprob))
         return alternatives
@@ -257,6 +309,7 @@ def finish_reason(s: Sample) -> str:
 
 # --- /v1/completions' layout ----------------------------------------------------------------------
 
+
 class TextLayout:
     """Results in /v1/completions' layout: text, OpenAI's logprobs object, usage."""
 
@@ -302,8 +355,14 @@ class TextLayout:
     async def response(self, req: Request) -> dict:
         chosen, candidates = await self.c.collect(req)
         choices = [self.choice(ci, chosen[ci], self.c.prompt_results(req)) for ci in sorted(chosen)]
-        return {"id": self.c.id, "object": "text_completion", "created": int(time.time()), "model": self.c.model_name,
-                "choices": choices, "usage": self.c.usage(candidates.values())}
+        return {
+            "id": self.c.id,
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": self.c.model_name,
+            "choices": choices,
+            "usage": self.c.usage(candidates.values()),
+        }
 
     async def stream(self, req: Request) -> AsyncIterator[str]:
         """Server-sent events: the echoed prompt, each piece as it exists, a finish per choice, usage if asked
@@ -320,8 +379,17 @@ class TextLayout:
                 prefix = self.echo_of(ci)
                 offsets[ci] = len(prefix)
                 if prefix:
-                    yield self._chunk(created, [{"text": prefix, "index": ci, "logprobs": self._echo_logprobs(ci, req),
-                                                 "finish_reason": None}])
+                    yield self._chunk(
+                        created,
+                        [
+                            {
+                                "text": prefix,
+                                "index": ci,
+                                "logprobs": self._echo_logprobs(ci, req),
+                                "finish_reason": None,
+                            }
+                        ],
+                    )
             if isinstance(ev, Piece):
                 lp = self.logprobs(ev.steps, offsets[ci]) if self.c.body.logprobs is not None else None
                 offsets[ci] += len(ev.text)
@@ -330,7 +398,9 @@ class TextLayout:
                 samples.append(ev)
                 end = [ev.end_step] if ev.end_step and self.c.body.logprobs is not None else []
                 lp = self.logprobs(end, offsets[ci]) if end else None
-                yield self._chunk(created, [{"text": "", "index": ci, "logprobs": lp, "finish_reason": finish_reason(ev)}])
+                yield self._chunk(
+                    created, [{"text": "", "index": ci, "logprobs": lp, "finish_reason": finish_reason(ev)}]
+                )
         if self.c.include_usage():
             yield self._chunk(created, [], usage=self.c.usage(samples))
         yield "data: [DONE]\n\n"
@@ -345,8 +415,13 @@ class TextLayout:
         return self.logprobs([], 0, (self.c.encoded[pi], results[pi]))
 
     def _chunk(self, created: int, choices: list, usage: dict | None = None) -> str:
-        body: dict[str, Any] = {"id": self.c.id, "object": "text_completion", "created": created,
-                                "model": self.c.model_name, "choices": choices}
+        body: dict[str, Any] = {
+            "id": self.c.id,
+            "object": "text_completion",
+            "created": created,
+            "model": self.c.model_name,
+            "choices": choices,
+        }
         if self.c.include_usage():  # OpenAI's: every chunk has usage (null but in the last) when asked
             body["usage"] = usage
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"

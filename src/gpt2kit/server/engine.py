@@ -6,6 +6,7 @@ the engine between steps, and get their events on their own asyncio queues (Comp
 reader never holds up the others. SIGTERM drains: new requests are refused, running ones get
 --shutdown-timeout seconds, then the rest end with an error.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,6 +31,7 @@ IDLE_POLL = 0.1  # seconds the idle worker waits for work before it looks at the
 
 class Refused(Exception):
     """A request the engine will not take: `status` is the HTTP answer."""
+
     status = 400
     type_ = "invalid_request_error"
 
@@ -49,9 +51,16 @@ class ShuttingDown(Refused):
 class Engine:
     """The worker thread around one model's engine, and what the HTTP side reads of it."""
 
-    def __init__(self, loader: Callable[[], LM], *, max_batch: int, max_queue: int,
-                 max_batch_tokens: int | None = None, on_load_error: Callable[[BaseException], None] | None = None,
-                 step_tokens: int = STEP_TOKENS):
+    def __init__(
+        self,
+        loader: Callable[[], LM],
+        *,
+        max_batch: int,
+        max_queue: int,
+        max_batch_tokens: int | None = None,
+        on_load_error: Callable[[BaseException], None] | None = None,
+        step_tokens: int = STEP_TOKENS,
+    ):
         """step_tokens: prompt tokens plus decoding rows per step while rows decode (batching.STEP_TOKENS)."""
         self.lm: LM | None = None
         self.core: Core | None = None
@@ -82,8 +91,10 @@ class Engine:
     cancelled_rows = property(lambda self: self.stats.cancelled_rows)
     batches_run = property(lambda self: self.stats.batches_run)
     batch_size = property(lambda self: self.stats.batch_size, doc="rows in the latest decoding step")
-    kv_cache_positions = property(lambda self: self.stats.kv_cache_positions,
-                                  doc="KV-cache positions the running batch holds now (at most kv_budget_positions)")
+    kv_cache_positions = property(
+        lambda self: self.stats.kv_cache_positions,
+        doc="KV-cache positions the running batch holds now (at most kv_budget_positions)",
+    )
     kv_budget_positions = property(lambda self: self.stats.kv_budget_positions, doc="--max-batch-tokens, resolved")
     draining = property(lambda self: self._deadline is not None)
 
@@ -150,8 +161,14 @@ class Engine:
                 log.error("could not load the model: %s", e, exc_info=not isinstance(e, UserError))
             return
         self.lm = lm
-        self.core = Core(lm.model, lm.tokenizer, max_rows=self.max_batch, budget=self.budget(),
-                         step_tokens=self.step_tokens, stats=self.stats)
+        self.core = Core(
+            lm.model,
+            lm.tokenizer,
+            max_rows=self.max_batch,
+            budget=self.budget(),
+            step_tokens=self.step_tokens,
+            stats=self.stats,
+        )
         while True:
             self._take_new(block=self.core.idle)
             if self._deadline is not None and time.monotonic() >= self._deadline:

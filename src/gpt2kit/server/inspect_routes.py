@@ -1,5 +1,6 @@
 """POST /v1/inspect (an extension): GLTR's view of a text under a served model, the JSON that
 `gpt2kit inspect --format json` prints. The playground's Inspect mode reads it."""
+
 from __future__ import annotations
 
 import asyncio
@@ -70,19 +71,27 @@ class InspectResponse(BaseModel):
 
 
 def add_inspect_routes(app: FastAPI, served: Served) -> None:
-    @app.post("/v1/inspect", response_model=InspectResponse,
-              responses={code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 503)})
+    @app.post(
+        "/v1/inspect",
+        response_model=InspectResponse,
+        responses={code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 503)},
+    )
     async def inspect_route(body: InspectRequest):
         """Each token's rank, probability, top prediction and entropy under the model, with GLTR's buckets
         (top 10, 100, 1000, the rest) and histograms (an extension)."""
         picked, lm = served.ready_model(body.model)
         count = len(lm.tokenizer.encode(body.text))
         if count > MAX_TOKENS:
-            raise APIError(400, f"text: {count} tokens; this server inspects at most {MAX_TOKENS} "
-                                f"(`gpt2kit inspect` takes any length)", param="text")
+            raise APIError(
+                400,
+                f"text: {count} tokens; this server inspects at most {MAX_TOKENS} (`gpt2kit inspect` takes any length)",
+                param="text",
+            )
         try:
-            result = await asyncio.to_thread(picked.engine.call, lambda m: inspect(
-                m, body.text, context_length=body.context_length, alternatives=body.alternatives))
+            result = await asyncio.to_thread(
+                picked.engine.call,
+                lambda m: inspect(m, body.text, context_length=body.context_length, alternatives=body.alternatives),
+            )
         except UserError as e:
             raise APIError(400, str(e), param="text") from None
         return {**result.as_dict(), "model": picked.id}
@@ -113,15 +122,23 @@ class DetectResponse(BaseModel):
 
 
 def add_detect_route(app: FastAPI, served: Served) -> None:
-    @app.post("/v1/detect", response_model=DetectResponse,
-              responses={code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 503)})
+    @app.post(
+        "/v1/detect",
+        response_model=DetectResponse,
+        responses={code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 503)},
+    )
     async def detect_route(body: DetectRequest):
         """Kirchenbauer et al.'s z-test for the watermark of `watermark_key` in `text` (an extension, as
         `gpt2kit detect`): needs only the tokenizer."""
         _, lm = served.ready_model(body.model)
         try:
-            found = detect(lm.tokenizer.encode(body.text), key=body.watermark_key, gamma=body.watermark_gamma,
-                           context_width=body.watermark_context_width, z_threshold=body.z_threshold)
+            found = detect(
+                lm.tokenizer.encode(body.text),
+                key=body.watermark_key,
+                gamma=body.watermark_gamma,
+                context_width=body.watermark_context_width,
+                z_threshold=body.z_threshold,
+            )
         except UserError as e:
             raise APIError(400, str(e), param="watermark_key") from None
         return found.as_dict()

@@ -7,6 +7,7 @@ counters are read with defaults, so this module needs nothing of the engine but 
 Each served model's figures carry the label model="id"; requests by route and outcome are server-wide.
 All updates happen on the server's event loop (one thread): no locks.
 """
+
 from __future__ import annotations
 
 import math
@@ -55,6 +56,7 @@ class Histogram:
 @dataclass
 class ModelMetrics:
     """What the HTTP layer counts for one served model (each model has its own)."""
+
     prompt_tokens: int = 0
     generated_tokens: int = 0
     ttft: Histogram = field(default_factory=lambda: Histogram(TTFT_BUCKETS))
@@ -77,6 +79,7 @@ ENGINE_COUNTERS = (
 class Metrics:
     """Requests by route and outcome, server-wide (refusals come before a model is known); `render` adds
     each model's own figures, labelled model="id"."""
+
     requests: dict[tuple[str, str], int] = field(default_factory=dict)  # (route, outcome) -> count
 
     def request(self, route: str, outcome: str) -> None:
@@ -93,35 +96,73 @@ class Metrics:
         def each(value) -> list[str]:  # one sample per model
             return [f'{{model="{_label(m.id)}"}} {value(m)}' for m in models]
 
-        metric("gpt2kit_requests_total", "counter", "HTTP requests to the generation routes, by route and outcome",
-               [f'gpt2kit_requests_total{{route="{r}",outcome="{o}"}} {c}' for (r, o), c in sorted(self.requests.items())])
-        metric("gpt2kit_prompt_tokens_total", "counter", "prompt tokens of accepted requests",
-               ["gpt2kit_prompt_tokens_total" + s for s in each(lambda m: m.metrics.prompt_tokens)])
-        metric("gpt2kit_generation_tokens_total", "counter", "tokens generated",
-               ["gpt2kit_generation_tokens_total" + s for s in each(lambda m: m.metrics.generated_tokens)])
+        metric(
+            "gpt2kit_requests_total",
+            "counter",
+            "HTTP requests to the generation routes, by route and outcome",
+            [f'gpt2kit_requests_total{{route="{r}",outcome="{o}"}} {c}' for (r, o), c in sorted(self.requests.items())],
+        )
+        metric(
+            "gpt2kit_prompt_tokens_total",
+            "counter",
+            "prompt tokens of accepted requests",
+            ["gpt2kit_prompt_tokens_total" + s for s in each(lambda m: m.metrics.prompt_tokens)],
+        )
+        metric(
+            "gpt2kit_generation_tokens_total",
+            "counter",
+            "tokens generated",
+            ["gpt2kit_generation_tokens_total" + s for s in each(lambda m: m.metrics.generated_tokens)],
+        )
         for name, kind, help_, attribute in ENGINE_COUNTERS:
-            metric(name, kind, help_, [name + s for s in each(lambda m, a=attribute: int(getattr(m.engine, a, 0) or 0))])
-        metric("gpt2kit_time_to_first_token_seconds", "histogram", "from a request's arrival to its first token",
-               [x for m in models for x in m.metrics.ttft.lines("gpt2kit_time_to_first_token_seconds",
-                                                                 f'model="{_label(m.id)}",')])
-        metric("gpt2kit_time_per_output_token_seconds", "histogram",
-               "between a choice's successive streamed pieces (a piece is a token, or a few where a character or "
-               "a possible stop string spans them)",
-               [x for m in models for x in m.metrics.tpot.lines("gpt2kit_time_per_output_token_seconds",
-                                                                 f'model="{_label(m.id)}",')])
+            metric(
+                name, kind, help_, [name + s for s in each(lambda m, a=attribute: int(getattr(m.engine, a, 0) or 0))]
+            )
+        metric(
+            "gpt2kit_time_to_first_token_seconds",
+            "histogram",
+            "from a request's arrival to its first token",
+            [
+                x
+                for m in models
+                for x in m.metrics.ttft.lines("gpt2kit_time_to_first_token_seconds", f'model="{_label(m.id)}",')
+            ],
+        )
+        metric(
+            "gpt2kit_time_per_output_token_seconds",
+            "histogram",
+            "between a choice's successive streamed pieces (a piece is a token, or a few where a character or "
+            "a possible stop string spans them)",
+            [
+                x
+                for m in models
+                for x in m.metrics.tpot.lines("gpt2kit_time_per_output_token_seconds", f'model="{_label(m.id)}",')
+            ],
+        )
         _memory(metric, models, resident_bytes)
         return "\n".join(lines) + "\n"
 
 
 def _memory(metric, models: list[Any], resident_bytes: int | None) -> None:
-    samples = [f'gpt2kit_model_memory_bytes{{model="{_label(m.id)}",kind="{kind}"}} {n}'
-               for m in models for kind, n in (("weights", m.memory()["weights_bytes"]),
-                                               ("kv_budget", m.memory()["kv_budget_bytes"])) if n is not None]
-    metric("gpt2kit_model_memory_bytes", "gauge", "bytes of a loaded model's tensors (weights) and of the KV cache "
-           "its engine may reserve (kv_budget)", samples)
+    samples = [
+        f'gpt2kit_model_memory_bytes{{model="{_label(m.id)}",kind="{kind}"}} {n}'
+        for m in models
+        for kind, n in (("weights", m.memory()["weights_bytes"]), ("kv_budget", m.memory()["kv_budget_bytes"]))
+        if n is not None
+    ]
+    metric(
+        "gpt2kit_model_memory_bytes",
+        "gauge",
+        "bytes of a loaded model's tensors (weights) and of the KV cache its engine may reserve (kv_budget)",
+        samples,
+    )
     if resident_bytes is not None:
-        metric("process_resident_memory_bytes", "gauge", "the server process's resident memory (VmRSS)",
-               [f"process_resident_memory_bytes {resident_bytes}"])
+        metric(
+            "process_resident_memory_bytes",
+            "gauge",
+            "the server process's resident memory (VmRSS)",
+            [f"process_resident_memory_bytes {resident_bytes}"],
+        )
 
 
 def _label(value: str) -> str:

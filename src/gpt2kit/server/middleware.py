@@ -8,6 +8,7 @@
 Plain ASGI middlewares, not @app.middleware("http"): that one wraps `receive`, and a route then never hears
 that its client hung up (Request.is_disconnected stays False).
 """
+
 from __future__ import annotations
 
 import hmac
@@ -63,8 +64,15 @@ class Guard:
         if self.api_key and scope["path"].startswith(PROTECTED):
             # compare_digest: the time taken says nothing about how much of a guessed key was right
             if not hmac.compare_digest(headers.get("authorization", "").encode(), f"Bearer {self.api_key}".encode()):
-                return JSONResponse(APIError(401, "invalid or missing API key: send Authorization: Bearer <key>",
-                                             type_="authentication_error", code="invalid_api_key").body(), 401)
+                return JSONResponse(
+                    APIError(
+                        401,
+                        "invalid or missing API key: send Authorization: Bearer <key>",
+                        type_="authentication_error",
+                        code="invalid_api_key",
+                    ).body(),
+                    401,
+                )
         return None
 
     async def read_at_most(self, receive) -> tuple[bytes, JSONResponse | None, bool]:
@@ -76,7 +84,11 @@ class Guard:
                 return bytes(body), None, True
             body += message.get("body", b"")
             if len(body) > self.limit:
-                return b"", _too_large(f"the request body is over {self.limit} bytes, the limit"), not message.get("more_body")
+                return (
+                    b"",
+                    _too_large(f"the request body is over {self.limit} bytes, the limit"),
+                    not message.get("more_body"),
+                )
             if not message.get("more_body"):
                 return bytes(body), None, True
 
@@ -110,6 +122,7 @@ def _replay(body: bytes, receive):
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
         return await receive()
+
     return receive_replayed
 
 
@@ -132,6 +145,7 @@ class Outcomes:
             elif message["type"] == "http.response.body" and not message.get("more_body"):
                 finished = True
             await send(message)
+
         try:
             await self.inner(scope, receive, observed)
         except Exception:
@@ -162,6 +176,7 @@ def document_answers(app: FastAPI, *, models: Sequence[type[BaseModel]] = ()) ->
             _add_components(schema, models)
             app.openapi_schema = schema
         return app.openapi_schema
+
     app.openapi = openapi
 
 
@@ -170,8 +185,13 @@ def _errors_as_400(schema: dict) -> None:
         for operation in path.values():
             responses = operation.get("responses", {})
             if responses.pop("422", None) is not None:
-                responses.setdefault("400", {"description": "Bad Request", "content": {"application/json": {
-                    "schema": {"$ref": COMPONENTS + "ErrorResponse"}}}})
+                responses.setdefault(
+                    "400",
+                    {
+                        "description": "Bad Request",
+                        "content": {"application/json": {"schema": {"$ref": COMPONENTS + "ErrorResponse"}}},
+                    },
+                )
     for name in ("HTTPValidationError", "ValidationError"):
         schema.get("components", {}).get("schemas", {}).pop(name, None)
 

@@ -9,6 +9,7 @@ runs in, plus the KV cache its engine may reserve, --max-batch-tokens or max-bat
 --max-memory, else what the kernel says is available (/proc/meminfo MemAvailable). Models that do not
 fit are refused with one line, rather than found out by the OOM killer halfway through loading.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,6 +35,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")  # what the on-disk e
 @dataclass(frozen=True)
 class ModelSpec:
     """One --model: the id clients send and what to load (a folder, a published name or OWNER/NAME[@REV])."""
+
     id: str
     source: str | None  # None: the bundled model
 
@@ -68,6 +70,7 @@ def split_id(text: str | None) -> tuple[str | None, str | None]:
 
 # --- memory -----------------------------------------------------------------------------------------
 
+
 def parse_bytes(text: str) -> int:
     """'8G', '512M', '1.5G', '1000000' -> bytes (binary units)."""
     number = text.strip().upper().removesuffix("IB").removesuffix("B")
@@ -96,6 +99,7 @@ def available_bytes() -> int | None:
 def _config_of(folder: Path, checkpoint: str | None) -> GPTConfig | None:
     """The model's shape from its config file alone, without reading the weights (None: the format has none)."""
     from ..formats import read_hf_config, read_hparams, resolve_run_folder
+
     if not folder.is_dir():
         return None  # a single file (GGUF): its size says
     folder = resolve_run_folder(folder, checkpoint)
@@ -108,6 +112,7 @@ def _config_of(folder: Path, checkpoint: str | None) -> GPTConfig | None:
 
 def weight_bytes(config: GPTConfig, element_size: int) -> int:
     from ..model import GPT
+
     return GPT.num_params(_Shape(config)) * element_size
 
 
@@ -127,6 +132,7 @@ def expected_bytes(folder: Path, options: ServeOptions) -> int:
     bound (quantized GGUF weights load as float32, and the KV budget is left out)."""
     from ..adapters.peft import adapter_base
     from ..hub import resolve_model_path
+
     element = 2 if (options.dtype or "").lower() in HALF_DTYPES and (options.device or "cpu") != "cpu" else 4
     checkpoint = options.checkpoint
     if folder.is_dir() and (found := adapter_base(folder, checkpoint)) is not None:
@@ -152,8 +158,10 @@ def check_fit(needs: dict[str, int], limit: int | None, options: ServeOptions) -
         return
     each = ", ".join(f"{name} {_mib(n)}" for name, n in needs.items())
     where = "--max-memory" if options.max_memory else "available memory (MemAvailable)"
-    raise UserError(f"the models need about {_mib(total)} ({each}) but the {where} is {_mib(limit)}; serve fewer "
-                    f"models, a smaller --max-batch or --max-batch-tokens, or raise --max-memory")
+    raise UserError(
+        f"the models need about {_mib(total)} ({each}) but the {where} is {_mib(limit)}; serve fewer "
+        f"models, a smaller --max-batch or --max-batch-tokens, or raise --max-memory"
+    )
 
 
 def _mib(n: int) -> str:
@@ -162,9 +170,11 @@ def _mib(n: int) -> str:
 
 # --- the served models --------------------------------------------------------------------------------
 
+
 @dataclass
 class ServedModel:
     """One model: its engine, its own metrics, and what it was expected to take."""
+
     id: str
     engine: Engine
     expected_bytes: int
@@ -201,8 +211,12 @@ class Models:
             return self.first
         if name not in self.by_id:
             served = ", ".join(f"`{i}`" for i in self.by_id)
-            raise APIError(404, f"The model `{name}` does not exist; this server serves {served}",
-                           param="model", code="model_not_found")
+            raise APIError(
+                404,
+                f"The model `{name}` does not exist; this server serves {served}",
+                param="model",
+                code="model_not_found",
+            )
         return self.by_id[name]
 
     @property
@@ -214,15 +228,32 @@ class Models:
             m.engine.drain(timeout)
 
 
-def start_engines(specs: Sequence[ModelSpec], folders: Sequence[Path], needs: Sequence[int], options: ServeOptions,
-                  on_load_error: Callable[[BaseException], None]) -> Models:
+def start_engines(
+    specs: Sequence[ModelSpec],
+    folders: Sequence[Path],
+    needs: Sequence[int],
+    options: ServeOptions,
+    on_load_error: Callable[[BaseException], None],
+) -> Models:
     """One Engine per model, each loading in its own worker thread (they load side by side)."""
     from ..lm import load
 
     def loader(folder: Path):
         return lambda: load(folder, **options.load_kwargs())
 
-    return Models([ServedModel(spec.id, Engine(loader(folder), max_batch=options.max_batch, max_queue=options.max_queue,
-                                               max_batch_tokens=options.max_batch_tokens, on_load_error=on_load_error),
-                               need)
-                   for spec, folder, need in zip(specs, folders, needs)])
+    return Models(
+        [
+            ServedModel(
+                spec.id,
+                Engine(
+                    loader(folder),
+                    max_batch=options.max_batch,
+                    max_queue=options.max_queue,
+                    max_batch_tokens=options.max_batch_tokens,
+                    on_load_error=on_load_error,
+                ),
+                need,
+            )
+            for spec, folder, need in zip(specs, folders, needs)
+        ]
+    )

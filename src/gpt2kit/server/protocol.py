@@ -2,6 +2,7 @@
 schema at /openapi.json (clients and the API fuzzer read it). Requests follow OpenAI's and vLLM's field
 names; sampling values are checked by SamplingSettings, the library's one rule, and the bounds written
 here are OpenAI's own API limits."""
+
 from __future__ import annotations
 
 from typing import Annotated, Literal
@@ -37,8 +38,10 @@ def _unicode(value: str) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise ValueError(f"the text holds {value[e.start]!r} at character {e.start}, half of a UTF-16 surrogate "
-                         f"pair: send whole characters") from None
+        raise ValueError(
+            f"the text holds {value[e.start]!r} at character {e.start}, half of a UTF-16 surrogate "
+            f"pair: send whole characters"
+        ) from None
     return value
 
 
@@ -60,6 +63,7 @@ class JSONSchemaFormat(BaseModel):
 
 class ResponseFormat(BaseModel):
     """OpenAI's response_format: text (free), any JSON object, or JSON that follows json_schema.schema."""
+
     model_config = REQUEST
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JSONSchemaFormat | None = None  # with type json_schema (and only then)
@@ -67,6 +71,7 @@ class ResponseFormat(BaseModel):
 
 class StructuredOutputs(BaseModel):
     """vLLM's structured_outputs: one of its fields."""
+
     model_config = REQUEST
     json_: dict | Text | None = Field(default=None, alias="json")  # a JSON Schema, as an object or as JSON text
     regex: Text | None = None
@@ -77,6 +82,7 @@ class StructuredOutputs(BaseModel):
 
 class WatermarkFields(BaseModel):
     """Kirchenbauer et al.'s watermark, seeded as transformers' "lefthash" (gpt2kit detect finds it)."""
+
     model_config = REQUEST
     key: whole(ge=1, le=WATERMARK_KEY_MAX)
     gamma: float = Field(default=GenerateOptions.watermark_gamma, gt=0, lt=1)  # the green list's share
@@ -87,13 +93,15 @@ class WatermarkFields(BaseModel):
 class SamplingFields(BaseModel):
     """What completions and chat completions share. The sampling ranges are SamplingSettings' (which checks
     them again for every caller of the library), written here too so that the schema states them."""
+
     model_config = REQUEST
     model: str | None = None
     temperature: float = Field(default=GenerateOptions.temperature, ge=0, le=2.0)  # 0: greedy; 2: OpenAI's limit
     top_p: float = Field(default=GenerateOptions.top_p, gt=0, le=1)
     top_k: Int = Field(default=GenerateOptions.top_k, ge=0)  # extension
     repetition_penalty: float = Field(  # extension
-        default=GenerateOptions.repetition_penalty, ge=PENALTY_RANGE[0], le=PENALTY_RANGE[1])
+        default=GenerateOptions.repetition_penalty, ge=PENALTY_RANGE[0], le=PENALTY_RANGE[1]
+    )
     n: Int = Field(default=1, ge=1, le=16)
     stop: Text | list[Text] | None = None
     seed: Int | None = None
@@ -104,7 +112,8 @@ class SamplingFields(BaseModel):
     # Token id (a decimal string, as JSON keys are) -> bias in [-100, 100] added to its logit.
     # (Keys are checked where the vocabulary is known; propertyNames states their form in the schema.)
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = Field(
-        default=None, max_length=MAX_LOGIT_BIAS, json_schema_extra={"propertyNames": {"pattern": "^[0-9]+$"}})
+        default=None, max_length=MAX_LOGIT_BIAS, json_schema_extra={"propertyNames": {"pattern": "^[0-9]+$"}}
+    )
     user: str | None = None
     # The samplers of issue 29 under vLLM's and llama.cpp's names (transformers' for epsilon_cutoff and
     # eta_cutoff, which neither server has); each default is off.
@@ -121,12 +130,14 @@ class SamplingFields(BaseModel):
     dry_allowed_length: whole(ge=0) = GenerateOptions.dry_allowed_length
     dry_penalty_last_n: whole(ge=-1) = GenerateOptions.dry_penalty_last_n  # -1: every token
     dry_sequence_breakers: list[Annotated[Text, Field(min_length=1, max_length=SamplingSettings.DRY_BREAKER_MAX)]] = (
-        Field(default_factory=lambda: list(GenerateOptions.dry_sequence_breakers)))
+        Field(default_factory=lambda: list(GenerateOptions.dry_sequence_breakers))
+    )
     xtc_threshold: float = Field(default=GenerateOptions.xtc_threshold, ge=0, le=1)
     xtc_probability: float = Field(default=GenerateOptions.xtc_probability, ge=0, le=1)
     penalty_alpha: float = Field(default=GenerateOptions.penalty_alpha, ge=0, le=1)  # contrastive search (with top_k)
     repeat_penalty: float | None = Field(  # llama.cpp's name for repetition_penalty
-        default=None, ge=PENALTY_RANGE[0], le=PENALTY_RANGE[1])
+        default=None, ge=PENALTY_RANGE[0], le=PENALTY_RANGE[1]
+    )
     # Structured output: at most one of these per request (server/settings.py reads them).
     response_format: ResponseFormat | None = Field(default=None, description="OpenAI's structured output")
     structured_outputs: StructuredOutputs | None = Field(default=None, description="vLLM's structured output")
@@ -137,7 +148,8 @@ class SamplingFields(BaseModel):
     json_schema: dict | None = Field(default=None, description="llama.cpp's: a JSON Schema the output follows")
     grammar: Text | None = Field(default=None, description="llama.cpp's: a GBNF (or Lark) grammar")
     watermark: WatermarkFields | None = Field(  # extension: gpt2kit.provenance
-        default=None, description="Kirchenbauer et al.'s watermark, as transformers seeds it (gpt2kit detect)")
+        default=None, description="Kirchenbauer et al.'s watermark, as transformers seeds it (gpt2kit detect)"
+    )
 
 
 class CompletionRequest(SamplingFields):
@@ -192,6 +204,7 @@ class DetokenizeRequest(BaseModel):
 
 
 # --- answers --------------------------------------------------------------------------------------
+
 
 class ErrorBody(BaseModel):
     message: str
@@ -270,6 +283,7 @@ class ChatCompletionResponse(BaseModel):
 
 # --- streamed answers (stream: true): server-sent events, each one's data a chunk or an error as JSON, or [DONE] ---
 
+
 class CompletionChunk(BaseModel):
     id: str
     object: Literal["text_completion"]
@@ -307,6 +321,7 @@ class StreamErrorBody(BaseModel):
 
 class StreamError(BaseModel):
     """A stream's last event but [DONE] when generation failed after the 200 was sent."""
+
     error: StreamErrorBody
 
 
@@ -318,10 +333,19 @@ def event_stream(chunk: type[BaseModel]) -> dict:
     """OpenAPI 3.2's itemSchema of a text/event-stream answer: one event, whose data is `chunk` or a StreamError
     as JSON, or STREAM_END. (Events carry no `event:` line, so their type is the default, "message".)"""
     as_json = {"anyOf": [{"$ref": f"#/components/schemas/{m.__name__}"} for m in (chunk, StreamError)]}
-    return {"type": "object", "required": ["data"], "properties": {
-        "event": {"const": "message"},
-        "data": {"anyOf": [{"const": STREAM_END},
-                           {"type": "string", "contentMediaType": "application/json", "contentSchema": as_json}]}}}
+    return {
+        "type": "object",
+        "required": ["data"],
+        "properties": {
+            "event": {"const": "message"},
+            "data": {
+                "anyOf": [
+                    {"const": STREAM_END},
+                    {"type": "string", "contentMediaType": "application/json", "contentSchema": as_json},
+                ]
+            },
+        },
+    }
 
 
 class TokenizeResponse(BaseModel):

@@ -3,6 +3,7 @@
 Everything that can be refused is refused before anything loads: a bad address, template, path or memory
 limit is one line and no download or load has started. A model that then fails to load stops the server.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -58,8 +59,14 @@ def serve(model: str | Path | Sequence[str | Path | None] | None = None, options
         sock.close()
 
 
-def _run(sock: socket.socket, specs: list[ModelSpec], folders: list[Path], needs: list[int], options: ServeOptions,
-         chat_template: ChatTemplate) -> None:
+def _run(
+    sock: socket.socket,
+    specs: list[ModelSpec],
+    folders: list[Path],
+    needs: list[int],
+    options: ServeOptions,
+    chat_template: ChatTemplate,
+) -> None:
     """Start the engines, serve on `sock` until stopped, then stop the engines before returning."""
     import uvicorn
 
@@ -80,15 +87,24 @@ def _run(sock: socket.socket, specs: list[ModelSpec], folders: list[Path], needs
     try:
         app = create_app(models, options=options, chat_template=chat_template)
         if options.host not in LOCAL_HOSTS and not options.api_key:
-            log.warning("serving on %s without --api-key: anyone who can reach this machine can use the model",
-                        options.host)
+            log.warning(
+                "serving on %s without --api-key: anyone who can reach this machine can use the model", options.host
+            )
         # uvicorn's own graceful shutdown is the backstop; the engines' drain answers every request first.
-        config = uvicorn.Config(app, host=options.host, port=options.port, log_level="warning",
-                                timeout_graceful_shutdown=options.shutdown_timeout + SHUTDOWN_GRACE)
+        config = uvicorn.Config(
+            app,
+            host=options.host,
+            port=options.port,
+            log_level="warning",
+            timeout_graceful_shutdown=options.shutdown_timeout + SHUTDOWN_GRACE,
+        )
         server = _graceful_server(config, models, options.shutdown_timeout)
         if models.load_exception is None:
-            log.info("serving %s on %s (playground at /, API at /v1/completions)",
-                     ", ".join(s.id for s in specs), url_of(sock, options.host))
+            log.info(
+                "serving %s on %s (playground at /, API at /v1/completions)",
+                ", ".join(s.id for s in specs),
+                url_of(sock, options.host),
+            )
             server.run(sockets=[sock])
     finally:
         _stop_engines(models)
@@ -96,6 +112,7 @@ def _run(sock: socket.socket, specs: list[ModelSpec], folders: list[Path], needs
 
 
 # --- the listening socket ------------------------------------------------------------------------------
+
 
 def bind(host: str, port: int) -> socket.socket:
     """A TCP socket bound to host:port (port 0: a free one), or one line saying why not and what to do.
@@ -105,8 +122,10 @@ def bind(host: str, port: int) -> socket.socket:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as e:
-        raise UserError(f"cannot listen on host {host}: {e.strerror}; pass --host 127.0.0.1 (this machine only), "
-                        f"0.0.0.0 (every interface) or an address of this machine") from None
+        raise UserError(
+            f"cannot listen on host {host}: {e.strerror}; pass --host 127.0.0.1 (this machine only), "
+            f"0.0.0.0 (every interface) or an address of this machine"
+        ) from None
     # IPv4 first, as uvicorn's own bind did: "localhost" keeps meaning 127.0.0.1 where it also names ::1
     family, kind, proto, _, address = min(infos, key=lambda info: info[0] != socket.AF_INET)
     sock = socket.socket(family, kind, proto)
@@ -131,14 +150,20 @@ def listen(sock: socket.socket, host: str, port: int) -> None:
 def address_error(e: OSError, host: str, port: int) -> UserError:
     """Why host:port cannot be listened on, and what to pass instead."""
     if e.errno == errno.EADDRINUSE:
-        return UserError(f"port {port} on {host} is in use (another server?); pass --port N for another port, "
-                         f"or --port 0 for any free one")
+        return UserError(
+            f"port {port} on {host} is in use (another server?); pass --port N for another port, "
+            f"or --port 0 for any free one"
+        )
     if e.errno == errno.EACCES:
-        return UserError(f"cannot listen on port {port} on {host}: permission denied (ports below 1024 need "
-                         f"privileges); pass --port 1024 or higher, e.g. --port {ServeOptions.port}")
+        return UserError(
+            f"cannot listen on port {port} on {host}: permission denied (ports below 1024 need "
+            f"privileges); pass --port 1024 or higher, e.g. --port {ServeOptions.port}"
+        )
     if e.errno == errno.EADDRNOTAVAIL:
-        return UserError(f"cannot listen on host {host}: it is not an address of this machine; pass --host "
-                         f"127.0.0.1 (this machine only), 0.0.0.0 (every interface) or one of this machine's addresses")
+        return UserError(
+            f"cannot listen on host {host}: it is not an address of this machine; pass --host "
+            f"127.0.0.1 (this machine only), 0.0.0.0 (every interface) or one of this machine's addresses"
+        )
     return UserError(f"cannot listen on {host} port {port}: {e.strerror or e}; pass another --host or --port")
 
 

@@ -1,5 +1,6 @@
 """POST /tokenize and /detokenize, as vLLM's server has them: what the model would read, counted against
 its context, and token ids back to text, with the model's own tokenizer."""
+
 from __future__ import annotations
 
 from ..lm import LM

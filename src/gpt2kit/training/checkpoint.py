@@ -12,6 +12,7 @@ moves only after that (durable.py), so neither a kill -9 mid-save nor a power cu
 broken newest checkpoint. Which step folder
 is the newest has one rule, `formats.newest_step`, shared by loading and resuming.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,17 +37,27 @@ STATE_VERSION = 1
 
 def step_folders(run_dir: Path) -> list[Path]:
     """Every `step-N` folder, oldest first (pruning keeps the last `max_checkpoints`)."""
-    return sorted((p for p in run_dir.glob("step-*") if p.is_dir() and re.fullmatch(r"step-\d+", p.name)),
-                  key=lambda p: int(p.name[5:]))
+    return sorted(
+        (p for p in run_dir.glob("step-*") if p.is_dir() and re.fullmatch(r"step-\d+", p.name)),
+        key=lambda p: int(p.name[5:]),
+    )
 
 
 # "The newest step" has one rule, formats.newest_step; this name stays for the scripts that import it.
 latest_checkpoint = newest_step
 
 
-def save_checkpoint(run_dir: Path, step: int, *, config: GPTConfig, tokenizer: Tokenizer, training_state: dict,
-                    max_checkpoints: int, model_state: dict | None = None,
-                    write_weights: Callable[[Path], None] | None = None) -> Path:
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    *,
+    config: GPTConfig,
+    tokenizer: Tokenizer,
+    training_state: dict,
+    max_checkpoints: int,
+    model_state: dict | None = None,
+    write_weights: Callable[[Path], None] | None = None,
+) -> Path:
     """Write step-N durably (every file and the folder fsynced before the rename), then point `latest` at it.
     The weights are `model_state` as model.safetensors, or whatever `write_weights(folder)` writes there
     instead (a LoRA run's adapter: training/lora.py).
@@ -112,9 +123,13 @@ def load_training_state(folder: Path) -> dict | None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except TORN as e:  # what torch.load raises on truncated, zero-filled or foreign bytes (anything else is a bug)
-        raise UserError(f"{path} is corrupted ({type(e).__name__}); restore from an older step folder with --restore-from") from None
+        raise UserError(
+            f"{path} is corrupted ({type(e).__name__}); restore from an older step folder with --restore-from"
+        ) from None
     if not isinstance(state, dict):
-        raise UserError(f"{path} is not a gpt2kit training state; restore from an older step folder with --restore-from")
+        raise UserError(
+            f"{path} is not a gpt2kit training state; restore from an older step folder with --restore-from"
+        )
     if state.get("version") != STATE_VERSION:
         raise UserError(f"{path} has training-state version {state.get('version')}; this gpt2kit reads {STATE_VERSION}")
     return state

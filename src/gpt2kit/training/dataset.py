@@ -3,6 +3,7 @@
 The cache is keyed by the files' content, the tokenizer and the held-out fraction, so the same text is
 encoded once whatever its path; under torchrun only the main process encodes, the others wait for it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,7 +24,9 @@ from .options import TrainOptions
 log = logging.getLogger("gpt2kit")
 
 
-def prepare_dataset(dataset, opts: TrainOptions, tokenizer: Tokenizer, is_main: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def prepare_dataset(
+    dataset, opts: TrainOptions, tokenizer: Tokenizer, is_main: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
     """(train, validation or None): a token file as it is; text inputs are encoded first, cached by content hash.
     Validation is --val-dataset (tokens or text, likewise), else the --val-fraction held out of the dataset."""
     items = [dataset] if isinstance(dataset, (str, Path)) else list(dataset)
@@ -31,8 +34,10 @@ def prepare_dataset(dataset, opts: TrainOptions, tokenizer: Tokenizer, is_main: 
         raise UserError("no dataset given")
     paths = [Path(p) for p in items]
     if len(paths) > 1 and any(p.is_file() and is_token_file(p) for p in paths):
-        raise UserError("--dataset takes one token file, or text files, folders and globs (encoded together); "
-                        "to train on several token files, encode their text together with `gpt2kit encode`")
+        raise UserError(
+            "--dataset takes one token file, or text files, folders and globs (encoded together); "
+            "to train on several token files, encode their text together with `gpt2kit encode`"
+        )
     val = _validation(opts, tokenizer, is_main)
     if len(paths) == 1 and paths[0].is_file() and is_token_file(paths[0]):
         train = read_tokens(paths[0])

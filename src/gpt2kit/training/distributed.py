@@ -2,6 +2,7 @@
 
 Outside torchrun every function is a no-op on one process, so the rest of training never asks which it is.
 """
+
 from __future__ import annotations
 
 import os

@@ -3,6 +3,7 @@
 run.py sets a run up and holds its state; this file steps it, reports, and saves at the intervals
 asked for, on Ctrl-C (SIGINT) and SIGTERM.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,14 +26,14 @@ from ..errors import UserError
 from ..formats import newest_step
 from ..generation import Sample, iter_samples
 from ..model import GPT
+from .distributed import all_reduce_mean, init_distributed
 from .loss import head_cross_entropy
 from .metrics import append_metrics, plot_losses
+from .optimizer import lr_at
 from .options import TrainOptions
 from .precision import AUTOCAST
 from .run import Run, start_run
 from .sampler import eval_windows
-from .distributed import all_reduce_mean, init_distributed
-from .optimizer import lr_at
 from .sharding import gradients_unsynced
 
 log = logging.getLogger("gpt2kit")
@@ -51,12 +52,15 @@ def finetune(*, dataset: str | Path | Sequence[str | Path], model: str | Path | 
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     with _global_rng_kept(device):
-        run = start_run(dataset=dataset, model_name=model, run_name=opts.run_name, opts=opts, device=device,
-                        rank=rank, world=world)
+        run = start_run(
+            dataset=dataset, model_name=model, run_name=opts.run_name, opts=opts, device=device, rank=rank, world=world
+        )
         if run.step >= run.steps:
             if newest_step(run.run_dir) is None:  # a new run restored from a checkpoint already past --steps
-                raise UserError(f"the checkpoint it starts from is at step {run.step}, and --steps is {run.steps}: "
-                                f"nothing to train; give --steps above {run.step} (steps count on from the checkpoint's)")
+                raise UserError(
+                    f"the checkpoint it starts from is at step {run.step}, and --steps is {run.steps}: "
+                    f"nothing to train; give --steps above {run.step} (steps count on from the checkpoint's)"
+                )
             if run.is_main:
                 log.info("the run is already at step %d of %d; raise --steps to train further", run.step, run.steps)
             return newest_step(run.run_dir)
@@ -67,13 +71,14 @@ def _signature_with_options() -> inspect.Signature:
     """finetune's own parameters, then every TrainOptions field as a keyword with its default and type,
     so help() and editors show them while TrainOptions stays their one home."""
     own = list(inspect.signature(finetune).parameters.values())[:-1]  # without **options
-    fields = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
-              for f in dataclasses.fields(TrainOptions)]
+    fields = [
+        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
+        for f in dataclasses.fields(TrainOptions)
+    ]
     return inspect.Signature(own + fields, return_annotation=inspect.signature(finetune).return_annotation)
 
 
 finetune.__signature__ = _signature_with_options()
-
 
 
 def _train(run: Run) -> Path:
@@ -157,19 +162,36 @@ def _report(run: Run, loss: float, lr: float, bar) -> None:
         bar.update(1)
     if run.is_main and (step % opts.print_every == 0 or step == run.steps):
         log.info("[%d | %.2f] loss=%.2f avg=%.2f tok/s=%.0f", step, run.elapsed, loss, avg, tokens_per_s)
-        append_metrics(run.run_dir, {"step": step, "elapsed_s": f"{run.elapsed:.2f}", "loss": f"{loss:.4f}",
-                                     "avg_loss": f"{avg:.4f}", "lr": f"{lr:.3g}", "tokens_per_s": f"{tokens_per_s:.0f}"})
+        append_metrics(
+            run.run_dir,
+            {
+                "step": step,
+                "elapsed_s": f"{run.elapsed:.2f}",
+                "loss": f"{loss:.4f}",
+                "avg_loss": f"{avg:.4f}",
+                "lr": f"{lr:.3g}",
+                "tokens_per_s": f"{tokens_per_s:.0f}",
+            },
+        )
         run.interval_start, run.interval_tokens = time.time(), 0
     # A sharded model's forward is collective: under --fsdp every process evaluates and samples, rank 0 reports.
     takes_part = run.is_main or opts.fsdp
     val = run.val_tokens
     if takes_part and val is not None and val.size > 1 and (step % opts.val_every == 0 or step == run.steps):
-        val_loss = evaluate(run.model, val, run.window, opts.batch_size, opts.val_batch_count, run.device,
-                            run.precision.autocast())
+        val_loss = evaluate(
+            run.model, val, run.window, opts.batch_size, opts.val_batch_count, run.device, run.precision.autocast()
+        )
         if run.is_main:
             log.info("[%d | %.2f] val_loss=%.2f ppl=%.1f", step, run.elapsed, val_loss, math.exp(min(val_loss, 50)))
-            append_metrics(run.run_dir, {"step": step, "elapsed_s": f"{run.elapsed:.2f}", "val_loss": f"{val_loss:.4f}",
-                                         "val_ppl": f"{math.exp(min(val_loss, 50)):.2f}"})
+            append_metrics(
+                run.run_dir,
+                {
+                    "step": step,
+                    "elapsed_s": f"{run.elapsed:.2f}",
+                    "val_loss": f"{val_loss:.4f}",
+                    "val_ppl": f"{math.exp(min(val_loss, 50)):.2f}",
+                },
+            )
             plot_losses(run.run_dir, title=run.name)
     if takes_part and opts.sample_every and step % opts.sample_every == 0:
         write_samples(run.model, run.tokenizer, opts, run.name, step, report=run.is_main)
@@ -207,8 +229,10 @@ class _StopFlag:
         if self.raised and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now
         self.raised = True
-        log.warning("%s received: saving a checkpoint after this step (Ctrl-C again to abort without saving)",
-                    signal.Signals(signum).name)
+        log.warning(
+            "%s received: saving a checkpoint after this step (Ctrl-C again to abort without saving)",
+            signal.Signals(signum).name,
+        )
 
     def __exit__(self, *exc):
         for sig, handler in self.previous.items():
@@ -224,22 +248,41 @@ def evaluate(model: GPT, tokens, window: int, batch_size: int, batches: int, dev
     for x, y in eval_windows(tokens, window, batch_size, batches):
         with autocast or contextlib.nullcontext():
             logits = model(x.to(device))
-        total += F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.to(device).reshape(-1), reduction="sum").item()
+        total += F.cross_entropy(
+            logits.float().view(-1, logits.size(-1)), y.to(device).reshape(-1), reduction="sum"
+        ).item()
         count += y.numel()
     model.train(was_training)
     return total / max(count, 1)
 
 
-def write_samples(model: GPT, tokenizer, opts: TrainOptions, run_name: str, step: int, *, report: bool = True) -> list[str]:
+def write_samples(
+    model: GPT, tokenizer, opts: TrainOptions, run_name: str, step: int, *, report: bool = True
+) -> list[str]:
     """Training-time samples through the one generation path, with their own seeds (never the training RNG).
 
     report=False draws them without writing or logging (the other processes of a sharded model)."""
     was_training = model.training
     model.eval()
-    texts = [ev.text for ev in iter_samples(model, tokenizer, [opts.sample_prefix], length=opts.sample_length,
-                                              settings=opts.sampling(), stop=[], seed=opts.seed + step,
-                                              nsamples=opts.sample_num, batch_size=opts.sample_num, truncate=None,
-                                              include_prefix=True, stop_at_eot=True, logprobs=0) if isinstance(ev, Sample)]
+    texts = [
+        ev.text
+        for ev in iter_samples(
+            model,
+            tokenizer,
+            [opts.sample_prefix],
+            length=opts.sample_length,
+            settings=opts.sampling(),
+            stop=[],
+            seed=opts.seed + step,
+            nsamples=opts.sample_num,
+            batch_size=opts.sample_num,
+            truncate=None,
+            include_prefix=True,
+            stop_at_eot=True,
+            logprobs=0,
+        )
+        if isinstance(ev, Sample)
+    ]
     model.train(was_training)
     if not report:
         return texts

@@ -6,6 +6,7 @@ config.json and vocabulary (so the folder names its model's shape, and counts as
 formats.newest_step) and training_state.pt. Resuming reads the base again from the folder the
 adapter names, freezes it the same way and loads the saved adapter and optimizer state into it.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,12 +27,17 @@ from .precision import FP32, PrecisionPlan, plan_precision
 
 
 def lora_spec(opts: TrainOptions) -> LoraSpec:
-    return LoraSpec(rank=opts.lora_rank, alpha=opts.lora_scale_alpha, dropout=opts.lora_dropout,
-                    targets=parse_targets(opts.lora_targets))
+    return LoraSpec(
+        rank=opts.lora_rank,
+        alpha=opts.lora_scale_alpha,
+        dropout=opts.lora_dropout,
+        targets=parse_targets(opts.lora_targets),
+    )
 
 
-def lora_precision(opts: TrainOptions, device: torch.device,
-                   cpu: CpuInfo | None = None) -> tuple[torch.dtype, PrecisionPlan]:
+def lora_precision(
+    opts: TrainOptions, device: torch.device, cpu: CpuInfo | None = None
+) -> tuple[torch.dtype, PrecisionPlan]:
     """(the frozen base's storage dtype, how steps compute): --dtype names the first.
 
     On a CPU the arithmetic stays fp32 (the adapters are fp32 and the base is widened per product,
@@ -76,17 +82,22 @@ def attach_lora(model: nn.Module, opts: TrainOptions, storage: torch.dtype, adap
 
 def lora_summary(model: nn.Module, opts: TrainOptions, storage: torch.dtype) -> str:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return (f"LoRA rank {opts.lora_rank} on {opts.lora_targets}: {trainable:,} trainable parameters; "
-            f"the base frozen in {str(storage).removeprefix('torch.')}")
+    return (
+        f"LoRA rank {opts.lora_rank} on {opts.lora_targets}: {trainable:,} trainable parameters; "
+        f"the base frozen in {str(storage).removeprefix('torch.')}"
+    )
 
 
 def _same_shape(folder: Path, saved, fresh) -> None:
     same = saved.modules.keys() == fresh.modules.keys() and all(
         saved.modules[k].A.shape == w.A.shape and abs(saved.modules[k].scaling - w.scaling) < 1e-9
-        for k, w in fresh.modules.items())
+        for k, w in fresh.modules.items()
+    )
     if not same:
-        raise UserError(f"{folder} holds an adapter of another rank, alpha or targets than --lora-rank/--lora-alpha/"
-                        f"--lora-targets ask for: pass the run's own settings, or a new --run-name")
+        raise UserError(
+            f"{folder} holds an adapter of another rank, alpha or targets than --lora-rank/--lora-alpha/"
+            f"--lora-targets ask for: pass the run's own settings, or a new --run-name"
+        )
 
 
 def write_lora_step(folder: Path, config: GPTConfig, model: nn.Module, opts: TrainOptions, base: str) -> None:

@@ -11,6 +11,7 @@ a few rows at a time while they are in cache, and the backward multiplies it int
 the hidden states and of the head. One (N, n_vocab) tensor instead of four, and two passes over it
 instead of about eight. The numbers are F.cross_entropy's up to fp32 rounding (tests/test_training.py).
 """
+
 from __future__ import annotations
 
 import torch
@@ -29,7 +30,7 @@ class _HeadCrossEntropy(torch.autograd.Function):
         rows = max(1, BLOCK_BYTES // (4 * V))
         total = torch.zeros((), dtype=torch.float32, device=logits.device)
         for start in range(0, N, rows):
-            block, t = logits[start:start + rows], targets[start:start + rows]
+            block, t = logits[start : start + rows], targets[start : start + rows]
             f = block.float()  # (rows, V); the block itself when the model is fp32
             lse = torch.logsumexp(f, dim=1, keepdim=True)  # (rows, 1)
             total += (lse.squeeze(1) - f.gather(1, t[:, None]).squeeze(1)).sum()

@@ -1,4 +1,5 @@
 """metrics.csv and the loss-curve PNG in the run folder, updated as training goes."""
+
 from __future__ import annotations
 
 import csv
@@ -36,8 +37,10 @@ def plot_losses(run_dir: Path, title: str = "") -> Path | None:
     if not path.is_file():
         return None
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     rows = _read_rows(path)
     train = [(int(r["step"]), float(r["avg_loss"])) for r in rows if r["avg_loss"]]
     val = [(int(r["step"]), float(r["val_loss"])) for r in rows if r["val_loss"]]

@@ -1,4 +1,5 @@
 """What trains and how fast: the frozen layers, the optimizer over the rest, and the learning-rate schedule."""
+
 from __future__ import annotations
 
 import math
@@ -20,7 +21,7 @@ def freeze(model, opts: TrainOptions) -> None:
             p.requires_grad = False
     if opts.freeze_layers > model.config.n_layer:
         raise UserError(f"--freeze-layers {opts.freeze_layers} is more than the model's {model.config.n_layer} layers")
-    for block in list(model.h)[:opts.freeze_layers]:
+    for block in list(model.h)[: opts.freeze_layers]:
         for p in block.parameters():
             p.requires_grad = False
 

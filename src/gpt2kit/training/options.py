@@ -1,4 +1,5 @@
 """Every fine-tuning option and its default, in one place (the CLI reads its defaults from here)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -9,7 +10,6 @@ from dataclasses import dataclass
 from ..adapters.names import parse_targets
 from ..errors import UserError
 from ..options import DTYPE_NAMES, INT8, SamplingSettings
-
 
 TRAIN_DTYPES = ("auto", *DTYPE_NAMES)  # what a training step can compute in
 SAMPLING = {f.name for f in dataclasses.fields(SamplingSettings)}  # sample_<name> options with these names sample
@@ -101,10 +101,24 @@ class TrainOptions:
         self._check_finite()
         self._check_run_name()
         if self.steps is not None and self.epochs is not None:
-            raise UserError(f"give --steps or --epochs, not both (got --steps {self.steps} and --epochs "
-                            f"{self.epochs}): --steps is the total to reach, --epochs counts it from the data")
-        positive = ["batch_size", "accumulate_gradients", "save_every", "max_checkpoints", "val_every",
-                    "val_batch_count", "print_every", "n_layer", "n_embd", "n_head", "n_ctx", "sample_num"]
+            raise UserError(
+                f"give --steps or --epochs, not both (got --steps {self.steps} and --epochs "
+                f"{self.epochs}): --steps is the total to reach, --epochs counts it from the data"
+            )
+        positive = [
+            "batch_size",
+            "accumulate_gradients",
+            "save_every",
+            "max_checkpoints",
+            "val_every",
+            "val_batch_count",
+            "print_every",
+            "n_layer",
+            "n_embd",
+            "n_head",
+            "n_ctx",
+            "sample_num",
+        ]
         for name in positive:
             if getattr(self, name) < 1:
                 raise UserError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -126,8 +140,10 @@ class TrainOptions:
             if not getattr(self, name) >= 0:  # NaN too
                 raise UserError(f"{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
         if self.fsdp and self.lora_rank is not None:
-            raise UserError("--fsdp shards full fine-tuning; LoRA trains a few adapters on a frozen base and needs no "
-                            "sharding: drop --fsdp (torchrun alone gives LoRA data parallelism)")
+            raise UserError(
+                "--fsdp shards full fine-tuning; LoRA trains a few adapters on a frozen base and needs no "
+                "sharding: drop --fsdp (torchrun alone gives LoRA data parallelism)"
+            )
         if self.dtype not in TRAIN_DTYPES:
             hint = " (int8 is for running a model on a CPU, not for training)" if self.dtype == INT8 else ""
             raise UserError(f"unknown --dtype {self.dtype!r} for fine-tuning{hint}: use {', '.join(TRAIN_DTYPES)}")
@@ -141,9 +157,13 @@ class TrainOptions:
 
     def sampling(self) -> SamplingSettings:
         """The training samples' settings: every sample_<name> option is SamplingSettings' <name>."""
-        return SamplingSettings(**{f.name.removeprefix("sample_"): getattr(self, f.name)
-                                   for f in dataclasses.fields(self)
-                                   if f.name.startswith("sample_") and f.name.removeprefix("sample_") in SAMPLING})
+        return SamplingSettings(
+            **{
+                f.name.removeprefix("sample_"): getattr(self, f.name)
+                for f in dataclasses.fields(self)
+                if f.name.startswith("sample_") and f.name.removeprefix("sample_") in SAMPLING
+            }
+        )
 
     def _check_finite(self) -> None:
         """Every float option, read from the fields so a new one is covered too: inf or NaN would pass the
@@ -159,8 +179,10 @@ class TrainOptions:
         name = self.run_name
         seps = [sep for sep in ("/", "\\", os.sep, os.altsep) if sep]
         if name in ("", ".", "..") or any(sep in name for sep in seps) or "\0" in name:
-            raise UserError(f"run-name must be one plain folder name (not empty, '.' or '..', and no '/' or '\\'), "
-                            f"got {name!r}; the run goes in --checkpoint-dir/RUN-NAME")
+            raise UserError(
+                f"run-name must be one plain folder name (not empty, '.' or '..', and no '/' or '\\'), "
+                f"got {name!r}; the run goes in --checkpoint-dir/RUN-NAME"
+            )
 
     def _check_lora(self) -> None:
         if self.lora_rank is None:
@@ -175,8 +197,10 @@ class TrainOptions:
         if self.from_scratch:
             raise UserError("--lora-rank adapts a trained model: it cannot start --from-scratch")
         if self.freeze_layers or self.only_train_transformer_layers:
-            raise UserError("with --lora-rank the whole base is frozen already: leave out --freeze-layers and "
-                            "--only-train-transformer-layers")
+            raise UserError(
+                "with --lora-rank the whole base is frozen already: leave out --freeze-layers and "
+                "--only-train-transformer-layers"
+            )
 
     @property
     def lora_scale_alpha(self) -> float:

@@ -18,6 +18,7 @@ On CUDA, autocast stays: casts are cheap against a GPU's bandwidth, and fp16 nee
 Where the CPU has no native bf16, `--dtype auto` means fp32 (devices.auto_dtype): PyTorch then
 emulates bf16, dozens of times slower than fp32.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,6 +37,7 @@ FP32, AUTOCAST, MASTER_WEIGHTS = "fp32", "autocast", "bf16 weights, fp32 masters
 @dataclass(frozen=True)
 class PrecisionPlan:
     """Which dtype a training run computes in, and how (one of FP32, AUTOCAST, MASTER_WEIGHTS)."""
+
     dtype: torch.dtype
     mode: str
 
@@ -119,8 +121,10 @@ class MasterWeights(Precision):
     def __init__(self, model: nn.Module, plan: PrecisionPlan, device: torch.device):
         super().__init__(model, plan, device)
         # Every parameter gets a master, frozen ones too, so a checkpoint saves their fp32 values untouched.
-        self.masters = {name: nn.Parameter(p.detach().float().clone(), requires_grad=p.requires_grad)
-                        for name, p in model.named_parameters()}
+        self.masters = {
+            name: nn.Parameter(p.detach().float().clone(), requires_grad=p.requires_grad)
+            for name, p in model.named_parameters()
+        }
         model.to(plan.dtype)  # rounds to nearest, as the copy after every step does
 
     def parameters(self) -> list[torch.Tensor]:

@@ -5,6 +5,7 @@ state) and returns a `Run`; the loop (loop.py) only steps it. Everything a resum
 exact is in `Run.training_state()`: optimizer moments, the sampler's and dropout's RNG streams of
 every process, the step, the running loss average.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -49,6 +50,7 @@ log = logging.getLogger("gpt2kit")
 class Run:
     """One training run between steps. `model` is the plain module (evaluated, sampled, saved);
     `net` is what a step calls: the model, compiled and/or wrapped by DDP."""
+
     opts: TrainOptions
     name: str
     run_dir: Path
@@ -92,9 +94,17 @@ class Run:
             dist.all_gather_object(samplers_all, samplers[0])
             rng, samplers = rng_all, samplers_all
         cuda = [torch.cuda.get_rng_state(self.device)] if self.device.type == "cuda" else []
-        return {"optimizer": self.precision.optimizer_state(self.optimizer), "sampler": samplers, "step": self.step,
-                "elapsed": self.elapsed, "avg": self.avg, "total_steps": self.steps, "options": self.opts.to_dict(),
-                "scaler": self.precision.state_dict(), "rng": {"torch": rng, "cuda": cuda}}
+        return {
+            "optimizer": self.precision.optimizer_state(self.optimizer),
+            "sampler": samplers,
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "avg": self.avg,
+            "total_steps": self.steps,
+            "options": self.opts.to_dict(),
+            "scaler": self.precision.state_dict(),
+            "rng": {"torch": rng, "cuda": cuda},
+        }
 
     def save(self) -> Path:
         """A complete step folder (the fp32 weights and the training state). Collective under DDP."""
@@ -108,16 +118,25 @@ class Run:
                 weights = {"model_state": full}
             else:  # the adapter, in PEFT's format
                 weights = {"write_weights": lambda d: write_lora_step(d, config, self.model, self.opts, self.base)}
-            folder = save_checkpoint(self.run_dir, self.step, config=config, tokenizer=self.tokenizer,
-                                     training_state=state, max_checkpoints=self.opts.max_checkpoints, **weights)
+            folder = save_checkpoint(
+                self.run_dir,
+                self.step,
+                config=config,
+                tokenizer=self.tokenizer,
+                training_state=state,
+                max_checkpoints=self.opts.max_checkpoints,
+                **weights,
+            )
             plot_losses(self.run_dir, title=self.name)
         barrier()
         return folder
 
     def restore(self, state: dict) -> None:
         """Continue from a saved training state, this process's own streams where every rank's were saved."""
+
         def mine(items: list):
             return items[self.rank] if self.rank < len(items) else items[0]
+
         self.precision.load_optimizer_state(self.optimizer, state["optimizer"])
         self.sampler.load_state_dict(mine(state["sampler"]))
         torch.set_rng_state(mine(state["rng"]["torch"]))
@@ -128,8 +147,9 @@ class Run:
         self.resumed = True
 
 
-def start_run(*, dataset, model_name, run_name: str, opts: TrainOptions, device: torch.device,
-              rank: int, world: int) -> Run:
+def start_run(
+    *, dataset, model_name, run_name: str, opts: TrainOptions, device: torch.device, rank: int, world: int
+) -> Run:
     """Set a run up: from its newest step (resume), a given checkpoint, a model, or from scratch."""
     is_main = rank == 0
     run_dir = Path(opts.checkpoint_dir) / run_name
@@ -143,8 +163,12 @@ def start_run(*, dataset, model_name, run_name: str, opts: TrainOptions, device:
     model = _build_model(config, start.state_dict, source, opts, device)
     window = min(opts.context_length or config.n_ctx, config.n_ctx)
     if opts.context_length and opts.context_length > config.n_ctx and is_main:
-        log.warning("--context-length %d is more than the model's context of %d: training on %d-token windows",
-                    opts.context_length, config.n_ctx, config.n_ctx)
+        log.warning(
+            "--context-length %d is more than the model's context of %d: training on %d-token windows",
+            opts.context_length,
+            config.n_ctx,
+            config.n_ctx,
+        )
     train_tokens, val_tokens = _read_data(dataset, opts, tokenizer, config, window, is_main)
     if is_main:
         if opts.sample_every:  # samples are written during training: a bad folder must fail now, not at step N
@@ -153,8 +177,16 @@ def start_run(*, dataset, model_name, run_name: str, opts: TrainOptions, device:
             log.info("--overwrite: deleting the old run in %s", run_dir)
             shutil.rmtree(run_dir)
             run_dir.mkdir(parents=True)
-    sampler = WindowSampler(train_tokens, window, opts.batch_size, seed=opts.seed, rank=rank, world_size=world,
-                            noise=opts.noise, n_vocab=config.n_vocab)
+    sampler = WindowSampler(
+        train_tokens,
+        window,
+        opts.batch_size,
+        seed=opts.seed,
+        rank=rank,
+        world_size=world,
+        noise=opts.noise,
+        n_vocab=config.n_vocab,
+    )
     steps = total_steps(opts, train_tokens.size, sampler.T, world)
     storage = None
     if opts.lora_rank is not None:
@@ -164,9 +196,24 @@ def start_run(*, dataset, model_name, run_name: str, opts: TrainOptions, device:
         plan = plan_precision(opts.dtype, device)
     precision = _precision(model, plan, opts, device, is_main)
     optimizer = make_optimizer(precision.parameters(), opts, device)
-    run = Run(opts=opts, name=run_name, run_dir=run_dir, device=device, rank=rank, world=world, config=config,
-              tokenizer=tokenizer, model=model, precision=precision, optimizer=optimizer, sampler=sampler,
-              val_tokens=val_tokens, window=window, steps=steps, base=start.base)
+    run = Run(
+        opts=opts,
+        name=run_name,
+        run_dir=run_dir,
+        device=device,
+        rank=rank,
+        world=world,
+        config=config,
+        tokenizer=tokenizer,
+        model=model,
+        precision=precision,
+        optimizer=optimizer,
+        sampler=sampler,
+        val_tokens=val_tokens,
+        window=window,
+        steps=steps,
+        base=start.base,
+    )
     if state is not None:
         run.restore(state)
         if is_main:
@@ -186,13 +233,17 @@ def start_run(*, dataset, model_name, run_name: str, opts: TrainOptions, device:
 def _precision(model: GPT, plan: PrecisionPlan, opts: TrainOptions, device: torch.device, is_main: bool) -> Precision:
     """How the model trains in its dtype; under --fsdp, sharded first (the optimizer then sees the shards)."""
     if plan.mode == MASTER_WEIGHTS and is_main and not cpu_has_fast_bf16():
-        log.warning("this CPU has no native bf16 (AVX512-BF16 or AMX): PyTorch emulates it, many times slower "
-                    "than --dtype float32")
+        log.warning(
+            "this CPU has no native bf16 (AVX512-BF16 or AMX): PyTorch emulates it, many times slower "
+            "than --dtype float32"
+        )
     if not opts.fsdp:
         return make_precision(model, plan, device)
     if not dist.is_initialized():
-        raise UserError("--fsdp shards a model across the processes of a torchrun launch: run "
-                        "`torchrun --nproc_per_node N -m gpt2kit finetune ... --fsdp`")
+        raise UserError(
+            "--fsdp shards a model across the processes of a torchrun launch: run "
+            "`torchrun --nproc_per_node N -m gpt2kit finetune ... --fsdp`"
+        )
     shard(model, plan)
     return Sharded(model, plan, device)
 
@@ -200,6 +251,7 @@ def _precision(model: GPT, plan: PrecisionPlan, opts: TrainOptions, device: torc
 @dataclass
 class Start:
     """Where a run starts: a model's shape and weights, and a saved training state to resume."""
+
     config: GPTConfig
     state_dict: dict | None
     tokenizer: Tokenizer
@@ -231,20 +283,25 @@ def _starting_point(model_name, run_dir: Path, opts: TrainOptions) -> Start:
         tok = gpt2_tokenizer()
         return Start(_scratch_config(opts, tok.n_vocab), None, tok, None, "from scratch", replaces_run=replaces)
     ck = read_checkpoint(resolve_model_path(model_name))
-    return Start(ck.config, ck.state_dict, ck.tokenizer, None, str(ck.path), base=_absolute(ck.path, opts),
-                 replaces_run=replaces)
+    return Start(
+        ck.config, ck.state_dict, ck.tokenizer, None, str(ck.path), base=_absolute(ck.path, opts), replaces_run=replaces
+    )
 
 
 def _resume(folder: Path, run_dir: Path, opts: TrainOptions) -> Start:
     """Continue the run in `run_dir` from its newest step `folder`, with that step's training state."""
     if not (folder / STATE_FILE).is_file():
-        raise UserError(f"{folder} holds a model but no {STATE_FILE}, so the run cannot resume from it; "
-                        f"fine-tune its weights as a new run with --restore-from {folder} --run-name NEW")
+        raise UserError(
+            f"{folder} holds a model but no {STATE_FILE}, so the run cannot resume from it; "
+            f"fine-tune its weights as a new run with --restore-from {folder} --run-name NEW"
+        )
     state = load_training_state(folder)
     if (state["options"].get("lora_rank") is None) != (opts.lora_rank is None):
         kind = "a full fine-tuning run" if opts.lora_rank is not None else "a LoRA run"
-        raise UserError(f"{run_dir} is {kind}: resume it with its own --lora-rank setting, or start "
-                        f"a new --run-name with --restore-from {folder}")
+        raise UserError(
+            f"{run_dir} is {kind}: resume it with its own --lora-rank setting, or start "
+            f"a new --run-name with --restore-from {folder}"
+        )
     return _from_folder(folder, opts, state)
 
 
@@ -258,8 +315,10 @@ def _own_newest_step(folder: Path, run_dir: Path) -> Path:
     later = sorted(p.name for p in run_steps(run_dir) if _step_number(p) > (number or 0))
     if step != newest or later:
         beyond = f" ({', '.join(later)})" if later else ""
-        raise UserError(f"{folder} is a step of {run_dir}, whose later steps{beyond} would be overwritten: restore "
-                        f"it into a new --run-name (or --restore-from latest to continue the run)")
+        raise UserError(
+            f"{folder} is a step of {run_dir}, whose later steps{beyond} would be overwritten: restore "
+            f"it into a new --run-name (or --restore-from latest to continue the run)"
+        )
     return newest
 
 
@@ -274,8 +333,10 @@ def _check_replaceable(run_dir: Path, opts: TrainOptions) -> bool:
     if newest_step(run_dir) is None:
         return False
     if not opts.overwrite:
-        raise UserError(f"{run_dir} already holds a run; pass --overwrite to start it again, "
-                        f"or a new --run-name (or --restore-from latest to continue it)")
+        raise UserError(
+            f"{run_dir} already holds a run; pass --overwrite to start it again, "
+            f"or a new --run-name (or --restore-from latest to continue it)"
+        )
     return True
 
 
@@ -286,8 +347,10 @@ def _from_folder(folder: Path, opts: TrainOptions, state: dict | None) -> Start:
         ck = read_checkpoint(folder)
         return Start(ck.config, ck.state_dict, ck.tokenizer, state, str(ck.path), base=_absolute(ck.path, opts))
     if opts.lora_rank is None:
-        raise UserError(f"{found[0]} is a LoRA adapter: continue it with --lora-rank, or `gpt2kit merge` it "
-                        f"into its base first to fine-tune every weight")
+        raise UserError(
+            f"{found[0]} is a LoRA adapter: continue it with --lora-rank, or `gpt2kit merge` it "
+            f"into its base first to fine-tune every weight"
+        )
     ck = read_checkpoint(resolve_model_path(found[1]))
     return Start(ck.config, ck.state_dict, ck.tokenizer, state, str(found[0]), base=found[1], adapter=found[0])
 
@@ -328,6 +391,10 @@ def _read_data(dataset, opts: TrainOptions, tokenizer: Tokenizer, config: GPTCon
         if tokens is not None:
             check_ids(tokens, config.n_vocab, f"the {name}")
     if train_tokens.size - 1 < window and is_main:
-        log.warning("the dataset has %d tokens, fewer than the context of %d: training on %d-token windows",
-                    train_tokens.size, window, train_tokens.size - 1)
+        log.warning(
+            "the dataset has %d tokens, fewer than the context of %d: training on %d-token windows",
+            train_tokens.size,
+            window,
+            train_tokens.size - 1,
+        )
     return train_tokens, val_tokens

@@ -3,6 +3,7 @@
 Every process draws the same global batch from one generator and takes its own slice, so N
 processes with batch b see exactly the windows one process with batch N*b would.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,8 +13,18 @@ from ..errors import UserError
 
 
 class WindowSampler:
-    def __init__(self, tokens: np.ndarray, context_length: int, batch_size: int, *, seed: int,
-                 rank: int = 0, world_size: int = 1, noise: float = 0.0, n_vocab: int = 50257):
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        context_length: int,
+        batch_size: int,
+        *,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        noise: float = 0.0,
+        n_vocab: int = 50257,
+    ):
         if tokens.size < 2:
             raise UserError("the dataset has fewer than 2 tokens: there is nothing to train on")
         # A dataset shorter than the context trains on shorter windows rather than failing.
@@ -30,8 +41,8 @@ class WindowSampler:
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         """x, y: (batch_size, T) inputs and next-token targets for this process."""
         starts = torch.randint(0, self.n_windows, (self.batch_size * self.world_size,), generator=self.generator)
-        mine = starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size].tolist()
-        chunk = torch.from_numpy(np.stack([np.asarray(self.tokens[s:s + self.T + 1], dtype=np.int64) for s in mine]))
+        mine = starts[self.rank * self.batch_size : (self.rank + 1) * self.batch_size].tolist()
+        chunk = torch.from_numpy(np.stack([np.asarray(self.tokens[s : s + self.T + 1], dtype=np.int64) for s in mine]))
         x, y = chunk[:, :-1], chunk[:, 1:]  # (B, T) each
         if self.noise:
             # nshepperd's --noise: replace a fraction of the *inputs* with random tokens (targets stay).
@@ -54,5 +65,7 @@ def eval_windows(tokens: np.ndarray, context_length: int, batch_size: int, batch
     count = batches * batch_size
     starts = np.linspace(0, n - 1, num=count).astype(np.int64) if count > 1 else np.zeros(1, np.int64)
     for i in range(0, count, batch_size):
-        chunk = torch.from_numpy(np.stack([np.asarray(tokens[s:s + T + 1], dtype=np.int64) for s in starts[i:i + batch_size]]))
+        chunk = torch.from_numpy(
+            np.stack([np.asarray(tokens[s : s + T + 1], dtype=np.int64) for s in starts[i : i + batch_size]])
+        )
         yield chunk[:, :-1], chunk[:, 1:]

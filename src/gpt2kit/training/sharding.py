@@ -16,14 +16,19 @@ Checkpoints stay ordinary gpt2kit folders: the full fp32 weights, and the optimi
 layout a plain run writes (`optimizer.state_dict()`: parameters numbered in optimizer order). So a
 run saved with --fsdp resumes without it, on any number of processes, and the other way round.
 """
+
 from __future__ import annotations
 
 import contextlib
 
 import torch
 import torch.nn as nn
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                     get_optimizer_state_dict, set_optimizer_state_dict)
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from ..errors import UserError
@@ -42,8 +47,11 @@ def check_plan(plan: PrecisionPlan) -> None:
 def shard(model: nn.Module, plan: PrecisionPlan) -> None:
     """Shard `model` (fp32, on its device) in place: one FSDP unit per block, then the root."""
     check_plan(plan)
-    policy = MixedPrecisionPolicy() if plan.mode == FP32 else \
-        MixedPrecisionPolicy(param_dtype=plan.dtype, reduce_dtype=torch.float32)
+    policy = (
+        MixedPrecisionPolicy()
+        if plan.mode == FP32
+        else MixedPrecisionPolicy(param_dtype=plan.dtype, reduce_dtype=torch.float32)
+    )
     for block in model.h:
         fully_shard(block, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
@@ -95,14 +103,20 @@ def _names_in_order(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[
 def by_index(state: dict, names: list[str]) -> dict:
     """An optimizer state keyed by parameter name -> keyed by number, as a plain run saves it."""
     number = {name: i for i, name in enumerate(names)}
-    return {"state": {number[name]: s for name, s in state["state"].items()},
-            "param_groups": [{**g, "params": [number[n] for n in g["params"]]} for g in state["param_groups"]]}
+    return {
+        "state": {number[name]: s for name, s in state["state"].items()},
+        "param_groups": [{**g, "params": [number[n] for n in g["params"]]} for g in state["param_groups"]],
+    }
 
 
 def by_names(state: dict, names: list[str]) -> dict:
     """The inverse of `by_index`."""
     if len(names) != sum(len(g["params"]) for g in state["param_groups"]):
-        raise UserError("the checkpoint's optimizer state is for a different set of trainable parameters "
-                        "(other --freeze-layers?); start a new run from its weights with --restore-from PATH")
-    return {"state": {names[i]: s for i, s in state["state"].items()},
-            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]}
+        raise UserError(
+            "the checkpoint's optimizer state is for a different set of trainable parameters "
+            "(other --freeze-layers?); start a new run from its weights with --restore-from PATH"
+        )
+    return {
+        "state": {names[i]: s for i, s in state["state"].items()},
+        "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]],
+    }
