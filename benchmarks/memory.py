@@ -320,7 +320,7 @@ def run_case(case: str, **kw) -> dict:
         a for k, v in kw.items() for a in (f"--{k.replace('_', '-')}", str(v))
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         return {"error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1][:300]}
     return json.loads(lines[-1][7:])

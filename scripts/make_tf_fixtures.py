@@ -78,7 +78,10 @@ def tf_forward(hp, v, tokens):
         p = f"model/h{i}/"
         a = conv(norm(x, v[p + "ln_1/g"], v[p + "ln_1/b"]), v[p + "attn/c_attn/w"], v[p + "attn/c_attn/b"])
         q, k, val = tf.split(a, 3, axis=-1)
-        heads = lambda t: tf.transpose(tf.reshape(t, [T, H, C // H]), [1, 0, 2])
+
+        def heads(t):
+            return tf.transpose(tf.reshape(t, [T, H, C // H]), [1, 0, 2])
+
         q, k, val = heads(q), heads(k), heads(val)
         w = tf.matmul(q, k, transpose_b=True) / np.sqrt(C // H)
         w = w * mask - 1e10 * (1 - mask)

@@ -307,7 +307,9 @@ def test_the_block_by_block_check_equals_the_built_models_fidelity(fmt, monkeypa
 
     def loss(ls):
         return (
-            torch.cat([F.cross_entropy(l[:-1], w[0, 1:], reduction="none") for l, w in zip(ls, windows)]).mean().item()
+            torch.cat([F.cross_entropy(lg[:-1], w[0, 1:], reduction="none") for lg, w in zip(ls, windows)])
+            .mean()
+            .item()
         )
 
     top1 = torch.cat([a.argmax(-1) == b.argmax(-1) for a, b in zip(logits, ref)]).float().mean().item()

@@ -109,21 +109,24 @@ def test_rows_past_the_context_slide_alone(lm_tiny):
 
 def test_waiting_requests_take_turns_and_cancelled_rows_leave(lm_tiny):
     engine = Engine(lm_tiny.model, lm_tiny.tokenizer, max_rows=2)
-    mk = lambda p, k, n: list(
-        make_sequences(
-            [p],
-            [lm_tiny.tokenizer.encode(p)],
-            per_prompt=n,
-            seed=1,  # noqa: E731
-            settings=SamplingSettings(),
-            max_new=30,
-            stops=[],
-            include_prefix=False,
-            stop_at_eot=False,
-            logprobs=0,
-            index_base=k,
+
+    def mk(p, k, n):
+        return list(
+            make_sequences(
+                [p],
+                [lm_tiny.tokenizer.encode(p)],
+                per_prompt=n,
+                seed=1,
+                settings=SamplingSettings(),
+                max_new=30,
+                stops=[],
+                include_prefix=False,
+                stop_at_eot=False,
+                logprobs=0,
+                index_base=k,
+            )
         )
-    )
+
     big, small = Request(mk("Big", 0, 4)), Request(mk("Small", 10, 1))
     engine.add(big)
     engine.add(small)

@@ -165,7 +165,8 @@ def test_import_gpt2kit_and_help_load_nothing_heavy():
     assert (
         loaded_after(
             "import contextlib, io\nfrom gpt2kit.cli import main\n"
-            "with contextlib.redirect_stdout(io.StringIO()):\n" + "\n".join("    " + l for l in help_all.splitlines())
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            + "\n".join("    " + line for line in help_all.splitlines())
         )
         == []
     )
