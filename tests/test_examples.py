@@ -7,13 +7,15 @@ GitHub and in the site):
                              folder, in page order, so later blocks use what earlier ones made
     <!-- run: server -->     a block holding one `gpt2kit serve`: started in the background for the blocks after
                              it, stopped (SIGTERM) when the page ends; port 8000 is a free port everywhere on the page
+    <!-- run elsewhere: PAGE -->   the same commands run on PAGE (README.md or a path under docs/), checked
     <!-- not run: WHY -->    not run, and the marker says why (a download, a GPU, another program)
 
 A block without a marker fails test_every_example_is_marked, so no example goes untested by accident.
 
-Rewrites keep the run short without changing a flag (shorten): step counts become at most 5, a hundredth of
-what is written rounded up (`--steps`, `--save-every`, `--sample-every`, `--val-every`, `--warmup-steps`,
-Python's `steps=`, and the `step-NNNNNN` folders they name, all by the same rule); lengths are capped
+Rewrites keep the run short without changing a flag (shorten): step counts become at most 3, a hundredth of
+what is written rounded up (`--steps`, `--save-every`, `--warmup-steps`, Python's `steps=`, and the
+`step-NNNNNN` folders they name, all by the same rule; `--sample-every` and `--val-every` stay as written, so
+samples are not drawn and validation runs at the last step only); lengths are capped
 (`--length`, `--sample-length` and Python's `length=` at 16 tokens, `--nsamples` at 2).
 
 `gpt2kit` in a bash block is the real command line, `gpt2kit.cli.main(argv)` with the block's own arguments,
@@ -51,10 +53,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 FIXTURES = Path(__file__).parent / "fixtures"
 COMMAND_LANGUAGES = {"bash", "sh", "shell", "console", "python", "py", "python3"}
-MARKER = re.compile(r"^<!--\s*(run|run:\s*server|not run:\s*(?P<why>.*?))\s*-->$")
+MARKER = re.compile(r"^<!--\s*(run|run:\s*server|run elsewhere:\s*(?P<where>\S+)|not run:\s*(?P<why>.*?))\s*-->$")
 FENCE = re.compile(r"^(?P<fence>```+|~~~+)\s*(?P<lang>[\w+-]*)")
 BLOCK_TIMEOUT = 600
-MOST_STEPS = 5
+MOST_STEPS = 3
 CPU_LOG_NAME = "cpu.log"  # the zygote's commands' CPU seconds, one line each
 
 
@@ -64,8 +66,8 @@ class Block:
     line: int  # 1-based line of the opening fence
     lang: str
     text: str
-    marker: str | None  # "run", "server", "not run", or None (unmarked)
-    why: str = ""
+    marker: str | None  # "run", "server", "run elsewhere", "not run", or None (unmarked)
+    why: str = ""  # why it is not run, or the page that runs it
 
     @property
     def where(self) -> str:
@@ -88,8 +90,9 @@ def blocks(page: Path) -> list[Block]:
         marker, why = None, ""
         if mark:
             kind = mark.group(1)
-            marker = "not run" if kind.startswith("not run") else "server" if "server" in kind else "run"
-            why = (mark.group("why") or "").strip()
+            marker = next(m for m in ("not run", "run elsewhere", "run: server", "run") if kind.startswith(m))
+            marker = "server" if marker == "run: server" else marker
+            why = (mark.group("why") or mark.group("where") or "").strip()
         found.append(Block(page, i + 1, lang, "\n".join(lines[i + 1 : end]), marker, why))
         i = end + 1
     return found
@@ -109,7 +112,7 @@ def fewer_steps(n: int) -> int:
 
 def shorten(text: str, lang: str) -> str:
     """Fewer steps and shorter samples; every flag stays as written."""
-    steps = r"(--(?:steps|save-every|sample-every|val-every|warmup-steps)[\s=]+)(\d+)"
+    steps = r"(--(?:steps|save-every|warmup-steps)[\s=]+)(\d+)"
     text = re.sub(steps, lambda m: m.group(1) + str(fewer_steps(int(m.group(2)))), text)
     text = re.sub(r"\bstep-(\d{6})\b", lambda m: f"step-{fewer_steps(int(m.group(1))):06d}", text)
     text = re.sub(
@@ -126,9 +129,9 @@ def test_shorten_keeps_flags_and_shrinks_numbers():
     before = "gpt2kit finetune --steps 200 --save-every 100 --run-name x"
     assert shorten(before, "bash") == "gpt2kit finetune --steps 2 --save-every 1 --run-name x"
     before = "--model m --checkpoint step-000100 --length 100 --nsamples 10 --steps 2000"
-    assert shorten(before, "bash") == "--model m --checkpoint step-000001 --length 16 --nsamples 2 --steps 5"
+    assert shorten(before, "bash") == "--model m --checkpoint step-000001 --length 16 --nsamples 2 --steps 3"
     before = "finetune(steps=500); generate(length=50, max_tokens=40)"
-    assert shorten(before, "python") == "finetune(steps=5); generate(length=16, max_tokens=40)"
+    assert shorten(before, "python") == "finetune(steps=3); generate(length=16, max_tokens=40)"
 
 
 # --- the stand-ins for the reader's files ---------------------------------------------------------------------
@@ -411,6 +414,25 @@ def test_examples_run(page, setting, tmp_path):
             server.stop()
 
 
+def _commands(text: str) -> list[str]:
+    """A block's commands: continuation lines joined, comments and blank lines dropped."""
+    lines = (re.sub(r"\s+#(\s.*)?$", "", line) for line in re.sub(r"\\\n\s*", " ", text).splitlines())
+    return [" ".join(line.split()) for line in lines if line.strip()]
+
+
+def _check_runs_elsewhere(block: Block) -> None:
+    """`run elsewhere: PAGE`: every command of the block is one that a `run` block of PAGE runs."""
+    page = ROOT / block.why
+    assert page.is_file(), f"{block.where}: no page {block.why}"
+    ran = [b for b in command_blocks(page) if b.marker == "run" and b.lang == block.lang]
+    if block.lang.startswith("py"):
+        assert any(b.text.strip() == block.text.strip() for b in ran), f"{block.where}: {block.why} runs no such block"
+        return
+    there = {c for b in ran for c in _commands(b.text)}
+    missing = [c for c in _commands(block.text) if c not in there]
+    assert not missing, f"{block.where}: {block.why} runs none of {missing}"
+
+
 def test_every_example_is_marked():
     """A bash or python block says whether it runs; one that does not says why."""
     every = [b for p in PAGES for b in command_blocks(p)]
@@ -424,6 +446,8 @@ def test_every_example_is_marked():
     for b in every:
         if b.marker == "server":
             _serve_command(b.text)
+        if b.marker == "run elsewhere":
+            _check_runs_elsewhere(b)
     assert sum(b.marker == "run" for b in every) >= 40
 
 
