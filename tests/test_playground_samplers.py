@@ -60,6 +60,7 @@ SAMPLER_FIELDS = [
     "dry_sequence_breakers",
     "xtc_threshold",
     "xtc_probability",
+    "penalty_alpha",
 ]
 SCHEMA = {
     "type": "object",
@@ -137,7 +138,7 @@ def choose_structured(page, kind, text=None):
 def test_every_sampler_has_its_library_help_line(page):
     """The page's copy of samplers/help.py: every sampler of the brief is a control described by its line."""
     open_section(page, "More samplers")
-    assert page.evaluate("SAMPLER_HELP") == {k: v for k, v in HELP.items() if k != "penalty_alpha"}
+    assert page.evaluate("SAMPLER_HELP") == HELP
     for name in SAMPLER_FIELDS:
         control = page.locator("#" + name)
         sync_api.expect(control).to_be_visible()
@@ -307,3 +308,14 @@ def test_screenshots_for_the_docs(page_url, device):
         if device == "desktop":
             assert save_for_docs(shot, "playground-structured.png").is_file()
         browser.close()
+
+
+def test_contrastive_search_is_sent_and_gives_the_librarys_text(page):
+    """penalty_alpha with top-k: the page sends it, and the server answers with LM.generate's text."""
+    open_section(page, "More samplers")
+    page.fill("#penalty_alpha", "0.6")
+    generate(page, max_tokens=12)
+    sent = page.sent[-1]
+    assert sent["penalty_alpha"] == 0.6 and sent.get("top_k", 0) >= 2, sent
+    sync_api.expect(page.locator("#error")).to_have_text("")
+    assert page.locator("#output .token").count() > 0

@@ -26,6 +26,8 @@ const SAMPLER_HELP = {
   xtc_threshold: "XTC (exclude top choices): tokens at least this likely are the top choices; above 0.5 = off",
   xtc_probability: "XTC: the chance, each token, of removing every top choice but the least likely " +
                    "(when there are two or more); 0 = off",
+  penalty_alpha: "contrastive search (Su et al. 2022): pick among the top_k tokens by probability minus " +
+                 "this times the likeness to the text so far; 0 = off",
 };
 
 const DRY_BREAKERS = ["\n", ":", "\"", "*"];  // SamplingSettings.dry_sequence_breakers (llama.cpp's)
@@ -41,6 +43,7 @@ const SAMPLER_GROUPS = [
            ["dry_allowed_length", "Allowed length", 2, 1, 0], ["dry_penalty_last_n", "Last n tokens", -1, 1, -1],
            ["dry_sequence_breakers", "Sequence breakers", DRY_BREAKERS]]],
   ["XTC", [["xtc_threshold", "Threshold", 0.1, 0.01, 0, 1], ["xtc_probability", "Probability", 0, 0.05, 0, 1]]],
+  ["Contrastive search (uses top-k as its candidates)", [["penalty_alpha", "Penalty α", 0, 0.05, 0, 1]]],
 ];
 
 // Breakers as the user writes them: separated by commas or new lines, with \n, \t, \, and \\ for a new
