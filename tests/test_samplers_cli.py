@@ -32,6 +32,7 @@ STRONG = {
         "temperature": 0,
     },
     "xtc": {"xtc_threshold": 0.05, "xtc_probability": 1.0},
+    "contrastive": {"penalty_alpha": 0.6, "top_k": 4},
 }
 PROMPT, SEED, LENGTH = "KING HENRY.", 7, 16
 FAST = ("--device", "cpu", "--dtype", "float32")  # no --dtype auto measurement in each subprocess
@@ -43,7 +44,7 @@ def lm():
 
 
 def test_every_sampler_option_is_tried_here():
-    tried = {name for settings in STRONG.values() for name in settings} - {"temperature"}
+    tried = {name for settings in STRONG.values() for name in settings} - {"temperature", "top_k"}
     assert tried == set(GenerateOptions.SAMPLERS)
 
 
