@@ -120,6 +120,11 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
         else:
             add_field(p, GenerateOptions, name, help=HELP[name])
     add_constraint_args(p)
+    add_watermark_args(p)
+    add_sample_control_args(p)
+
+
+def add_watermark_args(p: argparse.ArgumentParser) -> None:
     add_field(
         p,
         GenerateOptions,
@@ -131,6 +136,10 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     add_field(p, GenerateOptions, "watermark_gamma", help="the watermark's green list, as a share of the vocabulary")
     add_field(p, GenerateOptions, "watermark_delta", help="the watermark's bias on green tokens' logits")
     add_field(p, GenerateOptions, "watermark_context_width", help="tokens the watermark's green list is seeded from")
+
+
+def add_sample_control_args(p: argparse.ArgumentParser) -> None:
+    """Where a sample stops, how many there are and how they print."""
     add_field(
         p,
         GenerateOptions,

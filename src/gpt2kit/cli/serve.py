@@ -28,6 +28,13 @@ def register(sub) -> None:
         help="the model id clients send, for a single --model (default: the folder's name; with several "
         "models: --model ID=PATH)",
     )
+    _add_limit_args(p)
+    _add_chat_args(p)
+    p.set_defaults(func=cmd_serve)
+
+
+def _add_limit_args(p: argparse.ArgumentParser) -> None:
+    """How much work the server takes on, each checked before the work starts."""
     add_field(p, ServeOptions, "max_batch", "--max-batch", help="rows decoded together")
     add_field(p, ServeOptions, "max_queue", "--max-queue", help="requests waiting before 429")
     add_field(
@@ -41,25 +48,6 @@ def register(sub) -> None:
         help="the most rows (n x prompts) one request may ask",
     )
     add_field(p, ServeOptions, "max_request_bytes", "--max-request-bytes", help="larger request bodies get 413")
-    add_field(
-        p,
-        ServeOptions,
-        "chat_template",
-        "--chat-template",
-        metavar="FILE",
-        show_default=False,
-        help="a Jinja chat template (transformers' convention) for /v1/chat/completions (default: gpt2kit's "
-        "plain 'User: ... Assistant:' transcript)",
-    )
-    add_field(
-        p,
-        ServeOptions,
-        "chat_stop",
-        "--chat-stop",
-        action="append",
-        metavar="TEXT",
-        help="a turn marker that ends a chat reply; repeat for several (replaces the default)",
-    )
     add_field(
         p,
         ServeOptions,
@@ -84,7 +72,28 @@ def register(sub) -> None:
         help="the most memory the models may take together (e.g. 8G, 512M), checked before any loads: "
         "weights plus KV budget each (default: the memory available)",
     )
-    p.set_defaults(func=cmd_serve)
+
+
+def _add_chat_args(p: argparse.ArgumentParser) -> None:
+    add_field(
+        p,
+        ServeOptions,
+        "chat_template",
+        "--chat-template",
+        metavar="FILE",
+        show_default=False,
+        help="a Jinja chat template (transformers' convention) for /v1/chat/completions (default: gpt2kit's "
+        "plain 'User: ... Assistant:' transcript)",
+    )
+    add_field(
+        p,
+        ServeOptions,
+        "chat_stop",
+        "--chat-stop",
+        action="append",
+        metavar="TEXT",
+        help="a turn marker that ends a chat reply; repeat for several (replaces the default)",
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -184,16 +184,7 @@ def encode_dataset(
     inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     files = expand_inputs(inputs)
     output = Path(output)
-    if output.resolve() in {f.resolve() for f in files}:
-        raise UserError(f"the output {output} is also an input; choose another output path")
-    if output.is_dir():
-        raise UserError(
-            f"the output {output} is a folder; give the path of the file to write, such as {output / 'corpus.tokens'}"
-        )
-    check_replaceable(output)  # re-encoding replaces a dataset; any other file stays the user's
-    if val_fraction:
-        check_replaceable(val_path_for(output))
-    durable.check_writable(output.parent)  # before the corpus is encoded, not after
+    _check_output(output, files, val_fraction)
     opts = ReadOptions(encoding=encoding, errors=errors, column=column, field=field)
     run = _Encoding(output, tokenizer or gpt2_tokenizer(), val_fraction, eot)
     start, n_bytes = time.time(), 0
@@ -215,6 +206,20 @@ def encode_dataset(
             bar.close()
     run.close(inputs)
     return _summary(run, output, len(files), n_bytes, time.time() - start)
+
+
+def _check_output(output: Path, files: list[Path], val_fraction: float) -> None:
+    """Everything that would stop the write, checked before the corpus is encoded, not after."""
+    if output.resolve() in {f.resolve() for f in files}:
+        raise UserError(f"the output {output} is also an input; choose another output path")
+    if output.is_dir():
+        raise UserError(
+            f"the output {output} is a folder; give the path of the file to write, such as {output / 'corpus.tokens'}"
+        )
+    check_replaceable(output)  # re-encoding replaces a dataset; any other file stays the user's
+    if val_fraction:
+        check_replaceable(val_path_for(output))
+    durable.check_writable(output.parent)
 
 
 def _progress_bar(total_bytes: int):

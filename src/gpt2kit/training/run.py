@@ -161,22 +161,10 @@ def start_run(
         config = config.replace(dropout=opts.dropout)
     torch.manual_seed(opts.seed + rank)  # dropout's stream; restored exactly on resume
     model = _build_model(config, start.state_dict, source, opts, device)
-    window = min(opts.context_length or config.n_ctx, config.n_ctx)
-    if opts.context_length and opts.context_length > config.n_ctx and is_main:
-        log.warning(
-            "--context-length %d is more than the model's context of %d: training on %d-token windows",
-            opts.context_length,
-            config.n_ctx,
-            config.n_ctx,
-        )
+    window = _window(opts, config, is_main)
     train_tokens, val_tokens = _read_data(dataset, opts, tokenizer, config, window, is_main)
     if is_main:
-        if opts.sample_every:  # samples are written during training: a bad folder must fail now, not at step N
-            durable.check_writable(Path(opts.sample_dir) / run_name)
-        if start.replaces_run:  # --overwrite: the new run's model and data were read without error
-            log.info("--overwrite: deleting the old run in %s", run_dir)
-            shutil.rmtree(run_dir)
-            run_dir.mkdir(parents=True)
+        _prepare_run_dir(run_dir, run_name, opts, replaces_run=start.replaces_run)
     sampler = WindowSampler(
         train_tokens,
         window,
@@ -188,12 +176,7 @@ def start_run(
         n_vocab=config.n_vocab,
     )
     steps = total_steps(opts, train_tokens.size, sampler.T, world)
-    storage = None
-    if opts.lora_rank is not None:
-        storage, plan = lora_precision(opts, device)
-        attach_lora(model, opts, storage, start.adapter)
-    else:
-        plan = plan_precision(opts.dtype, device)
+    storage, plan = _plan(model, opts, device, start.adapter)
     precision = _precision(model, plan, opts, device, is_main)
     optimizer = make_optimizer(precision.parameters(), opts, device)
     run = Run(
@@ -216,18 +199,61 @@ def start_run(
     )
     if state is not None:
         run.restore(state)
-        if is_main:
-            log.info("resuming from %s at step %d", source, run.step)
-            truncate_metrics(run_dir, run.step)
-    elif is_main:
-        truncate_metrics(run_dir, 0)  # rows of an attempt killed before its first save
-        log.info("starting from %s (%s parameters, %s)", source, f"{model.num_params():,}", precision.plan.describe())
-        if opts.lora_rank is not None:
-            log.info("%s", lora_summary(model, opts, storage))
-    run.net = torch.compile(model) if opts.compile else model
-    if world > 1 and not opts.fsdp:
-        run.net = DistributedDataParallel(run.net, device_ids=[device.index] if device.type == "cuda" else None)
+    if is_main:
+        _announce(run, source, storage, resumed=state is not None)
+    run.net = _network(model, opts, device, world)
     return run
+
+
+def _network(model: GPT, opts: TrainOptions, device: torch.device, world: int):
+    """What a step calls: the model, compiled with --compile, wrapped by DDP across processes (not under FSDP)."""
+    net = torch.compile(model) if opts.compile else model
+    if world > 1 and not opts.fsdp:
+        net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    return net
+
+
+def _plan(model: GPT, opts: TrainOptions, device: torch.device, adapter) -> tuple:
+    """(LoRA storage dtype or None, precision plan); a LoRA run gets its adapters here."""
+    if opts.lora_rank is None:
+        return None, plan_precision(opts.dtype, device)
+    storage, plan = lora_precision(opts, device)
+    attach_lora(model, opts, storage, adapter)
+    return storage, plan
+
+
+def _window(opts: TrainOptions, config, is_main: bool) -> int:
+    """The training window: --context-length, at most the model's context."""
+    if opts.context_length and opts.context_length > config.n_ctx and is_main:
+        log.warning(
+            "--context-length %d is more than the model's context of %d: training on %d-token windows",
+            opts.context_length,
+            config.n_ctx,
+            config.n_ctx,
+        )
+    return min(opts.context_length or config.n_ctx, config.n_ctx)
+
+
+def _prepare_run_dir(run_dir: Path, run_name: str, opts: TrainOptions, *, replaces_run: bool) -> None:
+    if opts.sample_every:  # samples are written during training: a bad folder must fail now, not at step N
+        durable.check_writable(Path(opts.sample_dir) / run_name)
+    if replaces_run:  # --overwrite: the new run's model and data were read without error
+        log.info("--overwrite: deleting the old run in %s", run_dir)
+        shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+
+
+def _announce(run: Run, source, storage, *, resumed: bool) -> None:
+    """Log where the run starts, and drop metrics rows past it (an attempt killed before its save)."""
+    if resumed:
+        log.info("resuming from %s at step %d", source, run.step)
+        truncate_metrics(run.run_dir, run.step)
+        return
+    truncate_metrics(run.run_dir, 0)  # rows of an attempt killed before its first save
+    plan = run.precision.plan.describe()
+    log.info("starting from %s (%s parameters, %s)", source, f"{run.model.num_params():,}", plan)
+    if run.opts.lora_rank is not None:
+        log.info("%s", lora_summary(run.model, run.opts, storage))
 
 
 def _precision(model: GPT, plan: PrecisionPlan, opts: TrainOptions, device: torch.device, is_main: bool) -> Precision:
