@@ -27,6 +27,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 PROMPT_TOKENS, NEW_TOKENS, TOP_K = 32, 128, 40
+PROMPT_PASS = 256  # tokens of the prompt pass timed against the matmul rate (issue 27)
 TRAIN_B, TRAIN_T = 4, 256
 
 
@@ -148,6 +149,72 @@ def case_gen_llama(args) -> dict:
     t = time.perf_counter()
     run(NEW_TOKENS)
     return {"tokens_per_s": NEW_TOKENS / (time.perf_counter() - t), "dtype": args.dtype}
+
+
+def case_export_openvino(args) -> dict:
+    """optimum-intel's export of the model to OpenVINO IR (with its tokenizer), weights in args.dtype (int8, fp32).
+    Runs in the interpreter that has the peer (--openvino-python): it needs no gpt2kit."""
+    import openvino_genai  # noqa: F401  (the peer must be there before minutes go into the export)
+
+    cli = Path(sys.executable).parent / "optimum-cli"
+    cmd = [str(cli), "export", "openvino", "--model", str(args.model), "--task", "text-generation-with-past"]
+    subprocess.run(cmd + ["--weight-format", args.dtype, args.ir], check=True, capture_output=True)
+    return {"dtype": args.dtype}
+
+
+def case_gen_openvino(args) -> dict:
+    """OpenVINO GenAI's LLMPipeline on the exported IR: the same token-id prompts, top-k sampling, no stop at EOS."""
+    import numpy as np
+    import openvino as ov
+    import openvino_genai as ov_genai
+
+    pipe = ov_genai.LLMPipeline(str(args.model), "CPU")
+    ids = _prompt_ids(args.batch).numpy().astype(np.int64)
+    inputs = ov_genai.TokenizedInputs(ov.Tensor(ids), ov.Tensor(np.ones_like(ids)))
+
+    def run(n):
+        config = ov_genai.GenerationConfig()
+        config.max_new_tokens = config.min_new_tokens = n
+        config.do_sample, config.top_k, config.ignore_eos, config.rng_seed = True, TOP_K, True, 1
+        return pipe.generate(inputs, config)
+
+    run(8)
+    t = time.perf_counter()
+    out = run(NEW_TOKENS)
+    dt = time.perf_counter() - t
+    assert all(len(row) == NEW_TOKENS for row in out.tokens), [len(row) for row in out.tokens]
+    hint = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT")  # what the CPU plugin computes in here
+    return {
+        "tokens_per_s": args.batch * NEW_TOKENS / dt,
+        "dtype": Path(args.model).name,
+        "precision": str(hint),
+        "version": ov_genai.__version__,
+    }
+
+
+def case_prompt_gpt2kit(args) -> dict:
+    """One pass over a PROMPT_PASS-token prompt (prefill, as the engine runs it), in FLOPs per second of the
+    matrices: 2 x (non-embedding parameters + the tied head) per token, attention's products left out."""
+    import torch
+
+    import gpt2kit
+
+    lm = gpt2kit.load(args.model, device="cpu", dtype=args.dtype)
+    cfg = lm.model.config
+    ids = torch.randint(0, 50000, (1, PROMPT_PASS), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        lm.model(ids[:, :32], last_only=True)  # warm
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            lm.model(ids, last_only=True)
+            times.append(time.perf_counter() - t)
+    matrices = cfg.n_layer * 12 * cfg.n_embd**2 + cfg.n_vocab * cfg.n_embd / PROMPT_PASS  # the head: last row only
+    return {
+        "tokens_per_s": PROMPT_PASS / min(times),
+        "GFLOPs": 2 * matrices * PROMPT_PASS / min(times) / 1e9,
+        "dtype": lm.info["dtype"],
+    }
 
 
 def _random_tokens(path: Path, n: int = 400_000) -> Path:
@@ -310,6 +377,9 @@ CASES = {
     "gen-gpt2kit": case_gen_gpt2kit,
     "gen-ct2": case_gen_ct2,
     "gen-llama": case_gen_llama,
+    "export-openvino": case_export_openvino,
+    "gen-openvino": case_gen_openvino,
+    "prompt-gpt2kit": case_prompt_gpt2kit,
     "train-gpt2kit": case_train_gpt2kit,
     "train-hf": case_train_hf,
     "tokenizer": case_tokenizer,
@@ -320,8 +390,9 @@ CASES = {
 # --- the driver -----------------------------------------------------------------------------------
 
 
-def run_case(name: str, env: dict | None = None, **kw) -> dict:
-    cmd = [sys.executable, __file__, "--case", name] + [f"--{k}={v}" for k, v in kw.items()]
+def run_case(name: str, env: dict | None = None, python: str | None = None, **kw) -> dict:
+    """Case `name` in a process of its own, under `python` (a peer's interpreter) or this one."""
+    cmd = [python or sys.executable, __file__, "--case", name] + [f"--{k}={v}" for k, v in kw.items()]
     t = time.time()
     r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     if r.returncode != 0:
@@ -344,6 +415,7 @@ def main() -> None:
     p.add_argument("--dtype", default="auto")
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--out", default=str(HERE / "results.json"))
+    p.add_argument("--ir", help="export-openvino: the folder to write the IR to")
     args = p.parse_args()
     if args.case:
         result = CASES[args.case](args)

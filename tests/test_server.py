@@ -60,6 +60,24 @@ def test_streaming_matches_plain_and_ends_with_done(client, server):
     assert raw.rstrip().endswith("data: [DONE]")
 
 
+def test_ignore_eos_generates_past_endoftext_as_the_library_does(client, lm_tiny):
+    """vLLM's and llama.cpp's ignore_eos: <|endoftext|> made near certain, the row still runs to max_tokens,
+    token for token what LM.generate writes with stop_at_eot=False under the same seed."""
+    eot = {str(lm_tiny.tokenizer.eot_id): 20}
+    stopped = client.completions.create(model="tiny", prompt="Once", max_tokens=12, seed=5, logit_bias=eot)
+    assert stopped.choices[0].finish_reason == "stop" and stopped.usage.completion_tokens < 12
+    r = client.completions.create(
+        model="tiny", prompt="Once", max_tokens=12, seed=5, logit_bias=eot, extra_body={"ignore_eos": True}
+    )
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 12
+    assert r.choices[0].text.startswith(stopped.choices[0].text)  # the same draws up to the <|endoftext|>, then on
+    plain = client.completions.create(
+        model="tiny", prompt="Once", max_tokens=40, seed=5, extra_body={"ignore_eos": True}
+    )
+    expected = lm_tiny.generate("Once", length=40, seed=5, include_prefix=False, stop_at_eot=False)[0]
+    assert plain.choices[0].text == expected and plain.usage.completion_tokens == 40
+
+
 def test_logprobs_layout_and_values(client, lm_tiny):
     import torch
 

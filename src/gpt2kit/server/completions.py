@@ -155,7 +155,7 @@ class Completion:
                     max_new=_max_new(body, options),
                     stops=stops + list(extra_stops),
                     include_prefix=False,
-                    stop_at_eot=True,
+                    stop_at_eot=not body.ignore_eos,
                     logprobs=_decoder_logprobs(body),
                     index_base=first,
                 )

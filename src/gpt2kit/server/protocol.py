@@ -135,6 +135,9 @@ class SamplingFields(BaseModel):
     xtc_threshold: float = Field(default=GenerateOptions.xtc_threshold, ge=0, le=1)
     xtc_probability: float = Field(default=GenerateOptions.xtc_probability, ge=0, le=1)
     penalty_alpha: float = Field(default=GenerateOptions.penalty_alpha, ge=0, le=1)  # contrastive search (with top_k)
+    ignore_eos: bool = Field(  # vLLM's and llama.cpp's name
+        default=False, description="keep generating past <|endoftext|>, to max_tokens"
+    )
     repeat_penalty: float | None = Field(  # llama.cpp's name for repetition_penalty
         default=None, ge=PENALTY_RANGE[0], le=PENALTY_RANGE[1]
     )
