@@ -185,7 +185,21 @@ def test_the_kernels_build_into_the_current_home(isa, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("isa", ["avx2", "avx512", "avx512-emulated"])
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("M,K,N", [(1, 768, 50), (2, 37, 19), (3, 64, 7), (5, 96, 301), (8, 3072, 9), (33, 40, 11)])
+@pytest.mark.parametrize(
+    "M,K,N",
+    [
+        (1, 768, 50),
+        (2, 37, 19),
+        (3, 64, 7),
+        (5, 96, 301),
+        (8, 3072, 9),
+        (33, 40, 11),
+        # the packed many-row path: K across chunks with a tail, rows past one group, K under one vector
+        (16, 600, 13),
+        (67, 520, 8),
+        (4, 13, 4),
+    ],
+)
 def test_linear_matches_torch(isa, fmt, M, K, N):
     k = with_kind(loaded(isa), fmt)
     g = torch.Generator().manual_seed(M * 1000 + K)

@@ -216,8 +216,13 @@ def draw_top_k(logits: torch.Tensor, s: SamplingSettings, generators: list[torch
     the k candidates only: the same distribution and the same inverse-CDF walk in vocabulary order, without
     five passes over all 50257 logits."""
     logits = apply_logit_bias(logits.float(), s.logit_bias)  # before choosing the k: a bias can bring a token in
-    values, ids = torch.topk(logits, min(s.top_k, logits.size(-1)), dim=-1)  # (B, k), largest first
-    if bool(((logits >= values[:, -1:]).sum(-1) > values.size(-1)).any()):
+    k = min(s.top_k, logits.size(-1))
+    # One more than k: the (k+1)-th equals the k-th exactly when more than k logits reach the k-th, with no
+    # second pass over the vocabulary to count them.
+    values, ids = torch.topk(logits, min(k + 1, logits.size(-1)), dim=-1)  # (B, k or k + 1), largest first
+    tied = values.size(-1) > k and bool((values[:, k] == values[:, k - 1]).any())
+    values, ids = values[:, :k], ids[:, :k]
+    if tied:
         # Ties with the k-th logit: top-k keeps them all (as transformers does), more than k candidates.
         plain = dataclasses.replace(s, logit_bias=())
         for stage in (Temperature(), TopK(), TopP()):
