@@ -34,6 +34,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -245,6 +246,11 @@ GPT2LMHeadModel(GPT2Config()).save_pretrained({str(folder)!r})
         check=True,
         capture_output=True,
     )
+    sys.path.insert(0, str(ROOT / "src"))
+    from gpt2kit.paths import ASSETS_DIR  # GPT-2's vocabulary beside it, as a Hugging Face folder has (vLLM reads it)
+
+    shutil.copy(ASSETS_DIR / "encoder.json", folder / "vocab.json")
+    shutil.copy(ASSETS_DIR / "vocab.bpe", folder / "merges.txt")
     return str(folder)
 
 

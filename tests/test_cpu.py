@@ -295,6 +295,29 @@ def test_decode_step_matches_pytorch_on_the_same_weights(isa, fmt, n_embd, n_hea
         assert a.shape == b.shape and (a - b).abs().max() < 1e-4 * b.abs().max()
 
 
+@pytest.mark.parametrize("isa", ["avx2", "avx512-emulated"])
+@pytest.mark.parametrize("fmt", ["float32", "int8"])
+def test_a_step_over_some_cache_rows_leaves_the_others_alone(isa, fmt):
+    """decode_rows (a batch with dead slots): the rows given, at their own rows of the cache, compute what a
+    step over every row computes for them; the skipped row's cache is not touched."""
+    fast = build(random_gpt(32, 4), Candidate(fmt, "kernels"), with_kind(loaded(isa), fmt))
+    idx = torch.randint(0, 97, (3, 10), generator=torch.Generator().manual_seed(2))
+    every, some = (KVCache(fast.config, 3, 30, "cpu", torch.float32) for _ in range(2))
+    tokens, positions = torch.tensor([[4], [5], [6]]), torch.full((3, 1), 10)
+    with torch.inference_mode():
+        fast(idx, cache=every)
+        fast(idx, cache=some)
+        skipped = some.k[:, 1].clone(), some.v[:, 1].clone()
+        want = fast(tokens, cache=every, positions=positions)  # (3, 1, V)
+        got = fast.decode_rows(tokens[[0, 2]], positions[[0, 2]], some, torch.tensor([0, 2]))  # (2, 1, V)
+    assert got.shape == (2, 1, 97) and some.length == every.length == 11
+    assert (got - want[[0, 2]]).abs().max() < 1e-5 * want.abs().max()
+    assert torch.allclose(some.k[:, [0, 2], :, 10], every.k[:, [0, 2], :, 10], atol=1e-5)
+    assert torch.equal(some.k[:, 1], skipped[0]) and torch.equal(some.v[:, 1], skipped[1])
+    with pytest.raises(ValueError, match="each at most once"):
+        fast.decode_rows(tokens[:2], positions[:2], some, torch.tensor([2, 2]))
+
+
 @pytest.mark.parametrize("fmt,tol", [("float32", 1e-4), ("float16", 2e-3), ("bfloat16", 2e-2), ("int8", 5e-2)])
 def test_each_format_stays_close_to_the_fp32_reference(fmt, tol):
     """The rounding each weight format costs, on PyTorch's own path (any machine)."""

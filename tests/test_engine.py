@@ -6,11 +6,13 @@ import threading
 import urllib.request
 
 import pytest
+import torch
 from conftest import run_cli
 from live_server import start_server
 from oracle_decoding import BatchDecoder
 
 import gpt2kit
+from gpt2kit.batching import Prefill, prefill_together
 from gpt2kit.engine import Engine
 from gpt2kit.generation import make_sequences
 from gpt2kit.sampling import SamplingSettings, make_generator
@@ -95,6 +97,23 @@ def test_the_engine_computes_what_the_static_loop_did(lm_tiny, kind):
     assert [oracle_tokens(lm_tiny, [p], [s], [g], 20)[0] for p, s, g in zip(prompts, settings, seeds)] == expected
     assert engine_tokens(lm_tiny, prompts, settings, seeds, 20) == expected
     assert engine_tokens(lm_tiny, prompts, settings, seeds, 20, max_rows=2) == expected  # rows join as others leave
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_prompts_prefilled_together_get_what_each_gets_alone(hf_tiny, dtype):
+    """One padded pass over several whole prompts leaves each prompt's keys, values and last logits as its
+    own prefill does (to fp32 rounding: the GEMM sums in another order), on the kernels' model too."""
+    lm = gpt2kit.load(hf_tiny, device="cpu", dtype=dtype)
+    prompts = [lm.tokenizer.encode(t) for t in ("Hi", "A much longer prompt, with several more tokens", "x y z")]
+    alone = [Prefill(lm.model, ids, []) for ids in prompts]
+    for p in alone:
+        p.advance(len(p.ids))
+    together = [Prefill(lm.model, ids, []) for ids in prompts]
+    prefill_together(together)
+    for a, b in zip(alone, together):
+        assert b.done and b.cache.length == a.cache.length == len(a.ids)
+        assert torch.allclose(b.logits, a.logits, atol=1e-4, rtol=1e-4)
+        assert torch.allclose(b.cache.k, a.cache.k, atol=1e-5) and torch.allclose(b.cache.v, a.cache.v, atol=1e-5)
 
 
 def test_rows_past_the_context_slide_alone(lm_tiny):

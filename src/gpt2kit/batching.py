@@ -4,8 +4,8 @@ The cache is left-padded: one shared write column for every row, each row's own 
 and `valid` marking the columns a row may attend to. GPT-2's positions are absolute learned embeddings, so
 a cached key or value does not depend on the column it sits in: a joining prompt is prefilled alone (in
 chunks, within the step's token budget) and its keys and values are copied in right-aligned at the shared
-column. A leaving row's slot goes dead (it computes a throwaway token until a joining row reuses it or the
-engine compacts), so a leave costs no copy. The cache never holds more than `budget` positions.
+column. A leaving row's slot goes dead until a joining row reuses it or the engine compacts, so a leave costs
+no copy; gpt2kit.cpu's C step skips dead slots (PyTorch's path computes a throwaway token in each). The cache never holds more than `budget` positions.
 A row's numbers do not depend on its slot or its neighbours: its prefill runs alone and padding is masked out.
 """
 
@@ -79,6 +79,37 @@ class Prefill:
             self.scores.append((c, list(zip(i, v))))
 
 
+def prefill_together(prefills: list[Prefill]) -> None:
+    """Whole prompts (none begun, none scored) in one left-padded pass, each then done as if run alone.
+
+    A prompt's prefill is a GEMM whose cost per token falls with its rows: 16 prompts of 32 tokens cost one
+    pass of 512 rows, not 16 of 32, and a reduced-precision model widens its weights once, not 16 times.
+    Padding is masked and positions are each prompt's own, so a row's keys, values and last logits are its
+    solo prefill's up to the GEMM's summation order."""
+    model, B = prefills[0].model, len(prefills)
+    T = max(len(p.ids) for p in prefills)
+    device = model.wte.weight.device
+    cache = KVCache(model.config, B, T, device, model.wte.weight.dtype)
+    cache.padded = True
+    idx = torch.zeros(B, T, dtype=torch.long, device=device)  # (B, T), prompts right-aligned
+    positions = torch.zeros(B, T, dtype=torch.long, device=device)
+    for i, p in enumerate(prefills):
+        n = len(p.ids)
+        idx[i, T - n :] = torch.tensor(p.ids, dtype=torch.long)
+        positions[i, T - n :] = torch.arange(n)
+        cache.valid[i, : T - n] = False
+    with torch.inference_mode():
+        logits = model(idx, cache=cache, positions=positions, last_only=True)  # (B, 1, V)
+    for i, p in enumerate(prefills):
+        n = len(p.ids)
+        p.cache.k.copy_(cache.k[:, i : i + 1, :, T - n :])  # (L, 1, nh, n, hs)
+        p.cache.v.copy_(cache.v[:, i : i + 1, :, T - n :])
+        p.cache.length = n
+        p.logits = logits[i, -1]
+        for row in p.rows:
+            row.pos, row.logits = n, p.logits
+
+
 class RunningBatch:
     """The rows being decoded, in the slots of one KV cache; `None` slots are dead, waiting for reuse."""
 
@@ -89,7 +120,7 @@ class RunningBatch:
         self.device, self.dtype = model.wte.weight.device, model.wte.weight.dtype
         self.slots: list[Sequence | None] = []
         self.cache: KVCache | None = None  # a row's positions are its own (Sequence.pos), whatever its column
-        self.fed: torch.Tensor | None = None  # (B, V) the last feed's logits while every slot is live and fed
+        self.fed: torch.Tensor | None = None  # (live rows, V) the last feed's logits until a row joins or leaves
 
     @property
     def rows(self) -> list[Sequence]:
@@ -196,14 +227,29 @@ class RunningBatch:
             return full
         if self.cache.length >= self.cache.max_len:
             self._rebuild([])
-        tokens = torch.tensor([[r.tokens[-1] if r is not None else self.pad_id] for r in self.slots])  # (B, 1)
-        positions = torch.tensor([[r.pos if r is not None else 0] for r in self.slots])  # (B, 1)
-        with torch.inference_mode():
-            logits = self.model(
-                tokens.to(self.device), cache=self.cache, positions=positions.to(self.device), last_only=True
-            )[:, -1, :]  # (B, V)
-        for i, r in enumerate(self.slots):
-            if r is not None:
-                r.logits, r.pos = logits[i], r.pos + 1
-        self.fed = logits if all(r is not None for r in self.slots) else None
+        logits = self._live_only() if any(r is None for r in self.slots) else None
+        if logits is None:
+            tokens = torch.tensor([[r.tokens[-1] if r is not None else self.pad_id] for r in self.slots])  # (B, 1)
+            positions = torch.tensor([[r.pos if r is not None else 0] for r in self.slots])  # (B, 1)
+            with torch.inference_mode():
+                logits = self.model(
+                    tokens.to(self.device), cache=self.cache, positions=positions.to(self.device), last_only=True
+                )[:, -1, :]  # (B, V)
+            logits = logits[[i for i, r in enumerate(self.slots) if r is not None]] if None in self.slots else logits
+        for r, row_logits in zip(self.rows, logits):
+            r.logits, r.pos = row_logits, r.pos + 1
+        self.fed = logits  # (live rows, V), in slot order
         return full
+
+    def _live_only(self) -> torch.Tensor | None:
+        """The live rows' logits (M, V) from a step over them alone, skipping dead slots, where the model's
+        path can (gpt2kit.cpu's C step); else None."""
+        decode_rows = getattr(self.model, "decode_rows", None)
+        if decode_rows is None:
+            return None
+        live = [i for i, r in enumerate(self.slots) if r is not None]
+        tokens = torch.tensor([[self.slots[i].tokens[-1]] for i in live])  # (M, 1)
+        positions = torch.tensor([[self.slots[i].pos] for i in live])  # (M, 1)
+        with torch.inference_mode():
+            out = decode_rows(tokens, positions, self.cache, torch.tensor(live))  # moves the write column too
+        return None if out is None else out[:, -1, :]

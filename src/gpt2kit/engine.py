@@ -3,7 +3,7 @@
 `add` a Request of Sequences; each `step` admits waiting sequences (scheduler.py: round-robin across
 requests, within the row limit and the KV budget), prefills waiting prompts within the step's token
 budget (batching.STEP_TOKENS less the decoding rows, at least PREFILL_CHUNK; when nothing decodes, the
-oldest prompt whole), draws a token for every running row through the sampling pipeline, hands the text
+oldest prompt whole; whole prompts waiting together that fit the budget, in one padded pass), draws a token for every running row through the sampling pipeline, hands the text
 to each sequence's request, and feeds the rows that go on. Synchronous: no threads, no I/O.
 
 Rows of one prompt share its prefill. A row whose context fills slides on: its last n_ctx/2 tokens are
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .batching import PREFILL_CHUNK, STEP_TOKENS, Prefill, RunningBatch
+from .batching import PREFILL_CHUNK, STEP_TOKENS, Prefill, RunningBatch, prefill_together
 from .model import GPT
 from .pipeline import Pipeline, add_logprobs
 from .samplers.contrastive import contrastive_token
@@ -164,9 +164,12 @@ class Engine:
         first token to hurry: it keeps to the step's budget."""
         decoding = len(self.batch.rows)
         budget = max(PREFILL_CHUNK, self.step_tokens - decoding)
-        if not decoding and self.prefills and self.prefills[0].prefill.rows:
+        ready = self._prefill_together(budget)
+        budget -= sum(len(p.ids) for p in ready)
+        if ready and not decoding:
+            budget = 0  # first tokens come after this one pass
+        elif not decoding and self.prefills and self.prefills[0].prefill.rows:
             budget = max(1, self.prefills[0].prefill.remaining)
-        ready = []
         while self.prefills and budget > 0:
             p = self.prefills[0].prefill
             budget -= p.advance(budget)
@@ -178,6 +181,25 @@ class Engine:
             for seq in p.rows:
                 seq.status = Status.RUNNING
         self.batch.join([p for p in ready if p.rows])
+
+    def _prefill_together(self, budget: int) -> list[Prefill]:
+        """The waiting prompts at the head of the line that are whole, unscored and fit `budget` together, in
+        one padded pass when there are two or more (batching.prefill_together); the finished prefills."""
+        run, tokens = [], 0
+        for q in self.prefills:
+            p = q.prefill
+            if p.cache.length or p.score or not p.rows or tokens + len(p.ids) > budget:
+                break
+            run.append(q)
+            tokens += len(p.ids)
+        if len(run) < 2:
+            return []
+        prefill_together([q.prefill for q in run])
+        for q in run:
+            self.prefills.popleft()
+            self.stats.prefill_chunks += 1
+            self._scored(q)
+        return [q.prefill for q in run]
 
     def _scored(self, prompt: _Prompt) -> None:
         """A finished prefill's scores go to its request; its max_new 0 rows end."""

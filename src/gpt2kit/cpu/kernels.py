@@ -160,7 +160,21 @@ def _declare(lib: ctypes.CDLL) -> None:
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.gpt2kit_linear.argtypes = [p, i64, i64, p, i64, ctypes.c_int, p, p, ctypes.c_int, p, ctypes.c_int]
     lib.gpt2kit_linear.restype = ctypes.c_int
-    lib.gpt2kit_decode_step.argtypes = [ctypes.POINTER(ModelStruct), p, p, i64, p, p, p, i64, i64, p, ctypes.c_int]
+    lib.gpt2kit_decode_step.argtypes = [
+        ctypes.POINTER(ModelStruct),
+        p,
+        p,
+        p,
+        i64,
+        i64,
+        p,
+        p,
+        p,
+        i64,
+        i64,
+        p,
+        ctypes.c_int,
+    ]
     lib.gpt2kit_decode_step.restype = ctypes.c_int
     lib.gpt2kit_kinds.argtypes = []
     lib.gpt2kit_kinds.restype = ctypes.c_int

@@ -72,6 +72,13 @@ class CpuGPT(nn.Module):
     def num_params(self) -> int:
         return self.reference.num_params()
 
+    def decode_rows(
+        self, idx: torch.Tensor, positions: torch.Tensor, cache: KVCache, slots: torch.Tensor
+    ) -> torch.Tensor | None:
+        """One token for some rows of `cache` only: idx, positions (M, 1), slots (M,) their cache rows ->
+        logits (M, 1, n_vocab). None where this path has no C step (PyTorch then runs every cache row)."""
+        return None if self.step is None else self.step(idx, positions, cache, slots)
+
     @torch.no_grad()
     def forward(
         self,

@@ -28,6 +28,7 @@ class KernelStep:
     def __init__(self, kernels: Kernels, gpt: GPT, head: KernelLinear):
         cfg = gpt.config
         self.kernels, self.n_vocab, self.n_ctx = kernels, cfg.n_vocab, cfg.n_ctx
+        self._every: dict[int, torch.Tensor] = {}  # B -> arange(B), the rows of a step over every cache row
         self.cache_dims = (cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head)  # KVCache's (L, ., nh, ., hs)
         self.tensors = list(gpt.state_dict(keep_vars=True).values()) + [head.weight]  # keeps the memory alive
         for b in gpt.h:
@@ -63,19 +64,30 @@ class KernelStep:
             self.layers,
         )
 
-    def __call__(self, idx: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """idx (B, 1), positions (B, 1) or (1, 1) -> logits (B, 1, n_vocab); writes the cache at cache.length."""
+    def __call__(
+        self, idx: torch.Tensor, positions: torch.Tensor, cache: KVCache, slots: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """idx (B, 1), positions (B, 1) or (1, 1) -> logits (B, 1, n_vocab); writes the cache at cache.length.
+        slots (B,): each row's row of the cache, when the cache holds more (rows that left are skipped);
+        default: row i is the cache's row i."""
         B = idx.shape[0]
         tokens = idx.reshape(B).to(torch.int64).contiguous()
         pos = positions.expand(B, 1).reshape(B).to(torch.int64).contiguous()
+        rows = (
+            self._every.setdefault(B, torch.arange(B))
+            if slots is None
+            else slots.reshape(B).to(torch.int64).contiguous()
+        )
         cache.k, cache.v, cache.valid = cache.k.contiguous(), cache.v.contiguous(), cache.valid.contiguous()
-        self._check(tokens, pos, cache)
+        self._check(tokens, pos, rows, cache)
         logits = torch.empty(B, self.n_vocab)
         rc = self.kernels.lib.gpt2kit_decode_step(
             ctypes.byref(self.struct),
             tokens.data_ptr(),
             pos.data_ptr(),
+            rows.data_ptr(),
             B,
+            cache.k.shape[1],
             cache.k.data_ptr(),
             cache.v.data_ptr(),
             cache.valid.data_ptr(),
@@ -89,22 +101,26 @@ class KernelStep:
         cache.length += 1
         return logits.view(B, 1, self.n_vocab)
 
-    def _check(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> None:
+    def _check(self, tokens: torch.Tensor, pos: torch.Tensor, rows: torch.Tensor, cache: KVCache) -> None:
         """What the C step indexes with, checked here: it reads wte[token] and wpe[position] and writes
         the cache with no bounds of its own."""
-        B, (L, nh, hs) = tokens.shape[0], self.cache_dims
+        B, Bc, (L, nh, hs) = tokens.shape[0], cache.k.shape[1], self.cache_dims
         fp32_address(cache.k)
         fp32_address(cache.v)
         if (
-            cache.k.shape != (L, B, nh, cache.max_len, hs)
+            cache.k.shape != (L, Bc, nh, cache.max_len, hs)
             or cache.v.shape != cache.k.shape
-            or cache.valid.shape != (B, cache.max_len)
+            or cache.valid.shape != (Bc, cache.max_len)
             or cache.valid.dtype != torch.bool
         ):
             raise ValueError(
                 f"KernelStep: a cache of {tuple(cache.k.shape)} for {B} rows of a model with "
                 f"(n_layer, n_head, head size) {self.cache_dims}"
             )
+        if B == Bc and rows is self._every.get(B):
+            return  # the default: row i at row i
+        if B > Bc or int(rows.min()) < 0 or int(rows.max()) >= Bc or len(set(rows.tolist())) != B:
+            raise ValueError(f"KernelStep: cache rows {rows.tolist()} for a cache of {Bc} rows (each at most once)")
         if (
             int(tokens.min()) < 0
             or int(tokens.max()) >= self.n_vocab

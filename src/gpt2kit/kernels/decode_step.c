@@ -71,13 +71,17 @@ static int linear(const model *m, const matrix *mat, const float *x, int64_t B, 
     return gpt2kit_linear(x, B, K, mat->weight, N, (int)mat->kind, mat->scale, mat->bias, gelu, y, threads);
 }
 
-/* tokens, positions: (B,). k_cache, v_cache: (n_layer, B, n_head, S, hs) fp32, written at index
-   `length`. valid: (B, S) bytes, 0 at left padding. logits: (B, n_vocab) out. Returns 0 on success. */
-int gpt2kit_decode_step(const model *m, const int64_t *tokens, const int64_t *positions, int64_t B,
-                        float *k_cache, float *v_cache, const uint8_t *valid, int64_t S, int64_t length,
-                        float *logits, int threads) {
+/* tokens, positions, slots: (B,): row i's token, its position, and its row of the cache (a batch's dead
+   slots are not computed: a row that left costs nothing until another takes its slot). k_cache, v_cache:
+   (n_layer, Bc, n_head, S, hs) fp32, written at index `length`. valid: (Bc, S) bytes, 0 at left padding.
+   logits: (B, n_vocab) out. Returns 0 on success. */
+int gpt2kit_decode_step(const model *m, const int64_t *tokens, const int64_t *positions, const int64_t *slots,
+                        int64_t B, int64_t Bc, float *k_cache, float *v_cache, const uint8_t *valid, int64_t S,
+                        int64_t length, float *logits, int threads) {
     const int64_t C = m->n_embd, nh = m->n_head, hs = C / nh, L = m->n_layer;
-    if (B <= 0 || length < 0 || length >= S || C % nh != 0) return 1;
+    if (B <= 0 || B > Bc || length < 0 || length >= S || C % nh != 0) return 1;
+    for (int64_t i = 0; i < B; i++)
+        if (slots[i] < 0 || slots[i] >= Bc) return 1;
     float *x = malloc(sizeof(float) * B * C);       /* the residual stream (B, C) */
     float *h = malloc(sizeof(float) * B * C);       /* LayerNorm output, then attention output */
     float *qkv = malloc(sizeof(float) * B * 3 * C); /* (B, 3C): q | k | v */
@@ -99,7 +103,7 @@ int gpt2kit_decode_step(const model *m, const int64_t *tokens, const int64_t *po
         /* Store this token's keys and values at cache index `length`. */
         for (int64_t i = 0; i < B; i++)
             for (int64_t hd = 0; hd < nh; hd++) {
-                size_t at = ((((size_t)l * B + i) * nh + hd) * S + length) * hs;
+                size_t at = ((((size_t)l * Bc + slots[i]) * nh + hd) * S + length) * hs;
                 memcpy(k_cache + at, qkv + i * 3 * C + C + hd * hs, sizeof(float) * hs);
                 memcpy(v_cache + at, qkv + i * 3 * C + 2 * C + hd * hs, sizeof(float) * hs);
             }
@@ -109,12 +113,12 @@ int gpt2kit_decode_step(const model *m, const int64_t *tokens, const int64_t *po
         for (int64_t bh = 0; bh < B * nh; bh++) {
             int64_t i = bh / nh, hd = bh % nh;
             const float *q = qkv + i * 3 * C + hd * hs;
-            const float *kb = k_cache + (((size_t)l * B + i) * nh + hd) * S * hs;
-            const float *vb = v_cache + (((size_t)l * B + i) * nh + hd) * S * hs;
+            const float *kb = k_cache + (((size_t)l * Bc + slots[i]) * nh + hd) * S * hs;
+            const float *vb = v_cache + (((size_t)l * Bc + slots[i]) * nh + hd) * S * hs;
             float *w = att + bh * (length + 1);
             float top = -INFINITY;
             for (int64_t j = 0; j <= length; j++) {
-                if (j != length && !valid[i * S + j]) { w[j] = -INFINITY; continue; }
+                if (j != length && !valid[slots[i] * S + j]) { w[j] = -INFINITY; continue; }
                 w[j] = dot(q, kb + j * hs, hs) * scale;
                 if (w[j] > top) top = w[j];
             }
