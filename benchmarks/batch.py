@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -32,25 +33,48 @@ SHARE_OF_MATMUL = 0.8  # the prompt pass's target, as a share of the matmul rate
 
 
 def measure(args) -> dict:
-    results = {"machine": run_case("machine")}
+    """Every case --rounds times, the order reversed every other round, so a change in the machine's speed
+    during the run falls on every library alike; each figure is the median of its rounds."""
     with tempfile.TemporaryDirectory() as d:
         model = Path(d) / "gpt2-124M-random"
         _random_124m(model)
         irs = _export_openvino(model, Path(d), args.openvino_python)
-        for b in BATCHES:
-            for dt in OURS:
-                results[f"gen_gpt2kit_{dt}_b{b}"] = run_case("gen-gpt2kit", model=model, batch=b, dtype=dt)
-            for name, ir in irs.items():
-                results[f"gen_openvino_{name}_b{b}"] = run_case(
-                    "gen-openvino", python=args.openvino_python, model=ir, batch=b
-                )
+        cases = {
+            f"gen_gpt2kit_{dt}_b{b}": ("gen-gpt2kit", {"model": model, "batch": b, "dtype": dt})
+            for b in BATCHES
+            for dt in OURS
+        }
+        cases |= {
+            f"gen_openvino_{name}_b{b}": ("gen-openvino", {"python": args.openvino_python, "model": ir, "batch": b})
+            for b in BATCHES
+            for name, ir in irs.items()
+        }
         if importlib.util.find_spec("llama_cpp") is not None:
-            for dt in ("f16", "q8_0"):
-                results[f"gen_llama_{dt}_b1"] = run_case("gen-llama", model=model, dtype=dt)
-        for dt in OURS:
-            results[f"prompt_gpt2kit_{dt}"] = run_case("prompt-gpt2kit", model=model, dtype=dt)
-    results["meta"] = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu_described": results["machine"]["cpu"]}
+            cases |= {f"gen_llama_{dt}_b1": ("gen-llama", {"model": model, "dtype": dt}) for dt in ("f16", "q8_0")}
+        cases |= {f"prompt_gpt2kit_{dt}": ("prompt-gpt2kit", {"model": model, "dtype": dt}) for dt in OURS}
+        cases["machine"] = ("machine", {})
+        runs: dict[str, list[dict]] = {key: [] for key in cases}
+        for r in range(args.rounds):
+            for key in list(cases) if r % 2 == 0 else reversed(list(cases)):
+                name, kw = cases[key]
+                runs[key].append(run_case(name, **kw))
+    results = {key: _median(rs) for key, rs in runs.items()}
+    results["meta"] = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "cpu_described": results["machine"]["cpu"],
+        "rounds": args.rounds,
+    }
     return results
+
+
+def _median(runs: list[dict]) -> dict:
+    """The first run's fields, with each figure the median over the runs (and the runs' figures kept)."""
+    out = dict(runs[0])
+    for field in ("tokens_per_s", "GFLOPs", "read_GBps", "matmul_float32_GFLOPs", "matmul_bfloat16_GFLOPs"):
+        if field in out:
+            out[field] = statistics.median(r[field] for r in runs)
+            out[f"{field}_runs"] = [round(r[field], 2) for r in runs]
+    return out
 
 
 def _export_openvino(model: Path, workdir: Path, python: str | None) -> dict[str, Path]:
@@ -116,7 +140,9 @@ def _vs(name: str, ours: tuple, peer: tuple | None) -> tuple[str, bool | None, s
 
 
 def report(r: dict) -> str:
-    lines = [f"CPU: {r['meta']['cpu_described']}; measured {r['meta']['date']}"]
+    lines = [
+        f"CPU: {r['meta']['cpu_described']}; measured {r['meta']['date']}, medians of {r['meta'].get('rounds', 1)} rounds"
+    ]
     versions = {v["version"] for k, v in r.items() if k.startswith("gen_openvino_")}
     if versions:
         precision = {v["precision"] for k, v in r.items() if k.startswith("gen_openvino_")}
@@ -144,6 +170,7 @@ def main() -> None:
         help="the interpreter of a virtual environment with openvino-genai and "
         "optimum-intel (see above); without it the OpenVINO rows are left out",
     )
+    p.add_argument("--rounds", type=int, default=3, help="runs of every case, interleaved; figures are medians")
     p.add_argument("--out", default=str(HERE / "batch_results.json"))
     p.add_argument("--report", help="print the report of an earlier results file instead of measuring")
     args = p.parse_args()

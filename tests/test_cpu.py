@@ -8,6 +8,7 @@ this machine can run; the others say skipped and why.
 import ctypes
 import functools
 import json
+import os
 import subprocess
 import tempfile
 from pathlib import Path
@@ -359,6 +360,7 @@ def test_the_block_by_block_check_equals_the_built_models_fidelity(fmt, monkeypa
 
 def test_auto_measures_once_and_its_choice_keeps_fp32s_answers(hf_tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("GPT2KIT_HOME", str(tmp_path))
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))  # a quiet machine: one timing stands
     lm = gpt2kit.load(hf_tiny, device="cpu")
     files = list(tuning_dir().glob("*.json"))
     assert len(files) == 1 and isinstance(lm.model, CpuGPT) and lm.info["cpu_path"] == lm.model.path
@@ -377,6 +379,26 @@ def test_auto_measures_once_and_its_choice_keeps_fp32s_answers(hf_tiny, tmp_path
     with torch.no_grad():
         a, b = lm.model(idx), full.model(idx)
     assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 0.95
+
+
+def test_a_timing_taken_on_a_busy_machine_is_taken_again_when_it_is_quiet(hf_tiny, tmp_path, monkeypatch):
+    """One busy moment does not decide `auto` for good: the load rides with the timing, and a load on a
+    quieter machine times the paths again (then that timing stands)."""
+    monkeypatch.setenv("GPT2KIT_HOME", str(tmp_path))
+    cores = HERE.cores
+
+    def loads(per_core):
+        monkeypatch.setattr(os, "getloadavg", lambda: (per_core * cores, 0.0, 0.0))
+        gpt2kit.load(hf_tiny, device="cpu")
+        (file,) = tuning_dir().glob("*.json")
+        return json.loads(file.read_text())["timed_at_load"]["32"], file.stat().st_mtime_ns
+
+    busy, first = loads(3.0)
+    assert busy == pytest.approx(3.0)
+    assert loads(2.5)[1] == first  # still busy: nothing better to measure on
+    quiet, second = loads(0.2)
+    assert quiet == pytest.approx(0.2) and second != first
+    assert loads(0.1)[1] == second  # a quiet timing stands
 
 
 def test_a_change_to_any_one_matrix_is_another_model_for_auto():

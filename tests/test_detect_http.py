@@ -39,6 +39,9 @@ def test_watermarked_text_is_detected_and_plain_text_is_not(server):
     assert found["z"] == pytest.approx(detect(lm.tokenizer.encode(marked), key=KEY).z)
     code, found = post(server, {"text": plain, "watermark_key": KEY})
     assert code == 200 and not found["watermarked"]
+    code, found = post(server, {"text": marked, "watermark_key": KEY, "ignore_repeated_ngrams": True})
+    ids = lm.tokenizer.encode(marked)
+    assert code == 200 and found["scored"] == detect(ids, key=KEY, ignore_repeated_ngrams=True).scored
 
 
 @pytest.mark.parametrize(

@@ -180,6 +180,24 @@ def test_detect_finds_transformers_watermark(bundled, do_sample, gamma, delta, w
     assert not detect(tokens, key=KEY + 1, gamma=gamma, context_width=width).watermarked  # another key: no
 
 
+@pytest.mark.parametrize("width", [1, 3])
+def test_ignoring_repeated_ngrams_counts_as_transformers_does(hf_model, width):
+    """A text that loops: each distinct (context, token) run once, as WatermarkDetector(ignore_repeated_ngrams=True)
+    scores it; and every repeat counted without the option, as transformers' default does."""
+    loop = [464, 3290, 318, 257, 1332, 13] * 12 + [1544, 318, 922, 290]
+    for ignore in (True, False):
+        theirs = WatermarkDetector(
+            model_config=hf_model.config,
+            device="cpu",
+            watermarking_config=hf_config(width=width),
+            ignore_repeated_ngrams=ignore,
+        )(torch.tensor([loop]), z_threshold=4.0, return_dict=True)
+        ours = detect(loop, key=KEY, context_width=width, ignore_repeated_ngrams=ignore)
+        assert ours.scored == int(theirs.num_tokens_scored[0]) and ours.green == int(theirs.num_green_tokens[0])
+        assert ours.z == pytest.approx(float(theirs.z_score[0]), rel=1e-6)
+    assert detect(loop, key=KEY, ignore_repeated_ngrams=True).scored == 6 + 4  # the loop's pairs once, then the tail
+
+
 def test_a_leading_endoftext_is_not_scored_as_transformers_drops_it():
     tokens = [50256, 464, 3290, 318, 257]
     assert detect(tokens, key=KEY).scored == 3
@@ -247,6 +265,16 @@ def test_cli_detect_says_watermarked_with_exit_0(marked_file):
     r = run_cli("detect", marked_file, "--watermark-key", "42", "--format", "json")
     found = json.loads(r.stdout)
     assert r.returncode == 0 and found["watermarked"] and found["z"] > 4 and found["p_value"] < 1e-4
+
+
+def test_cli_detect_can_count_each_repeated_ngram_once(tmp_path):
+    loop = tmp_path / "loop.txt"
+    loop.write_text("and on and on " * 60, encoding="utf-8")
+    every = json.loads(run_cli("detect", loop, "--watermark-key", "42", "--format", "json").stdout)
+    once = json.loads(
+        run_cli("detect", loop, "--watermark-key", "42", "--format", "json", "--ignore-repeated-ngrams").stdout
+    )
+    assert once["scored"] < 10 < every["scored"]  # a handful of distinct pairs, against every token
 
 
 def test_cli_detect_exit_1_for_human_text_and_for_another_key(marked_file):

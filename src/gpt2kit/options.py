@@ -441,6 +441,9 @@ class DetectOptions:
     watermark_context_width: int = SamplingSettings.watermark_context_width
     # Kirchenbauer et al.'s threshold: an unmarked text passes it about 3 times in 100,000 (one-sided p 3.2e-5).
     z_threshold: float = 4.0
+    # transformers' option: each distinct (context, token) n-gram counts once, so a text that loops (and
+    # repeats the same green or red pairs) is not scored on its repeats.
+    ignore_repeated_ngrams: bool = False
 
     def __post_init__(self) -> None:
         if self.watermark_key is None:

@@ -6,6 +6,7 @@ Exit status, for scripts: 0 watermarked (z above the threshold), 1 not watermark
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 from ..options import DECODE_ERRORS, DetectOptions, EncodeOptions
@@ -30,6 +31,12 @@ def register(sub) -> None:
     add_field(p, DetectOptions, "watermark_gamma", help="the green list's share of the vocabulary, as generated")
     add_field(p, DetectOptions, "watermark_context_width", help="tokens before the first marked one, as generated")
     add_field(p, DetectOptions, "z_threshold", help="watermarked above this z-score")
+    add_field(
+        p,
+        DetectOptions,
+        "ignore_repeated_ngrams",
+        help="count each distinct run of context + token once, so a looping text is not scored on its repeats",
+    )
     p.add_argument(
         "--format",
         choices=("text", "json"),
@@ -48,7 +55,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from ..provenance.watermark import detect
     from ..tokenizer import gpt2_tokenizer
 
-    options = DetectOptions(**given(args, "watermark_key", "watermark_gamma", "watermark_context_width", "z_threshold"))
+    options = DetectOptions(**given(args, *(f.name for f in dataclasses.fields(DetectOptions))))
     text = read_source(args.file, file_only=True, **given(args, "encoding", "errors"))
     found = detect(
         gpt2_tokenizer().encode(text),
@@ -56,6 +63,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         gamma=options.watermark_gamma,
         context_width=options.watermark_context_width,
         z_threshold=options.z_threshold,
+        ignore_repeated_ngrams=options.ignore_repeated_ngrams,
     )
     if args.format == "json":
         print(json.dumps(found.as_dict()))

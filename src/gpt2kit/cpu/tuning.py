@@ -6,7 +6,9 @@
 - Fidelity, per model (a fingerprint of its weights): the candidates faster than fp32, fastest first,
   run on held-out text (assets/heldout.txt) until one meets policy's bar against fp32's logits.
 
-Both are kept in GPT2KIT_HOME/tuning/<machine>.json (written atomically), so later loads decide at once.
+Both are kept in GPT2KIT_HOME/tuning/<machine>.json (written atomically), so later loads decide at once. The
+timing keeps the machine's load beside it: timings taken while other work crowded the cores are taken again at
+the next load on a quieter machine, so one busy moment does not decide `auto` for good.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass
 from importlib import metadata
@@ -32,7 +35,8 @@ from .policy import TIMED_ROWS, Fidelity, by_speed, choose
 from .runner import block_matrices
 
 log = logging.getLogger("gpt2kit")
-FORMAT_VERSION = 1  # of the tuning file
+FORMAT_VERSION = 2  # of the tuning file (2: the load each timing was taken under)
+BUSY_LOAD = 1.0  # runnable processes per core (1-minute load average) above which a timing is provisional
 PROBE_TOKENS = 512  # held-out tokens the fidelity runs on: 1 disagreement in 512 is 99.8%
 HEAD_ROWS = 64  # positions whose logits exist at once in the check: 64 x 50257 fp32 is 13 MB
 
@@ -86,7 +90,15 @@ def _read(path) -> dict:
             return data
     except (OSError, ValueError):
         pass  # missing or damaged: measure again
-    return {"version": FORMAT_VERSION, "timings": {}, "fidelity": {}}
+    return {"version": FORMAT_VERSION, "timings": {}, "timed_at_load": {}, "fidelity": {}}
+
+
+def load_per_core(cpu: CpuInfo) -> float:
+    """The 1-minute load average per core: above BUSY_LOAD, other work competes with any timing taken now."""
+    try:
+        return os.getloadavg()[0] / max(1, cpu.cores)
+    except OSError:  # not available here (Windows): count the machine as quiet
+        return 0.0
 
 
 def _write(path, data: dict) -> None:
@@ -210,10 +222,15 @@ def decide(gpt: GPT, cpu: CpuInfo, kernels: Kernels | None, probe: list[int]) ->
     data = _read(path)
     found = {c.name: c for c in candidates(cpu, kernels)}
     baseline = next(n for n in found if n.startswith("float32/"))
-    shape = str(gpt.config.n_embd)
-    if set(data["timings"].get(shape, {})) != set(found):
-        log.info("timing this CPU's paths for --dtype auto (once per machine and model width)")
+    shape, load = str(gpt.config.n_embd), load_per_core(cpu)
+    busy_before = data.setdefault("timed_at_load", {}).get(shape, 0.0) > BUSY_LOAD >= load
+    if set(data["timings"].get(shape, {})) != set(found) or busy_before:
+        log.info(
+            "timing this CPU's paths for --dtype auto (%s)",
+            "again: the last timing ran on a busy machine" if busy_before else "once per machine and model width",
+        )
         data["timings"][shape] = time_candidates(found, kernels, gpt.config.n_embd)
+        data["timed_at_load"][shape] = load
         _write(path, data)
     timings = data["timings"][shape]
     key = fingerprint(gpt, probe)

@@ -127,11 +127,13 @@ def detect(
     gamma: float = DetectOptions.watermark_gamma,
     context_width: int = DetectOptions.watermark_context_width,
     z_threshold: float = DetectOptions.z_threshold,
+    ignore_repeated_ngrams: bool = DetectOptions.ignore_repeated_ngrams,
     vocab_size: int = GPT2_VOCAB,
 ) -> Detection:
     """Score `token_ids` (the text's tokens, best without its prompt) for the watermark of `key`: every token
     after the first `context_width` is green or not after its predecessor, as transformers' WatermarkDetector
-    counts them (repeats included). Watermarked when z > z_threshold."""
+    counts them (repeats included, unless ignore_repeated_ngrams: each distinct run of context_width + 1
+    tokens once). Watermarked when z > z_threshold."""
     DetectOptions(
         watermark_key=key, watermark_gamma=gamma, watermark_context_width=context_width, z_threshold=z_threshold
     )  # the ranges' one check
@@ -140,13 +142,16 @@ def detect(
         raise UserError(f"token id {bad[0]} is not in the vocabulary (0 to {vocab_size - 1})")
     if ids and ids[0] == GPT2_EOT:
         ids = ids[1:]
-    scored = len(ids) - context_width
-    if scored < 1:
+    if len(ids) - context_width < 1:
         raise UserError(
             f"the text has {len(ids)} token(s), and detection scores those after the first "
             f"{context_width} (the context width): give a longer text (200 tokens decide reliably)"
         )
-    green = sum(is_green(key, gamma, ids[i - 1], ids[i], vocab_size) for i in range(context_width, len(ids)))
+    ngrams = [tuple(ids[i - context_width : i + 1]) for i in range(context_width, len(ids))]
+    if ignore_repeated_ngrams:
+        ngrams = list(dict.fromkeys(ngrams))  # the first of each, in order
+    scored = len(ngrams)
+    green = sum(is_green(key, gamma, g[-2], g[-1], vocab_size) for g in ngrams)
     z = (green - gamma * scored) / math.sqrt(scored * gamma * (1 - gamma))
     # The normal tail exactly; transformers' p-value uses a rough closed form of it, its z is the same.
     return Detection(scored, green, gamma, z, 0.5 * math.erfc(z / math.sqrt(2)), z_threshold)

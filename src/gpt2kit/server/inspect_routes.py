@@ -107,6 +107,7 @@ class DetectRequest(BaseModel):
     watermark_gamma: float = Field(DetectOptions.watermark_gamma, gt=0, lt=1)
     watermark_context_width: whole(ge=1) = DetectOptions.watermark_context_width
     z_threshold: float = DetectOptions.z_threshold
+    ignore_repeated_ngrams: bool = DetectOptions.ignore_repeated_ngrams
 
 
 class DetectResponse(BaseModel):
@@ -138,6 +139,7 @@ def add_detect_route(app: FastAPI, served: Served) -> None:
                 gamma=body.watermark_gamma,
                 context_width=body.watermark_context_width,
                 z_threshold=body.z_threshold,
+                ignore_repeated_ngrams=body.ignore_repeated_ngrams,
             )
         except UserError as e:
             raise APIError(400, str(e), param="watermark_key") from None
