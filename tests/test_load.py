@@ -19,7 +19,7 @@ import random
 import time
 
 import pytest
-from live_server import health, start_server
+from live_server import health, server_log, start_server
 
 SECONDS = float(os.environ.get("GPT2KIT_LOAD_SECONDS", "60"))
 CONNECTIONS = int(os.environ.get("GPT2KIT_LOAD_CONNECTIONS", "200"))
@@ -203,7 +203,10 @@ def test_200_connections_for_a_minute_of_abuse(loaded_server):
     port = int(url.rsplit(":", 1)[1])
     tally, rss = asyncio.run(_load(port, proc.pid))
     assert proc.poll() is None, "the server died under load"
-    assert not tally.failures, f"{len(tally.failures)} bad answers, e.g. {tally.failures[:5]}\n{tally.counts}"
+    assert not tally.failures, (
+        f"{len(tally.failures)} bad answers, e.g. {tally.failures[:5]}\n{tally.counts}\nthe server said:\n"
+        + server_log(proc)
+    )
     served = sum(v for k, v in tally.counts.items() if k.endswith(" 200"))
     assert served > CONNECTIONS, f"too few requests were served: {tally.counts}"
     assert tally.counts["hang-up"] > 0 and any(k.startswith("oversize") for k in tally.counts)
