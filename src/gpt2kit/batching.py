@@ -227,27 +227,32 @@ class RunningBatch:
             return full
         if self.cache.length >= self.cache.max_len:
             self._rebuild([])
-        logits = self._live_only() if any(r is None for r in self.slots) else None
+        live = [i for i, r in enumerate(self.slots) if r is not None]
+        dead = len(live) < len(self.slots)
+        logits = self._step_live(live) if dead else None
         if logits is None:
-            tokens = torch.tensor([[r.tokens[-1] if r is not None else self.pad_id] for r in self.slots])  # (B, 1)
-            positions = torch.tensor([[r.pos if r is not None else 0] for r in self.slots])  # (B, 1)
-            with torch.inference_mode():
-                logits = self.model(
-                    tokens.to(self.device), cache=self.cache, positions=positions.to(self.device), last_only=True
-                )[:, -1, :]  # (B, V)
-            logits = logits[[i for i, r in enumerate(self.slots) if r is not None]] if None in self.slots else logits
+            logits = self._step_every()
+            logits = logits[live] if dead else logits
         for r, row_logits in zip(self.rows, logits):
             r.logits, r.pos = row_logits, r.pos + 1
         self.fed = logits  # (live rows, V), in slot order
         return full
 
-    def _live_only(self) -> torch.Tensor | None:
-        """The live rows' logits (M, V) from a step over them alone, skipping dead slots, where the model's
-        path can (gpt2kit.cpu's C step); else None."""
+    def _step_every(self) -> torch.Tensor:
+        """(B, V) one token for every slot, a dead one computing a throwaway token."""
+        tokens = torch.tensor([[r.tokens[-1] if r is not None else self.pad_id] for r in self.slots])  # (B, 1)
+        positions = torch.tensor([[r.pos if r is not None else 0] for r in self.slots])  # (B, 1)
+        with torch.inference_mode():
+            return self.model(
+                tokens.to(self.device), cache=self.cache, positions=positions.to(self.device), last_only=True
+            )[:, -1, :]
+
+    def _step_live(self, live: list[int]) -> torch.Tensor | None:
+        """(M, V) one token for the live slots alone, where the model's path can skip the dead ones
+        (gpt2kit.cpu's C step); else None."""
         decode_rows = getattr(self.model, "decode_rows", None)
         if decode_rows is None:
             return None
-        live = [i for i, r in enumerate(self.slots) if r is not None]
         tokens = torch.tensor([[self.slots[i].tokens[-1]] for i in live])  # (M, 1)
         positions = torch.tensor([[self.slots[i].pos] for i in live])  # (M, 1)
         with torch.inference_mode():
