@@ -3,8 +3,9 @@
 `add` a Request of Sequences; each `step` admits waiting sequences (scheduler.py: round-robin across
 requests, within the row limit and the KV budget), prefills waiting prompts within the step's token
 budget (batching.STEP_TOKENS less the decoding rows, at least PREFILL_CHUNK; when nothing decodes, the
-oldest prompt whole; whole prompts waiting together that fit the budget, in one padded pass), draws a token for every running row through the sampling pipeline, hands the text
-to each sequence's request, and feeds the rows that go on. Synchronous: no threads, no I/O.
+oldest prompt whole; whole prompts waiting together that fit the budget, in one padded pass), draws a token
+for every running row through the sampling pipeline, hands the text to each sequence's request, and feeds
+the rows that go on. Synchronous: no threads, no I/O.
 
 Rows of one prompt share its prefill. A row whose context fills slides on: its last n_ctx/2 tokens are
 prefilled again and it rejoins; a row with no token limit ends instead (the context is its limit).
