@@ -241,6 +241,30 @@ def test_a_prompt_pass_runs_inside_and_outside_inference_mode_in_any_order():
                 assert torch.allclose(KernelLinear(k, w, None, "float16")(x), ref, atol=1e-5)
 
 
+@pytest.mark.parametrize("isa", ["avx2", "avx512", "avx512-emulated"])
+def test_the_vector_gelu_and_exp_match_float64(isa):
+    """vmath.c's GELU (GPT-2's tanh form) and e^x against PyTorch's in float64, over the whole range a step
+    meets: both tails, zero, tiny and huge values, -inf (a masked score), and an array's last partial vector."""
+    k = loaded(isa)
+    g = torch.Generator().manual_seed(7)
+    x = torch.cat([torch.linspace(-30, 30, 60_001), torch.randn(1003, generator=g) * 4])
+    x = torch.cat([x, torch.tensor([0.0, -0.0, 1e-30, -1e-30, 100.0, -100.0, 1e4, -1e4])])  # 61,012: a tail of 4
+    ref = F.gelu(x.double(), approximate="tanh")
+    got = x.clone()
+    k.lib.gpt2kit_gelu(got.data_ptr(), got.numel())
+    # gelu(x) is within |x| of zero: an error of a few fp32 roundings of x, however small the result
+    assert ((got.double() - ref).abs() <= 2e-6 * x.double().abs() + 1e-37).all()
+    big = ref.abs() > 1e-3
+    assert ((got.double() - ref).abs()[big] <= 4e-6 * ref.abs()[big]).all()
+
+    w = torch.cat([torch.linspace(-100, 0, 10_003), torch.tensor([-float("inf")])])
+    e = w.clone()
+    total = k.lib.gpt2kit_exp_sum(e.data_ptr(), e.numel(), 2.5)
+    ref = torch.exp((w - 2.5).double())  # the difference rounded to fp32, as the kernel takes it
+    assert ((e.double() - ref).abs() <= 2.4e-7 * ref + 1e-37).all()  # about 2 ulp; 0 below e^-87 and at -inf
+    assert e[-1] == 0 and abs(total - ref.sum().item()) <= 1e-6 * ref.sum().item()
+
+
 def rounded_activations(x: torch.Tensor, fmt: str) -> torch.Tensor:
     """x as the kind's arithmetic sees it: int8 per row (symmetric) for int8a8, bf16 for bfloat16a16."""
     if fmt == "int8a8":
@@ -285,7 +309,7 @@ def decode(model, lengths=(10, 7, 4)) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("isa", ["avx2", "avx512", "avx512-emulated"])
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("n_embd,n_head", [(32, 4), (36, 4)])  # 36: head size 9, rows not multiples of 8
+@pytest.mark.parametrize("n_embd,n_head", [(32, 4), (36, 4), (128, 2)])  # 9: not whole vectors; 64: GPT-2's
 def test_decode_step_matches_pytorch_on_the_same_weights(isa, fmt, n_embd, n_head):
     """decode_step.c gives what PyTorch computes with the same stored weights, cache and all."""
     k = with_kind(loaded(isa), fmt)

@@ -126,16 +126,11 @@ static inline float load1(const void *w, int64_t i, wkind kind) {
     return (float)((const int8_t *)w)[i];
 }
 
-/* GPT-2's GELU, the tanh approximation (PyTorch's approximate="tanh"). */
-static inline float gelu_tanh(float x) {
-    return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
-}
-
 static inline size_t elem_size(wkind kind) { return kind == W_F32 ? 4 : kind == W_I8 ? 1 : 2; }
 
 /* y[m, n0:n0+R] for m in [m0, m0+mt): R rows of W (R <= ROWS) against mt <= MTILE rows of x. */
 static inline __attribute__((always_inline)) void block(const float *x, int64_t m0, int mt, int64_t K, const void *W, int64_t n0, int R,
-                         wkind kind, const float *scale, const float *bias, int gelu, float *y, int64_t N) {
+                         wkind kind, const float *scale, const float *bias, float *y, int64_t N) {
     vec acc[ROWS][MTILE];
     for (int r = 0; r < ROWS; r++)
         for (int j = 0; j < MTILE; j++) acc[r][j] = vzero();
@@ -174,7 +169,6 @@ static inline __attribute__((always_inline)) void block(const float *x, int64_t 
             for (int64_t kk = k; kk < K; kk++) s += load1(wr, kk, kind) * x[(m0 + j) * K + kk];
             if (scale) s *= scale[n0 + r];
             if (bias) s += bias[n0 + r];
-            if (gelu) s = gelu_tanh(s);
             y[(m0 + j) * N + n0 + r] = s;
         }
     }
@@ -183,7 +177,7 @@ static inline __attribute__((always_inline)) void block(const float *x, int64_t 
 /* y[0, n] for one row n of W against one row of x: a single sequential stream with four chains of
    FMAs, the access pattern the memory system streams fastest. */
 static inline __attribute__((always_inline)) void row1(const float *x, int64_t K, const void *W, int64_t n,
-        wkind kind, const float *scale, const float *bias, int gelu, float *y) {
+        wkind kind, const float *scale, const float *bias, float *y) {
     const char *wr = (const char *)W + (size_t)n * K * elem_size(kind);
     vec a0 = vzero(), a1 = a0, a2 = a0, a3 = a0;
     int64_t k = 0;
@@ -200,17 +194,16 @@ static inline __attribute__((always_inline)) void row1(const float *x, int64_t K
     for (; k < K; k++) s += load1(wr, k, kind) * x[k];
     if (scale) s *= scale[n];
     if (bias) s += bias[n];
-    if (gelu) s = gelu_tanh(s);
     y[n] = s;
 }
 
 /* The specialisations below let the compiler fix R, mt and kind, so acc[][] lives in registers. */
 #define BLOCK_FOR(KIND)                                                                          \
     static void run_##KIND(const float *x, int64_t M, int64_t K, const void *W, int64_t N,       \
-                           const float *scale, const float *bias, int gelu, float *y, int threads) { \
+                           const float *scale, const float *bias, float *y, int threads) {        \
         if (M == 1) {                                                                            \
             _Pragma("omp parallel for schedule(static) num_threads(threads)")                    \
-            for (int64_t n = 0; n < N; n++) row1(x, K, W, n, KIND, scale, bias, gelu, y);        \
+            for (int64_t n = 0; n < N; n++) row1(x, K, W, n, KIND, scale, bias, y);        \
             return;                                                                              \
         }                                                                                        \
         int64_t nblocks = (N + ROWS - 1) / ROWS;                                                 \
@@ -224,12 +217,12 @@ static inline __attribute__((always_inline)) void row1(const float *x, int64_t K
                    once for 4 FMAs. */                                                           \
                 int64_t m4 = M - M % 4;                                                          \
                 for (int half = 0; half < 2 && m4 > 0; half++)                                   \
-                    for (m0 = 0; m0 < m4; m0 += 4) block(x, m0, 4, K, W, n0 + 2 * half, 2, KIND, scale, bias, gelu, y, N); \
+                    for (m0 = 0; m0 < m4; m0 += 4) block(x, m0, 4, K, W, n0 + 2 * half, 2, KIND, scale, bias, y, N); \
                 m0 = m4;                                                                         \
-                for (; m0 + 2 <= M; m0 += 2) block(x, m0, 2, K, W, n0, ROWS, KIND, scale, bias, gelu, y, N); \
-                if (m0 < M) block(x, m0, 1, K, W, n0, ROWS, KIND, scale, bias, gelu, y, N);           \
+                for (; m0 + 2 <= M; m0 += 2) block(x, m0, 2, K, W, n0, ROWS, KIND, scale, bias, y, N); \
+                if (m0 < M) block(x, m0, 1, K, W, n0, ROWS, KIND, scale, bias, y, N);           \
             } else {                                                                             \
-                for (; m0 < M; m0++) block(x, m0, 1, K, W, n0, R, KIND, scale, bias, gelu, y, N);     \
+                for (; m0 < M; m0++) block(x, m0, 1, K, W, n0, R, KIND, scale, bias, y, N);     \
             }                                                                                    \
         }                                                                                        \
     }
@@ -254,7 +247,7 @@ static inline int64_t round_up(int64_t k, int64_t to) { return (k + to - 1) / to
    offset by 128 to unsigned, then 64 products per vpdpbusd. The offset adds 128 * (sum of the
    row's weights), which scale[N + n] holds, and is taken off again. */
 static int run_i8a8(const float *x, int64_t M, int64_t K, const int8_t *W, int64_t N, const float *scale,
-                    const float *bias, int gelu, float *y, int threads) {
+                    const float *bias, float *y, int threads) {
     const int64_t Kp = round_up(K, 64);
     uint8_t *xq = calloc((size_t)(M * Kp + 64), 1);
     float *sx = malloc(sizeof(float) * (size_t)(M > 0 ? M : 1));
@@ -280,7 +273,6 @@ static int run_i8a8(const float *x, int64_t M, int64_t K, const int8_t *W, int64
             for (int64_t k = Kv; k < K; k++) dot += (int64_t)xr[k] * wr[k];
             float s = (float)(dot - 128 * (int64_t)scale[N + n]) * sx[m] * scale[n];
             if (bias) s += bias[n];
-            if (gelu) s = gelu_tanh(s);
             y[m * N + n] = s;
         }
     }
@@ -301,7 +293,7 @@ static inline __m512bh load_bh(const uint16_t *p) { __m512bh v; memcpy(&v, p, 64
 /* bf16 weights x bf16 activations (x rounded to bf16 once per call), fp32 sums: 32 products
    per vdpbf16ps. */
 static int run_bf16a16(const float *x, int64_t M, int64_t K, const uint16_t *W, int64_t N, const float *bias,
-                       int gelu, float *y, int threads) {
+                       float *y, int threads) {
     const int64_t Kp = round_up(K, 32);
     uint16_t *xb = calloc((size_t)(M * Kp + 32), sizeof(uint16_t));
     if (!xb) return 2;
@@ -318,7 +310,6 @@ static int run_bf16a16(const float *x, int64_t M, int64_t K, const uint16_t *W, 
             float s = _mm512_reduce_add_ps(acc);
             for (int64_t k = Kv; k < K; k++) s += load1(xr, k, W_BF16) * load1(wr, k, W_BF16);
             if (bias) s += bias[n];
-            if (gelu) s = gelu_tanh(s);
             y[m * N + n] = s;
         }
     }
@@ -340,20 +331,37 @@ int gpt2kit_kinds(void) {
     return kinds;
 }
 
-int gpt2kit_linear(const float *x, int64_t M, int64_t K, const void *W, int64_t N, int kind,
-                   const float *scale, const float *bias, int gelu, float *y, int threads) {
-    if (M < 0 || K <= 0 || N <= 0 || threads <= 0) return 1;
+void gpt2kit_gelu(float *y, int64_t n); /* vmath.c */
+
+/* GELU over y (n values) in place, split between the threads in whole vectors. */
+static void gelu_all(float *y, int64_t n, int threads) {
+    const int64_t chunk = 1024;
+    const int64_t chunks = (n + chunk - 1) / chunk;
+    #pragma omp parallel for schedule(static) num_threads(threads) if (chunks > 1)
+    for (int64_t c = 0; c < chunks; c++) gpt2kit_gelu(y + c * chunk, n - c * chunk < chunk ? n - c * chunk : chunk);
+}
+
+static int product(const float *x, int64_t M, int64_t K, const void *W, int64_t N, int kind, const float *scale,
+                   const float *bias, float *y, int threads) {
     switch (kind) {
-    case W_F32: run_W_F32(x, M, K, W, N, NULL, bias, gelu, y, threads); return 0;
-    case W_F16: run_W_F16(x, M, K, W, N, NULL, bias, gelu, y, threads); return 0;
-    case W_BF16: run_W_BF16(x, M, K, W, N, NULL, bias, gelu, y, threads); return 0;
-    case W_I8: if (!scale) return 1; run_W_I8(x, M, K, W, N, scale, bias, gelu, y, threads); return 0;
+    case W_F32: run_W_F32(x, M, K, W, N, NULL, bias, y, threads); return 0;
+    case W_F16: run_W_F16(x, M, K, W, N, NULL, bias, y, threads); return 0;
+    case W_BF16: run_W_BF16(x, M, K, W, N, NULL, bias, y, threads); return 0;
+    case W_I8: if (!scale) return 1; run_W_I8(x, M, K, W, N, scale, bias, y, threads); return 0;
 #if defined(__AVX512VNNI__)
-    case W_I8A8: if (!scale) return 1; return run_i8a8(x, M, K, W, N, scale, bias, gelu, y, threads);
+    case W_I8A8: if (!scale) return 1; return run_i8a8(x, M, K, W, N, scale, bias, y, threads);
 #endif
 #if defined(__AVX512BF16__)
-    case W_BF16A16: return run_bf16a16(x, M, K, W, N, bias, gelu, y, threads);
+    case W_BF16A16: return run_bf16a16(x, M, K, W, N, bias, y, threads);
 #endif
     }
     return 1;
+}
+
+int gpt2kit_linear(const float *x, int64_t M, int64_t K, const void *W, int64_t N, int kind,
+                   const float *scale, const float *bias, int gelu, float *y, int threads) {
+    if (M < 0 || K <= 0 || N <= 0 || threads <= 0) return 1;
+    int rc = product(x, M, K, W, N, kind, scale, bias, y, threads);
+    if (rc == 0 && gelu) gelu_all(y, M * N, threads);
+    return rc;
 }
