@@ -157,7 +157,9 @@ static inline __attribute__((always_inline)) void block(const float *x, int64_t 
         for (int r = 0; r < ROWS; r++) {
             if (r >= R) break;
             const char *wr = wbase + (size_t)r * K * elem_size(kind);
-            _mm_prefetch(wr + k * elem_size(kind) + PF, _MM_HINT_T0);
+            /* Once per cache line, and only on the first tile of x's rows: the later tiles find W in
+               cache, and every prefetch takes a load slot from the products. */
+            if (m0 == 0 && ((k * elem_size(kind)) & 63) == 0) _mm_prefetch(wr + k * elem_size(kind) + PF, _MM_HINT_T0);
             vec wv = loadw(wr, k, kind);
             for (int j = 0; j < mt; j++) acc[r][j] = vfma(wv, xv[j], acc[r][j]);
         }
