@@ -259,10 +259,10 @@ def test_the_vector_gelu_and_exp_match_float64(isa):
 
     w = torch.cat([torch.linspace(-100, 0, 10_003), torch.tensor([-float("inf")])])
     e = w.clone()
-    total = k.lib.gpt2kit_exp_sum(e.data_ptr(), e.numel(), 2.5)
+    k.lib.gpt2kit_exp_shifted(e.data_ptr(), e.numel(), 2.5)
     ref = torch.exp((w - 2.5).double())  # the difference rounded to fp32, as the kernel takes it
     assert ((e.double() - ref).abs() <= 2.4e-7 * ref + 1e-37).all()  # about 2 ulp; 0 below e^-87 and at -inf
-    assert e[-1] == 0 and abs(total - ref.sum().item()) <= 1e-6 * ref.sum().item()
+    assert e[-1] == 0
 
 
 def rounded_activations(x: torch.Tensor, fmt: str) -> torch.Tensor:
@@ -289,7 +289,7 @@ def decode(model, lengths=(10, 7, 4)) -> list[torch.Tensor]:
     """A padded batch: prefill, then 6 one-token steps, a row leaving after the third."""
     B, T = len(lengths), max(lengths)
     idx = torch.randint(0, 97, (B, T), generator=torch.Generator().manual_seed(1))
-    cache = KVCache(model.config, B, 30, "cpu", torch.float32)
+    cache = KVCache(model.config, B, 30, "cpu", model.cache_dtype)  # fp16 on the kernels' reduced formats
     positions = torch.zeros(B, T, dtype=torch.long)
     for i, n in enumerate(lengths):
         cache.valid[i, : T - n] = False
@@ -315,9 +315,13 @@ def test_decode_step_matches_pytorch_on_the_same_weights(isa, fmt, n_embd, n_hea
     k = with_kind(loaded(isa), fmt)
     fast = build(random_gpt(n_embd, n_head), Candidate(fmt, "kernels"), k)
     assert fast.step is not None
+    assert fast.cache_dtype == (torch.float32 if fmt == "float32" else torch.float16)
     slow = CpuGPT(fast.reference, fast.head, None, "the same modules, PyTorch's step")
+    # The two write the fp16 cache from sums in another order, so a value can round to the next fp16; where
+    # activations are rounded too (int8a8, bf16a16) that can move one of them by a step of their rounding.
+    tol = {"int8a8": 1 / 127, "bfloat16a16": 2**-8}.get(fmt, 1e-4)
     for a, b in zip(decode(fast), decode(slow)):
-        assert a.shape == b.shape and (a - b).abs().max() < 1e-4 * b.abs().max()
+        assert a.shape == b.shape and (a - b).abs().max() < tol * b.abs().max()
 
 
 @pytest.mark.parametrize("isa", ["avx2", "avx512-emulated"])
@@ -327,7 +331,7 @@ def test_a_step_over_some_cache_rows_leaves_the_others_alone(isa, fmt):
     step over every row computes for them; the skipped row's cache is not touched."""
     fast = build(random_gpt(32, 4), Candidate(fmt, "kernels"), with_kind(loaded(isa), fmt))
     idx = torch.randint(0, 97, (3, 10), generator=torch.Generator().manual_seed(2))
-    every, some = (KVCache(fast.config, 3, 30, "cpu", torch.float32) for _ in range(2))
+    every, some = (KVCache(fast.config, 3, 30, "cpu", fast.cache_dtype) for _ in range(2))
     tokens, positions = torch.tensor([[4], [5], [6]]), torch.full((3, 1), 10)
     with torch.inference_mode():
         fast(idx, cache=every)
@@ -337,34 +341,63 @@ def test_a_step_over_some_cache_rows_leaves_the_others_alone(isa, fmt):
         got = fast.decode_rows(tokens[[0, 2]], positions[[0, 2]], some, torch.tensor([0, 2]))  # (2, 1, V)
     assert got.shape == (2, 1, 97) and some.length == every.length == 11
     assert (got - want[[0, 2]]).abs().max() < 1e-5 * want.abs().max()
-    assert torch.allclose(some.k[:, [0, 2], :, 10], every.k[:, [0, 2], :, 10], atol=1e-5)
+    assert torch.allclose(some.k[:, [0, 2], :, 10].float(), every.k[:, [0, 2], :, 10].float(), atol=1e-3)
     assert torch.equal(some.k[:, 1], skipped[0]) and torch.equal(some.v[:, 1], skipped[1])
     with pytest.raises(ValueError, match="each at most once"):
         fast.decode_rows(tokens[:2], positions[:2], some, torch.tensor([2, 2]))
 
 
+@pytest.mark.parametrize("isa", ["avx2", "avx512-emulated"])
+@pytest.mark.parametrize("fmt", ["float32", "float16"])
+@pytest.mark.parametrize("n_embd,n_head", [(32, 4), (128, 2)])  # head size 8, and GPT-2's 64 (8 keys at a time)
+def test_padding_before_a_row_changes_nothing_in_its_step(isa, fmt, n_embd, n_head):
+    """A row's step gives the same bits whatever padding a batch puts before it (the seed contract: a sample
+    never depends on its batch): the same keys and values after 0 to 9 masked positions of garbage."""
+    k = with_kind(loaded(isa), fmt)
+    fast = build(random_gpt(n_embd, n_head), Candidate(fmt, "kernels"), k)
+    g = torch.Generator().manual_seed(3)
+    real = 13  # positions with keys and values; the step's token is the 14th
+    shape = (fast.config.n_layer, 1, n_head, real, n_embd // n_head)
+    keys, values = (torch.randn(shape, generator=g).to(fast.cache_dtype) for _ in range(2))
+    answers = []
+    for pad in range(10):
+        cache = KVCache(fast.config, 1, 30, "cpu", fast.cache_dtype)
+        cache.k.normal_(generator=g), cache.v.normal_(generator=g)  # garbage in the padding
+        cache.k[:, :, :, pad : pad + real], cache.v[:, :, :, pad : pad + real] = keys, values
+        cache.valid[0, :pad] = False
+        cache.length = pad + real
+        with torch.inference_mode():
+            answers.append(fast.step(torch.tensor([[7]]), torch.tensor([[real]]), cache))
+    assert all(torch.equal(a, answers[0]) for a in answers)
+
+
+@pytest.mark.parametrize("engine", ["torch", "kernels"])
 @pytest.mark.parametrize("fmt,tol", [("float32", 1e-4), ("float16", 2e-3), ("bfloat16", 2e-2), ("int8", 5e-2)])
-def test_each_format_stays_close_to_the_fp32_reference(fmt, tol):
-    """The rounding each weight format costs, on PyTorch's own path (any machine)."""
+def test_each_format_stays_close_to_the_fp32_reference(fmt, tol, engine):
+    """The rounding each weight format costs, on PyTorch's own path (any machine) and on the kernels' (their
+    fp16 KV cache included: its rounding is finer than the weights', so the same bound holds)."""
+    k = loaded("avx2") if engine == "kernels" else None
     ref = decode(random_gpt(32, 4))
-    got = decode(build(random_gpt(32, 4), Candidate(fmt, "torch"), None))
+    got = decode(build(random_gpt(32, 4), Candidate(fmt, engine), k))
     for a, b in zip(got, ref):
         assert (a - b).abs().max() < tol * b.abs().max()
 
 
+@pytest.mark.parametrize("engine", ["torch", "kernels"])
 @pytest.mark.parametrize("fmt", ["float16", "int8"])
-def test_the_block_by_block_check_equals_the_built_models_fidelity(fmt, monkeypatch):
+def test_the_block_by_block_check_equals_the_built_models_fidelity(fmt, engine, monkeypatch):
     """tuning.compare runs fp32 and the candidate side by side one block at a time (so a first auto load
-    never holds two models); its figures equal those of the whole built model against the whole fp32 one."""
-    gpt, c = random_gpt(32, 4), Candidate(fmt, "torch")
+    never holds two models); its figures equal those of the whole built model against the whole fp32 one,
+    the kernels' fp16 rounding of keys and values included."""
+    gpt, c, k = random_gpt(32, 4), Candidate(fmt, engine), loaded("avx2") if engine == "kernels" else None
     probe = torch.randint(0, 97, (150,), generator=torch.Generator().manual_seed(1)).tolist()
     windows = tuning._windows(probe, gpt.config.n_ctx)  # 48, 48, 48 and 6 positions
     monkeypatch.setattr(tuning, "HEAD_ROWS", 20)  # the head in chunks of 20, 20, 8 positions per window
     with torch.no_grad():
         ref = [gpt(w)[0] for w in windows]
-        got = compare(gpt, c, None, windows)
+        got = compare(gpt, c, k, windows)
         assert torch.equal(gpt(windows[0])[0], ref[0])  # the model is left as it was
-        built = build(random_gpt(32, 4), c, None)
+        built = build(random_gpt(32, 4), c, k)
         logits = [built(w)[0] for w in windows]
 
     def loss(ls):

@@ -32,7 +32,7 @@ class Prefill:
         (the server's echo with logprobs); the prompt's own tokens are then scored in its prefill's chunks."""
         self.model, self.ids, self.rows, self.score = model, ids, rows, score
         device = model.wte.weight.device
-        self.cache = KVCache(model.config, 1, len(ids), device, model.wte.weight.dtype)
+        self.cache = KVCache(model.config, 1, len(ids), device, model.cache_dtype)
         self.logits: torch.Tensor | None = None
         # Per prompt token (logprob, [(token, logprob)] top `score`); the first token has none (OpenAI's null).
         self.scores: list[tuple[float | None, list[tuple[int, float]]]] = [(None, [])] if score else []
@@ -89,7 +89,7 @@ def prefill_together(prefills: list[Prefill]) -> None:
     model, B = prefills[0].model, len(prefills)
     T = max(len(p.ids) for p in prefills)
     device = model.wte.weight.device
-    cache = KVCache(model.config, B, T, device, model.wte.weight.dtype)
+    cache = KVCache(model.config, B, T, device, model.cache_dtype)
     cache.padded = True
     idx = torch.zeros(B, T, dtype=torch.long, device=device)  # (B, T), prompts right-aligned
     positions = torch.zeros(B, T, dtype=torch.long, device=device)
@@ -117,7 +117,7 @@ class RunningBatch:
         """budget: the most positions (rows x columns) the cache may hold; None: unbounded."""
         self.model, self.pad_id, self.budget = model, pad_id, budget
         self.n_ctx, self.n_vocab = model.config.n_ctx, model.config.n_vocab
-        self.device, self.dtype = model.wte.weight.device, model.wte.weight.dtype
+        self.device, self.dtype = model.wte.weight.device, model.cache_dtype
         self.slots: list[Sequence | None] = []
         self.cache: KVCache | None = None  # a row's positions are its own (Sequence.pos), whatever its column
         self.fed: torch.Tensor | None = None  # (live rows, V) the last feed's logits until a row joins or leaves

@@ -61,6 +61,9 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = Linear(config.n_embd, 3 * config.n_embd)
         self.c_proj = Linear(config.n_embd, config.n_embd)
         self.dropout = config.dropout
+        # The cache's element type where it is not the activations': then keys and values are rounded to
+        # it, with a cache or without one (so a check without a cache sees what decoding computes).
+        self.kv_dtype: torch.dtype | None = None
 
     def forward(self, x, cache: KVCache | None, layer: int, mask):
         B, T, C = x.shape
@@ -72,8 +75,10 @@ class CausalSelfAttention(nn.Module):
             start = cache.length
             cache.k[layer, :, :, start : start + T] = k
             cache.v[layer, :, :, start : start + T] = v
-            k = cache.k[layer, :, :, : start + T]  # (B, nh, S, hs)
-            v = cache.v[layer, :, :, : start + T]
+            k = cache.k[layer, :, :, : start + T].to(q.dtype)  # (B, nh, S, hs)
+            v = cache.v[layer, :, :, : start + T].to(q.dtype)
+        elif self.kv_dtype is not None:
+            k, v = k.to(self.kv_dtype).to(q.dtype), v.to(self.kv_dtype).to(q.dtype)
         dropout = self.dropout if self.training else 0.0
         if mask is not None:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
@@ -136,6 +141,11 @@ class GPT(nn.Module):
                 std = 0.02 / math.sqrt(2 * self.config.n_layer) if name.endswith("c_proj.weight") else 0.02
                 with torch.no_grad():
                     p.normal_(0.0, std, generator=generator)
+
+    @property
+    def cache_dtype(self) -> torch.dtype:
+        """The element type of this model's KV cache."""
+        return self.h[0].attn.kv_dtype or self.wte.weight.dtype
 
     def num_params(self) -> int:
         """GPT-2's parameter count (wte counted once), from the config: also right after gpt2kit.cpu swaps the matrices."""

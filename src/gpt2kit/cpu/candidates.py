@@ -75,9 +75,19 @@ def linear_maker(c: Candidate, kernels: Kernels | None) -> MakeLinear:
     return OneDNNLinear if has_onednn() else InputMajorLinear
 
 
+def kv_dtype(c: Candidate) -> torch.dtype | None:
+    """The KV cache's element type on candidate `c` (None: fp32, the activations'). A decoding step reads
+    every cached position of every row: at a few hundred positions that outweighs the matrices, so the C
+    step keeps the cache in fp16, a rounding finer than the reduced weight formats' own. float32 stays
+    exact, and PyTorch's engines keep fp32."""
+    return torch.float16 if c.engine == "kernels" and c.dtype != "float32" else None
+
+
 def build(gpt: GPT, c: Candidate, kernels: Kernels | None) -> CpuGPT:
     """`gpt` (fp32, on the CPU) on candidate `c`; its matrices are replaced in place."""
     head = swap_matrices(gpt, linear_maker(c, kernels), release_sources=True)
+    for block in gpt.h:
+        block.attn.kv_dtype = kv_dtype(c)
     step = KernelStep(kernels, gpt, head) if c.engine == "kernels" else None
     return CpuGPT(gpt, head, step, c.name)
 
@@ -89,10 +99,13 @@ def on_candidate(block: nn.Module, c: Candidate, kernels: Kernels | None) -> Ite
     They compute exactly what the built model's do (the same modules, made from the same weights)."""
     make = linear_maker(c, kernels)
     saved = [(parent, name, getattr(parent, name)) for parent, name in block_matrices(block)]
+    kv = block.attn.kv_dtype
     try:
         for parent, name, lin in saved:
             setattr(parent, name, make(lin.weight, lin.bias))
+        block.attn.kv_dtype = kv_dtype(c)
         yield block
     finally:
         for parent, name, module in saved:
             setattr(parent, name, module)
+        block.attn.kv_dtype = kv

@@ -32,7 +32,7 @@ from .structs import ModelStruct
 
 log = logging.getLogger("gpt2kit")
 
-SOURCES = [KERNEL_SOURCES_DIR / name for name in ("matvec.c", "decode_step.c", "vmath.c")]
+SOURCES = [KERNEL_SOURCES_DIR / name for name in ("matvec.c", "decode_step.c", "attention.c", "vmath.c")]
 COMMON_FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC"]
 LIBS = ["-lm"]
 AVX2_FLAGS = ["-mavx2", "-mfma", "-mf16c"]
@@ -169,6 +169,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         i64,
         p,
         p,
+        ctypes.c_int,
         p,
         i64,
         i64,
@@ -178,7 +179,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.gpt2kit_decode_step.restype = ctypes.c_int
     lib.gpt2kit_gelu.argtypes = [p, i64]  # vmath.c's two, declared for tests/test_cpu.py
     lib.gpt2kit_gelu.restype = None
-    lib.gpt2kit_exp_sum.argtypes = [p, i64, ctypes.c_float]
-    lib.gpt2kit_exp_sum.restype = ctypes.c_float
+    lib.gpt2kit_exp_shifted.argtypes = [p, i64, ctypes.c_float]
+    lib.gpt2kit_exp_shifted.restype = None
     lib.gpt2kit_kinds.argtypes = []
     lib.gpt2kit_kinds.restype = ctypes.c_int

@@ -66,6 +66,10 @@ class CpuGPT(nn.Module):
         return self.reference.config
 
     @property
+    def cache_dtype(self) -> torch.dtype:
+        return self.reference.cache_dtype
+
+    @property
     def wte(self) -> nn.Embedding:
         return self.reference.wte
 

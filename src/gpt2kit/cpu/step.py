@@ -90,6 +90,7 @@ class KernelStep:
             cache.k.shape[1],
             cache.k.data_ptr(),
             cache.v.data_ptr(),
+            int(cache.k.dtype == torch.float16),
             cache.valid.data_ptr(),
             cache.max_len,
             cache.length,
@@ -105,16 +106,17 @@ class KernelStep:
         """What the C step indexes with, checked here: it reads wte[token] and wpe[position] and writes
         the cache with no bounds of its own."""
         B, Bc, (L, nh, hs) = tokens.shape[0], cache.k.shape[1], self.cache_dims
-        fp32_address(cache.k)
-        fp32_address(cache.v)
         if (
-            cache.k.shape != (L, Bc, nh, cache.max_len, hs)
+            cache.k.dtype not in (torch.float32, torch.float16)
+            or cache.v.dtype != cache.k.dtype
+            or cache.k.device.type != "cpu"
+            or cache.k.shape != (L, Bc, nh, cache.max_len, hs)
             or cache.v.shape != cache.k.shape
             or cache.valid.shape != (Bc, cache.max_len)
             or cache.valid.dtype != torch.bool
         ):
             raise ValueError(
-                f"KernelStep: a cache of {tuple(cache.k.shape)} for {B} rows of a model with "
+                f"KernelStep: a cache of {tuple(cache.k.shape)} {cache.k.dtype} for {B} rows of a model with "
                 f"(n_layer, n_head, head size) {self.cache_dims}"
             )
         if B == Bc and rows is self._every.get(B):

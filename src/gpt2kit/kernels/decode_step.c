@@ -4,7 +4,7 @@
    PyTorch operations around them from Python (LayerNorm, attention, residuals, ~20 us each) took
    another 5 ms. Here the whole step is one C call: the same arithmetic as gpt2kit/model.py
    (LayerNorm, attention over the KV cache with its padding mask, tanh GELU, tied output head), in
-   fp32, with the matrices through gpt2kit_linear. Prompts (many tokens at once) still go through
+   fp32, with the matrices through gpt2kit_linear and attention through attention.c. Prompts (many tokens at once) still go through
    PyTorch, which fills the same cache. */
 #include <immintrin.h>
 #include <math.h>
@@ -41,68 +41,9 @@ typedef struct {
     const layer *h;         /* n_layer of them */
 } model;
 
-static inline float dot(const float *a, const float *b, int64_t n) {
-    __m256 acc = _mm256_setzero_ps();
-    int64_t d = 0;
-    for (; d + 8 <= n; d += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), _mm256_loadu_ps(b + d), acc);
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    float total = _mm_cvtss_f32(s);
-    for (; d < n; d++) total += a[d] * b[d];
-    return total;
-}
-
-float gpt2kit_exp_sum(float *w, int64_t n, float top); /* vmath.c */
-
-/* The dot products of q (64) with 8 keys (8 x 64, one after another): eight accumulators, one per key,
-   summed across their lanes together at the end. */
-static inline __m256 dot8_64(const float *q, const float *k) {
-    __m256 a[8];
-    for (int t = 0; t < 8; t++) a[t] = _mm256_setzero_ps();
-    for (int d = 0; d < 64; d += 8) {
-        __m256 qd = _mm256_loadu_ps(q + d);
-        for (int t = 0; t < 8; t++) a[t] = _mm256_fmadd_ps(qd, _mm256_loadu_ps(k + t * 64 + d), a[t]);
-    }
-    __m256 s0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3])); /* keys 0-3, halves */
-    __m256 s1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7])); /* keys 4-7 */
-    return _mm256_add_ps(_mm256_permute2f128_ps(s0, s1, 0x20), _mm256_permute2f128_ps(s0, s1, 0x31));
-}
-
-/* out (hs) = the softmax over keys j = 0..length of q . k_j * scale, times the values v_j. Key j counts
-   when it is not padding (the query always sees itself, as in model.py's mask). kb, vb: (S, hs) of one
-   row and head; w: length + 1 floats of scratch. Every GPT-2 has 64-wide heads: those go 8 keys at a
-   time, and the weighted sum of values stays in registers. */
-static void attend(const float *q, const float *kb, const float *vb, const uint8_t *valid, int64_t length,
-                   int64_t hs, float scale, float *w, float *out) {
-    int64_t j = 0;
-    if (hs == 64)
-        for (; j + 8 <= length + 1; j += 8) _mm256_storeu_ps(w + j, dot8_64(q, kb + j * 64));
-    for (; j <= length; j++) w[j] = dot(q, kb + j * hs, hs);
-    float top = -INFINITY;
-    for (j = 0; j <= length; j++) {
-        w[j] = j == length || valid[j] ? w[j] * scale : -INFINITY;
-        if (w[j] > top) top = w[j];
-    }
-    const float inv = 1.0f / gpt2kit_exp_sum(w, length + 1, top);
-    if (hs == 64) {
-        __m256 acc[8];
-        for (int d = 0; d < 8; d++) acc[d] = _mm256_setzero_ps();
-        for (j = 0; j <= length; j++) {
-            if (w[j] == 0.0f) continue;
-            __m256 p = _mm256_set1_ps(w[j] * inv);
-            for (int d = 0; d < 8; d++) acc[d] = _mm256_fmadd_ps(p, _mm256_loadu_ps(vb + j * 64 + d * 8), acc[d]);
-        }
-        for (int d = 0; d < 8; d++) _mm256_storeu_ps(out + d * 8, acc[d]);
-        return;
-    }
-    for (int64_t d = 0; d < hs; d++) out[d] = 0.0f;
-    for (j = 0; j <= length; j++) {
-        float p = w[j] * inv;
-        if (p == 0.0f) continue;
-        for (int64_t d = 0; d < hs; d++) out[d] += p * vb[j * hs + d];
-    }
-}
+void gpt2kit_attend(const float *q, const void *kb, const void *vb, const uint8_t *valid, int64_t length,
+                    int64_t hs, float scale, float *w, float *out, int kv16); /* attention.c */
+void gpt2kit_store_kv(void *dst, const float *src, int64_t hs, int kv16);
 
 static void layer_norm(const float *x, const float *w, const float *b, float eps, int64_t B, int64_t C, float *out) {
     for (int64_t i = 0; i < B; i++) {
@@ -124,11 +65,12 @@ static int linear(const model *m, const matrix *mat, const float *x, int64_t B, 
 
 /* tokens, positions, slots: (B,): row i's token, its position, and its row of the cache (a batch's dead
    slots are not computed: a row that left costs nothing until another takes its slot). k_cache, v_cache:
-   (n_layer, Bc, n_head, S, hs) fp32, written at index `length`. valid: (Bc, S) bytes, 0 at left padding.
+   (n_layer, Bc, n_head, S, hs), fp32 or fp16 (kv16), written at index `length`. valid: (Bc, S) bytes, 0 at left padding.
    logits: (B, n_vocab) out. Returns 0 on success. */
 int gpt2kit_decode_step(const model *m, const int64_t *tokens, const int64_t *positions, const int64_t *slots,
-                        int64_t B, int64_t Bc, float *k_cache, float *v_cache, const uint8_t *valid, int64_t S,
-                        int64_t length, float *logits, int threads) {
+                        int64_t B, int64_t Bc, void *k_cache, void *v_cache, int kv16, const uint8_t *valid,
+                        int64_t S, int64_t length, float *logits, int threads) {
+    const size_t es = kv16 ? 2 : 4; /* bytes of a cached value */
     const int64_t C = m->n_embd, nh = m->n_head, hs = C / nh, L = m->n_layer;
     if (B <= 0 || B > Bc || length < 0 || length >= S || C % nh != 0) return 1;
     for (int64_t i = 0; i < B; i++)
@@ -154,17 +96,17 @@ int gpt2kit_decode_step(const model *m, const int64_t *tokens, const int64_t *po
         /* Store this token's keys and values at cache index `length`. */
         for (int64_t i = 0; i < B; i++)
             for (int64_t hd = 0; hd < nh; hd++) {
-                size_t at = ((((size_t)l * Bc + slots[i]) * nh + hd) * S + length) * hs;
-                memcpy(k_cache + at, qkv + i * 3 * C + C + hd * hs, sizeof(float) * hs);
-                memcpy(v_cache + at, qkv + i * 3 * C + 2 * C + hd * hs, sizeof(float) * hs);
+                size_t at = ((((size_t)l * Bc + slots[i]) * nh + hd) * S + length) * hs * es;
+                gpt2kit_store_kv((char *)k_cache + at, qkv + i * 3 * C + C + hd * hs, hs, kv16);
+                gpt2kit_store_kv((char *)v_cache + at, qkv + i * 3 * C + 2 * C + hd * hs, hs, kv16);
             }
         /* Attention of the one query over keys 0..length. Result into h (B, C). */
         #pragma omp parallel for schedule(static) num_threads(threads)
         for (int64_t bh = 0; bh < B * nh; bh++) {
             int64_t i = bh / nh, hd = bh % nh;
-            size_t at = (((size_t)l * Bc + slots[i]) * nh + hd) * S * hs;
-            attend(qkv + i * 3 * C + hd * hs, k_cache + at, v_cache + at, valid + slots[i] * S, length, hs, scale,
-                   att + bh * (length + 1), h + i * C + hd * hs);
+            size_t at = (((size_t)l * Bc + slots[i]) * nh + hd) * S * hs * es;
+            gpt2kit_attend(qkv + i * 3 * C + hd * hs, (const char *)k_cache + at, (const char *)v_cache + at,
+                           valid + slots[i] * S, length, hs, scale, att + bh * (length + 1), h + i * C + hd * hs, kv16);
         }
         if ((rc = linear(m, &ly->attn_c_proj, h, B, C, C, 0, y, threads))) goto done;
         for (int64_t e = 0; e < B * C; e++) x[e] += y[e];

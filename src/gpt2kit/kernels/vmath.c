@@ -53,26 +53,15 @@ void gpt2kit_gelu(float *y, int64_t n) {
     }
 }
 
-/* w[0:n] = e^(w[j] - top) in place (-inf, a masked score, gives 0); returns their sum. */
-float gpt2kit_exp_sum(float *w, int64_t n, float top) {
+/* w[0:n] = e^(w[j] - top) in place (-inf, a masked score, gives 0). */
+void gpt2kit_exp_shifted(float *w, int64_t n, float top) {
     const __m256 t = _mm256_set1_ps(top);
-    __m256 sum = _mm256_setzero_ps();
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(w + i), t));
-        _mm256_storeu_ps(w + i, e);
-        sum = _mm256_add_ps(sum, e);
-    }
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(w + i, exp8(_mm256_sub_ps(_mm256_loadu_ps(w + i), t)));
     if (i < n) {
         float tail[8];
-        for (int k = 0; k < 8; k++) tail[k] = i + k < n ? w[i + k] : -__builtin_inff();
-        __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(tail), t));
-        _mm256_storeu_ps(tail, e);
+        for (int k = 0; k < 8; k++) tail[k] = i + k < n ? w[i + k] : 0.0f;
+        _mm256_storeu_ps(tail, exp8(_mm256_sub_ps(_mm256_loadu_ps(tail), t)));
         memcpy(w + i, tail, sizeof(float) * (size_t)(n - i));
-        sum = _mm256_add_ps(sum, e);
     }
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
 }

@@ -187,8 +187,7 @@ class ServedModel:
         if lm is None:
             return {"expected_bytes": self.expected_bytes, "weights_bytes": None, "kv_budget_bytes": None}
         tensors = {id(t): t.numel() * t.element_size() for t in [*lm.model.parameters(), *lm.model.buffers()]}
-        element = next(lm.model.parameters()).element_size()
-        kv = kv_bytes(lm.config, self.engine.budget(), element)
+        kv = kv_bytes(lm.config, self.engine.budget(), lm.model.cache_dtype.itemsize)
         return {"expected_bytes": self.expected_bytes, "weights_bytes": sum(tensors.values()), "kv_budget_bytes": kv}
 
 
