@@ -75,7 +75,7 @@ def machine_key(cpu: CpuInfo, kernels: Kernels | None) -> str:
             cpu.cores,
             sorted(cpu.flags),
             version,
-            kernels.isa if kernels else None,
+            kernels.path.name if kernels else None,  # the build, named by its sources' hash: new kernels, new timings
             torch.__version__,
             torch.get_num_threads(),
         ]
