@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 import gpt2kit
 from gpt2kit.config import GPTConfig
-from gpt2kit.cpu import features, kernels, policy, tuning, weights
+from gpt2kit.cpu import features, kernels, policy, topk, tuning, weights
 from gpt2kit.cpu.candidates import Candidate, build, candidates, for_dtype
 from gpt2kit.cpu.policy import Fidelity
 from gpt2kit.cpu.runner import CpuGPT
@@ -263,6 +263,42 @@ def test_the_vector_gelu_and_exp_match_float64(isa):
     ref = torch.exp((w - 2.5).double())  # the difference rounded to fp32, as the kernel takes it
     assert ((e.double() - ref).abs() <= 2.4e-7 * ref + 1e-37).all()  # about 2 ulp; 0 below e^-87 and at -inf
     assert e[-1] == 0
+
+
+@pytest.mark.parametrize("isa", ["avx2", "avx512-emulated"])
+@pytest.mark.parametrize(
+    "B,V,k",
+    [(B, V, k) for B, V in [(1, 50257), (3, 97), (16, 1001), (2, 41), (1, 9)] for k in (1, 2, 40, 41) if k <= V],
+)
+def test_topk_matches_torch(isa, B, V, k):
+    """kernels/topk.c against torch.topk: the same values, largest first, and the same ids wherever no two of
+    the k and the next are equal; of equal logits the lowest ids, in order (torch leaves their order open)."""
+    kern = loaded(isa)
+    g = torch.Generator().manual_seed(B * V + k)
+    x = torch.randn(B, V, generator=g)
+    x[:, ::7] = -float("inf")  # barred tokens (logit_bias -100, constraints)
+    x[:, 1::3] = torch.round(x[:, 1::3] * 4) / 4  # exact ties, inside the top k and at its edge
+    got_v, got_i = topk.kernel_topk(kern, x, k)
+    want_v, want_i = torch.topk(x, k, dim=-1)
+    assert torch.equal(got_v, want_v)
+    assert torch.equal(x.gather(1, got_i), got_v)  # each id holds its value
+    for row in range(B):
+        for value in got_v[row].unique():
+            chosen = got_i[row][got_v[row] == value]
+            equal = (x[row] == value).nonzero().flatten()  # every id holding that value, ascending
+            assert torch.equal(chosen, equal[: len(chosen)])
+
+
+def test_topk_leaves_rows_with_nan_or_inf_to_torch():
+    """A row that holds NaN or +inf has torch.topk's answer (NaN counts as the largest there), which the
+    finite-logits check after it reads; the kernel's fast pass never decides those rows."""
+    kern = loaded("avx2")
+    x = torch.randn(4, 300, generator=torch.Generator().manual_seed(2))
+    x[1, 17], x[2, 299], x[3, 3] = float("nan"), float("inf"), float("nan")
+    got_v, got_i = topk.kernel_topk(kern, x, 5)
+    want_v, want_i = torch.topk(x, 5, dim=-1)
+    assert torch.equal(got_i, want_i) and torch.allclose(got_v, want_v, equal_nan=True)
+    assert got_v[1, 0].isnan() and got_v[2, 0] == float("inf")
 
 
 def rounded_activations(x: torch.Tensor, fmt: str) -> torch.Tensor:

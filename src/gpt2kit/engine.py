@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .batching import PREFILL_CHUNK, STEP_TOKENS, Prefill, RunningBatch, prefill_together
+from .cpu import topk
 from .model import GPT
 from .pipeline import Pipeline, add_logprobs
 from .samplers.contrastive import contrastive_token
@@ -55,7 +56,7 @@ class Engine:
         """max_rows: rows decoded together; budget: KV-cache positions the running rows may reserve together
         (None: max_rows x n_ctx, or unbounded); step_tokens: prompt tokens plus decoding rows per step."""
         self.model, self.tokenizer = model, tokenizer
-        self.pipeline = Pipeline(tokenizer)
+        self.pipeline = Pipeline(tokenizer, topk.for_model(model))
         self.n_ctx = model.config.n_ctx
         self.max_rows, self.step_tokens = max_rows, step_tokens
         self.budget = budget if budget is not None else (max_rows * self.n_ctx if max_rows < 1 << 30 else None)

@@ -17,6 +17,8 @@ Adding a sampler is one entry in Pipeline.stages (samplers/order.py says why eac
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from .constraints.stage import ConstraintStage
@@ -47,8 +49,10 @@ RANDOM_STAGES = frozenset({"xtc"})  # stages that draw from the row's generator 
 class Pipeline:
     """The stages for one tokenizer (DRY's breakers and the constraints are read in its tokens)."""
 
-    def __init__(self, tokenizer: Tokenizer | None = None):
+    def __init__(self, tokenizer: Tokenizer | None = None, topk: Callable | None = None):
+        """topk: the model's top-k for the top-k shortcut (cpu/topk.py); torch.topk where None."""
         vocab = tokenizer.n_vocab if tokenizer is not None else None
+        self.topk = topk
         self.constraint = ConstraintStage(tokenizer)
         self.stages: list[Stage] = [
             Penalties(),
@@ -90,7 +94,7 @@ class Pipeline:
         """One token for each row (B,) of rows sharing settings `s`; state is not advanced (see accept)."""
         generators = [seq.generator for seq in seqs]
         if s.top_k > 0 and s.temperature > 0 and {st.name for st in self.stages_for(s)} <= TOP_K_SHORTCUT:
-            return draw_top_k(raw, s, generators)
+            return draw_top_k(raw, s, generators, self.topk)
         return draw(self.process(raw, s, seqs), s.temperature, generators)
 
     def accept(self, seq: Sequence, token: int) -> None:

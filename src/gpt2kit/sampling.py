@@ -8,7 +8,7 @@ batch it shares or on the global RNG. A stage that keeps per-row state keeps it 
 from __future__ import annotations
 
 import dataclasses
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 
@@ -211,15 +211,19 @@ def draw(logits: torch.Tensor, temperature: float, generators: list[torch.Genera
     return torch.where(bad, probs.argmax(-1), tokens.clamp(max=probs.size(-1) - 1))
 
 
-def draw_top_k(logits: torch.Tensor, s: SamplingSettings, generators: list[torch.Generator]) -> torch.Tensor:
+def draw_top_k(
+    logits: torch.Tensor, s: SamplingSettings, generators: list[torch.Generator], topk: Callable | None = None
+) -> torch.Tensor:
     """The pipeline's draw for settings with top_k > 0, temperature > 0 and no stage but TOP_K_SHORTCUT's, on
     the k candidates only: the same distribution and the same inverse-CDF walk in vocabulary order, without
-    five passes over all 50257 logits."""
+    five passes over all 50257 logits. topk(logits, n) -> (values, ids), largest first: the model's own
+    (cpu/topk.py), torch.topk where None."""
     logits = apply_logit_bias(logits.float(), s.logit_bias)  # before choosing the k: a bias can bring a token in
     k = min(s.top_k, logits.size(-1))
     # One more than k: the (k+1)-th equals the k-th exactly when more than k logits reach the k-th, with no
     # second pass over the vocabulary to count them.
-    values, ids = torch.topk(logits, min(k + 1, logits.size(-1)), dim=-1)  # (B, k or k + 1), largest first
+    n = min(k + 1, logits.size(-1))
+    values, ids = topk(logits, n) if topk is not None else torch.topk(logits, n, dim=-1)  # (B, n), largest first
     tied = values.size(-1) > k and bool((values[:, k] == values[:, k - 1]).any())
     values, ids = values[:, :k], ids[:, :k]
     if tied:

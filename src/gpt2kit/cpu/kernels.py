@@ -32,7 +32,7 @@ from .structs import ModelStruct
 
 log = logging.getLogger("gpt2kit")
 
-SOURCES = [KERNEL_SOURCES_DIR / name for name in ("matvec.c", "decode_step.c", "attention.c", "vmath.c")]
+SOURCES = [KERNEL_SOURCES_DIR / name for name in ("matvec.c", "decode_step.c", "attention.c", "vmath.c", "topk.c")]
 COMMON_FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC"]
 LIBS = ["-lm"]
 AVX2_FLAGS = ["-mavx2", "-mfma", "-mf16c"]
@@ -181,5 +181,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.gpt2kit_gelu.restype = None
     lib.gpt2kit_exp_shifted.argtypes = [p, i64, ctypes.c_float]
     lib.gpt2kit_exp_shifted.restype = None
+    lib.gpt2kit_topk.argtypes = [p, i64, i64, i64, p, p, ctypes.c_int]
+    lib.gpt2kit_topk.restype = i64
     lib.gpt2kit_kinds.argtypes = []
     lib.gpt2kit_kinds.restype = ctypes.c_int
