@@ -6,11 +6,9 @@
    (LayerNorm, attention over the KV cache with its padding mask, tanh GELU, tied output head), in
    fp32, with the matrices through gpt2kit_linear and attention through attention.c. Prompts (many tokens at once) still go through
    PyTorch, which fills the same cache. */
-#include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
 
 int gpt2kit_linear(const float *x, int64_t M, int64_t K, const void *W, int64_t N, int kind,
                    const float *scale, const float *bias, int gelu, float *y, int threads);
