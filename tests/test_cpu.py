@@ -20,13 +20,14 @@ import torch.nn.functional as F
 import gpt2kit
 from gpt2kit.config import GPTConfig
 from gpt2kit.cpu import features, kernels, policy, topk, tuning, weights
+from gpt2kit.cpu import gelu as cpu_gelu
 from gpt2kit.cpu.candidates import Candidate, build, candidates, for_dtype
 from gpt2kit.cpu.policy import Fidelity
 from gpt2kit.cpu.runner import CpuGPT
 from gpt2kit.cpu.tuning import compare
 from gpt2kit.cpu.weights import KINDS, KernelLinear, kernel_linear
 from gpt2kit.errors import UserError
-from gpt2kit.model import GPT, KVCache
+from gpt2kit.model import GPT, KVCache, gelu
 from gpt2kit.paths import kernels_dir, tuning_dir
 
 HERE = features.detect()
@@ -241,6 +242,35 @@ def test_a_prompt_pass_runs_inside_and_outside_inference_mode_in_any_order():
                 assert torch.allclose(KernelLinear(k, w, None, "float16")(x), ref, atol=1e-5)
 
 
+@pytest.mark.parametrize("fmt", ["float32", "float16", "int8"])
+def test_a_prompt_pass_on_the_kernels_takes_their_gelu_and_pytorchs_answers(fmt):
+    """A model built on the kernels runs its prompts' GELU through vmath.c, in place on the product before it:
+    the same logits as PyTorch's GELU on the same matrices, to fp32's rounding, with or without a cache."""
+    k = loaded("avx2")
+    model = build(random_gpt(64, 4), Candidate(fmt, "kernels"), k)
+    assert all(block.mlp.gelu.func is cpu_gelu.kernel_gelu for block in model.reference.h)
+    idx = torch.randint(0, 97, (3, 40), generator=torch.Generator().manual_seed(8))  # 120 rows: the blocked GEMMs
+    with torch.inference_mode():
+        got = model(idx)
+        cache = KVCache(model.config, 3, 40, "cpu", model.cache_dtype)
+        cached = model(idx, cache=cache)
+        for block in model.reference.h:
+            block.mlp.gelu = gelu
+        want = model(idx)
+    assert torch.allclose(got, want, atol=1e-4, rtol=1e-4) and torch.allclose(cached, want, atol=1e-4, rtol=1e-4)
+    assert not torch.equal(got, want)  # really another GELU: its roundings differ somewhere
+
+
+def test_the_kernels_gelu_leaves_what_it_cannot_overwrite_to_pytorch():
+    k = loaded("avx2")
+    x = torch.randn(8, 16, generator=torch.Generator().manual_seed(9))
+    for t in (x.t(), x.double(), x.clone().requires_grad_()):  # not contiguous, not fp32, tracked by autograd
+        before = t.detach().clone()
+        assert torch.allclose(cpu_gelu.kernel_gelu(k, t), gelu(before)) and torch.equal(t.detach(), before)
+    y = x.clone()
+    assert cpu_gelu.kernel_gelu(k, y) is y and torch.allclose(y, gelu(x), atol=1e-6)
+
+
 @pytest.mark.parametrize("isa", ["avx2", "avx512", "avx512-emulated"])
 def test_the_vector_gelu_and_exp_match_float64(isa):
     """vmath.c's GELU (GPT-2's tanh form) and e^x against PyTorch's in float64, over the whole range a step
@@ -250,8 +280,10 @@ def test_the_vector_gelu_and_exp_match_float64(isa):
     x = torch.cat([torch.linspace(-30, 30, 60_001), torch.randn(1003, generator=g) * 4])
     x = torch.cat([x, torch.tensor([0.0, -0.0, 1e-30, -1e-30, 100.0, -100.0, 1e4, -1e4])])  # 61,012: a tail of 4
     ref = F.gelu(x.double(), approximate="tanh")
-    got = x.clone()
+    got, split = x.clone(), x.clone()
     k.lib.gpt2kit_gelu(got.data_ptr(), got.numel())
+    k.lib.gpt2kit_gelu_all(split.data_ptr(), split.numel(), 2)  # a prompt pass's: chunks shared by threads
+    assert torch.equal(split, got)
     # gelu(x) is within |x| of zero: an error of a few fp32 roundings of x, however small the result
     assert ((got.double() - ref).abs() <= 2e-6 * x.double().abs() + 1e-37).all()
     big = ref.abs() > 1e-3

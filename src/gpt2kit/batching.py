@@ -145,6 +145,8 @@ class RunningBatch:
     def join(self, prefills: list[Prefill]) -> None:
         """Put the finished prefills' rows into the batch: into dead slots where the prompt fits, else
         one rebuild of the cache for them all."""
+        if not any(p.rows for p in prefills):
+            return  # nothing joins (the engine calls this every step): the last feed's logits stay valid
         rest = []
         self.fed = None
         for p in prefills:

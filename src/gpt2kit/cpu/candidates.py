@@ -17,6 +17,7 @@ import torch.nn as nn
 from ..errors import UserError
 from ..model import GPT
 from ..options import DTYPE_NAMES, INT8, dtype_choices
+from . import gelu
 from .features import CpuInfo
 from .kernels import Kernels
 from .runner import CpuGPT, MakeLinear, block_matrices, swap_matrices
@@ -83,11 +84,18 @@ def kv_dtype(c: Candidate) -> torch.dtype | None:
     return torch.float16 if c.engine == "kernels" and c.dtype != "float32" else None
 
 
+def activation(c: Candidate, kernels: Kernels | None):
+    """The GELU a model's MLPs call on candidate `c`: the kernels' vector one on their engine (their C step's
+    own), PyTorch's elsewhere."""
+    return gelu.for_kernels(kernels if c.engine == "kernels" else None)
+
+
 def build(gpt: GPT, c: Candidate, kernels: Kernels | None) -> CpuGPT:
     """`gpt` (fp32, on the CPU) on candidate `c`; its matrices are replaced in place."""
     head = swap_matrices(gpt, linear_maker(c, kernels), release_sources=True)
     for block in gpt.h:
         block.attn.kv_dtype = kv_dtype(c)
+        block.mlp.gelu = activation(c, kernels)
     step = KernelStep(kernels, gpt, head) if c.engine == "kernels" else None
     return CpuGPT(gpt, head, step, c.name)
 
@@ -99,13 +107,13 @@ def on_candidate(block: nn.Module, c: Candidate, kernels: Kernels | None) -> Ite
     They compute exactly what the built model's do (the same modules, made from the same weights)."""
     make = linear_maker(c, kernels)
     saved = [(parent, name, getattr(parent, name)) for parent, name in block_matrices(block)]
-    kv = block.attn.kv_dtype
+    kv, act = block.attn.kv_dtype, block.mlp.gelu
     try:
         for parent, name, lin in saved:
             setattr(parent, name, make(lin.weight, lin.bias))
-        block.attn.kv_dtype = kv_dtype(c)
+        block.attn.kv_dtype, block.mlp.gelu = kv_dtype(c), activation(c, kernels)
         yield block
     finally:
         for parent, name, module in saved:
             setattr(parent, name, module)
-        block.attn.kv_dtype = kv
+        block.attn.kv_dtype, block.mlp.gelu = kv, act

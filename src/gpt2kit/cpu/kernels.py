@@ -179,6 +179,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.gpt2kit_decode_step.restype = ctypes.c_int
     lib.gpt2kit_gelu.argtypes = [p, i64]  # vmath.c's two, declared for tests/test_cpu.py
     lib.gpt2kit_gelu.restype = None
+    lib.gpt2kit_gelu_all.argtypes = [p, i64, ctypes.c_int]
+    lib.gpt2kit_gelu_all.restype = None
     lib.gpt2kit_exp_shifted.argtypes = [p, i64, ctypes.c_float]
     lib.gpt2kit_exp_shifted.restype = None
     lib.gpt2kit_topk.argtypes = [p, i64, i64, i64, p, p, ctypes.c_int]

@@ -343,6 +343,9 @@ static void gelu_all(float *y, int64_t n, int threads) {
     for (int64_t c = 0; c < chunks; c++) gpt2kit_gelu(y + c * chunk, n - c * chunk < chunk ? n - c * chunk : chunk);
 }
 
+/* GELU in place over n values, split between the threads: a prompt pass's MLP (gpt2kit/cpu/gelu.py). */
+void gpt2kit_gelu_all(float *y, int64_t n, int threads) { gelu_all(y, n, threads > 0 ? threads : 1); }
+
 static int product(const float *x, int64_t M, int64_t K, const void *W, int64_t N, int kind, const float *scale,
                    const float *bias, float *y, int threads) {
     switch (kind) {
