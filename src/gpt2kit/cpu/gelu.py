@@ -1,7 +1,6 @@
 """GPT-2's GELU for a prompt pass on the kernels' path: kernels/vmath.c's vector GELU, in place on the MLP's
-first product, split between the threads. PyTorch's tanh GELU is a scalar-precision tanh per value (Sleef): a
-twelfth of a 256-token prompt pass on 124M. The C step's MLP already applies the same function, so a model's
-prompts and steps compute their GELU alike."""
+first product, split between the threads, in place of PyTorch's tanh GELU (a full-precision tanh per value).
+The C step's MLP applies the same function, so a model's prompts and steps compute their GELU alike."""
 
 from __future__ import annotations
 
