@@ -216,15 +216,21 @@ def test_linear_matches_torch(isa, fmt, M, K, N):
 
 @pytest.mark.parametrize("fmt", ["float32", "float16", "bfloat16", "int8"])
 def test_a_prompts_product_widens_the_stored_weights_block_by_block(fmt, monkeypatch):
-    """Above KERNEL_MAX_ROWS rows (a prompt) the product is PyTorch's GEMM on the stored weights widened
-    a block of rows at a time into a reused buffer: the same numbers as on the whole widened matrix."""
+    """Above the format's KERNEL_MAX_ROWS rows (a prompt) the product is PyTorch's GEMM on the stored weights
+    widened a block of rows at a time into a reused buffer: the same numbers as on the whole widened matrix.
+    Up to it the kernels compute it, and no buffer is made."""
     k = loaded("avx2")
     monkeypatch.setattr(weights, "PREFILL_BLOCK_WEIGHTS", 7 * 40)  # 7 of W's rows a block: 301 rows in 43
     g = torch.Generator().manual_seed(5)
-    w, b, x = torch.randn(301, 40, generator=g), torch.randn(301, generator=g), torch.randn(70, 40, generator=g)
+    rows = weights.KERNEL_MAX_ROWS[fmt]
+    w, b, x = torch.randn(301, 40, generator=g), torch.randn(301, generator=g), torch.randn(rows + 6, 40, generator=g)
     lin = KernelLinear(k, w, b, fmt)
-    ref = F.linear(x, lin.dense_weight(), b)  # (70, 301)
-    assert torch.allclose(lin(x), ref, rtol=0, atol=1e-5 * ref.abs().max().item())
+    weights._scratches.__dict__.clear()
+    ref = F.linear(x, lin.dense_weight(), b)  # (rows + 6, 301)
+    tol = 1e-5 * ref.abs().max().item()
+    assert torch.allclose(lin(x[:rows]), ref[:rows], rtol=0, atol=tol) and not weights._scratches.__dict__
+    assert torch.allclose(lin(x), ref, rtol=0, atol=tol)
+    assert fmt == "float32" or weights._scratches.buf.numel() > 0  # fp32's GEMM needs nothing widened
     assert torch.equal(lin(x), lin(x))  # the reused buffer carries nothing over between calls
 
 
@@ -233,7 +239,8 @@ def test_a_prompt_pass_runs_inside_and_outside_inference_mode_in_any_order():
     take writes in a later no_grad forward (a script scoring text after generating), and the other way."""
     k = loaded("avx2")
     g = torch.Generator().manual_seed(6)
-    w, x = torch.randn(64, 48, generator=g), torch.randn(40, 48, generator=g)
+    x = torch.randn(weights.KERNEL_MAX_ROWS["float16"] + 8, 48, generator=g)  # the GEMM's rows, not the kernels'
+    w = torch.randn(64, 48, generator=g)
     ref = F.linear(x, KernelLinear(k, w, None, "float16").dense_weight())
     for first, then in ((torch.inference_mode, torch.no_grad), (torch.no_grad, torch.inference_mode)):
         weights._scratches.__dict__.clear()  # this thread's buffer: made afresh by the first pass below

@@ -39,8 +39,10 @@ STORAGE = {
 # Kinds whose arithmetic differs from fp32 on the stored weights: the kernels run every row count,
 # prompts included, so a model computes the same way whatever the batch.
 ALWAYS_KERNELS = {"int8a8", "bfloat16a16"}
-# Above this many rows (a long prompt's prefill) a blocked GEMM beats streaming the weights per row group.
-KERNEL_MAX_ROWS = 32
+# Up to this many rows (a short prompt's prefill) the kernels beat widening the weights for PyTorch's blocked
+# GEMM; above it the GEMM wins. Per format: the widening the GEMM needs first costs more for the reduced formats,
+# and none for fp32 (docs/performance.md has the crossovers measured; these sit below them).
+KERNEL_MAX_ROWS = {"float32": 32, "float16": 64, "bfloat16": 64, "int8": 64}
 
 
 # Conversions run over blocks of about this many weights, so their fp32 temporary stays small (4 MB) next
@@ -96,7 +98,7 @@ class KernelLinear(nn.Module):
     def __init__(self, kernels: Kernels, weight: torch.Tensor, bias: torch.Tensor | None, fmt: str):
         super().__init__()
         self.kernels, self.fmt, self.kind = kernels, fmt, KINDS[fmt]
-        self.max_kernel_rows = None if fmt in ALWAYS_KERNELS else KERNEL_MAX_ROWS
+        self.max_kernel_rows = None if fmt in ALWAYS_KERNELS else KERNEL_MAX_ROWS[fmt]
         w, scales = stored(weight, fmt)
         self.register_buffer("weight", w)
         self.register_buffer("scales", scales)
