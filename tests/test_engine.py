@@ -159,6 +159,37 @@ def test_waiting_requests_take_turns_and_cancelled_rows_leave(lm_tiny):
     assert [s.sample.finish_reason for s in big.seqs] == ["cancelled"] * 4
 
 
+def test_a_step_no_prompt_joins_hands_the_sampler_the_last_steps_own_logits(lm_tiny):
+    """The engine offers the batch its finished prompts every step, most steps none: joining nothing keeps the
+    last feed's logits as the batch's, rather than stacking every row's again (a copy of B x n_vocab a step)."""
+    engine = Engine(lm_tiny.model, lm_tiny.tokenizer, max_rows=4)
+    seqs = list(
+        make_sequences(
+            ["One", "Two"],
+            [lm_tiny.tokenizer.encode(p) for p in ("One", "Two")],
+            per_prompt=1,
+            seed=3,
+            settings=SamplingSettings(top_k=5),
+            max_new=6,
+            stops=[],
+            include_prefix=False,
+            stop_at_eot=False,
+            logprobs=0,
+            index_base=0,
+        )
+    )
+    engine.add(Request(seqs))
+    engine.step()
+    engine.step()  # both rows decode now; this step's feed made the batch's logits
+    fed = engine.batch.fed
+    assert fed is not None and fed.shape[0] == 2
+    engine.batch.join([])
+    assert engine.batch.logits() is fed
+    while not engine.idle:
+        engine.step()
+    assert all(s.status is Status.FINISHED and len(s.sample.tokens) == 6 for s in seqs)
+
+
 def served_text(url, body):
     req = urllib.request.Request(
         url + "/v1/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
