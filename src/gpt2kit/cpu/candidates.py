@@ -84,7 +84,7 @@ def kv_dtype(c: Candidate) -> torch.dtype | None:
     return torch.float16 if c.engine == "kernels" and c.dtype != "float32" else None
 
 
-def activation(c: Candidate, kernels: Kernels | None):
+def activation(c: Candidate, kernels: Kernels | None) -> gelu.Gelu:
     """The GELU a model's MLPs call on candidate `c`: the kernels' vector one on their engine (their C step's
     own), PyTorch's elsewhere."""
     return gelu.for_kernels(kernels if c.engine == "kernels" else None)
