@@ -93,7 +93,44 @@ def case_gen_gpt2kit(args) -> dict:
     t = time.perf_counter()
     lm.generate(prompts, length=NEW_TOKENS, **kw)
     dt = time.perf_counter() - t
-    return {"tokens_per_s": args.batch * NEW_TOKENS / dt, "dtype": lm.info["dtype"]}
+    return {
+        "tokens_per_s": args.batch * NEW_TOKENS / dt,
+        "dtype": lm.info["dtype"],
+        "matrices_GFLOPs": _matrix_rate(_matrices(lm), args.batch),  # the why beside a target not met
+    }
+
+
+def _matrices(lm) -> list:
+    """The loaded model's matrices as its CPU model runs them: every block's four, then the output head."""
+    from gpt2kit.cpu.runner import block_matrices
+
+    model = getattr(lm.model, "reference", lm.model)
+    mats = [getattr(parent, name) for block in model.h for parent, name in block_matrices(block)]
+    head = getattr(lm.model, "head", None)
+    return mats + [head] if head is not None else mats
+
+
+def _matrix_rate(mats: list, rows: int) -> float:
+    """GFLOP/s of one product of `rows` rows through each of `mats` (modules or fp32 weight tensors), fastest of 5."""
+    import torch
+    import torch.nn.functional as F
+
+    shapes = [(m if isinstance(m, torch.Tensor) else m.weight).shape for m in mats]
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(rows, k, generator=g) for _, k in shapes]  # (rows, in) for each (out, in)
+
+    def once():
+        for m, x in zip(mats, xs):
+            F.linear(x, m) if isinstance(m, torch.Tensor) else m(x)
+
+    with torch.inference_mode():
+        once()
+        times = []
+        for _ in range(5):
+            t = time.perf_counter()
+            once()
+            times.append(time.perf_counter() - t)
+    return 2 * rows * sum(n * k for n, k in shapes) / min(times) / 1e9
 
 
 def case_gen_ct2(args) -> dict:
@@ -210,10 +247,16 @@ def case_prompt_gpt2kit(args) -> dict:
             lm.model(ids, last_only=True)
             times.append(time.perf_counter() - t)
     matrices = cfg.n_layer * 12 * cfg.n_embd**2 + cfg.n_vocab * cfg.n_embd / PROMPT_PASS  # the head: last row only
+    blocks = _matrices(lm)[: 4 * cfg.n_layer]  # the head runs one row of a prompt pass: left out of the why
+    g = torch.Generator().manual_seed(1)
     return {
         "tokens_per_s": PROMPT_PASS / min(times),
         "GFLOPs": 2 * matrices * PROMPT_PASS / min(times) / 1e9,
         "dtype": lm.info["dtype"],
+        # The why beside the target: the blocks' matrices alone as the model runs them (reduced weights
+        # widened first), and PyTorch's fp32 GEMMs of the same shapes (random fp32 weights: nothing to widen).
+        "matrices_GFLOPs": _matrix_rate(blocks, PROMPT_PASS),
+        "fp32_gemm_GFLOPs": _matrix_rate([torch.randn(m.weight.shape, generator=g) for m in blocks], PROMPT_PASS),
     }
 
 
