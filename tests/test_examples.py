@@ -246,7 +246,7 @@ sys.exit(int(conn.recv(16) or b"1"))
 
 def zygote(path: str) -> None:
     """Import what the commands import, then fork a waiter per connection, which forks the command."""
-    import matplotlib.pyplot  # noqa: F401  (training draws loss.png)
+    import matplotlib.figure  # noqa: F401  (training draws loss.png)
     import torch  # noqa: F401
 
     import gpt2kit.cli  # noqa: F401

@@ -426,3 +426,21 @@ def test_the_fused_head_loss_skips_a_frozen_heads_gradient():
     w = torch.randn(50, 8)
     head_cross_entropy(h, w, torch.randint(0, 50, (10,))).backward()
     assert h.grad is not None and w.grad is None
+
+
+def test_loss_plot_leaves_the_callers_matplotlib_backend_alone(tmp_path):
+    """A notebook or script plotting on its own backend keeps it while a run draws loss.png (a fresh
+    process: choosing a backend is process-wide)."""
+    script = f"""
+import matplotlib
+from pathlib import Path
+from gpt2kit.training.metrics import append_metrics, plot_losses
+matplotlib.use("svg")
+run = Path({str(tmp_path)!r})
+for step, loss in ((1, 5.0), (2, 4.0)):
+    append_metrics(run, {{"step": step, "elapsed_s": step, "loss": loss, "avg_loss": loss, "lr": 1e-3}})
+out = plot_losses(run, title="t")
+print(matplotlib.get_backend(), out.read_bytes()[:8] == b"\\x89PNG\\r\\n\\x1a\\n")
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert r.stdout.split() == ["svg", "True"], r.stdout + r.stderr

@@ -36,15 +36,15 @@ def plot_losses(run_dir: Path, title: str = "") -> Path | None:
     path = run_dir / "metrics.csv"
     if not path.is_file():
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A Figure of its own, not pyplot's: pyplot's global state would switch a notebook's or script's
+    # backend under it, and is not safe beside a caller's own plotting on another thread.
+    from matplotlib.figure import Figure
 
     rows = _read_rows(path)
     train = [(int(r["step"]), float(r["avg_loss"])) for r in rows if r["avg_loss"]]
     val = [(int(r["step"]), float(r["val_loss"])) for r in rows if r["val_loss"]]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    fig = Figure(figsize=(7, 4), dpi=100)
+    ax = fig.subplots()
     if train:
         ax.plot(*zip(*train), label="train (running average)")
     if val:
@@ -58,7 +58,6 @@ def plot_losses(run_dir: Path, title: str = "") -> Path | None:
     out = run_dir / "loss.png"
     tmp = run_dir / ".loss.tmp.png"
     fig.savefig(tmp)
-    plt.close(fig)
     durable.replace(tmp, out)
     return out
 
