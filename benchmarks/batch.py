@@ -70,7 +70,15 @@ def measure(args) -> dict:
 def _median(runs: list[dict]) -> dict:
     """The first run's fields, with each figure the median over the runs (and the runs' figures kept)."""
     out = dict(runs[0])
-    for field in ("tokens_per_s", "GFLOPs", "read_GBps", "matmul_float32_GFLOPs", "matmul_bfloat16_GFLOPs"):
+    for field in (
+        "tokens_per_s",
+        "GFLOPs",
+        "read_GBps",
+        "matmul_float32_GFLOPs",
+        "matmul_bfloat16_GFLOPs",
+        "matrices_GFLOPs",
+        "fp32_gemm_GFLOPs",
+    ):
         if field in out:
             out[field] = statistics.median(r[field] for r in runs)
             out[f"{field}_runs"] = [round(r[field], 2) for r in runs]
