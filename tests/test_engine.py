@@ -99,12 +99,17 @@ def test_the_engine_computes_what_the_static_loop_did(lm_tiny, kind):
     assert engine_tokens(lm_tiny, prompts, settings, seeds, 20, max_rows=2) == expected  # rows join as others leave
 
 
+@pytest.mark.parametrize("equal", [False, True], ids=["lengths differ", "one length"])
 @pytest.mark.parametrize("dtype", ["float32", "int8"])
-def test_prompts_prefilled_together_get_what_each_gets_alone(hf_tiny, dtype):
-    """One padded pass over several whole prompts leaves each prompt's keys, values and last logits as its
-    own prefill does (to fp32 rounding: the GEMM sums in another order), on the kernels' model too."""
+def test_prompts_prefilled_together_get_what_each_gets_alone(hf_tiny, dtype, equal):
+    """One pass over several whole prompts leaves each prompt's keys, values and last logits as its
+    own prefill does (to fp32 rounding: the GEMM sums in another order), on the kernels' model too.
+    Prompts of one length take attention's batched form, the others one call each."""
     lm = gpt2kit.load(hf_tiny, device="cpu", dtype=dtype)
-    prompts = [lm.tokenizer.encode(t) for t in ("Hi", "A much longer prompt, with several more tokens", "x y z")]
+    texts = ("Hi", "A much longer prompt, with several more tokens", "x y z")
+    prompts = (
+        [[11, 22, 33, 44], [55, 66, 77, 88], [99, 11, 22, 33]] if equal else [lm.tokenizer.encode(t) for t in texts]
+    )
     alone = [Prefill(lm.model, ids, []) for ids in prompts]
     for p in alone:
         p.advance(len(p.ids))
@@ -114,6 +119,20 @@ def test_prompts_prefilled_together_get_what_each_gets_alone(hf_tiny, dtype):
         assert b.done and b.cache.length == a.cache.length == len(a.ids)
         assert torch.allclose(b.logits, a.logits, atol=1e-4, rtol=1e-4)
         assert torch.allclose(b.cache.k, a.cache.k, atol=1e-5) and torch.allclose(b.cache.v, a.cache.v, atol=1e-5)
+
+
+def test_prompts_prefilled_together_cost_their_own_tokens_only(lm_tiny):
+    """The pass runs the prompts back to back: the blocks see 1 + 9 + 3 token rows, not 3 x 9 (padded to
+    the longest, short prompts would pay for the long one's length)."""
+    prompts = [[5], list(range(10, 19)), [7, 8, 9]]
+    seen = []
+    block = getattr(lm_tiny.model, "reference", lm_tiny.model).h[0]
+    hook = block.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape[0] * args[0].shape[1]))
+    try:
+        prefill_together([Prefill(lm_tiny.model, ids, []) for ids in prompts])
+    finally:
+        hook.remove()
+    assert seen == [13]
 
 
 def test_rows_past_the_context_slide_alone(lm_tiny):

@@ -80,32 +80,27 @@ class Prefill:
 
 
 def prefill_together(prefills: list[Prefill]) -> None:
-    """Whole prompts (none begun, none scored) in one left-padded pass, each then done as if run alone.
+    """Whole prompts (none begun, none scored) in one pass, back to back, each then done as if run alone.
 
     A prompt's prefill is a GEMM whose cost per token falls with its rows: 16 prompts of 32 tokens cost one
     pass of 512 rows, not 16 of 32, and a reduced-precision model widens its weights once, not 16 times.
-    Padding is masked and positions are each prompt's own, so a row's keys, values and last logits are its
-    solo prefill's up to the GEMM's summation order."""
-    model, B = prefills[0].model, len(prefills)
-    T = max(len(p.ids) for p in prefills)
+    Back to back rather than padded to the longest: the matrices run the prompts' own tokens only (prompts
+    of 16 and 256 tokens would cost 512 rows padded, 272 packed). Positions are each prompt's own and
+    attention stays within each, so a prompt's keys, values and last logits are its solo prefill's up to the
+    GEMM's summation order."""
+    model, lengths = prefills[0].model, [len(p.ids) for p in prefills]
     device = model.wte.weight.device
-    cache = KVCache(model.config, B, T, device, model.cache_dtype)
-    cache.padded = True
-    idx = torch.zeros(B, T, dtype=torch.long, device=device)  # (B, T), prompts right-aligned
-    positions = torch.zeros(B, T, dtype=torch.long, device=device)
-    for i, p in enumerate(prefills):
-        n = len(p.ids)
-        idx[i, T - n :] = torch.tensor(p.ids, dtype=torch.long)
-        positions[i, T - n :] = torch.arange(n)
-        cache.valid[i, : T - n] = False
+    cache = KVCache(model.config, 1, sum(lengths), device, model.cache_dtype)
+    idx = torch.tensor([[t for p in prefills for t in p.ids]], dtype=torch.long, device=device)  # (1, sum)
     with torch.inference_mode():
-        logits = model(idx, cache=cache, positions=positions, last_only=True)  # (B, 1, V)
+        logits = model(idx, cache=cache, last_only=True, lengths=lengths)  # (1, len(prefills), V)
+    start = 0
     for i, p in enumerate(prefills):
-        n = len(p.ids)
-        p.cache.k.copy_(cache.k[:, i : i + 1, :, T - n :])  # (L, 1, nh, n, hs)
-        p.cache.v.copy_(cache.v[:, i : i + 1, :, T - n :])
-        p.cache.length = n
-        p.logits = logits[i, -1]
+        n = lengths[i]
+        p.cache.k.copy_(cache.k[:, :, :, start : start + n])  # (L, 1, nh, n, hs)
+        p.cache.v.copy_(cache.v[:, :, :, start : start + n])
+        p.cache.length, start = n, start + n
+        p.logits = logits[0, i]
         for row in p.rows:
             row.pos, row.logits = n, p.logits
 

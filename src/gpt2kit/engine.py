@@ -3,7 +3,7 @@
 `add` a Request of Sequences; each `step` admits waiting sequences (scheduler.py: round-robin across
 requests, within the row limit and the KV budget), prefills waiting prompts within the step's token
 budget (batching.STEP_TOKENS less the decoding rows, at least PREFILL_CHUNK; when nothing decodes, the
-oldest prompt whole; whole prompts waiting together that fit the budget, in one padded pass), draws a token
+oldest prompt whole; whole prompts waiting together that fit the budget, in one pass back to back), draws a token
 for every running row through the sampling pipeline, hands the text to each sequence's request, and feeds
 the rows that go on. Synchronous: no threads, no I/O.
 
@@ -186,7 +186,7 @@ class Engine:
 
     def _prefill_together(self, budget: int) -> list[Prefill]:
         """The waiting prompts at the head of the line that are whole, unscored and fit `budget` together, in
-        one padded pass when there are two or more (batching.prefill_together); the finished prefills."""
+        one pass, back to back, when there are two or more (batching.prefill_together); the finished prefills."""
         run, tokens = [], 0
         for q in self.prefills:
             p = q.prefill

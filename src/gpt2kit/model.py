@@ -66,7 +66,7 @@ class CausalSelfAttention(nn.Module):
         # it, with a cache or without one (so a check without a cache sees what decoding computes).
         self.kv_dtype: torch.dtype | None = None
 
-    def forward(self, x, cache: KVCache | None, layer: int, mask):
+    def forward(self, x, cache: KVCache | None, layer: int, mask, segments: list[tuple[int, int]] | None = None):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
@@ -81,7 +81,9 @@ class CausalSelfAttention(nn.Module):
         elif self.kv_dtype is not None:
             k, v = k.to(self.kv_dtype).to(q.dtype), v.to(self.kv_dtype).to(q.dtype)
         dropout = self.dropout if self.training else 0.0
-        if mask is not None:
+        if segments is not None:
+            y = _within_each(q, k, v, segments)
+        elif mask is not None:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         elif cache is not None and T == 1:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)  # one query sees all keys
@@ -90,6 +92,24 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return F.dropout(self.c_proj(y), dropout, self.training)
+
+
+def _within_each(q, k, v, segments: list[tuple[int, int]]) -> torch.Tensor:
+    """Causal attention for prompts back to back in one row (q, k, v (1, nh, T, hs)), each attending within
+    its own columns (a, b) only -> (1, nh, T, hs). Prompts of one length run as a batch of rows, in one call."""
+    _, nh, T, hs = q.shape
+    n = segments[0][1] - segments[0][0]
+    if all(b - a == n for a, b in segments):
+
+        def rows(t):  # (1, nh, T, hs) -> (prompts, nh, n, hs)
+            return t.view(nh, len(segments), n, hs).transpose(0, 1)
+
+        y = F.scaled_dot_product_attention(rows(q), rows(k), rows(v), is_causal=True)  # (prompts, nh, n, hs)
+        return y.transpose(0, 1).reshape(1, nh, T, hs)
+    parts = [
+        F.scaled_dot_product_attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], is_causal=True) for a, b in segments
+    ]
+    return torch.cat(parts, dim=2)
 
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
@@ -119,8 +139,8 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache=None, layer=0, mask=None):
-        x = x + self.attn(self.ln_1(x), cache, layer, mask)
+    def forward(self, x, cache=None, layer=0, mask=None, segments=None):
+        x = x + self.attn(self.ln_1(x), cache, layer, mask, segments)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -168,14 +188,25 @@ class GPT(nn.Module):
         positions: torch.Tensor | None = None,
         hidden_only: bool = False,
         last_only: bool = False,
+        lengths: list[int] | None = None,
     ) -> torch.Tensor:
         """idx (B, T) token ids -> logits (B, T, n_vocab), or the final hidden states (B, T, C).
 
         last_only: only the last position's (B, 1, ...), as sampling needs; the output head is a
         third of 124M's weights, so a prompt's prefill skips it for all other positions.
+        lengths: idx (1, T) is whole prompts of these lengths back to back (T = their sum), an empty
+        cache (if any) their row: each prompt's positions start at 0 and it attends within itself only,
+        and last_only gives each one's last position, (1, len(lengths), ...).
         """
         B, T = idx.shape
         start = cache.length if cache is not None else 0
+        segments = None
+        if lengths is not None:
+            if B != 1 or sum(lengths) != T or start or positions is not None:
+                raise ValueError(f"prompts back to back: one row of {T} tokens, an empty cache, lengths {lengths}")
+            ends = torch.tensor(lengths).cumsum(0).tolist()
+            segments = list(zip([0] + ends[:-1], ends))
+            positions = torch.cat([torch.arange(n, device=idx.device) for n in lengths]).unsqueeze(0)  # (1, T)
         if positions is None:
             positions = torch.arange(start, start + T, device=idx.device).unsqueeze(0)  # (1, T)
         x = self.wte(idx) + self.wpe(positions)  # (B, T, C)
@@ -194,11 +225,11 @@ class GPT(nn.Module):
             if self.gradient_checkpointing and self.training:
                 x = checkpoint(block, x, use_reentrant=False)
             else:
-                x = block(x, cache, layer, mask)
+                x = block(x, cache, layer, mask, segments)
         if cache is not None:
             cache.length += T
         if last_only:
-            x = x[:, -1:]  # (B, 1, C)
+            x = x[:, -1:] if segments is None else x[:, [b - 1 for _, b in segments]]  # (B, 1, C) or (1, k, C)
         x = self.ln_f(x)
         if hidden_only:
             return x

@@ -92,13 +92,17 @@ class CpuGPT(nn.Module):
         positions: torch.Tensor | None = None,
         hidden_only: bool = False,
         last_only: bool = False,
+        lengths: list[int] | None = None,
     ) -> torch.Tensor:
         """idx (B, T) -> logits (B, T, n_vocab) (or (B, 1, ...) with last_only), as GPT.forward."""
-        if self.step is not None and cache is not None and idx.shape[1] == 1 and not hidden_only:
+        one_token = cache is not None and idx.shape[1] == 1 and lengths is None
+        if self.step is not None and one_token and not hidden_only:
             if positions is None:
                 positions = torch.full((1, 1), cache.length, dtype=torch.long)
             return self.step(idx, positions, cache)  # (B, 1, n_vocab)
-        x = self.reference(idx, cache=cache, positions=positions, hidden_only=True, last_only=last_only)  # (B, T, C)
+        x = self.reference(
+            idx, cache=cache, positions=positions, hidden_only=True, last_only=last_only, lengths=lengths
+        )  # (B, T, C)
         if hidden_only:
             return x
         if self.head is None:
