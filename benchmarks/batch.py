@@ -147,7 +147,7 @@ def targets(r: dict) -> list[tuple[str, bool | None, str, str]]:
                 "matmul rate",
                 share >= SHARE_OF_MATMUL,
                 f"{p['GFLOPs']:.0f} of {rate:.0f} GFLOP/s ({share:.0%})",
-                _prompt_why(p, rate) if share < SHARE_OF_MATMUL else "",
+                _prompt_why(p, rate, kind) if share < SHARE_OF_MATMUL else "",
             )
         )
     return checks
@@ -176,8 +176,8 @@ def _generate_why(case: dict, b: int, peer_name: str, peer_tokens_per_s: float) 
         else "the products alone are faster than the peer's whole step: the time goes outside them"
     )
     return (
-        f"{case['dtype']} matrices alone at {b} row{'s' * (b > 1)}: {mat:.0f} GFLOP/s; whole generate, prefill "
-        f"included: {ours:.0f} here, {theirs:.0f} {peer_name}: {where}"
+        f"{case['dtype']} matrices alone at {b} row{'s' * (b > 1)}: {mat:.0f} GFLOP/s; whole generate (generated "
+        f"tokens' products over its whole time, prefill included): {ours:.0f} here, {theirs:.0f} {peer_name}: {where}"
     )
 
 
@@ -185,7 +185,7 @@ def _rate(tokens_per_s: float) -> float:
     return 2 * WEIGHTS_PER_TOKEN * tokens_per_s / 1e9
 
 
-def _prompt_why(p: dict, rate: float) -> str:
+def _prompt_why(p: dict, rate: float, kind: str) -> str:
     """Where a prompt pass's time goes: its blocks' matrices as the model runs them (reduced weights widened
     first), the same shapes as plain fp32 GEMMs, and the share of the pass outside the matrices."""
     if "matrices_GFLOPs" not in p:
@@ -194,7 +194,7 @@ def _prompt_why(p: dict, rate: float) -> str:
     outside = 1 - flops / p["matrices_GFLOPs"] / 1e9 / (PROMPT_PASS / p["tokens_per_s"])
     return (
         f"the blocks' matrices run at {p['matrices_GFLOPs']:.0f} GFLOP/s as the model runs them, and "
-        f"{p['fp32_gemm_GFLOPs']:.0f} ({p['fp32_gemm_GFLOPs'] / rate:.0%} of the {rate:.0f}) as fp32 GEMMs of the "
+        f"{p['fp32_gemm_GFLOPs']:.0f} ({p['fp32_gemm_GFLOPs'] / rate:.0%} of the {kind} {rate:.0f}) as fp32 GEMMs of the "
         f"same shapes; attention, LayerNorm, GELU and the cache take {max(outside, 0):.0%} of the pass"
     )
 

@@ -106,8 +106,8 @@ def _matrices(lm) -> list:
 
     model = getattr(lm.model, "reference", lm.model)
     mats = [getattr(parent, name) for block in model.h for parent, name in block_matrices(block)]
-    head = getattr(lm.model, "head", None)
-    return mats + [head] if head is not None else mats
+    head = getattr(lm.model, "head", None)  # None: the tied fp32 head, wte itself
+    return mats + [head if head is not None else model.wte.weight]
 
 
 def _matrix_rate(mats: list, rows: int) -> float:

@@ -204,6 +204,8 @@ def found_on_arrival(results: list[dict], wall: float) -> dict:
     flight on average; for the slowest 1% of first tokens, the requests in flight when each was sent and how
     many prompt tokens still waited for a first token (its own included); and, for one request alone, the
     prompt tokens per second of time to first token."""
+    if not results:
+        return {}
     spans = [r["span"] for r in results]
     slowest = sorted(range(len(results)), key=lambda i: results[i]["ttft"])[-max(1, len(results) // 100) :]
     in_flight, waiting = [], []
@@ -407,7 +409,7 @@ def peer_targets(rows: list[dict]) -> None:
             ok = a["tokens_per_s"] >= b["tokens_per_s"]
             why = (
                 f"per-token p50 {_ms(a['per_token_p50_s'])} vs {_ms(b['per_token_p50_s'])}, requests in flight "
-                f"on average {a.get('mean_in_flight', 0):.1f} vs {b.get('mean_in_flight', 0):.1f}"
+                f"on average {_n(a, 'mean_in_flight', '.1f')} vs {_n(b, 'mean_in_flight', '.1f')}"
             )
             checks.append(
                 (
@@ -419,11 +421,10 @@ def peer_targets(rows: list[dict]) -> None:
             )
             ok = a["ttft_p99_s"] <= b["ttft_p99_s"]
             why = (
-                "the slowest 1% of first tokens were sent with {:.0f} vs {:.0f} requests in flight and {:.0f} vs {:.0f} "
-                "prompt tokens still before their first token (their own included)"
-            ).format(
-                *(r.get("slowest_ttft_in_flight", 0) for r in (a, b)),
-                *(r.get("slowest_ttft_prompt_tokens_waiting", 0) for r in (a, b)),
+                f"the slowest 1% of first tokens were sent with {_n(a, 'slowest_ttft_in_flight')} vs "
+                f"{_n(b, 'slowest_ttft_in_flight')} requests in flight and {_n(a, 'slowest_ttft_prompt_tokens_waiting')} "
+                f"vs {_n(b, 'slowest_ttft_prompt_tokens_waiting')} prompt tokens still before their first token (their "
+                "own included)"
             )
             checks.append(
                 (
@@ -437,8 +438,8 @@ def peer_targets(rows: list[dict]) -> None:
             a, b = ours[1], theirs[1]
             ok = a["ttft_p50_s"] <= b["ttft_p50_s"]
             why = (
-                f"alone, a request's prompt goes through at {a.get('prompt_tokens_per_ttft_s_p50') or 0:.0f} vs "
-                f"{b.get('prompt_tokens_per_ttft_s_p50') or 0:.0f} prompt tokens per second of time to first token (p50)"
+                f"alone, a request's prompt goes through at {_n(a, 'prompt_tokens_per_ttft_s_p50')} vs "
+                f"{_n(b, 'prompt_tokens_per_ttft_s_p50')} prompt tokens per second of time to first token (p50)"
             )
             checks.append(
                 (
@@ -452,6 +453,12 @@ def peer_targets(rows: list[dict]) -> None:
             print(f"\n| target against {peer} | met | this vs peer | why, where not met |\n| --- | --- | --- | --- |")
             for name, ok, val, why in checks:
                 print(f"| {name} | {'yes' if ok else '**no**'} | {val} | {why} |")
+
+
+def _n(row: dict, field: str, spec: str = ".0f") -> str:
+    """A figure of a row, or a dash where the row has none (an older results file)."""
+    v = row.get(field)
+    return "–" if v is None else format(v, spec)
 
 
 def _ms(v: float | None) -> str:
