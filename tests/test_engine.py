@@ -135,6 +135,21 @@ def test_prompts_prefilled_together_cost_their_own_tokens_only(lm_tiny):
     assert seen == [13]
 
 
+def test_prompts_back_to_back_refuse_what_they_cannot_compute(lm_tiny):
+    """An empty prompt would hand out its neighbour's last logits, and training's checkpointed blocks would
+    let prompts attend across each other: both are refused."""
+    model = getattr(lm_tiny.model, "reference", lm_tiny.model)
+    idx = torch.tensor([[5, 6, 7]])
+    with pytest.raises(ValueError, match="back to back"):
+        model(idx, lengths=[0, 3])
+    model.train()
+    try:
+        with pytest.raises(ValueError, match="inference"):
+            model(idx, lengths=[1, 2])
+    finally:
+        model.eval()
+
+
 def test_rows_past_the_context_slide_alone(lm_tiny):
     """A row slides its window when its own context fills, whatever its neighbours' lengths."""
     n_ctx = lm_tiny.config.n_ctx

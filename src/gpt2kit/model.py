@@ -202,8 +202,10 @@ class GPT(nn.Module):
         start = cache.length if cache is not None else 0
         segments = None
         if lengths is not None:
-            if B != 1 or sum(lengths) != T or start or positions is not None:
+            if B != 1 or sum(lengths) != T or min(lengths, default=0) < 1 or start or positions is not None:
                 raise ValueError(f"prompts back to back: one row of {T} tokens, an empty cache, lengths {lengths}")
+            if self.training:  # checkpointed blocks and dropout are not wired for it: inference only
+                raise ValueError("prompts back to back are for inference (model.eval())")
             ends = torch.tensor(lengths).cumsum(0).tolist()
             segments = list(zip([0] + ends[:-1], ends))
             positions = torch.cat([torch.arange(n, device=idx.device) for n in lengths]).unsqueeze(0)  # (1, T)
