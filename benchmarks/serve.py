@@ -458,7 +458,7 @@ def peer_targets(rows: list[dict]) -> None:
 def _n(row: dict, field: str, spec: str = ".0f") -> str:
     """A figure of a row, or a dash where the row has none (an older results file)."""
     v = row.get(field)
-    return "–" if v is None else format(v, spec)
+    return "-" if v is None else format(v, spec)
 
 
 def _ms(v: float | None) -> str:

@@ -7,6 +7,7 @@ stored PyTorch-style as (out, in); the formats module transposes TF's and HF's (
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Callable
 
@@ -206,7 +207,7 @@ class GPT(nn.Module):
                 raise ValueError(f"prompts back to back: one row of {T} tokens, an empty cache, lengths {lengths}")
             if self.training:  # checkpointed blocks and dropout are not wired for it: inference only
                 raise ValueError("prompts back to back are for inference (model.eval())")
-            ends = torch.tensor(lengths).cumsum(0).tolist()
+            ends = list(itertools.accumulate(lengths))
             segments = list(zip([0] + ends[:-1], ends))
             positions = torch.cat([torch.arange(n, device=idx.device) for n in lengths]).unsqueeze(0)  # (1, T)
         if positions is None:
