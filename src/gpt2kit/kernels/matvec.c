@@ -134,8 +134,6 @@ static inline float load1(const void *w, int64_t i, wkind kind) {
     return (float)((const int8_t *)w)[i];
 }
 
-static inline int64_t round_up(int64_t k, int64_t to) { return (k + to - 1) / to * to; }
-
 static inline size_t elem_size(wkind kind) { return kind == W_F32 ? 4 : kind == W_I8 ? 1 : 2; }
 
 /* y[m, n0:n0+R] for m in [m0, m0+mt): R rows of W (R <= ROWS) against mt <= MTILE rows of x. */
@@ -321,6 +319,7 @@ LANES_FOR(W_BF16)
 
 /* Rows of x rounded once per call, shared by every row of W: (M, Kp) with Kp = K rounded up to a
    whole vector and zeros after K, so the dot loops need no tail. */
+static inline int64_t round_up(int64_t k, int64_t to) { return (k + to - 1) / to * to; }
 
 #if defined(__AVX512VNNI__)
 /* int8 weights x int8 activations: each row of x quantized symmetrically (scale max|x|/127) and
