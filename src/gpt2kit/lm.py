@@ -19,7 +19,7 @@ from .cpu.runner import CpuGPT
 from .devices import resolve_device, resolve_dtype
 from .errors import UserError
 from .formats import build_model, read_checkpoint
-from .formats.mapped import keep_big_allocations_returnable
+from .formats.mapped import keep_big_allocations_returnable, keep_freed_memory_for_reuse
 from .generation import Piece, Sample, encode_prompt, iter_samples, new_seed
 from .hub import resolve_model_path
 from .model import GPT
@@ -167,8 +167,10 @@ def load(
     if lora is not None:
         info["adapter"] = str(adapter)
     if dev.type != "cpu":
+        keep_freed_memory_for_reuse()
         return LM(gpt, ck.tokenizer, {**info, "dtype": str(torch_dtype).removeprefix("torch.")})
     model = cpu.prepare(gpt, dtype, probe=cpu.probe_ids(ck.tokenizer.encode))
+    keep_freed_memory_for_reuse()  # the load's conversions are done: from here on, passes reuse pages
     info.update(dtype=model.path.split("/")[0], cpu_path=model.path)
     if model.decision is not None:
         info["cpu_auto"] = model.decision.summary()
