@@ -200,9 +200,10 @@ def test_the_kernels_build_into_the_current_home(isa, tmp_path, monkeypatch):
         (16, 600, 13),
         (67, 520, 8),
         (4, 13, 4),
-        # rows along the lanes (whole pairs of vectors: 16 rows on AVX2, 32 on AVX-512): K past one chunk
-        # with a tail under a vector, a last tile of W's rows part empty, more than one pair of vectors
+        # rows along the lanes (AVX2, whole pairs of vectors: 16 rows): K past one chunk with a tail under
+        # a vector, a last tile of W's rows part empty, K under one vector and N under one tile, 4 pairs
         (32, 130, 13),
+        (32, 5, 4),
         (64, 600, 25),
     ],
 )

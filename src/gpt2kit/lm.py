@@ -167,7 +167,7 @@ def load(
     if lora is not None:
         info["adapter"] = str(adapter)
     if dev.type != "cpu":
-        keep_freed_memory_for_reuse()
+        keep_freed_memory_for_reuse()  # the host's activations are few here, but the load's setting must not linger
         return LM(gpt, ck.tokenizer, {**info, "dtype": str(torch_dtype).removeprefix("torch.")})
     model = cpu.prepare(gpt, dtype, probe=cpu.probe_ids(ck.tokenizer.encode))
     keep_freed_memory_for_reuse()  # the load's conversions are done: from here on, passes reuse pages

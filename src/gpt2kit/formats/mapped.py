@@ -26,7 +26,8 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _libc = None
 
 
-def _madvise():
+def _libc_function(name: str):
+    """libc's `name` through ctypes, or None where this process has no such C library function."""
     global _libc
     if _libc is None:
         try:
@@ -34,7 +35,11 @@ def _madvise():
             _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
         except (OSError, AttributeError):
             _libc = False
-    return _libc.madvise if _libc else None
+    return getattr(_libc, name, None) if _libc else None
+
+
+def _madvise():
+    return _libc_function("madvise")
 
 
 def release(t: torch.Tensor | None) -> None:
@@ -101,27 +106,29 @@ def keep_big_allocations_returnable(threshold: int = 128 * 1024) -> None:
     after that the conversion buffers of a load (16 MB blocks) come from the heap and stay resident when
     freed. Measured on 124M loaded as int8: peak RSS 703 MB without this, 560 MB with it. The cost is a
     page fault per page of each big temporary, small next to what is done with them. The trim threshold
-    goes back to glibc's start too (an earlier load's keep_freed_memory_for_reuse raised it).
+    goes back to glibc's start too (an earlier load's keep_freed_memory_for_reuse raised it), and what the
+    heap holds free goes back to the system before the load begins.
     """
     _mallopt(M_MMAP_THRESHOLD, threshold)
     _mallopt(M_TRIM_THRESHOLD, threshold)
+    if (trim := _libc_function("malloc_trim")) is not None:
+        trim(0)
 
 
 def keep_freed_memory_for_reuse(threshold: int = 32 << 20, trim: int = 64 << 20) -> None:
-    """After a load: serve blocks up to `threshold` bytes from the heap, and keep up to `trim` bytes of it
-    freed, so each pass's activations reuse pages instead of mapping fresh ones.
+    """After a load: serve blocks up to `threshold` bytes from the heap, and give free memory at the heap's
+    top back to the system only past `trim` bytes, so each pass's activations reuse pages instead of
+    mapping fresh ones.
 
     Left at the load's 128 KB, every activation over it (a 256-token prompt's, a 16-row step's logits) was
     mapped, zeroed and faulted in anew each time: 41,000 pages per 256-token pass of 124M, 166,000 per
     64-token generate at batch 16. With this, none and 15,000, and the process keeps about 135 MB more
-    resident after a batch-16 generate (docs/performance.md). 32 MB is the most glibc takes.
+    resident after a batch-16 generate (docs/memory.md). 32 MB is the most glibc takes.
     """
     _mallopt(M_MMAP_THRESHOLD, threshold)
     _mallopt(M_TRIM_THRESHOLD, trim)
 
 
 def _mallopt(param: int, value: int) -> None:
-    try:
-        ctypes.CDLL(None).mallopt(param, value)
-    except (OSError, AttributeError):
-        pass  # not glibc: its allocator decides
+    if (mallopt := _libc_function("mallopt")) is not None:
+        mallopt(param, value)  # not glibc (musl, macOS): absent or ignored, and its allocator decides

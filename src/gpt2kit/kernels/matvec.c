@@ -81,15 +81,12 @@ typedef enum { W_F32 = 0, W_F16 = 1, W_I8 = 2, W_BF16 = 3, W_I8A8 = 4, W_BF16A16
 
 #if defined(__AVX512F__)
 #define VL 16  /* fp32 lanes of a vector */
-#define NT 12  /* rows of W in a many-row tile (lanes_tile): 12 x 2 accumulators of AVX-512's 32 registers */
 typedef __m512 vec;
 static inline vec vzero(void) { return _mm512_setzero_ps(); }
 static inline vec vloadx(const float *p) { return _mm512_loadu_ps(p); }
 static inline vec vfma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
 static inline vec vadd(vec a, vec b) { return _mm512_add_ps(a, b); }
 static inline float hsum(vec v) { return _mm512_reduce_add_ps(v); }
-static inline vec vbcast(const float *p) { return _mm512_set1_ps(*p); }
-static inline void vstore(float *p, vec v) { _mm512_storeu_ps(p, v); }
 static inline vec loadw(const void *w, int64_t i, wkind kind) {
     if (kind == W_F32) return _mm512_loadu_ps((const float *)w + i);
     if (kind == W_F16) return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)w + i)));
@@ -242,11 +239,13 @@ BLOCK_FOR(W_F16)
 BLOCK_FOR(W_I8)
 BLOCK_FOR(W_BF16)
 
+#if !defined(__AVX512F__)
 /* Many rows of x (a multiple of LANES_ROWS): x's rows along the vector lanes instead of K. x is
    transposed once per call to xt (K, M). A tile is NT rows of W by two vectors of x's rows: each chunk of
    KC weights of its rows is widened into a small fp32 buffer, then every weight is broadcast once against
-   both vectors of rows, NT + 2 loads per 2 NT FMAs, where block() loads 4 vectors of x per 8 FMAs. */
-#define KC 128  /* weights widened a chunk of K at a time: NT x KC fp32 on the stack (3 or 6 KB) */
+   both vectors of rows, NT + 2 loads per 2 NT FMAs, where block() loads 4 vectors of x and 2 of W per 8.
+   AVX2 only: measured there (docs/performance.md); the 16-lane build keeps block() until timed on it. */
+#define KC 128  /* weights widened a chunk of K at a time: NT x KC fp32 on the stack (3 KB) */
 /* Whole pairs of vectors of rows only: elsewhere a lone vector would leave half the accumulators idle, or
    rows padded up to a vector would waste products, and block() is faster (0.86x at 20 rows, 0.97x at 40). */
 #define LANES_ROWS (2 * VL)
@@ -293,9 +292,10 @@ static inline __attribute__((always_inline)) void lanes_tile(const float *xt, in
     static int lanes_##KIND(const float *x, int64_t M, int64_t K, const void *W, int64_t N,      \
                             const float *scale, const float *bias, float *y, int threads) {       \
         float *xt = malloc(sizeof(float) * (size_t)(K * M)); /* (K, M): x transposed */          \
-        if (!xt) return 2;                                                                       \
-        for (int64_t m = 0; m < M; m++)                                                          \
-            for (int64_t k = 0; k < K; k++) xt[k * M + m] = x[m * K + k];                        \
+        if (!xt) return 1; /* the caller's block() loops need no memory */                       \
+        _Pragma("omp parallel for schedule(static) num_threads(threads)")                        \
+        for (int64_t k = 0; k < K; k++)                                                          \
+            for (int64_t m = 0; m < M; m++) xt[k * M + m] = x[m * K + k];                        \
         const int64_t nblocks = (N + NT - 1) / NT;                                               \
         _Pragma("omp parallel for schedule(static) num_threads(threads)")                        \
         for (int64_t b = 0; b < nblocks; b++) {                                                  \
@@ -312,6 +312,11 @@ LANES_FOR(W_F32)
 LANES_FOR(W_F16)
 LANES_FOR(W_I8)
 LANES_FOR(W_BF16)
+/* Whether product() ran x W^T on the lanes loops (else block()'s do it; S: the int8 scales or NULL). */
+#define LANES(KIND, S) (M > 0 && M % LANES_ROWS == 0 && lanes_##KIND(x, M, K, W, N, S, bias, y, threads) == 0)
+#else
+#define LANES(KIND, S) 0
+#endif
 
 /* kind: 0 fp32, 1 fp16, 2 int8 (scale (N,) required), 3 bf16; where built for them (gpt2kit_kinds),
    4 int8 x int8 (scale (2, N): per-row scales, then each row's sum of weights) and 5 bf16 x bf16. x, W, y contiguous; scale and bias may be NULL.
@@ -426,15 +431,13 @@ void gpt2kit_gelu_all(float *y, int64_t n, int threads) { gelu_all(y, n, threads
 static int product(const float *x, int64_t M, int64_t K, const void *W, int64_t N, int kind, const float *scale,
                    const float *bias, float *y, int threads) {
     switch (kind) {
-    case W_F32: if (M > 0 && M % LANES_ROWS == 0) return lanes_W_F32(x, M, K, W, N, NULL, bias, y, threads);
-        run_W_F32(x, M, K, W, N, NULL, bias, y, threads); return 0;
-    case W_F16: if (M > 0 && M % LANES_ROWS == 0) return lanes_W_F16(x, M, K, W, N, NULL, bias, y, threads);
-        run_W_F16(x, M, K, W, N, NULL, bias, y, threads); return 0;
-    case W_BF16: if (M > 0 && M % LANES_ROWS == 0) return lanes_W_BF16(x, M, K, W, N, NULL, bias, y, threads);
-        run_W_BF16(x, M, K, W, N, NULL, bias, y, threads); return 0;
-    case W_I8: if (!scale) return 1;
-        if (M > 0 && M % LANES_ROWS == 0) return lanes_W_I8(x, M, K, W, N, scale, bias, y, threads);
-        run_W_I8(x, M, K, W, N, scale, bias, y, threads); return 0;
+    case W_F32: if (!LANES(W_F32, NULL)) run_W_F32(x, M, K, W, N, NULL, bias, y, threads); return 0;
+    case W_F16: if (!LANES(W_F16, NULL)) run_W_F16(x, M, K, W, N, NULL, bias, y, threads); return 0;
+    case W_BF16: if (!LANES(W_BF16, NULL)) run_W_BF16(x, M, K, W, N, NULL, bias, y, threads); return 0;
+    case W_I8:
+        if (!scale) return 1;
+        if (!LANES(W_I8, scale)) run_W_I8(x, M, K, W, N, scale, bias, y, threads);
+        return 0;
 #if defined(__AVX512VNNI__)
     case W_I8A8: if (!scale) return 1; return run_i8a8(x, M, K, W, N, scale, bias, y, threads);
 #endif
