@@ -38,17 +38,13 @@ def _libc_function(name: str):
     return getattr(_libc, name, None) if _libc else None
 
 
-def _madvise():
-    return _libc_function("madvise")
-
-
 def release(t: torch.Tensor | None) -> None:
     """Give back the resident pages of `t`'s bytes if they are mapped from a file (no-op otherwise).
 
     Only whole pages inside the tensor are released, so a neighbour sharing a boundary page keeps it.
     `t` stays valid: reading it again reads the file again.
     """
-    madvise = _madvise()
+    madvise = _libc_function("madvise")
     if t is None or madvise is None or t.device.type != "cpu" or t.numel() == 0:
         return
     if any(st < 0 for st in t.stride()):
