@@ -96,6 +96,12 @@ PASSES = r"""
 import json, resource, sys
 import torch, gpt2kit
 lm = gpt2kit.load(sys.argv[1], device="cpu", dtype="float16")
+if len(sys.argv) > 2:  # then a load that fails part-way: its allocator setting must not outlive it either
+    try:
+        gpt2kit.load(sys.argv[2], device="cpu", dtype="float16")
+        raise SystemExit("the broken folder loaded")
+    except gpt2kit.UserError as e:
+        print(e, file=sys.stderr)
 ids = torch.randint(0, 1000, (1, 96), generator=torch.Generator().manual_seed(0))
 faults = []
 with torch.inference_mode():
@@ -108,11 +114,21 @@ print(json.dumps(faults))
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the allocator's settings are glibc's")
-def test_after_a_load_passes_reuse_freed_memory_instead_of_faulting_in_fresh_pages(folders):
+@pytest.mark.parametrize("then_a_failed_load", [False, True])
+def test_after_a_load_passes_reuse_freed_memory_instead_of_faulting_in_fresh_pages(
+    folders, tmp_path, then_a_failed_load
+):
     """The load maps every big temporary afresh so its freed buffers leave the peak; after it, a pass's
     activations (here 96 x 2048 fp32 = 768 KB for each c_fc output) come back from freed memory. Before,
-    every pass faulted each page of them in anew: about 8,500 pages a pass for this model."""
-    out = subprocess.run([sys.executable, "-c", PASSES, str(folders[1])], capture_output=True, text=True, timeout=600)
+    every pass faulted each page of them in anew: about 8,500 pages a pass for this model. A load that
+    fails part-way (a truncated weights file) puts the setting back as well."""
+    args = [str(folders[1])]
+    if then_a_failed_load:
+        broken = tmp_path / "broken"
+        shutil.copytree(folders[0], broken)
+        (broken / "model.safetensors").write_bytes((folders[0] / "model.safetensors").read_bytes()[:1000])
+        args.append(str(broken))
+    out = subprocess.run([sys.executable, "-c", PASSES, *args], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     faults = json.loads(out.stdout.strip().splitlines()[-1])
     assert faults[2] < 200, f"the third pass faulted in {faults[2]} fresh pages ({faults})"

@@ -19,7 +19,7 @@ from .cpu.runner import CpuGPT
 from .devices import resolve_device, resolve_dtype
 from .errors import UserError
 from .formats import build_model, read_checkpoint
-from .formats.mapped import keep_big_allocations_returnable, keep_freed_memory_for_reuse
+from .formats.mapped import allocator_for_loading
 from .generation import Piece, Sample, encode_prompt, iter_samples, new_seed
 from .hub import resolve_model_path
 from .model import GPT
@@ -137,11 +137,27 @@ def load(
     dev = resolve_device(device)
     if dtype == INT8 and dev.type != "cpu":
         raise UserError("--dtype int8 is weight-only quantization for CPUs; on a GPU use bfloat16 or float16")
-    torch_dtype = torch.float32 if dev.type == "cpu" else resolve_dtype(dtype, dev)
     if dev.type == "cpu":
         for_dtype(dtype if dtype != "auto" else "float32", None)  # a bad --dtype fails before the load
+    else:
+        resolve_dtype(dtype, dev)  # likewise
     folder = resolve_model_path(name, offline=offline)
-    keep_big_allocations_returnable()  # so a conversion's freed buffers do not stay in the peak (formats/mapped.py)
+    with allocator_for_loading():  # conversions' buffers leave the peak; after the load, passes reuse pages
+        return _load_folder(folder, dev, dtype, checkpoint=checkpoint, offline=offline, adapter=adapter, name=name)
+
+
+def _load_folder(
+    folder: Path,
+    dev: torch.device,
+    dtype: str,
+    *,
+    checkpoint: str | None,
+    offline: bool | None,
+    adapter: str | Path | None,
+    name: str | Path | None,
+) -> LM:
+    """load()'s work once its arguments are checked and the model folder found."""
+    torch_dtype = torch.float32 if dev.type == "cpu" else resolve_dtype(dtype, dev)
     if adapter is None and (found := adapter_base(folder, checkpoint)) is not None:
         adapter, folder, checkpoint = found[0], resolve_model_path(found[1], offline=offline), None
     ck = read_checkpoint(folder, checkpoint)
@@ -167,10 +183,8 @@ def load(
     if lora is not None:
         info["adapter"] = str(adapter)
     if dev.type != "cpu":
-        keep_freed_memory_for_reuse()  # the host's activations are few here, but the load's setting must not linger
         return LM(gpt, ck.tokenizer, {**info, "dtype": str(torch_dtype).removeprefix("torch.")})
     model = cpu.prepare(gpt, dtype, probe=cpu.probe_ids(ck.tokenizer.encode))
-    keep_freed_memory_for_reuse()  # the load's conversions are done: from here on, passes reuse pages
     info.update(dtype=model.path.split("/")[0], cpu_path=model.path)
     if model.decision is not None:
         info["cpu_auto"] = model.decision.summary()

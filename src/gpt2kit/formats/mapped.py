@@ -15,8 +15,10 @@ pages, so less is given back).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -93,6 +95,17 @@ def _status_kb(field: str) -> int:
 
 
 M_MMAP_THRESHOLD, M_TRIM_THRESHOLD = -3, -1  # glibc's mallopt parameters
+
+
+@contextlib.contextmanager
+def allocator_for_loading() -> Iterator[None]:
+    """Big allocations returnable for the length of a load, then freed memory kept for reuse after it,
+    whether the load returned or raised: a failed load must not leave every later pass faulting."""
+    keep_big_allocations_returnable()
+    try:
+        yield
+    finally:
+        keep_freed_memory_for_reuse()
 
 
 def keep_big_allocations_returnable(threshold: int = 128 * 1024) -> None:
