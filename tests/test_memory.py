@@ -130,6 +130,8 @@ def test_after_a_load_passes_reuse_freed_memory_instead_of_faulting_in_fresh_pag
         args.append(str(broken))
     out = subprocess.run([sys.executable, "-c", PASSES, *args], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
+    if then_a_failed_load:  # it failed where meant to: reading the weights, inside the load
+        assert "truncated or corrupted" in out.stderr, out.stderr[-2000:]
     faults = json.loads(out.stdout.strip().splitlines()[-1])
     assert faults[2] < 200, f"the third pass faulted in {faults[2]} fresh pages ({faults})"
 

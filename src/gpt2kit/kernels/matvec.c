@@ -164,8 +164,9 @@ static inline __attribute__((always_inline)) void block(const float *x, int64_t 
             const char *wr = wbase + (size_t)r * K * elem_size(kind);
             /* The same line of the row ROWS rows on, which the next block of rows reads: several rows
                are read at once, so 1 KB ahead in each left their first lines to be fetched on demand
-               (1.10-1.25x at 2-12 rows). Once per cache line, and only on the first tile of x's rows:
-               the later tiles find W in cache, and every prefetch takes a load slot from the products. */
+               (docs/performance.md has the gains). Once per cache line, and only on the first tile of
+               x's rows: the later tiles find W in cache, and every prefetch takes a load slot from the
+               products. */
             if (m0 == 0 && n0 + r + ROWS < N && ((k * elem_size(kind)) & 63) == 0)
                 _mm_prefetch(wr + (size_t)ROWS * K * elem_size(kind) + k * elem_size(kind), _MM_HINT_T0);
             vec wv = loadw(wr, k, kind);
@@ -256,12 +257,14 @@ BLOCK_FOR(W_BF16)
 /* Prefetches the next tile's rows of W, the share of them that belongs to chunk k0, so they arrive while
    this tile computes (the rows are contiguous: a tile is one run of memory). Streaming each row 1 KB
    ahead instead left a third of the loop's time waiting on weights: a tile reads 6 rows at once, a chunk
-   of each, and their first chunks were always fetched on demand. */
-static inline __attribute__((always_inline)) void next_tile_share(const void *W, wkind kind, int64_t n0, int64_t K, int64_t N, int64_t k0) {
+   of each, and their first chunks were always fetched on demand.
+   always_inline: as a plain static inline function its prefetches were gone from the built loops (objdump). */
+static inline __attribute__((always_inline)) void next_tile_share(const void *W, wkind kind, int64_t n0, int64_t K,
+                                                                  int64_t N, int64_t k0) {
     const int64_t rows = N - (n0 + NT) < NT ? N - (n0 + NT) : NT;
     if (rows <= 0) return;
     const size_t es = elem_size(kind);
-    const int64_t bytes = rows * K * (int64_t)es, share = (bytes * KC / K + 63) & ~(int64_t)63;
+    const int64_t bytes = rows * K * (int64_t)es, share = rows * KC * (int64_t)es;  /* a chunk of each row */
     const char *next = (const char *)W + (size_t)(n0 + NT) * K * es;
     const int64_t from = k0 / KC * share, to = from + share < bytes ? from + share : bytes;
     for (int64_t b = from; b < to; b += 64) _mm_prefetch(next + b, _MM_HINT_T0);
