@@ -137,27 +137,29 @@ def load(
     dev = resolve_device(device)
     if dtype == INT8 and dev.type != "cpu":
         raise UserError("--dtype int8 is weight-only quantization for CPUs; on a GPU use bfloat16 or float16")
+    torch_dtype = torch.float32 if dev.type == "cpu" else resolve_dtype(dtype, dev)
     if dev.type == "cpu":
         for_dtype(dtype if dtype != "auto" else "float32", None)  # a bad --dtype fails before the load
-    else:
-        resolve_dtype(dtype, dev)  # likewise
     folder = resolve_model_path(name, offline=offline)
     with allocator_for_loading():  # conversions' buffers leave the peak; after the load, passes reuse pages
-        return _load_folder(folder, dev, dtype, checkpoint=checkpoint, offline=offline, adapter=adapter, name=name)
+        return _load_folder(
+            folder, dev, dtype, torch_dtype, checkpoint=checkpoint, offline=offline, adapter=adapter, name=name
+        )
 
 
 def _load_folder(
     folder: Path,
     dev: torch.device,
     dtype: str,
+    torch_dtype: torch.dtype,
     *,
     checkpoint: str | None,
     offline: bool | None,
     adapter: str | Path | None,
     name: str | Path | None,
 ) -> LM:
-    """load()'s work once its arguments are checked and the model folder found."""
-    torch_dtype = torch.float32 if dev.type == "cpu" else resolve_dtype(dtype, dev)
+    """load()'s work once its arguments are checked and the model folder found (`torch_dtype`: the model's
+    dtype before any CPU path converts it; `dtype`: what was asked for)."""
     if adapter is None and (found := adapter_base(folder, checkpoint)) is not None:
         adapter, folder, checkpoint = found[0], resolve_model_path(found[1], offline=offline), None
     ck = read_checkpoint(folder, checkpoint)
